@@ -1,0 +1,87 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Records shared between the BPF programs and Go. The Go types are generated
+ * from these definitions by bpf2go (-type), never written by hand.
+ *
+ * Layout rules: every record starts with a one-byte kind so that one ring
+ * buffer carries several record types; fields are fixed width, ordered so
+ * that there is no implicit padding (a test in Go checks the sizes).
+ */
+#ifndef CONNTRACER_H
+#define CONNTRACER_H
+
+#define TASK_COMM_LEN 16
+
+/* enum record_kind: the first byte of every ring buffer record. */
+enum record_kind {
+	RECORD_CONN_CLOSED = 1,
+};
+
+/* enum conn_role: which side opened the connection. */
+enum conn_role {
+	ROLE_UNKNOWN = 0, /* open before tracing started */
+	ROLE_ACTIVE = 1,  /* connect(): SYN_SENT */
+	ROLE_PASSIVE = 2, /* accepted: SYN_RECV */
+};
+
+/* enum conn_end_state: how a connection ended, from this socket's point of view. */
+enum conn_end_state {
+	END_UNKNOWN = 0,
+	END_CONNECT_FAILED = 1, /* SYN_SENT -> CLOSE */
+	END_RESET = 2,          /* aborted: RST sent or received, or timed out */
+	END_TIME_WAIT = 3,      /* closed first, timewait socket took over */
+	END_CLOSE_WAIT = 4,     /* peer closed first: CLOSE_WAIT -> LAST_ACK -> CLOSE */
+	END_CLOSED = 5,         /* any other orderly close */
+};
+
+/* enum conn_side: who closed first. */
+enum conn_side {
+	SIDE_NONE = 0,
+	SIDE_LOCAL = 1,
+	SIDE_REMOTE = 2,
+};
+
+/* enum conn_flags: facts collected along the connection's life. */
+enum conn_flags {
+	CONN_SEEN_OPEN = 1 << 0,      /* handshake seen: open time and byte baselines exact */
+	CONN_OWNER_CONNECT = 1 << 1,  /* owner captured at connect() */
+	CONN_OWNER_ACCEPT = 1 << 2,   /* owner captured at accept() */
+	CONN_OWNER_LISTENER = 1 << 3, /* owner is the listener (not accepted yet) */
+	CONN_ESTABLISHED = 1 << 4,    /* reached ESTABLISHED */
+	CONN_FIN_SENT = 1 << 5,       /* this side sent a FIN (FIN_WAIT1 or LAST_ACK) */
+	CONN_CLOSE_WAIT = 1 << 6,     /* passed through CLOSE_WAIT */
+	CONN_CGROUP_MATCH = 1 << 7,   /* owner is inside the --cgroup filter */
+};
+
+/*
+ * struct conn_event: one record per connection, sent when its socket enters
+ * TCP_CLOSE. Addresses are in network byte order (IPv4 in the first 4 bytes),
+ * ports in host byte order, times are CLOCK_BOOTTIME nanoseconds.
+ */
+struct conn_event {
+	__u8 kind;       /* RECORD_CONN_CLOSED */
+	__u8 role;       /* enum conn_role */
+	__u8 end_state;  /* enum conn_end_state */
+	__u8 closed_by;  /* enum conn_side */
+	__u8 last_state; /* TCP state left for CLOSE */
+	__u8 flags;      /* enum conn_flags */
+	__u8 error;      /* sk->sk_err at close (errno), 0 if none */
+	__u8 family;     /* AF_INET or AF_INET6 */
+	__u64 open_ns;   /* SYN_SENT / SYN_RECV time, 0 if opened before tracing */
+	__u64 close_ns;
+	__u64 cookie;        /* socket cookie, if the kernel generated one (sock_diag does) */
+	__u64 cgroup_id;     /* owner's cgroup v2 id */
+	__u64 proc_start_ns; /* owner's task start time (start_boottime) */
+	__u64 tx_bytes;      /* payload acked by the peer, SYN and FIN excluded */
+	__u64 rx_bytes;      /* payload received, SYN and FIN excluded */
+	__u32 netns;         /* network namespace inode */
+	__u32 tgid;
+	__u32 tid;
+	__u16 sport;
+	__u16 dport;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u8 comm[TASK_COMM_LEN];
+};
+
+#endif /* CONNTRACER_H */

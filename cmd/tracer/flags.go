@@ -1,0 +1,157 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/conntracer/conntracer"
+	"github.com/conntracer/conntracer/internal/events"
+	"github.com/conntracer/conntracer/internal/export"
+	"github.com/conntracer/conntracer/internal/kernel"
+)
+
+// usageError marks errors caused by the command line (exit code 2).
+type usageError struct{ error }
+
+func (e usageError) Unwrap() error { return e.error }
+
+func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
+
+// config is everything the flags decide.
+type config struct {
+	help     bool
+	format   export.Format
+	duration time.Duration
+	existing bool
+	filter   events.Filter
+	probe    conntracer.Options
+}
+
+func parseFlags(args []string, stdout io.Writer) (*config, error) {
+	fs := pflag.NewFlagSet("tracer", pflag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.SortFlags = false
+
+	defaults := conntracer.DefaultOptions()
+	var (
+		help        = fs.BoolP("help", "h", false, "show this help")
+		output      = fs.StringP("output", "o", "text", "output format: text or json (one object per line)")
+		duration    = fs.Duration("duration", 0, "stop after this long (e.g. 30s, 5m); 0 runs until Ctrl-C or SIGTERM")
+		pid         = fs.Uint32("pid", 0, "only connections owned by this process (tgid)")
+		comm        = fs.String("comm", "", "only connections owned by processes with this name (15 characters at most, as in /proc/PID/comm)")
+		port        = fs.Uint16("port", 0, "only connections with this local or remote port")
+		netns       = fs.String("netns", "", "only this network namespace: its inode number (ls -l /proc/PID/ns/net) or a name in /run/netns")
+		cgroup      = fs.String("cgroup", "", "only processes in this cgroup v2 or below it (e.g. /sys/fs/cgroup/system.slice/nginx.service)")
+		family      = fs.String("family", "all", "address family: ipv4, ipv6 or all (IPv4-mapped IPv6 counts as ipv4)")
+		existing    = fs.Bool("existing", true, "find connections open before start-up (sock_diag) so that their close names the owner")
+		attachMode  = fs.String("attach-mode", string(defaults.AttachMode), "how to attach to sock/inet_sock_set_state: auto, tp_btf, raw_tp or tracepoint")
+		ringBytes   = fs.Int("ring-buffer-bytes", defaults.RingBufferBytes, "size of the kernel-to-user ring buffer, a power of two")
+		maxSockets  = fs.Uint32("max-sockets", defaults.MaxSockets, "connections tracked at once in the kernel (LRU beyond that)")
+		pollEvery   = fs.Duration("poll-interval", defaults.PollInterval, "how often the reader checks the ring buffer when the kernel has not woken it")
+		wakeupBytes = fs.Uint64("wakeup-bytes", defaults.WakeupBytes, "the kernel wakes the reader once this many bytes are waiting")
+	)
+	if err := fs.Parse(args); err != nil {
+		return nil, usageError{err}
+	}
+	cfg := &config{help: *help, duration: *duration, existing: *existing, probe: defaults}
+	if cfg.help {
+		fmt.Fprintf(stdout, "Usage: tracer [flags]\n\nTraces every TCP connection's life and prints one line per finished\nconnection: owner, addresses, role, lifetime, bytes and how it ended.\n\nFlags:\n%s", fs.FlagUsages())
+		return cfg, nil
+	}
+	if fs.NArg() > 0 {
+		return nil, usagef("unexpected argument %q", fs.Arg(0))
+	}
+
+	var err error
+	if cfg.format, err = export.ParseFormat(*output); err != nil {
+		return nil, usageError{err}
+	}
+	if *duration < 0 {
+		return nil, usagef("--duration must not be negative")
+	}
+	if cfg.probe.AttachMode, err = conntracer.ParseAttachMode(*attachMode); err != nil {
+		return nil, usageError{err}
+	}
+	if *ringBytes < 4096 || *ringBytes&(*ringBytes-1) != 0 {
+		return nil, usagef("--ring-buffer-bytes %d: must be a power of two of at least 4096", *ringBytes)
+	}
+	cfg.probe.RingBufferBytes = *ringBytes
+	if *maxSockets == 0 {
+		return nil, usagef("--max-sockets must be at least 1")
+	}
+	cfg.probe.MaxSockets = *maxSockets
+	if *pollEvery <= 0 {
+		return nil, usagef("--poll-interval must be positive")
+	}
+	cfg.probe.PollInterval = *pollEvery
+	cfg.probe.WakeupBytes = *wakeupBytes
+
+	f := &cfg.filter
+	f.PID = *pid
+	f.Port = *port
+	if len(*comm) > 15 {
+		return nil, usagef("--comm %q: the kernel keeps 15 characters of a process name; use %q", *comm, (*comm)[:15])
+	}
+	f.Comm = *comm
+	switch strings.ToLower(*family) {
+	case "all", "":
+	case "ipv4", "4", "inet":
+		f.Family = events.FamilyIPv4
+	case "ipv6", "6", "inet6":
+		f.Family = events.FamilyIPv6
+	default:
+		return nil, usagef("--family %q: use ipv4, ipv6 or all", *family)
+	}
+	if *netns != "" {
+		if f.NetNS, err = parseNetNS(*netns); err != nil {
+			return nil, usageError{err}
+		}
+	}
+	if *cgroup != "" {
+		id, level, err := kernel.ResolveCgroup(*cgroup)
+		if err != nil {
+			return nil, usageError{err}
+		}
+		f.CgroupID = id
+		f.CgroupPath = cgroupRelPath(*cgroup)
+		cfg.probe.Filter.CgroupID = id
+		cfg.probe.Filter.CgroupLevel = uint32(level)
+	}
+	cfg.probe.Filter.NetNS = f.NetNS
+	cfg.probe.Filter.PID = f.PID
+	cfg.probe.Filter.Port = f.Port
+	cfg.probe.Filter.Family = f.Family
+	cfg.probe.Filter.Comm = f.Comm
+	return cfg, nil
+}
+
+// parseNetNS accepts an inode number or a name from `ip netns`.
+func parseNetNS(s string) (uint32, error) {
+	if n, err := strconv.ParseUint(s, 10, 32); err == nil {
+		if n == 0 {
+			return 0, fmt.Errorf("--netns 0: give a namespace inode number (ls -l /proc/PID/ns/net) or a name in /run/netns")
+		}
+		return uint32(n), nil
+	}
+	ino, err := kernel.NetNSByName(s)
+	if err != nil {
+		return 0, fmt.Errorf("--netns %q: not an inode number, and %w", s, err)
+	}
+	return ino, nil
+}
+
+// cgroupRelPath turns "/sys/fs/cgroup/a/b" or "a/b" into "/a/b", the form
+// /proc/PID/cgroup uses.
+func cgroupRelPath(p string) string {
+	p = strings.TrimPrefix(filepath.Clean("/"+p), "/sys/fs/cgroup")
+	if p == "" {
+		return "/"
+	}
+	return p
+}

@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/conntracer/conntracer"
+	"github.com/conntracer/conntracer/internal/events"
+	"github.com/conntracer/conntracer/internal/export"
+	"github.com/conntracer/conntracer/internal/kernel"
+)
+
+// run is the whole program once flags are parsed: load, attach, read until
+// cancelled or --duration elapses, and summarise.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cfg, err := parseFlags(args, stdout)
+	if err != nil {
+		return err
+	}
+	if cfg.help {
+		return nil
+	}
+	if cfg.duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, cfg.duration)
+		defer cancel()
+	}
+
+	probe, err := conntracer.Open(cfg.probe)
+	if err != nil {
+		return fmt.Errorf("start tracing: %w", err)
+	}
+	defer probe.Close()
+
+	clock, err := bootClock()
+	if err != nil {
+		return err
+	}
+	p := &pipeline{
+		owners: events.NewOwners(),
+		filter: cfg.filter,
+		stream: export.NewStream(stdout, cfg.format, clock),
+	}
+
+	// Connections that predate the tracer: attach first, then look, so
+	// that none falls in a gap between the two.
+	existing := 0
+	if cfg.existing {
+		evs, warnings, err := kernel.ExistingConnections()
+		if err != nil {
+			fmt.Fprintf(stderr, "tracer: warning: connections open before start-up will show no owner: %v\n", err)
+		}
+		for _, w := range warnings {
+			fmt.Fprintf(stderr, "tracer: warning: %v\n", w)
+		}
+		for i := range evs {
+			p.HandleEvent(&evs[i])
+		}
+		existing = len(evs)
+	}
+
+	fmt.Fprintf(stderr, "tracer: tracing TCP connections [%s]; %d already open; Ctrl-C to stop\n",
+		attachSummary(probe.Attachments()), existing)
+
+	runErr := probe.Run(ctx, p)
+	if err := p.stream.Flush(); err != nil && runErr == nil {
+		runErr = fmt.Errorf("write output: %w", err)
+	}
+	st := probe.Stats()
+	fmt.Fprintf(stderr, "tracer: %d connections printed, %d filtered out; %d records read, %d lost in the kernel, %d undecodable\n",
+		p.printed, p.filtered, st.Records, st.Lost, st.BadRecords)
+	if st.Lost > 0 {
+		fmt.Fprintf(stderr, "tracer: the ring buffer overflowed: raise --ring-buffer-bytes (now %d) or narrow the filters\n", cfg.probe.RingBufferBytes)
+	}
+	return runErr
+}
+
+func attachSummary(as []conntracer.Attachment) string {
+	parts := make([]string, len(as))
+	for i, a := range as {
+		parts[i] = a.String()
+	}
+	return strings.Join(parts, ", ")
+}
+
+// bootClock maps the kernel's CLOCK_BOOTTIME timestamps to wall time.
+func bootClock() (export.Clock, error) {
+	var boot unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &boot); err != nil {
+		return nil, fmt.Errorf("read CLOCK_BOOTTIME: %w", err)
+	}
+	offset := time.Now().UnixNano() - boot.Nano()
+	return func(ns uint64) time.Time { return time.Unix(0, offset+int64(ns)) }, nil
+}
+
+// pipeline is the event loop's handler: enrich, filter, print. It runs on
+// the reader's goroutine only.
+type pipeline struct {
+	owners   *events.Owners
+	filter   events.Filter
+	stream   *export.Stream
+	printed  uint64
+	filtered uint64
+	writeErr error
+}
+
+// HandleEvent implements conntracer.Handler.
+func (p *pipeline) HandleEvent(ev *events.Event) {
+	p.owners.Apply(ev)
+	if ev.Kind != events.KindConnClosed {
+		return
+	}
+	if !p.filter.Match(ev) {
+		p.filtered++
+		return
+	}
+	p.printed++
+	if err := p.stream.Print(ev); err != nil && p.writeErr == nil {
+		p.writeErr = err
+	}
+}
+
+// Drained implements conntracer.Handler: flush lines while the kernel is quiet.
+func (p *pipeline) Drained() {
+	if err := p.stream.Flush(); err != nil && p.writeErr == nil {
+		p.writeErr = err
+	}
+}
+
+var _ conntracer.Handler = (*pipeline)(nil)
+

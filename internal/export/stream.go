@@ -1,0 +1,262 @@
+// Package export turns events and aggregates into what users read: the
+// streamed text and JSON lines of `tracer`. It sits at the end of the
+// pipeline and never reaches back into the kernel-facing code.
+package export
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"strconv"
+	"time"
+	"unicode/utf8"
+
+	"github.com/conntracer/conntracer/internal/events"
+)
+
+// Format selects the stream's output format.
+type Format string
+
+// Output formats.
+const (
+	FormatText Format = "text"
+	FormatJSON Format = "json"
+)
+
+// ParseFormat validates a user-supplied format.
+func ParseFormat(s string) (Format, error) {
+	switch f := Format(s); f {
+	case FormatText, FormatJSON:
+		return f, nil
+	}
+	return "", fmt.Errorf("unknown output format %q: use text or json", s)
+}
+
+// Clock converts the kernel's CLOCK_BOOTTIME nanoseconds to wall-clock time.
+type Clock func(bootNs uint64) time.Time
+
+// Stream prints one line per finished connection. It formats into a reused
+// buffer, so printing does not allocate. Not safe for concurrent use: it
+// belongs to the event loop.
+type Stream struct {
+	w      *bufio.Writer
+	format Format
+	clock  Clock
+	buf    []byte
+	header bool
+}
+
+// NewStream writes lines in the given format to w.
+func NewStream(w io.Writer, format Format, clock Clock) *Stream {
+	return &Stream{
+		w:      bufio.NewWriterSize(w, 64<<10),
+		format: format,
+		clock:  clock,
+		buf:    make([]byte, 0, 512),
+	}
+}
+
+// textHeader names the columns of the text format.
+const textHeader = "TIME         PID     COMM            LOCAL                                   REMOTE                                  ROLE    LIFETIME   TX_BYTES   RX_BYTES   END\n"
+
+// Print writes ev if it is a finished connection; other kinds are ignored.
+func (s *Stream) Print(ev *events.Event) error {
+	if ev.Kind != events.KindConnClosed {
+		return nil
+	}
+	b := s.buf[:0]
+	switch s.format {
+	case FormatJSON:
+		b = s.appendJSON(b, ev)
+	default:
+		if !s.header {
+			s.header = true
+			b = append(b, textHeader...)
+		}
+		b = s.appendText(b, ev)
+	}
+	s.buf = b
+	_, err := s.w.Write(b)
+	return err
+}
+
+// Flush writes buffered lines out. The event loop calls it whenever the
+// kernel's buffer has been drained, so lines appear promptly without a
+// write per event.
+func (s *Stream) Flush() error { return s.w.Flush() }
+
+func (s *Stream) appendText(b []byte, ev *events.Event) []byte {
+	c := &ev.Conn
+	b = s.clock(c.CloseNs).AppendFormat(b, "15:04:05.000")
+	b = append(b, ' ')
+	start := len(b)
+	if c.Owner.Known() {
+		b = strconv.AppendUint(b, uint64(c.Owner.PID), 10)
+	} else {
+		b = append(b, '-')
+	}
+	b = pad(b, start, 8)
+	start = len(b)
+	if c.Owner.Known() {
+		b = appendPrintable(b, c.Owner.CommBytes())
+	} else {
+		b = append(b, '?')
+	}
+	b = pad(b, start, 16)
+	start = len(b)
+	b = c.Local.AppendTo(b)
+	b = pad(b, start, 40)
+	start = len(b)
+	b = c.Remote.AppendTo(b)
+	b = pad(b, start, 40)
+	start = len(b)
+	b = append(b, c.Role.String()...)
+	b = pad(b, start, 8)
+	start = len(b)
+	if lt := c.LifetimeNs(); c.SeenOpen {
+		b = appendDuration(b, lt)
+	} else {
+		b = append(b, '-')
+	}
+	b = pad(b, start, 11)
+	start = len(b)
+	b = strconv.AppendUint(b, c.TxBytes, 10)
+	b = pad(b, start, 11)
+	start = len(b)
+	b = strconv.AppendUint(b, c.RxBytes, 10)
+	b = pad(b, start, 11)
+	b = append(b, c.EndState.String()...)
+	if c.Error != 0 {
+		b = append(b, " ("...)
+		b = append(b, events.ErrnoName(c.Error)...)
+		b = append(b, ')')
+	}
+	return append(b, '\n')
+}
+
+// JSON field names are part of the tracer's interface: documented in the
+// README and never renamed.
+func (s *Stream) appendJSON(b []byte, ev *events.Event) []byte {
+	c := &ev.Conn
+	b = append(b, `{"time":"`...)
+	b = s.clock(c.CloseNs).UTC().AppendFormat(b, time.RFC3339Nano)
+	b = append(b, `","type":"`...)
+	b = append(b, ev.Kind.String()...)
+	b = append(b, `","pid":`...)
+	b = strconv.AppendUint(b, uint64(c.Owner.PID), 10)
+	b = append(b, `,"tid":`...)
+	b = strconv.AppendUint(b, uint64(c.Owner.TID), 10)
+	b = append(b, `,"comm":`...)
+	b = appendJSONString(b, c.Owner.CommBytes())
+	b = append(b, `,"owner":"`...)
+	b = append(b, c.Owner.Source.String()...)
+	b = append(b, `","cgroup_id":`...)
+	b = strconv.AppendUint(b, c.Owner.CgroupID, 10)
+	b = append(b, `,"netns":`...)
+	b = strconv.AppendUint(b, uint64(c.NetNS), 10)
+	b = append(b, `,"family":"`...)
+	b = append(b, c.Family.String()...)
+	b = append(b, `","local_addr":"`...)
+	b = c.Local.Addr().AppendTo(b)
+	b = append(b, `","local_port":`...)
+	b = strconv.AppendUint(b, uint64(c.Local.Port()), 10)
+	b = append(b, `,"remote_addr":"`...)
+	b = c.Remote.Addr().AppendTo(b)
+	b = append(b, `","remote_port":`...)
+	b = strconv.AppendUint(b, uint64(c.Remote.Port()), 10)
+	b = append(b, `,"role":"`...)
+	b = append(b, c.Role.String()...)
+	b = append(b, `","lifetime_seconds":`...)
+	if c.SeenOpen {
+		b = strconv.AppendFloat(b, float64(c.LifetimeNs())/1e9, 'f', -1, 64)
+	} else {
+		b = append(b, "null"...)
+	}
+	b = append(b, `,"tx_bytes":`...)
+	b = strconv.AppendUint(b, c.TxBytes, 10)
+	b = append(b, `,"rx_bytes":`...)
+	b = strconv.AppendUint(b, c.RxBytes, 10)
+	b = append(b, `,"end_state":"`...)
+	b = append(b, c.EndState.String()...)
+	b = append(b, `","closed_by":"`...)
+	b = append(b, c.ClosedBy.String()...)
+	b = append(b, `","last_state":"`...)
+	b = append(b, c.LastState.String()...)
+	b = append(b, `","error":"`...)
+	b = append(b, events.ErrnoName(c.Error)...)
+	b = append(b, `","seen_open":`...)
+	b = strconv.AppendBool(b, c.SeenOpen)
+	b = append(b, `,"cookie":`...)
+	b = strconv.AppendUint(b, c.Cookie, 10)
+	return append(b, "}\n"...)
+}
+
+// pad appends spaces until the field that began at start is width wide,
+// and always at least one.
+func pad(b []byte, start, width int) []byte {
+	n := width - (len(b) - start)
+	if n < 1 {
+		n = 1
+	}
+	for ; n > 0; n-- {
+		b = append(b, ' ')
+	}
+	return b
+}
+
+// appendDuration prints a lifetime with a unit suited to its size.
+func appendDuration(b []byte, ns uint64) []byte {
+	switch {
+	case ns < 1e6:
+		b = strconv.AppendUint(b, ns/1e3, 10)
+		return append(b, "us"...)
+	case ns < 1e9:
+		b = strconv.AppendFloat(b, float64(ns)/1e6, 'f', 1, 64)
+		return append(b, "ms"...)
+	default:
+		b = strconv.AppendFloat(b, float64(ns)/1e9, 'f', 3, 64)
+		return append(b, 's')
+	}
+}
+
+// appendPrintable copies a process name, replacing control bytes so that a
+// hostile comm cannot corrupt the terminal.
+func appendPrintable(b, s []byte) []byte {
+	for _, c := range s {
+		if c < 0x20 || c == 0x7f {
+			c = '?'
+		}
+		b = append(b, c)
+	}
+	return b
+}
+
+// appendJSONString quotes s as a JSON string. Process names are arbitrary
+// bytes: invalid UTF-8 becomes U+FFFD, control characters are escaped.
+func appendJSONString(b, s []byte) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				b = append(b, '\\', c)
+			case c < 0x20 || c == 0x7f:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			default:
+				b = append(b, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRune(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, `\ufffd`...)
+		} else {
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(b, '"')
+}

@@ -4,6 +4,7 @@
 package conntracer
 
 // The generated files (tcplife_bpfel.go, tcplife_bpfel.o) are committed so
-// that `go build` needs Go alone. `make generate` re-creates them with the
-// pinned clang (Debian's clang-14) and must reproduce them byte for byte.
-//go:generate go tool bpf2go -cc clang-14 -strip llvm-strip-14 -target bpfel -type conn_event tcplife bpf/tcplife.bpf.c -- -I./bpf -O2 -g -Wall -Werror
+// that `go build` needs Go alone. Run `make generate`, not `go generate`: it
+// pins the compiler (BPF2GO_CC=clang-14, Debian 12's) so that the output is
+// reproduced byte for byte, which CI checks.
+//go:generate go tool bpf2go -target bpfel -type conn_event tcplife bpf/tcplife.bpf.c -- -I./bpf -O2 -g -Wall -Werror

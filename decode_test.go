@@ -132,8 +132,10 @@ func TestDecodeConnClosed(t *testing.T) {
 			},
 		},
 		{
-			name:   "listener stands in for an unaccepted connection",
-			modify: func(r *tcplifeConnEvent) { r.Flags = uint8(tcplifeConnFlagsCONN_SEEN_OPEN | tcplifeConnFlagsCONN_OWNER_LISTENER) },
+			name: "listener stands in for an unaccepted connection",
+			modify: func(r *tcplifeConnEvent) {
+				r.Flags = uint8(tcplifeConnFlagsCONN_SEEN_OPEN | tcplifeConnFlagsCONN_OWNER_LISTENER)
+			},
 			check: func(t *testing.T, c *events.Conn) {
 				if c.Owner.Source != events.OwnerListener || c.Owner.PID != 42 {
 					t.Errorf("owner %+v", c.Owner)
@@ -219,4 +221,3 @@ func BenchmarkDecode(b *testing.B) {
 		}
 	}
 }
-

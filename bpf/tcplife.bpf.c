@@ -21,9 +21,11 @@
  * The close record carries that stored owner, whatever context it runs in.
  *
  * The state tracepoint is attached in one of three ways, chosen at run time
- * by the loader (tp_btf, else raw_tracepoint, else classic tracepoint); all
- * three share handle_state() and read the socket through CO-RE
- * (BPF_CORE_READ), which is valid in each program type.
+ * by the loader (tp_btf, else raw_tracepoint, else classic tracepoint). The
+ * logic lives once in tcplife_state.h and is compiled twice: with plain
+ * loads for tp_btf, where the verifier knows the socket's type, and with
+ * bpf_probe_read_kernel (BPF_CORE_READ) for the other two. Field offsets
+ * are CO-RE relocated in both.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -152,44 +154,6 @@ struct {
 	__type(value, struct listener_owner);
 } listeners SEC(".maps");
 
-static __always_inline __u8 owner_from_current(struct owner *o)
-{
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct task_struct *leader = BPF_CORE_READ(task, group_leader);
-	__u64 id = bpf_get_current_pid_tgid();
-
-	o->tgid = id >> 32;
-	o->tid = (__u32)id;
-	o->cgroup_id = bpf_get_current_cgroup_id();
-	/* The process's identity is its leader's start time, as in /proc/PID/stat. */
-	o->start_ns = BPF_CORE_READ(leader, start_boottime);
-	/* The leader's comm names the process; a thread may have renamed itself. */
-	bpf_probe_read_kernel_str(o->comm, sizeof(o->comm), &leader->comm);
-
-	if (filter_cgroup_id &&
-	    bpf_get_current_ancestor_cgroup_id(filter_cgroup_level) == filter_cgroup_id)
-		return CONN_CGROUP_MATCH;
-	return 0;
-}
-
-/* Kernels before the move of sk_flags into struct sock_common (as skc_flags)
- * keep it in struct sock; pick whichever the running kernel has. */
-struct sock___flags_in_sock {
-	unsigned long sk_flags;
-} __attribute__((preserve_access_index));
-
-static __always_inline unsigned long sock_flags(const struct sock *sk)
-{
-	if (bpf_core_field_exists(sk->__sk_common.skc_flags))
-		return BPF_CORE_READ(sk, __sk_common.skc_flags);
-	return BPF_CORE_READ((struct sock___flags_in_sock *)sk, sk_flags);
-}
-
-static __always_inline __u32 sock_netns(const struct sock *sk)
-{
-	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-}
-
 static __always_inline bool comm_matches(const __u8 *comm)
 {
 	for (int i = 0; i < TASK_COMM_LEN; i++) {
@@ -247,200 +211,69 @@ static __always_inline __u8 end_state(int oldstate, int err, bool fin_in, bool f
 	return END_CLOSED;
 }
 
-static __always_inline void emit_close(struct sock *sk, struct sock_state *st, int oldstate,
-				       __u16 family)
-{
-	struct inet_sock *inet = (struct inet_sock *)sk;
-	struct tcp_sock *tp = (struct tcp_sock *)sk;
-	__u32 netns = sock_netns(sk);
-	__u16 sport = bpf_ntohs(BPF_CORE_READ(inet, inet_sport));
-	__u16 dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
-	__u8 flags = st->flags;
 
-	if (filter_netns && netns != filter_netns)
-		return;
-	if (filter_family && family != filter_family)
-		return;
-	if (filter_port && sport != filter_port && dport != filter_port)
-		return;
-	/* Owner filters run here only when the owner is known; otherwise user
-	 * space attributes the socket (start-up snapshot) and filters then. */
-	if (flags & (CONN_OWNER_CONNECT | CONN_OWNER_ACCEPT | CONN_OWNER_LISTENER)) {
-		if (filter_tgid && st->owner.tgid != filter_tgid)
-			return;
-		if (filter_comm_set && !comm_matches(st->owner.comm))
-			return;
-		if (filter_cgroup_id && !(flags & CONN_CGROUP_MATCH))
-			return;
-	}
+/* Kernels before sk_flags moved into struct sock_common keep it in struct sock. */
+struct sock___flags_in_sock {
+	unsigned long sk_flags;
+} __attribute__((preserve_access_index));
 
-	struct conn_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-	if (!e) {
-		count_lost();
-		return;
-	}
-	__builtin_memset(e, 0, sizeof(*e));
+struct inet_sock___flags_in_sock {
+	struct sock___flags_in_sock sk;
+} __attribute__((preserve_access_index));
 
-	int err = BPF_CORE_READ(sk, sk_err);
-	unsigned long sk_flags = sock_flags(sk);
-	bool fin_in = sk_flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE));
-	/* Our FIN counts in bytes_acked once acked: the whole send sequence,
-	 * FIN included, is acked when snd_una reached write_seq. */
-	bool fin_acked = (flags & CONN_FIN_SENT) &&
-			 BPF_CORE_READ(tp, snd_una) == BPF_CORE_READ(tp, write_seq);
-	__u64 acked = BPF_CORE_READ(tp, bytes_acked);
-	__u64 received = BPF_CORE_READ(tp, bytes_received);
-	__u64 tx_sub = st->tx_base + fin_acked;
-	__u64 rx_sub = st->rx_base + fin_in;
-	__u8 closed_by = st->closed_by;
+struct inet_connection_sock___flags_in_sock {
+	struct inet_sock___flags_in_sock icsk_inet;
+} __attribute__((preserve_access_index));
 
-	e->kind = RECORD_CONN_CLOSED;
-	e->role = st->role;
-	e->end_state = end_state(oldstate, err, fin_in, fin_acked, flags, &closed_by);
-	e->closed_by = closed_by;
-	e->last_state = oldstate;
-	e->flags = flags;
-	e->error = err > 0 && err < 256 ? err : 0;
-	e->family = family;
-	e->open_ns = st->open_ns;
-	e->close_ns = bpf_ktime_get_boot_ns();
-	e->cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
-	e->cgroup_id = st->owner.cgroup_id;
-	e->proc_start_ns = st->owner.start_ns;
-	e->tx_bytes = acked > tx_sub ? acked - tx_sub : 0;
-	e->rx_bytes = received > rx_sub ? received - rx_sub : 0;
-	e->netns = netns;
-	e->tgid = st->owner.tgid;
-	e->tid = st->owner.tid;
-	e->sport = sport;
-	e->dport = dport;
-	if (family == AF_INET) {
-		BPF_CORE_READ_INTO(&e->saddr, sk, __sk_common.skc_rcv_saddr);
-		BPF_CORE_READ_INTO(&e->daddr, sk, __sk_common.skc_daddr);
-	} else {
-		BPF_CORE_READ_INTO(&e->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
-		BPF_CORE_READ_INTO(&e->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
-	}
-	__builtin_memcpy(e->comm, st->owner.comm, sizeof(e->comm));
+struct tcp_sock___flags_in_sock {
+	struct inet_connection_sock___flags_in_sock inet_conn;
+} __attribute__((preserve_access_index));
 
-	__u64 wake = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ?
-			     BPF_RB_FORCE_WAKEUP :
-			     BPF_RB_NO_WAKEUP;
-	bpf_ringbuf_submit(e, wake);
-}
+/* tp_btf: plain loads through BTF-typed pointers. */
+#define FN(name) name##_btf
+#define RD(p, path) ((p)->path)
+#define RD2(p, path, p2) ((p)->path->p2)
+#define RD_INTO(dst, p, path) __builtin_memcpy((dst), &(p)->path, sizeof((p)->path))
+#define CURRENT_TASK() bpf_get_current_task_btf()
+#include "tcplife_state.h"
+#undef FN
+#undef RD
+#undef RD2
+#undef RD_INTO
+#undef CURRENT_TASK
 
-static __always_inline int handle_state(struct sock *sk, int oldstate, int newstate)
-{
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	struct sock_state *st;
-	__u64 key = (__u64)sk;
-
-	if (family != AF_INET && family != AF_INET6)
-		return 0;
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
-		return 0;
-
-	/* A passive open: the child socket is cloned from the listener, so
-	 * the transition reads LISTEN -> SYN_RECV. Runs in softirq. */
-	if (newstate == TCP_SYN_RECV) {
-		struct sock_state s = { .role = ROLE_PASSIVE, .flags = CONN_SEEN_OPEN };
-		struct listener_key lk = {
-			.netns = sock_netns(sk),
-			.port = BPF_CORE_READ(sk, __sk_common.skc_num),
-		};
-		struct listener_owner *lo = bpf_map_lookup_elem(&listeners, &lk);
-
-		if (lo) {
-			s.owner = lo->owner;
-			s.flags |= CONN_OWNER_LISTENER | lo->flags;
-		}
-		s.open_ns = bpf_ktime_get_boot_ns();
-		bpf_map_update_elem(&socks, &key, &s, BPF_ANY);
-		return 0;
-	}
-	if (newstate == TCP_LISTEN) {
-		struct listener_owner lo = {};
-		struct listener_key lk = {
-			.netns = sock_netns(sk),
-			.port = BPF_CORE_READ(sk, __sk_common.skc_num),
-		};
-
-		lo.flags = owner_from_current(&lo.owner);
-		bpf_map_update_elem(&listeners, &lk, &lo, BPF_ANY);
-		return 0;
-	}
-	if (oldstate == TCP_LISTEN) {
-		struct listener_key lk = {
-			.netns = sock_netns(sk),
-			.port = BPF_CORE_READ(sk, __sk_common.skc_num),
-		};
-
-		bpf_map_delete_elem(&listeners, &lk);
-		return 0;
-	}
-	/* An active open, inside connect(): current is the owner. */
-	if (newstate == TCP_SYN_SENT) {
-		struct sock_state s = { .role = ROLE_ACTIVE };
-
-		s.flags = CONN_SEEN_OPEN | CONN_OWNER_CONNECT | owner_from_current(&s.owner);
-		s.open_ns = bpf_ktime_get_boot_ns();
-		bpf_map_update_elem(&socks, &key, &s, BPF_ANY);
-		return 0;
-	}
-
-	st = bpf_map_lookup_elem(&socks, &key);
-	if (!st) {
-		/* Open before tracing started (or evicted): track it from
-		 * here with what can be known; user space names the owner. */
-		struct sock_state s = {};
-
-		if (newstate == TCP_CLOSE) {
-			emit_close(sk, &s, oldstate, family);
-			return 0;
-		}
-		bpf_map_update_elem(&socks, &key, &s, BPF_NOEXIST);
-		st = bpf_map_lookup_elem(&socks, &key);
-		if (!st)
-			return 0;
-	}
-
-	switch (newstate) {
-	case TCP_ESTABLISHED:
-		st->flags |= CONN_ESTABLISHED;
-		st->tx_base = BPF_CORE_READ((struct tcp_sock *)sk, bytes_acked);
-		st->rx_base = BPF_CORE_READ((struct tcp_sock *)sk, bytes_received);
-		break;
-	case TCP_FIN_WAIT1:
-		st->flags |= CONN_FIN_SENT;
-		if (!st->closed_by)
-			st->closed_by = SIDE_LOCAL;
-		break;
-	case TCP_CLOSE_WAIT:
-		st->flags |= CONN_CLOSE_WAIT;
-		if (!st->closed_by)
-			st->closed_by = SIDE_REMOTE;
-		break;
-	case TCP_LAST_ACK:
-		st->flags |= CONN_FIN_SENT;
-		break;
-	case TCP_CLOSE:
-		emit_close(sk, st, oldstate, family);
-		bpf_map_delete_elem(&socks, &key);
-		break;
-	}
-	return 0;
-}
+/* raw_tracepoint and tracepoint: the same logic through bpf_probe_read_kernel. */
+#define FN(name) name##_probe
+#define RD(p, path) BPF_CORE_READ(p, path)
+#define RD2(p, path, p2) BPF_CORE_READ(p, path, p2)
+#define RD_INTO(dst, p, path) BPF_CORE_READ_INTO(dst, p, path)
+#define CURRENT_TASK() ((struct task_struct *)bpf_get_current_task())
+#include "tcplife_state.h"
+#undef FN
+#undef RD
+#undef RD2
+#undef RD_INTO
+#undef CURRENT_TASK
 
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(ct_state_btf, struct sock *sk, int oldstate, int newstate)
 {
-	return handle_state(sk, oldstate, newstate);
+	/* NULL unless sk is a full TCP socket; typed for direct loads. */
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+
+	if (!tp)
+		return 0;
+	return handle_state_btf(tp, oldstate, newstate);
 }
 
 SEC("raw_tracepoint/inet_sock_set_state")
 int ct_state_raw(struct bpf_raw_tracepoint_args *ctx)
 {
-	return handle_state((struct sock *)ctx->args[0], (int)ctx->args[1], (int)ctx->args[2]);
+	struct sock *sk = (struct sock *)ctx->args[0];
+
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	return handle_state_probe((struct tcp_sock *)sk, (int)ctx->args[1], (int)ctx->args[2]);
 }
 
 SEC("tracepoint/sock/inet_sock_set_state")
@@ -448,7 +281,7 @@ int ct_state_tp(struct trace_event_raw_inet_sock_set_state *ctx)
 {
 	if (ctx->protocol != IPPROTO_TCP)
 		return 0;
-	return handle_state((struct sock *)ctx->skaddr, ctx->oldstate, ctx->newstate);
+	return handle_state_probe((struct tcp_sock *)ctx->skaddr, ctx->oldstate, ctx->newstate);
 }
 
 /*
@@ -490,7 +323,7 @@ static __always_inline int handle_accept(long fd)
 	st = bpf_map_lookup_elem(&socks, &key);
 	if (!st || st->role != ROLE_PASSIVE)
 		return 0;
-	__u8 cg = owner_from_current(&st->owner);
+	__u8 cg = owner_from_current_probe(&st->owner);
 	st->flags = (st->flags & ~(CONN_OWNER_LISTENER | CONN_CGROUP_MATCH)) | CONN_OWNER_ACCEPT | cg;
 	return 0;
 }

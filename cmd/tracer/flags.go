@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -118,8 +117,10 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 		if err != nil {
 			return nil, usageError{err}
 		}
+		if f.CgroupPath, err = kernel.CgroupProcPath(*cgroup); err != nil {
+			return nil, usageError{err}
+		}
 		f.CgroupID = id
-		f.CgroupPath = cgroupRelPath(*cgroup)
 		cfg.probe.Filter.CgroupID = id
 		cfg.probe.Filter.CgroupLevel = uint32(level)
 	}
@@ -144,14 +145,4 @@ func parseNetNS(s string) (uint32, error) {
 		return 0, fmt.Errorf("--netns %q: not an inode number, and %w", s, err)
 	}
 	return ino, nil
-}
-
-// cgroupRelPath turns "/sys/fs/cgroup/a/b" or "a/b" into "/a/b", the form
-// /proc/PID/cgroup uses.
-func cgroupRelPath(p string) string {
-	p = strings.TrimPrefix(filepath.Clean("/"+p), "/sys/fs/cgroup")
-	if p == "" {
-		return "/"
-	}
-	return p
 }

@@ -55,8 +55,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			fmt.Fprintf(stderr, "tracer: warning: connections open before start-up will show no owner: %v\n", err)
 		}
-		for _, w := range warnings {
-			fmt.Fprintf(stderr, "tracer: warning: %v\n", w)
+		// Some namespaces or processes are always unreadable (a sandbox's
+		// init, processes that exit mid-scan): one line, not a flood.
+		if len(warnings) > 0 {
+			fmt.Fprintf(stderr, "tracer: note: start-up scan skipped %d item(s), e.g. %v\n", len(warnings), warnings[0])
 		}
 		for i := range evs {
 			p.HandleEvent(&evs[i])
@@ -133,4 +135,3 @@ func (p *pipeline) Drained() {
 }
 
 var _ conntracer.Handler = (*pipeline)(nil)
-

@@ -12,12 +12,19 @@ package events
 // live run did. It is owned by the event loop goroutine: not safe for
 // concurrent use.
 type Owners struct {
-	byCookie map[uint64]Process
+	byCookie map[sockKey]Process
+}
+
+// sockKey names a socket. Cookies are unique box-wide since Linux 5.10;
+// older kernels counted them per namespace, hence the namespace too.
+type sockKey struct {
+	netns  uint32
+	cookie uint64
 }
 
 // NewOwners returns an empty table.
 func NewOwners() *Owners {
-	return &Owners{byCookie: make(map[uint64]Process)}
+	return &Owners{byCookie: make(map[sockKey]Process)}
 }
 
 // Apply records existing connections and attributes closed ones in place.
@@ -28,17 +35,18 @@ func (o *Owners) Apply(ev *Event) {
 	switch ev.Kind {
 	case KindConnExisting:
 		if ev.Conn.Cookie != 0 && ev.Conn.Owner.Known() {
-			o.byCookie[ev.Conn.Cookie] = ev.Conn.Owner
+			o.byCookie[sockKey{ev.Conn.NetNS, ev.Conn.Cookie}] = ev.Conn.Owner
 		}
 	case KindConnClosed:
 		if len(o.byCookie) == 0 || ev.Conn.Cookie == 0 {
 			return
 		}
-		p, ok := o.byCookie[ev.Conn.Cookie]
+		k := sockKey{ev.Conn.NetNS, ev.Conn.Cookie}
+		p, ok := o.byCookie[k]
 		if !ok {
 			return
 		}
-		delete(o.byCookie, ev.Conn.Cookie)
+		delete(o.byCookie, k)
 		if !ev.Conn.Owner.Known() {
 			ev.Conn.Owner = p
 		}

@@ -168,7 +168,7 @@ func (s *Stream) appendJSON(b []byte, ev *events.Event) []byte {
 	b = append(b, c.Role.String()...)
 	b = append(b, `","lifetime_seconds":`...)
 	if c.SeenOpen {
-		b = strconv.AppendFloat(b, float64(c.LifetimeNs())/1e9, 'f', -1, 64)
+		b = appendSeconds(b, c.LifetimeNs())
 	} else {
 		b = append(b, "null"...)
 	}
@@ -217,6 +217,28 @@ func appendDuration(b []byte, ns uint64) []byte {
 		b = strconv.AppendFloat(b, float64(ns)/1e9, 'f', 3, 64)
 		return append(b, 's')
 	}
+}
+
+// appendSeconds prints nanoseconds as decimal seconds, exactly and without
+// trailing zeros ("0.012345678", "3600"), using integer arithmetic: float
+// formatting was a fifth of the cost of a JSON line.
+func appendSeconds(b []byte, ns uint64) []byte {
+	b = strconv.AppendUint(b, ns/1e9, 10)
+	frac := ns % 1e9
+	if frac == 0 {
+		return b
+	}
+	var digits [10]byte
+	digits[0] = '.'
+	for i := 9; i >= 1; i-- {
+		digits[i] = byte('0' + frac%10)
+		frac /= 10
+	}
+	n := 10
+	for digits[n-1] == '0' {
+		n--
+	}
+	return append(b, digits[:n]...)
 }
 
 // appendPrintable copies a process name, replacing control bytes so that a

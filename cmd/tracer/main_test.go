@@ -1,0 +1,247 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/conntracer/conntracer/internal/testenv"
+)
+
+// runMainEnv makes the test binary behave as the tracer itself, so that a
+// test can run it as another user without building it first.
+const runMainEnv = "CONNTRACER_TEST_RUN_MAIN"
+
+func TestMain(m *testing.M) {
+	testenv.MaybeRunHelper()
+	if os.Getenv(runMainEnv) != "" {
+		os.Args = append([]string{"tracer"}, strings.Fields(os.Getenv(runMainEnv))...)
+		main()
+	}
+	os.Exit(m.Run())
+}
+
+func TestBadFlagsSayWhatToDo(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--bogus"}, "unknown flag: --bogus"},
+		{[]string{"--output", "yaml"}, `unknown output format "yaml": use text or json`},
+		{[]string{"--family", "ipx"}, `--family "ipx": use ipv4, ipv6 or all`},
+		{[]string{"--attach-mode", "kprobe"}, `unknown attach mode "kprobe": use auto, tp_btf, raw_tp or tracepoint`},
+		{[]string{"--comm", "a-very-long-process-name"}, `use "a-very-long-pro"`},
+		{[]string{"--ring-buffer-bytes", "5000"}, "must be a power of two of at least 4096"},
+		{[]string{"--port", "70000"}, `invalid argument "70000" for "--port"`},
+		{[]string{"--duration", "-1s"}, "--duration must not be negative"},
+		{[]string{"--netns", "no-such-namespace-xyz"}, `--netns "no-such-namespace-xyz": not an inode number`},
+		{[]string{"--cgroup", "/no/such/cgroup"}, "/no/such/cgroup"},
+		{[]string{"extra"}, `unexpected argument "extra"`},
+	} {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			err := run(context.Background(), tt.args, &stdout, &stderr)
+			if err == nil {
+				t.Fatal("accepted bad flags")
+			}
+			code := exitCode(err, &stderr)
+			if code != 2 {
+				t.Errorf("exit code %d, want 2", code)
+			}
+			if !strings.Contains(stderr.String(), tt.want) || !strings.Contains(stderr.String(), "tracer --help") {
+				t.Errorf("stderr %q does not contain %q and a pointer to --help", stderr.String(), tt.want)
+			}
+		})
+	}
+}
+
+func TestHelpListsEveryFilter(t *testing.T) {
+	var stdout bytes.Buffer
+	if err := run(context.Background(), []string{"--help"}, &stdout, &stdout); err != nil {
+		t.Fatal(err)
+	}
+	for _, flag := range []string{"--pid", "--comm", "--port", "--netns", "--cgroup", "--family", "--output", "--duration", "--attach-mode"} {
+		if !strings.Contains(stdout.String(), flag) {
+			t.Errorf("--help does not mention %s", flag)
+		}
+	}
+}
+
+func TestUnprivilegedUserIsToldWhatToDo(t *testing.T) {
+	testenv.RequireRoot(t) // to become someone else
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", self)
+	cmd.Env = append(os.Environ(), runMainEnv+"=--duration 1s")
+	out, err := cmd.CombinedOutput()
+	ee, ok := err.(*exec.ExitError)
+	if !ok || ee.ExitCode() != 1 {
+		t.Fatalf("exit %v, want status 1; output: %s", err, out)
+	}
+	for _, want := range []string{"insufficient privileges", "run as root", "CAP_BPF and CAP_PERFMON"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("output %q does not say %q", out, want)
+		}
+	}
+	if strings.Contains(string(out), "panic") {
+		t.Errorf("panicked: %s", out)
+	}
+}
+
+// readyWriter captures stderr and signals once the tracer says it is tracing.
+type readyWriter struct {
+	mu    sync.Mutex
+	buf   bytes.Buffer
+	ready chan struct{}
+	once  sync.Once
+}
+
+func (w *readyWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf.Write(p)
+	if strings.Contains(w.buf.String(), "tracing TCP connections") {
+		w.once.Do(func() { close(w.ready) })
+	}
+	return len(p), nil
+}
+
+func (w *readyWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
+}
+
+// jsonConn is the documented JSON line, decoded strictly.
+type jsonConn struct {
+	Time       time.Time `json:"time"`
+	Type       string    `json:"type"`
+	PID        uint32    `json:"pid"`
+	TID        uint32    `json:"tid"`
+	Comm       string    `json:"comm"`
+	Owner      string    `json:"owner"`
+	CgroupID   uint64    `json:"cgroup_id"`
+	NetNS      uint32    `json:"netns"`
+	Family     string    `json:"family"`
+	LocalAddr  string    `json:"local_addr"`
+	LocalPort  uint16    `json:"local_port"`
+	RemoteAddr string    `json:"remote_addr"`
+	RemotePort uint16    `json:"remote_port"`
+	Role       string    `json:"role"`
+	Lifetime   *float64  `json:"lifetime_seconds"`
+	TxBytes    uint64    `json:"tx_bytes"`
+	RxBytes    uint64    `json:"rx_bytes"`
+	EndState   string    `json:"end_state"`
+	ClosedBy   string    `json:"closed_by"`
+	LastState  string    `json:"last_state"`
+	Error      string    `json:"error"`
+	SeenOpen   bool      `json:"seen_open"`
+	Cookie     uint64    `json:"cookie"`
+}
+
+// TestJSONStreamNamesOwnersOfOldAndNewConnections runs the whole program:
+// a connection opened before the tracer started is attributed through the
+// start-up snapshot, new ones through the kernel, and the JSON lines carry
+// the documented fields.
+func TestJSONStreamNamesOwnersOfOldAndNewConnections(t *testing.T) {
+	testenv.RequireRoot(t)
+	ns := testenv.NewNetNS(t)
+	srv := testenv.StartServer(t, ns, "ctr-server")
+	holder := testenv.StartClient(t, ns, "ctr-holder", []testenv.Conn{
+		{Addr: srv.Addr4(), Req: 100, Resp: 200, Mode: testenv.ClientCloses, Hold: true},
+	})
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var stdout bytes.Buffer
+	stderr := &readyWriter{ready: make(chan struct{})}
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--output", "json", "--netns", ns.Name}, &stdout, stderr)
+	}()
+	select {
+	case <-stderr.ready:
+	case err := <-done:
+		t.Fatalf("tracer stopped: %v\n%s", err, stderr)
+	case <-time.After(20 * time.Second):
+		t.Fatalf("tracer did not start: %s", stderr)
+	}
+	if !strings.Contains(stderr.String(), "1 already open") && !strings.Contains(stderr.String(), "already open") {
+		t.Errorf("start-up line does not report existing connections: %s", stderr)
+	}
+
+	fresh := testenv.RunClient(t, ns, "ctr-fresh", []testenv.Conn{
+		{Addr: srv.Addr6(), Req: 1, Resp: 2, Mode: testenv.ServerCloses},
+	})
+	holder.Release(t)
+	srv.Stop(t)
+	time.Sleep(500 * time.Millisecond) // two poll intervals and then some
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("run: %v\n%s", err, stderr)
+	}
+
+	var lines []jsonConn
+	dec := json.NewDecoder(&stdout)
+	dec.DisallowUnknownFields()
+	for dec.More() {
+		var c jsonConn
+		if err := dec.Decode(&c); err != nil {
+			t.Fatalf("bad JSON line: %v\n%s", err, stdout.String())
+		}
+		lines = append(lines, c)
+	}
+	if len(lines) != 4 {
+		t.Fatalf("got %d lines, want 4 (two sides of two connections):\n%s", len(lines), stdout.String())
+	}
+	held := holder.Results[0].LocalAddrPort()
+	newConn := fresh.Results[0].LocalAddrPort()
+	byLocal := map[string]jsonConn{}
+	for _, l := range lines {
+		byLocal[fmt.Sprintf("%s:%d", l.LocalAddr, l.LocalPort)] = l
+		if l.Type != "conn_closed" || l.NetNS != ns.Inode || l.Time.IsZero() || l.CgroupID == 0 {
+			t.Errorf("line %+v: bad type, netns, time or cgroup", l)
+		}
+	}
+	check := func(name string, l jsonConn, ok bool, pid int, comm, owner, role, end string, seen bool, tx, rx uint64) {
+		t.Helper()
+		if !ok {
+			t.Errorf("%s: no line", name)
+			return
+		}
+		if l.PID != uint32(pid) || l.Comm != comm || l.Owner != owner || l.Role != role || l.EndState != end ||
+			l.SeenOpen != seen || (l.Lifetime != nil) != seen || l.TxBytes != tx || l.RxBytes != rx {
+			t.Errorf("%s: got %+v\nwant pid %d comm %s owner %s role %s end %s seen %v tx %d rx %d",
+				name, l, pid, comm, owner, role, end, seen, tx, rx)
+		}
+	}
+	srvAddr4 := fmt.Sprintf("127.0.0.1:%d", srv.Port4)
+	l, ok := byLocal[held.String()]
+	// Opened before tracing: the owner comes from the snapshot; byte
+	// counts cover the whole life but include the SYN (see README).
+	check("held client side", l, ok, holder.PID, "ctr-holder", "snapshot", "unknown", "time_wait", false, l.TxBytes, 200)
+	if ok && (l.TxBytes < 109 || l.TxBytes > 110) {
+		t.Errorf("held client side: tx %d, want 109 (+1 for the SYN of a connection opened before tracing)", l.TxBytes)
+	}
+	var srvSide jsonConn
+	for _, l := range lines {
+		if l.RemotePort == held.Port() && fmt.Sprintf("%s:%d", l.LocalAddr, l.LocalPort) == srvAddr4 {
+			srvSide, ok = l, true
+		}
+	}
+	check("held server side", srvSide, ok, srv.PID, "ctr-server", "snapshot", "unknown", "close_wait", false, srvSide.TxBytes, 109)
+	l, ok = byLocal[fmt.Sprintf("%s:%d", "::1", newConn.Port())]
+	check("fresh client side", l, ok, fresh.PID, "ctr-fresh", "connect", "active", "close_wait", true, 10, 2)
+	if !strings.Contains(stderr.String(), "4 connections printed") || !strings.Contains(stderr.String(), "0 lost") {
+		t.Errorf("summary missing or wrong: %s", stderr)
+	}
+}

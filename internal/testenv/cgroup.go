@@ -1,0 +1,29 @@
+package testenv
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// NewCgroup creates a cgroup v2 directory under root (the cgroup2 mount)
+// with a child, and removes both after the test. It returns the parent and
+// the child's paths.
+func NewCgroup(t testing.TB, root string) (parent, child string) {
+	t.Helper()
+	parent = filepath.Join(root, "ctr-test-"+filepath.Base(t.TempDir()))
+	child = filepath.Join(parent, "inner")
+	if err := os.MkdirAll(child, 0o755); err != nil {
+		t.Fatalf("create cgroup: %v", err)
+	}
+	t.Cleanup(func() {
+		// Processes have exited by now; empty cgroups can be removed.
+		if err := os.Remove(child); err != nil {
+			t.Errorf("remove cgroup: %v", err)
+		}
+		if err := os.Remove(parent); err != nil {
+			t.Errorf("remove cgroup: %v", err)
+		}
+	})
+	return parent, child
+}

@@ -1,0 +1,104 @@
+package testenv
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// ChurnResult is what one run of the churn workload measured.
+type ChurnResult struct {
+	Conns   int     `json:"conns"`
+	Seconds float64 `json:"seconds"`
+	Failed  int     `json:"failed"`
+}
+
+// Rate is connections per second.
+func (r ChurnResult) Rate() float64 { return float64(r.Conns) / r.Seconds }
+
+// RunChurn runs the connection-churn workload in ns: a server that accepts
+// and closes, and `clients` goroutines that connect, wait for the close and
+// close, `total` connections in all, as fast as they can. Each connection
+// makes about ten TCP state changes. The server closes first, so TIME_WAIT
+// lands on its side and the clients never run out of ephemeral ports.
+func RunChurn(t testing.TB, ns *NetNS, clients, total int) ChurnResult {
+	t.Helper()
+	cmd := ns.Command(helperBinary(t, "ctr-churn"), "-test.run=^$")
+	cmd.Env = append(os.Environ(), helperEnv+"=churn", planEnv+"="+fmt.Sprintf("%d %d", clients, total))
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("churn workload: %v", err)
+	}
+	var r ChurnResult
+	if err := json.Unmarshal(out, &r); err != nil {
+		t.Fatalf("churn output %q: %v", out, err)
+	}
+	if r.Failed > 0 {
+		t.Fatalf("churn: %d of %d connections failed", r.Failed, r.Conns)
+	}
+	return r
+}
+
+func runChurn() error {
+	f := strings.Fields(os.Getenv(planEnv))
+	if len(f) != 2 {
+		return fmt.Errorf("churn plan %q: want \"clients total\"", os.Getenv(planEnv))
+	}
+	clients, err1 := strconv.Atoi(f[0])
+	total, err2 := strconv.Atoi(f[1])
+	if err1 != nil || err2 != nil || clients < 1 || total < clients {
+		return fmt.Errorf("churn plan %q: bad numbers", os.Getenv(planEnv))
+	}
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	addr := l.Addr().String()
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := 0; i < clients; i++ {
+		n := total / clients
+		if i < total%clients {
+			n++
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var buf [1]byte
+			for j := 0; j < n; j++ {
+				c, err := net.Dial("tcp4", addr)
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				// Wait for the server's FIN, then close.
+				_, _ = io.ReadFull(c, buf[:])
+				c.Close()
+			}
+		}()
+	}
+	wg.Wait()
+	return json.NewEncoder(os.Stdout).Encode(ChurnResult{
+		Conns: total, Seconds: time.Since(start).Seconds(), Failed: int(failed.Load()),
+	})
+}

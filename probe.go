@@ -106,24 +106,20 @@ type Stats struct {
 
 // Probe is the loaded and attached set of BPF programs plus the reader of
 // their ring buffer. Open starts no goroutine; Run reads until cancelled.
+//
+// Each concern (TCP lifecycle, and later drops, connects...) is its own BPF
+// object with its own open function (tcplife.go...); they share the ring
+// buffer, which Open creates and hands to each through MapReplacements, and
+// each brings a per-CPU lost_records counter.
 type Probe struct {
 	opts        Options
 	ring        *ebpf.Map
-	coll        *ebpf.Collection
-	lost        *ebpf.Map
+	colls       []*ebpf.Collection
+	lost        []*ebpf.Map // one lost_records map per object
 	links       []link.Link
 	attachments []Attachment
 	reader      *ringbuf.Reader
 	stats       Stats
-}
-
-const stateHook = "sock/inet_sock_set_state"
-
-// stateProgram names the program that implements each attach mode.
-var stateProgram = map[AttachMode]string{
-	AttachTPBTF:      tcplifeProgCtStateBtf,
-	AttachRawTP:      tcplifeProgCtStateRaw,
-	AttachTracepoint: tcplifeProgCtStateTp,
 }
 
 // Open checks the environment, loads the programs and attaches them with
@@ -156,147 +152,15 @@ func Open(opts Options) (_ *Probe, err error) {
 		return nil, fmt.Errorf("create ring buffer of %d bytes (a power of two, at least one page): %w", opts.RingBufferBytes, err)
 	}
 
-	if err := p.loadState(); err != nil {
+	if err := p.openTCPLife(); err != nil {
 		return nil, err
 	}
-	p.attachAccept()
 
 	p.reader, err = ringbuf.NewReader(p.ring)
 	if err != nil {
 		return nil, fmt.Errorf("open ring buffer reader: %w", err)
 	}
 	return p, nil
-}
-
-// loadState loads the tcplife object with the state program of the first
-// attach mode that both loads and attaches.
-func (p *Probe) loadState() error {
-	modes := AttachModes
-	if p.opts.AttachMode != AttachAuto {
-		modes = []AttachMode{p.opts.AttachMode}
-	}
-	var errs []error
-	for _, mode := range modes {
-		coll, l, err := p.tryState(mode)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", mode, err))
-			continue
-		}
-		p.coll = coll
-		p.lost = coll.Maps[tcplifeMapLostRecords]
-		p.links = append(p.links, l)
-		p.attachments = append(p.attachments, Attachment{Hook: stateHook, Mode: mode, Err: errors.Join(errs...)})
-		return nil
-	}
-	return fmt.Errorf("attach %s: no attach mode worked: %w", stateHook, errors.Join(errs...))
-}
-
-func (p *Probe) tryState(mode AttachMode) (*ebpf.Collection, link.Link, error) {
-	spec, err := loadTcplife()
-	if err != nil {
-		return nil, nil, err
-	}
-	// Load only the state program of this mode (a program type the kernel
-	// refuses would fail the whole collection) plus the accept programs.
-	for m, name := range stateProgram {
-		if m != mode {
-			delete(spec.Programs, name)
-		}
-	}
-	if err := p.configure(spec); err != nil {
-		return nil, nil, err
-	}
-	if mode == AttachTracepoint {
-		if _, err := EnsureTracefs(); err != nil {
-			return nil, nil, err
-		}
-	}
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
-		MapReplacements: map[string]*ebpf.Map{tcplifeMapEvents: p.ring},
-	})
-	if err != nil {
-		return nil, nil, fmt.Errorf("load: %w", err)
-	}
-	prog := coll.Programs[stateProgram[mode]]
-	var l link.Link
-	switch mode {
-	case AttachTPBTF:
-		l, err = link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceRawTp})
-	case AttachRawTP:
-		l, err = link.AttachRawTracepoint(link.RawTracepointOptions{Name: "inet_sock_set_state", Program: prog})
-	case AttachTracepoint:
-		l, err = link.Tracepoint("sock", "inet_sock_set_state", prog, nil)
-	}
-	if err != nil {
-		coll.Close()
-		return nil, nil, fmt.Errorf("attach: %w", err)
-	}
-	return coll, l, nil
-}
-
-// configure writes the options into the spec's constants and map sizes.
-func (p *Probe) configure(spec *ebpf.CollectionSpec) error {
-	f := p.opts.Filter
-	var comm [16]byte
-	copy(comm[:15], f.Comm)
-	set := []struct {
-		name  string
-		value any
-	}{
-		{tcplifeVarFilterNetns, f.NetNS},
-		{tcplifeVarFilterTgid, f.PID},
-		{tcplifeVarFilterPort, f.Port},
-		{tcplifeVarFilterFamily, uint8(f.Family)},
-		{tcplifeVarFilterCommSet, boolByte(f.Comm != "")},
-		{tcplifeVarFilterComm, comm},
-		{tcplifeVarFilterCgroupId, f.CgroupID},
-		{tcplifeVarFilterCgroupLevel, f.CgroupLevel},
-		{tcplifeVarWakeupBytes, p.opts.WakeupBytes},
-	}
-	for _, s := range set {
-		v, ok := spec.Variables[s.name]
-		if !ok {
-			return fmt.Errorf("variable %s missing from the BPF object", s.name)
-		}
-		if err := v.Set(s.value); err != nil {
-			return fmt.Errorf("set %s: %w", s.name, err)
-		}
-	}
-	spec.Maps[tcplifeMapSocks].MaxEntries = p.opts.MaxSockets
-	// The shared ring buffer replaces this placeholder; sizes must agree.
-	spec.Maps[tcplifeMapEvents].MaxEntries = uint32(p.opts.RingBufferBytes)
-	return nil
-}
-
-func boolByte(b bool) uint8 {
-	if b {
-		return 1
-	}
-	return 0
-}
-
-// attachAccept attaches the accept() exit tracepoints that name the owner
-// of passive connections. Without them the tracer still runs: passive
-// connections are attributed to their listener instead, and the start-up
-// line says so.
-func (p *Probe) attachAccept() {
-	for _, sc := range []struct{ name, prog string }{
-		{"sys_exit_accept4", tcplifeProgCtAccept4Exit},
-		{"sys_exit_accept", tcplifeProgCtAcceptExit},
-	} {
-		hook := "syscalls/" + sc.name
-		if _, err := EnsureTracefs(); err != nil {
-			p.attachments = append(p.attachments, Attachment{Hook: hook, Err: err})
-			continue
-		}
-		l, err := link.Tracepoint("syscalls", sc.name, p.coll.Programs[sc.prog], nil)
-		if err != nil {
-			p.attachments = append(p.attachments, Attachment{Hook: hook, Err: err})
-			continue
-		}
-		p.links = append(p.links, l)
-		p.attachments = append(p.attachments, Attachment{Hook: hook, Mode: AttachTracepoint})
-	}
 }
 
 // Attachments reports, per hook, the mode in use or why it is off.
@@ -376,18 +240,34 @@ func (p *Probe) updateLost() error {
 	return nil
 }
 
-// LostRecords sums the kernel's per-CPU count of records dropped because
-// the ring buffer was full. Safe to call from any goroutine.
+// LostRecords sums, over every object and CPU, the kernel's count of
+// records dropped because the ring buffer was full. Safe to call from any
+// goroutine.
 func (p *Probe) LostRecords() (uint64, error) {
-	var perCPU []uint64
-	if err := p.lost.Lookup(uint32(0), &perCPU); err != nil {
-		return 0, fmt.Errorf("read lost_records: %w", err)
-	}
 	var n uint64
-	for _, v := range perCPU {
-		n += v
+	for _, m := range p.lost {
+		var perCPU []uint64
+		if err := m.Lookup(uint32(0), &perCPU); err != nil {
+			return 0, fmt.Errorf("read lost_records: %w", err)
+		}
+		for _, v := range perCPU {
+			n += v
+		}
 	}
 	return n, nil
+}
+
+// adopt keeps a loaded object: its lost-record counter is summed and it is
+// closed with the probe.
+func (p *Probe) adopt(coll *ebpf.Collection, lostMap string) error {
+	m, ok := coll.Maps[lostMap]
+	if !ok {
+		coll.Close()
+		return fmt.Errorf("map %s missing from the BPF object", lostMap)
+	}
+	p.colls = append(p.colls, coll)
+	p.lost = append(p.lost, m)
+	return nil
 }
 
 // Close detaches every program and frees the maps. It is idempotent.
@@ -401,10 +281,10 @@ func (p *Probe) Close() error {
 		errs = append(errs, l.Close())
 	}
 	p.links = nil
-	if p.coll != nil {
-		p.coll.Close()
-		p.coll = nil
+	for _, c := range p.colls {
+		c.Close()
 	}
+	p.colls, p.lost = nil, nil
 	if p.ring != nil {
 		errs = append(errs, p.ring.Close())
 		p.ring = nil

@@ -1,0 +1,153 @@
+package conntracer
+
+// The TCP lifecycle concern: bpf/tcplife.bpf.c, one record per connection.
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+)
+
+const stateHook = "sock/inet_sock_set_state"
+
+// stateProgram names the program that implements each attach mode.
+var stateProgram = map[AttachMode]string{
+	AttachTPBTF:      tcplifeProgCtStateBtf,
+	AttachRawTP:      tcplifeProgCtStateRaw,
+	AttachTracepoint: tcplifeProgCtStateTp,
+}
+
+// openTCPLife loads the tcplife object with the state program of the first
+// attach mode that both loads and attaches, then the accept() hooks.
+func (p *Probe) openTCPLife() error {
+	modes := AttachModes
+	if p.opts.AttachMode != AttachAuto {
+		modes = []AttachMode{p.opts.AttachMode}
+	}
+	var errs []error
+	for _, mode := range modes {
+		coll, l, err := p.tryState(mode)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", mode, err))
+			continue
+		}
+		p.links = append(p.links, l)
+		p.attachments = append(p.attachments, Attachment{Hook: stateHook, Mode: mode, Err: errors.Join(errs...)})
+		if err := p.adopt(coll, tcplifeMapLostRecords); err != nil {
+			return err
+		}
+		p.attachAccept(coll)
+		return nil
+	}
+	return fmt.Errorf("attach %s: no attach mode worked: %w", stateHook, errors.Join(errs...))
+}
+
+func (p *Probe) tryState(mode AttachMode) (*ebpf.Collection, link.Link, error) {
+	spec, err := loadTcplife()
+	if err != nil {
+		return nil, nil, err
+	}
+	// Load only the state program of this mode (a program type the kernel
+	// refuses would fail the whole collection) plus the accept programs.
+	for m, name := range stateProgram {
+		if m != mode {
+			delete(spec.Programs, name)
+		}
+	}
+	if err := p.configure(spec); err != nil {
+		return nil, nil, err
+	}
+	if mode == AttachTracepoint {
+		if _, err := EnsureTracefs(); err != nil {
+			return nil, nil, err
+		}
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
+		MapReplacements: map[string]*ebpf.Map{tcplifeMapEvents: p.ring},
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("load: %w", err)
+	}
+	prog := coll.Programs[stateProgram[mode]]
+	var l link.Link
+	switch mode {
+	case AttachTPBTF:
+		l, err = link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceRawTp})
+	case AttachRawTP:
+		l, err = link.AttachRawTracepoint(link.RawTracepointOptions{Name: "inet_sock_set_state", Program: prog})
+	case AttachTracepoint:
+		l, err = link.Tracepoint("sock", "inet_sock_set_state", prog, nil)
+	}
+	if err != nil {
+		coll.Close()
+		return nil, nil, fmt.Errorf("attach: %w", err)
+	}
+	return coll, l, nil
+}
+
+// configure writes the options into the spec's constants and map sizes.
+func (p *Probe) configure(spec *ebpf.CollectionSpec) error {
+	f := p.opts.Filter
+	var comm [16]byte
+	copy(comm[:15], f.Comm)
+	set := []struct {
+		name  string
+		value any
+	}{
+		{tcplifeVarFilterNetns, f.NetNS},
+		{tcplifeVarFilterTgid, f.PID},
+		{tcplifeVarFilterPort, f.Port},
+		{tcplifeVarFilterFamily, uint8(f.Family)},
+		{tcplifeVarFilterCommSet, boolByte(f.Comm != "")},
+		{tcplifeVarFilterComm, comm},
+		{tcplifeVarFilterCgroupId, f.CgroupID},
+		{tcplifeVarFilterCgroupLevel, f.CgroupLevel},
+		{tcplifeVarWakeupBytes, p.opts.WakeupBytes},
+	}
+	for _, s := range set {
+		v, ok := spec.Variables[s.name]
+		if !ok {
+			return fmt.Errorf("variable %s missing from the BPF object", s.name)
+		}
+		if err := v.Set(s.value); err != nil {
+			return fmt.Errorf("set %s: %w", s.name, err)
+		}
+	}
+	spec.Maps[tcplifeMapSocks].MaxEntries = p.opts.MaxSockets
+	// The shared ring buffer replaces this placeholder; sizes must agree.
+	spec.Maps[tcplifeMapEvents].MaxEntries = uint32(p.opts.RingBufferBytes)
+	return nil
+}
+
+func boolByte(b bool) uint8 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// attachAccept attaches the accept() exit tracepoints that name the owner
+// of passive connections. Without them the tracer still runs: passive
+// connections are attributed to their listener instead, and the start-up
+// line says so.
+func (p *Probe) attachAccept(coll *ebpf.Collection) {
+	for _, sc := range []struct{ name, prog string }{
+		{"sys_exit_accept4", tcplifeProgCtAccept4Exit},
+		{"sys_exit_accept", tcplifeProgCtAcceptExit},
+	} {
+		hook := "syscalls/" + sc.name
+		if _, err := EnsureTracefs(); err != nil {
+			p.attachments = append(p.attachments, Attachment{Hook: hook, Err: err})
+			continue
+		}
+		l, err := link.Tracepoint("syscalls", sc.name, coll.Programs[sc.prog], nil)
+		if err != nil {
+			p.attachments = append(p.attachments, Attachment{Hook: hook, Err: err})
+			continue
+		}
+		p.links = append(p.links, l)
+		p.attachments = append(p.attachments, Attachment{Hook: hook, Mode: AttachTracepoint})
+	}
+}

@@ -65,8 +65,8 @@ func TestOwnersAttributesConnectionsOpenBeforeTracing(t *testing.T) {
 	noOwner.Conn.Cookie = 8
 	noOwner.Conn.Owner = Process{}
 	o.Apply(&noOwner)
-	if o.Len() != 1 {
-		t.Fatalf("table holds %d entries, want 1 (unowned sockets are not kept)", o.Len())
+	if o.Len() != 2 {
+		t.Fatalf("table holds %d entries, want 2", o.Len())
 	}
 
 	closed := conn("10.0.0.1:5432", "10.0.0.8:52000", 0, "", OwnerUnknown)
@@ -75,7 +75,7 @@ func TestOwnersAttributesConnectionsOpenBeforeTracing(t *testing.T) {
 	if closed.Conn.Owner.PID != 30 || closed.Conn.Owner.Source != OwnerSnapshot || string(closed.Conn.Owner.CommBytes()) != "postgres" {
 		t.Errorf("owner %+v, want postgres pid 30 from the snapshot", closed.Conn.Owner)
 	}
-	if o.Len() != 0 {
+	if o.Len() != 1 {
 		t.Errorf("entry not deleted on close: %d left", o.Len())
 	}
 
@@ -85,7 +85,7 @@ func TestOwnersAttributesConnectionsOpenBeforeTracing(t *testing.T) {
 	kern := conn("10.0.0.1:1", "10.0.0.2:2", 44, "app", OwnerConnect)
 	kern.Conn.Cookie = 9
 	o.Apply(&kern)
-	if kern.Conn.Owner.PID != 44 || o.Len() != 0 {
+	if kern.Conn.Owner.PID != 44 || o.Len() != 1 {
 		t.Errorf("kernel owner overwritten (%d) or entry kept (%d)", kern.Conn.Owner.PID, o.Len())
 	}
 }
@@ -103,6 +103,33 @@ func TestNamesAreStable(t *testing.T) {
 	} {
 		if got != want {
 			t.Errorf("got %q want %q", got, want)
+		}
+	}
+}
+
+func TestOwnersTakesTheSYNOutOfActiveOpensSeenLate(t *testing.T) {
+	for _, tt := range []struct {
+		role   Role
+		seen   bool
+		tx     uint64
+		wantTx uint64
+	}{
+		{RoleActive, false, 110, 109}, // bytes_acked counted our SYN
+		{RolePassive, false, 110, 110},
+		{RoleActive, true, 110, 110}, // the kernel had a baseline: exact already
+	} {
+		o := NewOwners()
+		ex := conn("10.0.0.1:40000", "10.0.0.2:80", 5, "app", OwnerSnapshot)
+		ex.Kind, ex.Conn.Cookie, ex.Conn.Role = KindConnExisting, 3, tt.role
+		o.Apply(&ex)
+		cl := conn("10.0.0.1:40000", "10.0.0.2:80", 0, "", OwnerUnknown)
+		cl.Conn.Cookie, cl.Conn.TxBytes, cl.Conn.SeenOpen = 3, tt.tx, tt.seen
+		if tt.seen {
+			cl.Conn.Role = RoleActive
+		}
+		o.Apply(&cl)
+		if cl.Conn.TxBytes != tt.wantTx || cl.Conn.Role != tt.role {
+			t.Errorf("%s seen=%v: tx %d role %s, want %d %s", tt.role, tt.seen, cl.Conn.TxBytes, cl.Conn.Role, tt.wantTx, tt.role)
 		}
 	}
 }

@@ -1,18 +1,26 @@
 package events
 
-// Owners names the owners of connections the kernel could not attribute.
+// Owners completes the close records of connections that predate tracing.
 //
 // A connection opened before tracing started has no owner in the kernel's
 // table: its close record says only who it was (socket cookie, addresses).
 // The start-up sampler reports every such connection as a KindConnExisting
-// event with the owner /proc/PID/fd resolved; Owners remembers those by
-// cookie and fills the owner into the matching KindConnClosed event.
+// event with the owner /proc/PID/fd resolved and the role inferred from the
+// listeners; Owners remembers those by cookie and fills them into the
+// matching KindConnClosed event. The kernel had no byte baseline for such a
+// connection, so its sent count includes the SYN of an active open, which
+// tcp_sock.bytes_acked counts: Owners takes it out.
 //
 // It sees only events, so replaying a recording attributes exactly as the
 // live run did. It is owned by the event loop goroutine: not safe for
 // concurrent use.
 type Owners struct {
-	byCookie map[sockKey]Process
+	byCookie map[sockKey]existing
+}
+
+type existing struct {
+	owner Process
+	role  Role
 }
 
 // sockKey names a socket. Cookies are unique box-wide since Linux 5.10;
@@ -24,7 +32,7 @@ type sockKey struct {
 
 // NewOwners returns an empty table.
 func NewOwners() *Owners {
-	return &Owners{byCookie: make(map[sockKey]Process)}
+	return &Owners{byCookie: make(map[sockKey]existing)}
 }
 
 // Apply records existing connections and attributes closed ones in place.
@@ -34,21 +42,28 @@ func NewOwners() *Owners {
 func (o *Owners) Apply(ev *Event) {
 	switch ev.Kind {
 	case KindConnExisting:
-		if ev.Conn.Cookie != 0 && ev.Conn.Owner.Known() {
-			o.byCookie[sockKey{ev.Conn.NetNS, ev.Conn.Cookie}] = ev.Conn.Owner
+		if ev.Conn.Cookie != 0 {
+			o.byCookie[sockKey{ev.Conn.NetNS, ev.Conn.Cookie}] = existing{ev.Conn.Owner, ev.Conn.Role}
 		}
 	case KindConnClosed:
 		if len(o.byCookie) == 0 || ev.Conn.Cookie == 0 {
 			return
 		}
 		k := sockKey{ev.Conn.NetNS, ev.Conn.Cookie}
-		p, ok := o.byCookie[k]
+		e, ok := o.byCookie[k]
 		if !ok {
 			return
 		}
 		delete(o.byCookie, k)
-		if !ev.Conn.Owner.Known() {
-			ev.Conn.Owner = p
+		c := &ev.Conn
+		if !c.Owner.Known() && e.owner.Known() {
+			c.Owner = e.owner
+		}
+		if !c.SeenOpen && c.Role == RoleUnknown {
+			c.Role = e.role
+			if e.role == RoleActive && c.TxBytes > 0 {
+				c.TxBytes-- // the SYN
+			}
 		}
 	}
 }

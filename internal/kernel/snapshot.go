@@ -78,11 +78,13 @@ func (s scanner) existingConnections() ([]events.Event, []error, error) {
 			continue
 		}
 		dumped++
+		listening := listeningAddrs(socks)
 		for _, sk := range socks {
 			conn, ok := connFromDiag(sk, ino)
 			if !ok {
 				continue
 			}
+			conn.Role = inferRole(listening, conn.Local)
 			evs = append(evs, events.Event{Kind: events.KindConnExisting, Conn: conn})
 			sockInos = append(sockInos, sk.InetDiagMsg.INode)
 		}
@@ -296,6 +298,36 @@ func threadNetNS() (uint64, error) {
 		return 0, err
 	}
 	return st.Ino, nil
+}
+
+// listeningAddrs returns the local addresses that sockets of one dump
+// listen on.
+func listeningAddrs(socks []*netlink.InetDiagTCPInfoResp) map[netip.AddrPort]struct{} {
+	l := make(map[netip.AddrPort]struct{})
+	for _, sk := range socks {
+		if events.TCPState(sk.InetDiagMsg.State) != events.TCPListen {
+			continue
+		}
+		if a, ok := netip.AddrFromSlice(sk.InetDiagMsg.ID.Source); ok {
+			l[netip.AddrPortFrom(a.Unmap(), sk.InetDiagMsg.ID.SourcePort)] = struct{}{}
+		}
+	}
+	return l
+}
+
+// inferRole guesses which side opened a connection that predates tracing:
+// a connection whose local address and port someone listens on (exactly or
+// on the wildcard address) was accepted, any other was connected. sock_diag
+// does not say; this is what ss users infer by eye. A client that bound a
+// listener's port with SO_REUSEADDR would be misread, which is rare.
+func inferRole(listening map[netip.AddrPort]struct{}, local netip.AddrPort) events.Role {
+	port := local.Port()
+	for _, a := range []netip.Addr{local.Addr(), netip.IPv4Unspecified(), netip.IPv6Unspecified()} {
+		if _, ok := listening[netip.AddrPortFrom(a, port)]; ok {
+			return events.RolePassive
+		}
+	}
+	return events.RoleActive
 }
 
 // connFromDiag turns one sock_diag record into a Conn, or reports false

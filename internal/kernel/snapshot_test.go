@@ -552,8 +552,13 @@ func TestExistingConnections(t *testing.T) {
 		if c.LastState != w.state {
 			t.Errorf("%s: state %v, want %v", k, c.LastState, w.state)
 		}
-		if c.Role != events.RoleUnknown || c.SeenOpen || c.OpenNs != 0 {
-			t.Errorf("%s: role %v, seen open %v, open %d", k, c.Role, c.SeenOpen, c.OpenNs)
+		// The server's sockets sit on its listening port: accepted.
+		wantRole := events.RoleActive
+		if w.owner == server {
+			wantRole = events.RolePassive
+		}
+		if c.Role != wantRole || c.SeenOpen || c.OpenNs != 0 {
+			t.Errorf("%s: role %v (want %v), seen open %v, open %d", k, c.Role, wantRole, c.SeenOpen, c.OpenNs)
 		}
 		if want, ok := ss[k]; c.Cookie == 0 || !ok || c.Cookie != want.cookie {
 			t.Errorf("%s: cookie %#x, ss says %#x (found %v)", k, c.Cookie, want.cookie, ok)
@@ -751,5 +756,26 @@ func TestExistingConnectionsNamespaceWithoutProcess(t *testing.T) {
 	}
 	if found != 2 {
 		t.Errorf("found %d connections in %s, want the 2 ends of ours", found, ns)
+	}
+}
+
+func TestInferRole(t *testing.T) {
+	listening := map[netip.AddrPort]struct{}{
+		netip.MustParseAddrPort("0.0.0.0:80"):     {},
+		netip.MustParseAddrPort("10.0.0.1:443"):   {},
+		netip.MustParseAddrPort("[::]:22"):        {},
+		netip.MustParseAddrPort("[fe80::1]:8080"): {},
+	}
+	for local, want := range map[string]events.Role{
+		"10.0.0.9:80":      events.RolePassive, // wildcard listener
+		"10.0.0.1:443":     events.RolePassive,
+		"10.0.0.2:443":     events.RoleActive, // listener bound to another address
+		"10.0.0.1:22":      events.RolePassive, // dual-stack [::]:22 accepts IPv4 too
+		"[2001:db8::1]:22": events.RolePassive,
+		"10.0.0.1:50000":   events.RoleActive,
+	} {
+		if got := inferRole(listening, netip.MustParseAddrPort(local)); got != want {
+			t.Errorf("inferRole(%s) = %v, want %v", local, got, want)
+		}
 	}
 }

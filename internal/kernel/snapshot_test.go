@@ -769,7 +769,7 @@ func TestInferRole(t *testing.T) {
 	for local, want := range map[string]events.Role{
 		"10.0.0.9:80":      events.RolePassive, // wildcard listener
 		"10.0.0.1:443":     events.RolePassive,
-		"10.0.0.2:443":     events.RoleActive, // listener bound to another address
+		"10.0.0.2:443":     events.RoleActive,  // listener bound to another address
 		"10.0.0.1:22":      events.RolePassive, // dual-stack [::]:22 accepts IPv4 too
 		"[2001:db8::1]:22": events.RolePassive,
 		"10.0.0.1:50000":   events.RoleActive,

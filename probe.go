@@ -120,6 +120,20 @@ type Probe struct {
 	attachments []Attachment
 	reader      *ringbuf.Reader
 	stats       Stats
+	notes       []string
+}
+
+// Notes reports what Open did to the system on the way, such as mounting
+// tracefs, so that the user is told.
+func (p *Probe) Notes() []string { return p.notes }
+
+// ensureTracefs mounts tracefs if needed, noting it once.
+func (p *Probe) ensureTracefs() error {
+	mounted, err := EnsureTracefs()
+	if mounted {
+		p.notes = append(p.notes, "mounted tracefs at "+tracefsPath+" (classic tracepoints need it)")
+	}
+	return err
 }
 
 // Open checks the environment, loads the programs and attaches them with

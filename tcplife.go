@@ -60,7 +60,7 @@ func (p *Probe) tryState(mode AttachMode) (*ebpf.Collection, link.Link, error) {
 		return nil, nil, err
 	}
 	if mode == AttachTracepoint {
-		if _, err := EnsureTracefs(); err != nil {
+		if err := p.ensureTracefs(); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -138,7 +138,7 @@ func (p *Probe) attachAccept(coll *ebpf.Collection) {
 		{"sys_exit_accept", tcplifeProgCtAcceptExit},
 	} {
 		hook := "syscalls/" + sc.name
-		if _, err := EnsureTracefs(); err != nil {
+		if err := p.ensureTracefs(); err != nil {
 			p.attachments = append(p.attachments, Attachment{Hook: hook, Err: err})
 			continue
 		}

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -240,5 +241,48 @@ func TestJSONStreamNamesOwnersOfOldAndNewConnections(t *testing.T) {
 	check("fresh client side", l, ok, fresh.PID, "ctr-fresh", "connect", "active", "close_wait", true, 10, 2)
 	if !strings.Contains(stderr.String(), "4 connections printed") || !strings.Contains(stderr.String(), "0 lost") {
 		t.Errorf("summary missing or wrong: %s", stderr)
+	}
+}
+
+// TestMountsTracefsAndStopsCleanlyOnSIGTERM runs the tracer in a private
+// mount namespace where tracefs is not mounted, forcing the classic
+// tracepoint mode that needs it: the tracer mounts it itself. SIGTERM then
+// detaches it and it prints its summary and exits 0.
+func TestMountsTracefsAndStopsCleanlyOnSIGTERM(t *testing.T) {
+	testenv.RequireRoot(t)
+	if _, err := exec.LookPath("unshare"); err != nil {
+		t.Skip("needs unshare (util-linux)")
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := `umount -l /sys/kernel/tracing 2>/dev/null; umount -l /sys/kernel/debug/tracing 2>/dev/null;
+if [ -e /sys/kernel/tracing/events ]; then echo "tracefs still mounted" >&2; exit 3; fi; exec "$0"`
+	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", script, self)
+	cmd.Env = append(os.Environ(), runMainEnv+"=--attach-mode tracepoint --netns 1")
+	stderr := &readyWriter{ready: make(chan struct{})}
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-stderr.ready:
+	case <-time.After(20 * time.Second):
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("tracer did not start: %s", stderr)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit: %v\n%s", err, stderr)
+	}
+	out := stderr.String()
+	for _, want := range []string{"mounted tracefs at /sys/kernel/tracing", "sock/inet_sock_set_state=tracepoint", "syscalls/sys_exit_accept4=tracepoint", "0 lost in the kernel"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("stderr does not say %q:\n%s", want, out)
+		}
 	}
 }

@@ -36,6 +36,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("start tracing: %w", err)
 	}
 	defer probe.Close()
+	for _, n := range probe.Notes() {
+		fmt.Fprintf(stderr, "tracer: note: %s\n", n)
+	}
 
 	clock, err := bootClock()
 	if err != nil {

@@ -73,8 +73,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		attachSummary(probe.Attachments()), existing)
 
 	runErr := probe.Run(ctx, p)
-	if err := p.stream.Flush(); err != nil && runErr == nil {
-		runErr = fmt.Errorf("write output: %w", err)
+	if err := p.stream.Flush(); err != nil && p.writeErr == nil {
+		p.writeErr = err
+	}
+	if p.writeErr != nil && runErr == nil {
+		runErr = fmt.Errorf("write output: %w", p.writeErr)
 	}
 	st := probe.Stats()
 	fmt.Fprintf(stderr, "tracer: %d connections printed, %d filtered out; %d records read, %d lost in the kernel, %d undecodable\n",
@@ -111,7 +114,7 @@ type pipeline struct {
 	stream   *export.Stream
 	printed  uint64
 	filtered uint64
-	writeErr error
+	writeErr error // first output error, reported when the loop ends
 }
 
 // HandleEvent implements conntracer.Handler.

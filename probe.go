@@ -69,6 +69,12 @@ type Options struct {
 	// below that the reader polls every PollInterval.
 	WakeupBytes  uint64
 	PollInterval time.Duration
+	// NoConnect leaves the connect() hooks (connect.go) off.
+	NoConnect bool
+	// ConnectInProgress sends a record for every connect() that returns
+	// EINPROGRESS, not only a count (doubles the records of non-blocking
+	// clients).
+	ConnectInProgress bool
 }
 
 // DefaultOptions returns the settings `tracer` runs with by default.
@@ -120,6 +126,9 @@ type Probe struct {
 	attachments []Attachment
 	reader      *ringbuf.Reader
 	stats       Stats
+	// connectCounters is the connect object's per-CPU counters map, nil
+	// when the connect hooks are off.
+	connectCounters *ebpf.Map
 }
 
 // Open checks the environment, loads the programs and attaches them with
@@ -154,6 +163,11 @@ func Open(opts Options) (_ *Probe, err error) {
 
 	if err := p.openTCPLife(); err != nil {
 		return nil, err
+	}
+	if !opts.NoConnect {
+		if err := p.openConnect(); err != nil {
+			return nil, err
+		}
 	}
 
 	p.reader, err = ringbuf.NewReader(p.ring)
@@ -285,6 +299,7 @@ func (p *Probe) Close() error {
 		c.Close()
 	}
 	p.colls, p.lost = nil, nil
+	p.connectCounters = nil
 	if p.ring != nil {
 		errs = append(errs, p.ring.Close())
 		p.ring = nil

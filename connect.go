@@ -8,6 +8,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+
+	"github.com/conntracer/conntracer/internal/events"
 )
 
 // ConnectCounters are the connect() calls the kernel counted without
@@ -20,6 +22,9 @@ type ConnectCounters struct {
 	// their outcome is their connection's conn_event. Sent as records
 	// too only with Options.ConnectInProgress.
 	InProgress uint64
+	// UnixFull counts Unix connects sent as a record each because the
+	// kernel's table of counted callers was full.
+	UnixFull uint64
 }
 
 // openConnect loads the connect object and attaches its two syscall
@@ -72,6 +77,7 @@ func (p *Probe) openConnect() error {
 		return err
 	}
 	p.connectCounters = coll.Maps[connectMapCounters]
+	p.unixPoller = newUnixPoller(coll.Maps[connectMapUnixConnects])
 	// Exit first: an entry stashed with no exit hook would sit in the
 	// pending map until evicted.
 	for _, sc := range []struct{ name, prog string }{
@@ -100,6 +106,7 @@ func (p *Probe) ConnectCounters() (ConnectCounters, error) {
 		connectConnectCounterCONNECT_OK_INET:     &c.OKInet,
 		connectConnectCounterCONNECT_NO_ENTER:    &c.NoEnter,
 		connectConnectCounterCONNECT_IN_PROGRESS: &c.InProgress,
+		connectConnectCounterCONNECT_UNIX_FULL:   &c.UnixFull,
 	} {
 		var perCPU []uint64
 		if err := p.connectCounters.Lookup(uint32(slot), &perCPU); err != nil {
@@ -110,4 +117,13 @@ func (p *Probe) ConnectCounters() (ConnectCounters, error) {
 		}
 	}
 	return c, nil
+}
+
+// pollConnects hands the event loop's handler the Unix connects the
+// kernel counted since the last poll. Called by Run on the event loop.
+func (p *Probe) pollConnects(ev *events.Event, h Handler, final bool) error {
+	if p.unixPoller == nil {
+		return nil
+	}
+	return p.unixPoller.poll(ev, h, final)
 }

@@ -20,7 +20,8 @@ const (
 	connectConnectCounterCONNECT_OK_INET     connectConnectCounter = 1
 	connectConnectCounterCONNECT_NO_ENTER    connectConnectCounter = 2
 	connectConnectCounterCONNECT_IN_PROGRESS connectConnectCounter = 3
-	connectConnectCounterCONNECT_COUNTERS    connectConnectCounter = 4
+	connectConnectCounterCONNECT_UNIX_FULL   connectConnectCounter = 4
+	connectConnectCounterCONNECT_COUNTERS    connectConnectCounter = 5
 )
 
 type connectConnectEvent struct {
@@ -62,29 +63,59 @@ type connectPendingConnect struct {
 	Addrlen uint32
 }
 
+type connectUnixConnectKey struct {
+	_           structs.HostLayout
+	ProcStartNs uint64
+	Tgid        uint32
+	Netns       uint32
+	PathLen     uint16
+	Errno       uint8
+	Pad         [3]uint8
+	Family      uint16
+	Path        [108]uint8
+	Pad2        [4]uint8
+}
+
+type connectUnixConnectStats struct {
+	_            structs.HostLayout
+	Calls        uint64
+	LatencySumNs uint64
+	FirstNs      uint64
+	LastNs       uint64
+	CgroupId     uint64
+	Tid          uint32
+	SockType     uint16
+	Flags        uint8
+	Pad          uint8
+	Comm         [16]uint8
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	connectMapCounters             = "counters"
-	connectMapEvents               = "events"
-	connectMapLostRecords          = "lost_records"
-	connectMapPending              = "pending"
-	connectProgCtConnectEnter      = "ct_connect_enter"
-	connectProgCtConnectExit       = "ct_connect_exit"
-	connectVarEmitInProgress       = "emit_in_progress"
-	connectVarFilterCgroupId       = "filter_cgroup_id"
-	connectVarFilterCgroupLevel    = "filter_cgroup_level"
-	connectVarFilterComm           = "filter_comm"
-	connectVarFilterCommSet        = "filter_comm_set"
-	connectVarFilterFamily         = "filter_family"
-	connectVarFilterNetns          = "filter_netns"
-	connectVarFilterPort           = "filter_port"
-	connectVarFilterTgid           = "filter_tgid"
-	connectVarUnusedConnectCounter = "unused_connect_counter"
-	connectVarUnusedConnectEvent   = "unused_connect_event"
-	connectVarUnusedConnectFlags   = "unused_connect_flags"
-	connectVarWakeupBytes          = "wakeup_bytes"
+	connectMapCounters               = "counters"
+	connectMapEvents                 = "events"
+	connectMapLostRecords            = "lost_records"
+	connectMapPending                = "pending"
+	connectMapUnixConnects           = "unix_connects"
+	connectProgCtConnectEnter        = "ct_connect_enter"
+	connectProgCtConnectExit         = "ct_connect_exit"
+	connectVarEmitInProgress         = "emit_in_progress"
+	connectVarFilterCgroupId         = "filter_cgroup_id"
+	connectVarFilterCgroupLevel      = "filter_cgroup_level"
+	connectVarFilterComm             = "filter_comm"
+	connectVarFilterCommSet          = "filter_comm_set"
+	connectVarFilterFamily           = "filter_family"
+	connectVarFilterNetns            = "filter_netns"
+	connectVarFilterPort             = "filter_port"
+	connectVarFilterTgid             = "filter_tgid"
+	connectVarUnusedConnectCounter   = "unused_connect_counter"
+	connectVarUnusedConnectEvent     = "unused_connect_event"
+	connectVarUnusedConnectFlags     = "unused_connect_flags"
+	connectVarUnusedUnixConnectKey   = "unused_unix_connect_key"
+	connectVarUnusedUnixConnectStats = "unused_unix_connect_stats"
+	connectVarWakeupBytes            = "wakeup_bytes"
 )
 
 // loadConnect returns the embedded CollectionSpec for connect.
@@ -137,29 +168,32 @@ type connectProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type connectMapSpecs struct {
-	Counters    *ebpf.MapSpec `ebpf:"counters"`
-	Events      *ebpf.MapSpec `ebpf:"events"`
-	LostRecords *ebpf.MapSpec `ebpf:"lost_records"`
-	Pending     *ebpf.MapSpec `ebpf:"pending"`
+	Counters     *ebpf.MapSpec `ebpf:"counters"`
+	Events       *ebpf.MapSpec `ebpf:"events"`
+	LostRecords  *ebpf.MapSpec `ebpf:"lost_records"`
+	Pending      *ebpf.MapSpec `ebpf:"pending"`
+	UnixConnects *ebpf.MapSpec `ebpf:"unix_connects"`
 }
 
 // connectVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type connectVariableSpecs struct {
-	EmitInProgress       *ebpf.VariableSpec `ebpf:"emit_in_progress"`
-	FilterCgroupId       *ebpf.VariableSpec `ebpf:"filter_cgroup_id"`
-	FilterCgroupLevel    *ebpf.VariableSpec `ebpf:"filter_cgroup_level"`
-	FilterComm           *ebpf.VariableSpec `ebpf:"filter_comm"`
-	FilterCommSet        *ebpf.VariableSpec `ebpf:"filter_comm_set"`
-	FilterFamily         *ebpf.VariableSpec `ebpf:"filter_family"`
-	FilterNetns          *ebpf.VariableSpec `ebpf:"filter_netns"`
-	FilterPort           *ebpf.VariableSpec `ebpf:"filter_port"`
-	FilterTgid           *ebpf.VariableSpec `ebpf:"filter_tgid"`
-	UnusedConnectCounter *ebpf.VariableSpec `ebpf:"unused_connect_counter"`
-	UnusedConnectEvent   *ebpf.VariableSpec `ebpf:"unused_connect_event"`
-	UnusedConnectFlags   *ebpf.VariableSpec `ebpf:"unused_connect_flags"`
-	WakeupBytes          *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
+	EmitInProgress         *ebpf.VariableSpec `ebpf:"emit_in_progress"`
+	FilterCgroupId         *ebpf.VariableSpec `ebpf:"filter_cgroup_id"`
+	FilterCgroupLevel      *ebpf.VariableSpec `ebpf:"filter_cgroup_level"`
+	FilterComm             *ebpf.VariableSpec `ebpf:"filter_comm"`
+	FilterCommSet          *ebpf.VariableSpec `ebpf:"filter_comm_set"`
+	FilterFamily           *ebpf.VariableSpec `ebpf:"filter_family"`
+	FilterNetns            *ebpf.VariableSpec `ebpf:"filter_netns"`
+	FilterPort             *ebpf.VariableSpec `ebpf:"filter_port"`
+	FilterTgid             *ebpf.VariableSpec `ebpf:"filter_tgid"`
+	UnusedConnectCounter   *ebpf.VariableSpec `ebpf:"unused_connect_counter"`
+	UnusedConnectEvent     *ebpf.VariableSpec `ebpf:"unused_connect_event"`
+	UnusedConnectFlags     *ebpf.VariableSpec `ebpf:"unused_connect_flags"`
+	UnusedUnixConnectKey   *ebpf.VariableSpec `ebpf:"unused_unix_connect_key"`
+	UnusedUnixConnectStats *ebpf.VariableSpec `ebpf:"unused_unix_connect_stats"`
+	WakeupBytes            *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
 // connectObjects contains all objects after they have been loaded into the kernel.
@@ -182,10 +216,11 @@ func (o *connectObjects) Close() error {
 //
 // It can be passed to loadConnectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type connectMaps struct {
-	Counters    *ebpf.Map `ebpf:"counters"`
-	Events      *ebpf.Map `ebpf:"events"`
-	LostRecords *ebpf.Map `ebpf:"lost_records"`
-	Pending     *ebpf.Map `ebpf:"pending"`
+	Counters     *ebpf.Map `ebpf:"counters"`
+	Events       *ebpf.Map `ebpf:"events"`
+	LostRecords  *ebpf.Map `ebpf:"lost_records"`
+	Pending      *ebpf.Map `ebpf:"pending"`
+	UnixConnects *ebpf.Map `ebpf:"unix_connects"`
 }
 
 func (m *connectMaps) Close() error {
@@ -194,6 +229,7 @@ func (m *connectMaps) Close() error {
 		m.Events,
 		m.LostRecords,
 		m.Pending,
+		m.UnixConnects,
 	)
 }
 
@@ -201,19 +237,21 @@ func (m *connectMaps) Close() error {
 //
 // It can be passed to loadConnectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type connectVariables struct {
-	EmitInProgress       *ebpf.Variable `ebpf:"emit_in_progress"`
-	FilterCgroupId       *ebpf.Variable `ebpf:"filter_cgroup_id"`
-	FilterCgroupLevel    *ebpf.Variable `ebpf:"filter_cgroup_level"`
-	FilterComm           *ebpf.Variable `ebpf:"filter_comm"`
-	FilterCommSet        *ebpf.Variable `ebpf:"filter_comm_set"`
-	FilterFamily         *ebpf.Variable `ebpf:"filter_family"`
-	FilterNetns          *ebpf.Variable `ebpf:"filter_netns"`
-	FilterPort           *ebpf.Variable `ebpf:"filter_port"`
-	FilterTgid           *ebpf.Variable `ebpf:"filter_tgid"`
-	UnusedConnectCounter *ebpf.Variable `ebpf:"unused_connect_counter"`
-	UnusedConnectEvent   *ebpf.Variable `ebpf:"unused_connect_event"`
-	UnusedConnectFlags   *ebpf.Variable `ebpf:"unused_connect_flags"`
-	WakeupBytes          *ebpf.Variable `ebpf:"wakeup_bytes"`
+	EmitInProgress         *ebpf.Variable `ebpf:"emit_in_progress"`
+	FilterCgroupId         *ebpf.Variable `ebpf:"filter_cgroup_id"`
+	FilterCgroupLevel      *ebpf.Variable `ebpf:"filter_cgroup_level"`
+	FilterComm             *ebpf.Variable `ebpf:"filter_comm"`
+	FilterCommSet          *ebpf.Variable `ebpf:"filter_comm_set"`
+	FilterFamily           *ebpf.Variable `ebpf:"filter_family"`
+	FilterNetns            *ebpf.Variable `ebpf:"filter_netns"`
+	FilterPort             *ebpf.Variable `ebpf:"filter_port"`
+	FilterTgid             *ebpf.Variable `ebpf:"filter_tgid"`
+	UnusedConnectCounter   *ebpf.Variable `ebpf:"unused_connect_counter"`
+	UnusedConnectEvent     *ebpf.Variable `ebpf:"unused_connect_event"`
+	UnusedConnectFlags     *ebpf.Variable `ebpf:"unused_connect_flags"`
+	UnusedUnixConnectKey   *ebpf.Variable `ebpf:"unused_unix_connect_key"`
+	UnusedUnixConnectStats *ebpf.Variable `ebpf:"unused_unix_connect_stats"`
+	WakeupBytes            *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
 // connectPrograms contains all programs after they have been loaded into the kernel.

@@ -52,8 +52,13 @@ func decodeConnect(raw []byte, ev *events.Event) error {
 	if r.Ret < 0 && r.Ret > -256 {
 		c.Errno = uint8(-r.Ret)
 	}
+	c.Count = 1
 	c.StartNs = r.StartNs
 	c.EndNs = r.EndNs
+	c.LatencySumNs = 0
+	if r.EndNs > r.StartNs {
+		c.LatencySumNs = r.EndNs - r.StartNs
+	}
 	c.NonBlocking = flags&connectConnectFlagsCONNECT_NONBLOCK != 0
 	c.AddrFault = flags&connectConnectFlagsCONNECT_ADDR_FAULT != 0
 	c.Backlog, c.Queue, c.Somaxconn = 0, 0, 0

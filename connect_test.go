@@ -11,25 +11,30 @@ import (
 	"github.com/conntracer/conntracer/internal/testenv"
 )
 
-// connectsOf returns the connect events of process pid, once at least n
-// have arrived (or the deadline passed, then a little later for surplus).
+// connectsOf returns the connect events of process pid, once they account
+// for at least n calls (or the deadline passed, then a little later for surplus).
 func (c *collector) connectsOf(t *testing.T, pid int, n int) []events.Connect {
 	t.Helper()
-	pick := func() []events.Connect {
+	pick := func() ([]events.Connect, int) {
 		var out []events.Connect
+		calls := 0
 		for _, ev := range c.snapshot() {
 			if ev.Kind == events.KindConnect && ev.Connect.Owner.PID == uint32(pid) {
 				out = append(out, ev.Connect)
+				calls += int(ev.Connect.Count)
 			}
 		}
-		return out
+		return out, calls
 	}
 	deadline := time.Now().Add(15 * time.Second)
-	for len(pick()) < n && time.Now().Before(deadline) {
+	for _, calls := pick(); calls < n && time.Now().Before(deadline); _, calls = pick() {
 		time.Sleep(20 * time.Millisecond)
 	}
-	time.Sleep(200 * time.Millisecond)
-	return pick()
+	// The kernel's counts are read every half second: wait for one
+	// more read to catch any surplus.
+	time.Sleep(700 * time.Millisecond)
+	out, _ := pick()
+	return out
 }
 
 // byErrno counts connect events by errno name, "OK" for success, for one
@@ -44,7 +49,7 @@ func byErrno(cs []events.Connect, dest string) map[string]int {
 		if name == "" {
 			name = "OK"
 		}
-		m[name]++
+		m[name] += int(cs[i].Count)
 	}
 	return m
 }

@@ -129,6 +129,7 @@ type Probe struct {
 	// connectCounters is the connect object's per-CPU counters map, nil
 	// when the connect hooks are off.
 	connectCounters *ebpf.Map
+	unixPoller      *unixPoller // nil when the connect hooks are off
 }
 
 // Open checks the environment, loads the programs and attaches them with
@@ -214,13 +215,23 @@ func (p *Probe) Run(ctx context.Context, h Handler) error {
 				draining = true
 				p.reader.SetDeadline(time.Now())
 			}
+			// Nor would the kernel's counts be read: do it here too.
+			if p.stats.Records%4096 == 0 {
+				if perr := p.pollConnects(&ev, h, false); perr != nil {
+					return perr
+				}
+			}
 			if derr := Decode(rec.RawSample, &ev); derr != nil {
 				p.stats.BadRecords++
 				continue
 			}
 			h.HandleEvent(&ev)
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			// Everything written so far has been read.
+			// Everything written so far has been read. Counts kept in
+			// kernel maps are read on the same goroutine.
+			if perr := p.pollConnects(&ev, h, draining); perr != nil {
+				return perr
+			}
 			h.Drained()
 			if draining {
 				return p.updateLost()
@@ -299,7 +310,7 @@ func (p *Probe) Close() error {
 		c.Close()
 	}
 	p.colls, p.lost = nil, nil
-	p.connectCounters = nil
+	p.connectCounters, p.unixPoller = nil, nil
 	if p.ring != nil {
 		errs = append(errs, p.ring.Close())
 		p.ring = nil

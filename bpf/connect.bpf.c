@@ -83,7 +83,8 @@ enum connect_counter {
 	CONNECT_OK_INET = 1,   /* successful IPv4/IPv6 connects: counted, not sent */
 	CONNECT_NO_ENTER = 2,  /* exits without a stash (attached mid-call, or evicted) */
 	CONNECT_IN_PROGRESS = 3, /* EINPROGRESS: counted; sent only if emit_in_progress */
-	CONNECT_COUNTERS = 4,
+	CONNECT_UNIX_FULL = 4,   /* Unix connects sent as records: unix_connects was full */
+	CONNECT_COUNTERS = 5,
 };
 
 /*
@@ -106,22 +107,44 @@ struct pending_connect {
 };
 
 /*
- * pending: the connect() calls in progress, keyed by thread id
- * (bpf_get_current_pid_tgid). Inserted at sys_enter_connect, deleted at
- * sys_exit_connect of the same thread, which a thread always reaches before
- * its next syscall. LRU: a thread killed mid-call, or a program detached
- * between the two hooks, leaves an entry that is evicted instead of leaked;
- * one thread has at most one entry.
+ * pending: the connect() call in progress of each thread, in the thread's
+ * task local storage. Written at sys_enter_connect, read and cleared
+ * (start_ns = 0) at sys_exit_connect of the same thread, which a thread
+ * always reaches before its next syscall. The kernel frees the entry with
+ * the task, so it cannot leak; task storage costs a pointer dereference
+ * where a hash map (LRU, keyed by thread id) costs a hash, an insert and a
+ * delete per call, measured at a quarter of the hook's cost.
  */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64);
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct pending_connect);
 } pending SEC(".maps");
 
+/*
+ * unix_connects: connect() calls on Unix sockets, counted per process,
+ * address and result (struct unix_connect_key -> unix_connect_stats). The
+ * overload this tracer exists for, a proxy's non-blocking connects failing
+ * with EAGAIN at tens of thousands a second, costs a hash lookup and two
+ * atomic adds per call here, where a ring buffer record costs three times
+ * that in the kernel plus decoding in user space. Inserted at a key's first
+ * call; user space reads it on a timer, turns count deltas into events,
+ * and deletes keys idle for a minute (a call racing with that delete is the
+ * only way to lose one). Plain hash, not LRU: eviction would lose counts
+ * silently; when it is full, new keys fall back to a record per call.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct unix_connect_key);
+	__type(value, struct unix_connect_stats);
+} unix_connects SEC(".maps");
+
 /* See tcplife.bpf.c: puts the record's types into BTF for bpf2go -type. */
 const struct connect_event *unused_connect_event __attribute__((unused));
+const struct unix_connect_key *unused_unix_connect_key __attribute__((unused));
+const struct unix_connect_stats *unused_unix_connect_stats __attribute__((unused));
 const enum connect_flags unused_connect_flags __attribute__((unused));
 const enum connect_counter unused_connect_counter __attribute__((unused));
 
@@ -164,32 +187,36 @@ static __always_inline void count(__u32 slot)
 SEC("tracepoint/syscalls/sys_enter_connect")
 int ct_connect_enter(struct sys_enter_connect_ctx *ctx)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	struct pending_connect p = {
-		.start_ns = bpf_ktime_get_boot_ns(),
-		.uaddr = ctx->uservaddr,
-		.fd = (__u32)ctx->fd,
-		.addrlen = (__u32)ctx->addrlen,
-	};
+	struct pending_connect *p;
 
-	if (filter_tgid && (id >> 32) != filter_tgid)
+	if (filter_tgid && (bpf_get_current_pid_tgid() >> 32) != filter_tgid)
 		return 0;
-	bpf_map_update_elem(&pending, &id, &p, BPF_ANY);
+	p = bpf_task_storage_get(&pending, bpf_get_current_task_btf(), NULL,
+				 BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!p)
+		return 0;
+	p->start_ns = bpf_ktime_get_boot_ns();
+	p->uaddr = ctx->uservaddr;
+	p->fd = (__u32)ctx->fd;
+	p->addrlen = (__u32)ctx->addrlen;
 	return 0;
 }
 
-/* socket_of returns the struct socket behind fd, or NULL if fd is not a socket. */
-static __always_inline struct socket *socket_of(__u32 fd, __u8 *flags)
+/*
+ * socket_of returns the struct socket behind fd, or NULL if fd is not a
+ * socket. The task pointer is BTF-typed (bpf_get_current_task_btf), so the
+ * walk is plain loads that the verifier guards, a few ns each, where
+ * bpf_probe_read_kernel costs about 25 ns a field; only the indexed load
+ * from the fd array, which the verifier cannot bound, is a probe read.
+ */
+static __always_inline struct socket *socket_of(struct task_struct *task, __u32 fd, __u8 *flags)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct fdtable *fdt = task->files->fdt;
 	struct file *file = NULL;
-	struct file **fds;
 
-	if (fd >= BPF_CORE_READ(fdt, max_fds))
+	if (fd >= fdt->max_fds)
 		return NULL;
-	fds = BPF_CORE_READ(fdt, fd);
-	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
+	bpf_probe_read_kernel(&file, sizeof(file), &fdt->fd[fd]);
 	if (!file)
 		return NULL;
 	/* connect() on a non-socket fails with ENOTSOCK: its private_data
@@ -201,28 +228,102 @@ static __always_inline struct socket *socket_of(__u32 fd, __u8 *flags)
 	return BPF_CORE_READ(file, private_data);
 }
 
+/*
+ * count_unix counts a Unix connect in unix_connects. It returns false when
+ * the call must be sent as a record instead (the map is full). Runs before
+ * any filter that needs the socket: only the netns filter does, and it
+ * uses the caller's namespace here.
+ */
+static __always_inline bool count_unix(struct task_struct *task, __u64 id, long ret,
+					 const struct pending_connect *p,
+					 struct unix_connect_key *k, __u64 n)
+{
+	struct unix_connect_stats *st;
+	__u64 now = bpf_ktime_get_boot_ns();
+
+	k->netns = task->nsproxy->net_ns->ns.inum;
+	if (filter_netns && k->netns != filter_netns)
+		return true;
+	k->tgid = id >> 32;
+	k->proc_start_ns = task->group_leader->start_boottime;
+	k->errno = ret < 0 && ret > -256 ? -ret : 0;
+	k->path_len = n > SUN_PATH_OFFSET ? n - SUN_PATH_OFFSET : 0;
+
+	st = bpf_map_lookup_elem(&unix_connects, k);
+	if (!st) {
+		struct unix_connect_stats v = {};
+		__u8 flags = 0;
+		struct socket *sock = socket_of(task, p->fd, &flags);
+
+		if (sock)
+			v.sock_type = BPF_CORE_READ(sock, type);
+		v.flags = flags | (sock ? CONNECT_FD_SOCKET : 0);
+		v.first_ns = now;
+		v.cgroup_id = bpf_get_current_cgroup_id();
+		v.tid = (__u32)id;
+		__builtin_memcpy(v.comm, task->group_leader->comm, sizeof(v.comm));
+		if (bpf_map_update_elem(&unix_connects, k, &v, BPF_NOEXIST) != 0 &&
+		    !bpf_map_lookup_elem(&unix_connects, k)) {
+			count(CONNECT_UNIX_FULL);
+			return false;
+		}
+		st = bpf_map_lookup_elem(&unix_connects, k);
+		if (!st)
+			return false;
+	}
+	__sync_fetch_and_add(&st->calls, 1);
+	__sync_fetch_and_add(&st->latency_sum_ns, now - p->start_ns);
+	st->last_ns = now;
+	return true;
+}
+
 SEC("tracepoint/syscalls/sys_exit_connect")
 int ct_connect_exit(struct sys_exit_ctx *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	struct pending_connect *pp = bpf_map_lookup_elem(&pending, &id);
+	struct pending_connect *pp;
 	struct pending_connect p;
 	long ret = ctx->ret;
 	__u16 family = 0;
 	__u8 flags = 0;
 
-	if (!pp) {
-		if (!filter_tgid || (id >> 32) == filter_tgid)
-			count(CONNECT_NO_ENTER);
+	if (filter_tgid && (id >> 32) != filter_tgid)
+		return 0;
+	pp = bpf_task_storage_get(&pending, bpf_get_current_task_btf(), NULL, 0);
+	if (!pp || !pp->start_ns) {
+		count(CONNECT_NO_ENTER);
 		return 0;
 	}
 	p = *pp;
-	bpf_map_delete_elem(&pending, &id);
+	pp->start_ns = 0;
 	count(CONNECT_CALLS);
 
-	if (p.addrlen >= sizeof(family) &&
-	    bpf_probe_read_user(&family, sizeof(family), (void *)p.uaddr) != 0)
-		flags |= CONNECT_ADDR_FAULT;
+	/*
+	 * One copy from the caller's memory of what the address needs,
+	 * straight into a Unix key: the family, and the path if it is one.
+	 * Only the bytes the caller passed: a full sockaddr_un could run past
+	 * its buffer into an unmapped page and fail.
+	 */
+	struct unix_connect_key k;
+	__u64 n = p.addrlen;
+
+	__builtin_memset(&k, 0, sizeof(k));
+	asm volatile("" : "+r"(n));
+	if (n > sizeof(k.family) + sizeof(k.path))
+		n = sizeof(k.family) + sizeof(k.path);
+	if (n >= sizeof(family)) {
+		if (bpf_probe_read_user(&k.family, n, (void *)p.uaddr) == 0)
+			family = k.family;
+		else
+			flags |= CONNECT_ADDR_FAULT;
+	}
+	struct task_struct *task = bpf_get_current_task_btf();
+
+	if (family == AF_UNIX && !filter_family && !filter_port && !filter_comm_set &&
+	    !(filter_cgroup_id &&
+	      bpf_get_current_ancestor_cgroup_id(filter_cgroup_level) != filter_cgroup_id) &&
+	    count_unix(task, id, ret, &p, &k, n))
+		return 0;
 	if (ret == 0 && family != AF_UNIX) {
 		count(CONNECT_OK_INET);
 		return 0;
@@ -238,7 +339,7 @@ int ct_connect_exit(struct sys_exit_ctx *ctx)
 	    bpf_get_current_ancestor_cgroup_id(filter_cgroup_level) != filter_cgroup_id)
 		return 0;
 
-	struct socket *sock = socket_of(p.fd, &flags);
+	struct socket *sock = socket_of(task, p.fd, &flags);
 	__u32 netns = 0;
 	__u16 type = 0;
 
@@ -259,8 +360,7 @@ int ct_connect_exit(struct sys_exit_ctx *ctx)
 			*n += 1;
 		return 0;
 	}
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct task_struct *leader = BPF_CORE_READ(task, group_leader);
+	struct task_struct *leader = task->group_leader;
 
 	e->kind = RECORD_CONNECT;
 	e->family = family;
@@ -268,14 +368,14 @@ int ct_connect_exit(struct sys_exit_ctx *ctx)
 	e->start_ns = p.start_ns;
 	e->end_ns = bpf_ktime_get_boot_ns();
 	e->cgroup_id = bpf_get_current_cgroup_id();
-	e->proc_start_ns = BPF_CORE_READ(leader, start_boottime);
+	e->proc_start_ns = leader->start_boottime;
 	e->netns = netns;
 	e->tgid = id >> 32;
 	e->tid = (__u32)id;
 	e->sock_type = type;
 	e->dport = 0;
 	e->path_len = 0;
-	bpf_probe_read_kernel_str(e->comm, sizeof(e->comm), &leader->comm);
+	__builtin_memcpy(e->comm, leader->comm, sizeof(e->comm));
 	if (filter_comm_set && !comm_matches(e->comm)) {
 		bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
 		return 0;

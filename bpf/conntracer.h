@@ -125,4 +125,37 @@ struct connect_event {
 	__u8 pad2[4];
 };
 
+/*
+ * struct unix_connect_key: one (process, Unix address, result) whose
+ * connect() calls the kernel counts in place of sending a record each
+ * (map unix_connects in connect.bpf.c). netns is the caller's: abstract
+ * names are scoped to it. errno is 0 for a successful connect.
+ */
+struct unix_connect_key {
+	__u64 proc_start_ns; /* with tgid: the process, safe from pid reuse */
+	__u32 tgid;
+	__u32 netns;
+	__u16 path_len;
+	__u8 errno;
+	__u8 pad[3];
+	/* sun_family and sun_path, read from the caller in one copy */
+	__u16 family;   /* AF_UNIX */
+	__u8 path[108]; /* sun_path, zero beyond path_len */
+	__u8 pad2[4];
+};
+
+/* struct unix_connect_stats: the counts of one unix_connect_key. */
+struct unix_connect_stats {
+	__u64 calls;          /* connect() calls */
+	__u64 latency_sum_ns; /* their total time in connect() */
+	__u64 first_ns;       /* first call's exit */
+	__u64 last_ns;        /* last call's exit */
+	__u64 cgroup_id;      /* of the first caller */
+	__u32 tid;            /* the first caller thread */
+	__u16 sock_type;      /* of the first caller's socket */
+	__u8 flags;           /* enum connect_flags of the first call */
+	__u8 pad;
+	__u8 comm[TASK_COMM_LEN]; /* group leader's comm at the first call */
+};
+
 #endif /* CONNTRACER_H */

@@ -97,23 +97,30 @@ type Connect struct {
 	Path     UnixPath       // AF_UNIX destination
 	// Errno is the call's result: 0 on success, ErrnoEINPROGRESS for a
 	// non-blocking connect whose outcome a later KindConnClosed tells.
-	Errno       uint8
-	StartNs     uint64 // CLOCK_BOOTTIME ns at entry
-	EndNs       uint64 // and at exit
-	NonBlocking bool   // the socket was O_NONBLOCK
-	AddrFault   bool   // the address could not be read from the caller's memory
+	Errno uint8
+	// Count is how many calls this event stands for: 1 for a call sent
+	// as a record, the calls since the last event for Unix connects,
+	// which the kernel counts per (process, path, result).
+	Count uint64
+	// StartNs and EndNs (CLOCK_BOOTTIME ns) bracket the call; for
+	// counted calls, the first call of this key ever and the last one.
+	StartNs      uint64
+	EndNs        uint64
+	LatencySumNs uint64 // total time spent in these Count calls
+	NonBlocking  bool   // the socket was O_NONBLOCK (for counted calls: the first one's)
+	AddrFault    bool   // the address could not be read from the caller's memory
 	// Listener samples (KindUnixListener) only.
 	Backlog   uint32 // the listen() backlog in effect (already capped by net.core.somaxconn)
 	Queue     uint32 // connections waiting to be accepted
 	Somaxconn uint32 // net.core.somaxconn in the listener's namespace
 }
 
-// LatencyNs returns how long the call took.
+// LatencyNs returns how long the call took (the mean, for counted calls).
 func (c *Connect) LatencyNs() uint64 {
-	if c.EndNs < c.StartNs {
+	if c.Count == 0 {
 		return 0
 	}
-	return c.EndNs - c.StartNs
+	return c.LatencySumNs / c.Count
 }
 
 // Failed reports a call that failed at once (not EINPROGRESS).

@@ -38,7 +38,14 @@ type ConnectResult struct {
 	Errnos  map[string]int `json:"errnos"`
 	Calls   int            `json:"calls"`
 	Seconds float64        `json:"seconds"`
+	// CPUSeconds is the helper's own CPU time (user + system) over the
+	// calls: the kernel's tracing cost is charged here, while a busy
+	// machine's noise mostly is not.
+	CPUSeconds float64 `json:"cpu_seconds"`
 }
+
+// CPUPerCall is CPU seconds per call.
+func (r ConnectResult) CPUPerCall() float64 { return r.CPUSeconds / float64(r.Calls) }
 
 // Rate is calls per second.
 func (r ConnectResult) Rate() float64 { return float64(r.Calls) / r.Seconds }
@@ -97,6 +104,10 @@ func runConnects() error {
 	r := ConnectResult{PID: os.Getpid(), Errnos: map[string]int{}}
 	// Counted by errno number in the loop: no allocation per call.
 	var byErrno [256]int
+	cpu0, err := cpuTime()
+	if err != nil {
+		return err
+	}
 	start := time.Now()
 	deadline := start.Add(plan.Loop)
 	for i := 0; plan.Loop > 0 || i < plan.Count; i++ {
@@ -121,6 +132,11 @@ func runConnects() error {
 		}
 	}
 	r.Seconds = time.Since(start).Seconds()
+	cpu1, err := cpuTime()
+	if err != nil {
+		return err
+	}
+	r.CPUSeconds = cpu1 - cpu0
 	for e, n := range byErrno {
 		if n == 0 {
 			continue
@@ -132,6 +148,14 @@ func runConnects() error {
 		r.Errnos[name] = n
 	}
 	return json.NewEncoder(os.Stdout).Encode(r)
+}
+
+func cpuTime() (float64, error) {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		return 0, fmt.Errorf("getrusage: %w", err)
+	}
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9, nil
 }
 
 func parseSockaddr(addr string) (int, unix.Sockaddr, error) {

@@ -55,7 +55,7 @@ func TestStreamConnectFailuresJSON(t *testing.T) {
 	}
 	want := []struct {
 		dest, errno string
-		count      float64
+		count       float64
 	}{
 		{"/run/php/php8.2-fpm.sock", "EAGAIN", 312}, {"@ctl\"\x01", "ECONNREFUSED", 1},
 		{"10.0.0.2:80", "EADDRNOTAVAIL", 1}, {"[2001:db8::2]:443", "ENETUNREACH", 1},

@@ -18,8 +18,8 @@ import (
 func TestDiagName(t *testing.T) {
 	for in, want := range map[string]string{
 		"/run/a.sock\x00\x08\x00\x05\x00": "/run/a.sock\x00",
-		"\x00abstract\x01\x02\x03\x04":     "\x00abstract",
-		"ab":                               "ab",
+		"\x00abstract\x01\x02\x03\x04":    "\x00abstract",
+		"ab":                              "ab",
 	} {
 		if got := diagName(in); got != want {
 			t.Errorf("diagName(%q) = %q, want %q", in, got, want)

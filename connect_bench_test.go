@@ -3,7 +3,6 @@ package conntracer
 import (
 	"context"
 	"io"
-	"os"
 	"path/filepath"
 	"sort"
 	"testing"
@@ -17,25 +16,6 @@ import (
 	"github.com/conntracer/conntracer/internal/testenv"
 )
 
-// countingHandler is discardHandler plus a count of the failed connects of
-// one process, to check that the tracer saw every one.
-type countingHandler struct {
-	discardHandler
-	pid    uint32
-	failed map[uint8]int
-}
-
-var benchNoFormat = os.Getenv("CT_BENCH_NOFORMAT") != ""
-
-func (h *countingHandler) HandleEvent(ev *events.Event) {
-	if !benchNoFormat {
-		h.discardHandler.HandleEvent(ev)
-	}
-	if ev.Kind == events.KindConnect && ev.Connect.Owner.PID == h.pid && ev.Connect.Errno != 0 {
-		h.failed[ev.Connect.Errno]++
-	}
-}
-
 // BenchmarkConnectFailOverhead measures the tracer's cost on the overload
 // pattern of field note 4: a client making non-blocking connects to a Unix
 // socket whose backlog is full, each failing with EAGAIN, as fast as it
@@ -46,7 +26,7 @@ func (h *countingHandler) HandleEvent(ev *events.Event) {
 // failure the client saw.
 func BenchmarkConnectFailOverhead(b *testing.B) {
 	testenv.RequireRoot(b)
-	const pairs = 5
+	const pairs = 7
 	const runFor = 700 * time.Millisecond
 	path := filepath.Join(b.TempDir(), "full.sock")
 	testenv.ListenUnix(b, path, "stream", 1)
@@ -90,17 +70,13 @@ func tracedConnects(b *testing.B, plan testenv.ConnectPlan) testenv.ConnectResul
 	}
 	defer stats.Close()
 	opts := DefaultOptions()
-	opts.NoConnect = os.Getenv("CT_BENCH_NOCONNECT") != ""
 	p, err := Open(opts)
 	if err != nil {
 		b.Fatalf("open probe: %v", err)
 	}
 	defer p.Close()
 	ctx, cancel := context.WithCancel(context.Background())
-	h := &countingHandler{
-		discardHandler: discardHandler{owners: events.NewOwners(), stream: export.NewStream(io.Discard, export.FormatJSON, func(ns uint64) time.Time { return time.Unix(0, int64(ns)) })},
-		failed:         map[uint8]int{},
-	}
+	h := &discardHandler{owners: events.NewOwners(), stream: export.NewStream(io.Discard, export.FormatJSON, func(ns uint64) time.Time { return time.Unix(0, int64(ns)) })}
 	// The pid is known only once the helper exits; count every process's
 	// failures by pid instead and pick the helper's afterwards.
 	perPID := &pidCounts{inner: h, by: map[uint32]int{}}
@@ -134,22 +110,23 @@ func tracedConnects(b *testing.B, plan testenv.ConnectPlan) testenv.ConnectResul
 		b.Logf("connect programs: %d runs, %.0f ns of BPF per traced call", runs, float64(runNs)/float64(r.Calls))
 	}
 	want := r.Errnos["EAGAIN"]
-	if got := perPID.by[uint32(r.PID)]; !opts.NoConnect && got != want || r.Calls != want {
+	if got := perPID.by[uint32(r.PID)]; got != want || r.Calls != want {
 		b.Errorf("tracer counted %d EAGAIN for pid %d; the client made %d calls and saw %v", got, r.PID, r.Calls, r.Errnos)
 	}
 	return r
 }
 
-// pidCounts counts EAGAIN connect failures per pid.
+// pidCounts runs the real per-record stages and counts EAGAIN connect
+// failures per pid.
 type pidCounts struct {
-	inner *countingHandler
+	inner *discardHandler
 	by    map[uint32]int
 }
 
 func (h *pidCounts) HandleEvent(ev *events.Event) {
 	h.inner.HandleEvent(ev)
 	if ev.Kind == events.KindConnect && ev.Connect.Errno == events.ErrnoEAGAIN {
-		h.by[ev.Connect.Owner.PID]++
+		h.by[ev.Connect.Owner.PID] += int(ev.Connect.Count)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/conntracer/conntracer/internal/events"
+	"github.com/conntracer/conntracer/internal/kernel"
 	"github.com/conntracer/conntracer/internal/testenv"
 )
 
@@ -151,14 +152,19 @@ func TestConnectPortExhaustion(t *testing.T) {
 	if got := failuresOf(s, res.PID, srv.Addr4()); len(got) != 1 || got["EADDRNOTAVAIL"] != calls {
 		t.Errorf("tracer counted %v for pid %d -> %s, the client saw %d EADDRNOTAVAIL", got, res.PID, srv.Addr4(), calls)
 	}
-	fs := s.ConnectFindings(time.Now(), events.DefaultConnectRules(), nil)
+	ports := &kernel.PortInfoCache{TTL: time.Minute}
+	fs := s.ConnectFindings(time.Now(), events.DefaultConnectRules(), ports.Lookup)
 	var pe *events.Finding
 	for i := range fs {
 		if fs[i].Kind == "port_exhaustion" && fs[i].PID == uint32(res.PID) {
 			pe = &fs[i]
 		}
 	}
-	if pe == nil || pe.Remote != srv.Addr4() || pe.Evidence["eaddrnotavail"] != calls || pe.Comm != "ctr-exhausted" {
+	// The ports in use towards the server are the 4 TIME_WAIT sockets ss
+	// listed, and the range is the namespace's.
+	if pe == nil || pe.Remote != srv.Addr4() || pe.Evidence["eaddrnotavail"] != calls || pe.Comm != "ctr-exhausted" ||
+		pe.NetNS != ns.Inode || pe.Evidence["ports_in_use"] != float64(tw) ||
+		pe.Evidence["port_range_low"] != 40000 || pe.Evidence["port_range_high"] != 40003 {
 		t.Errorf("port_exhaustion finding: %+v (all: %+v)", pe, fs)
 	}
 }

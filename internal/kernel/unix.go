@@ -162,13 +162,27 @@ func diagName(name string) string {
 	return name
 }
 
-// readSysctlIn reads a number from a /proc/sys file as seen from namespace
-// ns: network sysctls are per namespace and /proc/sys shows the reading
-// thread's. It reads on a locked thread of its own that switches into ns
-// and back (and is retired if it cannot come back).
+// readSysctlIn reads a number from a /proc/sys file as seen from
+// namespace ns (see readProcIn).
 func readSysctlIn(ns netns.NsHandle, ino uint32, path string) (uint32, error) {
+	s, err := readProcIn(ns, ino, path)
+	if err != nil {
+		return 0, err
+	}
+	v, err := strconv.ParseUint(strings.TrimSpace(s), 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("read %s in netns %d: %w", path, ino, err)
+	}
+	return uint32(v), nil
+}
+
+// readProcIn reads a /proc file as seen from namespace ns: network sysctls
+// are per namespace and /proc/sys shows the reading thread's. It reads on
+// a locked thread of its own that switches into ns and back (and is
+// retired if it cannot come back), like newDiagHandle.
+func readProcIn(ns netns.NsHandle, ino uint32, path string) (string, error) {
 	type result struct {
-		v   uint32
+		s   string
 		err error
 	}
 	done := make(chan result, 1)
@@ -176,11 +190,7 @@ func readSysctlIn(ns netns.NsHandle, ino uint32, path string) (uint32, error) {
 		runtime.LockOSThread()
 		read := func() result {
 			b, err := os.ReadFile(path)
-			if err != nil {
-				return result{0, err}
-			}
-			v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32)
-			return result{uint32(v), err}
+			return result{string(b), err}
 		}
 		before, err := threadNetNS()
 		if err == nil && before == uint64(ino) {
@@ -192,13 +202,13 @@ func readSysctlIn(ns netns.NsHandle, ino uint32, path string) (uint32, error) {
 		orig, err := netns.Get()
 		if err != nil {
 			runtime.UnlockOSThread()
-			done <- result{0, fmt.Errorf("read %s: own netns: %w", path, err)}
+			done <- result{"", fmt.Errorf("read %s: own netns: %w", path, err)}
 			return
 		}
 		defer orig.Close()
 		if err := netns.Set(ns); err != nil {
 			runtime.UnlockOSThread()
-			done <- result{0, fmt.Errorf("read %s in netns %d: %w", path, ino, err)}
+			done <- result{"", fmt.Errorf("read %s in netns %d: %w", path, ino, err)}
 			return
 		}
 		r := read()
@@ -208,8 +218,5 @@ func readSysctlIn(ns netns.NsHandle, ino uint32, path string) (uint32, error) {
 		done <- r
 	}()
 	r := <-done
-	if r.err != nil {
-		return 0, r.err
-	}
-	return r.v, nil
+	return r.s, r.err
 }

@@ -2,12 +2,14 @@ package conntracer
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/conntracer/conntracer/internal/events"
+	"github.com/conntracer/conntracer/internal/kernel"
 	"github.com/conntracer/conntracer/internal/testenv"
 )
 
@@ -103,6 +105,7 @@ func TestConnectUnixFailuresCountedExactly(t *testing.T) {
 			if !sameCounts(got, res.Errnos) {
 				t.Errorf("tracer counted %v for %s, client saw %v", got, tc.addr, res.Errnos)
 			}
+			checkUnixStats(t, tr, res, tc.addr, tc.setup != nil && strings.HasPrefix(tc.name, "backlog full"))
 			for i := range cs {
 				c := &cs[i]
 				if string(c.Owner.CommBytes()) != "ctr-unix-cli" || c.SockType.String() != tc.typ || !c.NonBlocking ||
@@ -129,4 +132,68 @@ func findAttachment(as []Attachment, hookPart string) *Attachment {
 		}
 	}
 	return nil
+}
+
+// checkUnixStats: the aggregate of the events (plus a sample of the
+// listeners, when there is one) shows the client as a caller of addr with
+// exactly the counts it saw, and a backlog overflow finding names the path,
+// the listener (this test process) and its queue and limit.
+func checkUnixStats(t *testing.T, tr *tracing, res testenv.ConnectResult, addr string, full bool) {
+	t.Helper()
+	s := tr.col.connectStats()
+	if full {
+		evs, _, err := kernel.UnixListeners()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range evs {
+			if evs[i].Connect.Path.String() == addr {
+				s.Apply(&evs[i], time.Now())
+			}
+		}
+	}
+	var path *events.UnixPathStats
+	snap := s.Snapshot()
+	for i := range snap.Unix {
+		if snap.Unix[i].Path == addr {
+			path = &snap.Unix[i]
+		}
+	}
+	if path == nil {
+		t.Fatalf("no unix entry for %s", addr)
+	}
+	var caller *events.UnixCaller
+	for i := range path.Callers {
+		if path.Callers[i].PID == uint32(res.PID) {
+			caller = &path.Callers[i]
+		}
+	}
+	want := map[string]uint64{}
+	for k, v := range res.Errnos {
+		want[k] = uint64(v)
+	}
+	if caller == nil || caller.Comm != "ctr-unix-cli" || len(caller.Counts) != len(want) {
+		t.Fatalf("unix %s: caller %+v, want pid %d with %v", addr, caller, res.PID, want)
+	}
+	for k, v := range want {
+		if caller.Counts[k] != v {
+			t.Errorf("unix %s: caller counts %v, client saw %v", addr, caller.Counts, want)
+		}
+	}
+	if !full {
+		return
+	}
+	if path.ListenerPID != uint32(os.Getpid()) || path.Backlog == 0 || path.Queue <= path.Backlog || path.Somaxconn == 0 {
+		t.Errorf("unix %s: listener %d backlog %d queue %d somaxconn %d; want this process, a full queue", addr, path.ListenerPID, path.Backlog, path.Queue, path.Somaxconn)
+	}
+	var f *events.Finding
+	for _, x := range s.ConnectFindings(time.Now(), events.DefaultConnectRules(), nil) {
+		if x.Kind == "unix_backlog_overflow" && x.Path == addr {
+			f = &x
+		}
+	}
+	if f == nil || f.PID != uint32(res.PID) || f.Evidence["eagain"] != float64(want["EAGAIN"]) ||
+		f.Evidence["listener_pid"] != float64(os.Getpid()) || f.Evidence["backlog"] != float64(path.Backlog) {
+		t.Errorf("unix_backlog_overflow for %s: %+v", addr, f)
+	}
 }

@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
 	"github.com/conntracer/conntracer/internal/events"
@@ -108,58 +107,38 @@ func unixListenersIn(ino uint32, paths []string) ([]unixListener, error) {
 		return nil, fmt.Errorf("open netns %d: %w", ino, err)
 	}
 	defer ns.Close()
-	h, err := newDiagHandle(ns, ino)
-	if err != nil {
-		return nil, fmt.Errorf("open sock_diag socket in netns %d: %w", ino, err)
-	}
-	defer h.Close()
-	if err := h.SetSocketTimeout(diagTimeout); err != nil {
-		return nil, fmt.Errorf("set sock_diag timeout in netns %d: %w", ino, err)
-	}
-	var socks []*netlink.UnixDiagInfoResp
+	var socks []unixDiagEntry
 	for range dumpAttempts {
-		socks, err = h.UnixSocketDiagInfo()
-		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+		socks, err = dumpUnixListening(ns, ino)
+		if !errors.Is(err, errDumpInterrupted) {
 			break
 		}
 	}
-	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+	if err != nil && !errors.Is(err, errDumpInterrupted) {
 		return nil, fmt.Errorf("dump unix sockets in netns %d: %w", ino, err)
 	}
 	somaxconn, _ := readSysctlIn(ns, ino, "/proc/sys/net/core/somaxconn")
 
 	var out []unixListener
 	for _, s := range socks {
-		m := s.DiagMsg
-		if m.State != tcpListenState || s.Name == nil || s.Queue == nil {
+		if s.state != tcpListenState || s.name == nil || !s.hasQueue {
 			continue
 		}
-		if t := events.SockType(m.Type); t != events.SockStream && t != events.SockSeqpacket {
+		if t := events.SockType(s.typ); t != events.SockStream && t != events.SockSeqpacket {
 			continue
 		}
-		l := unixListener{inode: m.INode, ev: events.Event{Kind: events.KindUnixListener}}
+		l := unixListener{inode: s.inode, ev: events.Event{Kind: events.KindUnixListener}}
 		c := &l.ev.Connect
 		c.NetNS = ino
 		c.Family = events.FamilyUnix
-		c.SockType = events.SockType(m.Type)
-		c.Path.Set([]byte(diagName(*s.Name)))
-		c.Queue = s.Queue.RQueue   // sk_ack_backlog for a listener
-		c.Backlog = s.Queue.WQueue // sk_max_ack_backlog
+		c.SockType = events.SockType(s.typ)
+		c.Path.Set(s.name)
+		c.Queue = s.rqueue   // sk_ack_backlog for a listener
+		c.Backlog = s.wqueue // sk_max_ack_backlog
 		c.Somaxconn = somaxconn
 		out = append(out, l)
 	}
 	return out, nil
-}
-
-// diagName undoes a quirk of vishvananda/netlink v1.3.1: it slices the
-// UNIX_DIAG_NAME payload to the attribute's length, header included, which
-// appends the 4 bytes that follow it. The payload is the socket's
-// sun_path: a pathname ends with its NUL, an abstract name starts with one.
-func diagName(name string) string {
-	if len(name) >= 4 {
-		name = name[:len(name)-4]
-	}
-	return name
 }
 
 // readSysctlIn reads a number from a /proc/sys file as seen from

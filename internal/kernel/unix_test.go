@@ -1,6 +1,7 @@
 package kernel
 
 import (
+	"encoding/binary"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,23 +16,11 @@ import (
 	"github.com/conntracer/conntracer/internal/events"
 )
 
-func TestDiagName(t *testing.T) {
-	for in, want := range map[string]string{
-		"/run/a.sock\x00\x08\x00\x05\x00": "/run/a.sock\x00",
-		"\x00abstract\x01\x02\x03\x04":    "\x00abstract",
-		"ab":                              "ab",
-	} {
-		if got := diagName(in); got != want {
-			t.Errorf("diagName(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 // listenUnix makes a listener with the given backlog and queues n
 // connections on it that nobody accepts.
-func listenUnix(t *testing.T, addr string, backlog, n int) {
+func listenUnix(t *testing.T, addr string, typ, backlog, n int) {
 	t.Helper()
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	fd, err := unix.Socket(unix.AF_UNIX, typ|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,7 +32,7 @@ func listenUnix(t *testing.T, addr string, backlog, n int) {
 		t.Fatal(err)
 	}
 	for range n {
-		c, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		c, err := unix.Socket(unix.AF_UNIX, typ|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -79,8 +68,10 @@ func TestUnixListenersMatchSS(t *testing.T) {
 	}
 	path := filepath.Join(t.TempDir(), "php.sock")
 	abstract := fmt.Sprintf("@ctr-test-listener-%d", time.Now().UnixNano())
-	listenUnix(t, path, 5, 3)
-	listenUnix(t, abstract, 2, 3) // one more than the backlog: full
+	seq := filepath.Join(t.TempDir(), "seq.sock")
+	listenUnix(t, path, unix.SOCK_STREAM, 5, 3)
+	listenUnix(t, abstract, unix.SOCK_STREAM, 2, 3) // one more than the backlog: full
+	listenUnix(t, seq, unix.SOCK_SEQPACKET, 1, 1)
 
 	evs, warnings, err := UnixListeners()
 	if err != nil {
@@ -97,7 +88,7 @@ func TestUnixListenersMatchSS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, addr := range []string{path, abstract} {
+	for _, addr := range []string{path, abstract, seq} {
 		var got *events.Connect
 		for i := range evs {
 			if c := &evs[i].Connect; c.Path.String() == addr && c.NetNS == self {
@@ -109,7 +100,11 @@ func TestUnixListenersMatchSS(t *testing.T) {
 			continue
 		}
 		q, b := ssListener(t, addr)
-		if got.Queue != q || got.Backlog != b || got.SockType != events.SockStream ||
+		wantType := events.SockStream
+		if addr == seq {
+			wantType = events.SockSeqpacket
+		}
+		if got.Queue != q || got.Backlog != b || got.SockType != wantType ||
 			strconv.FormatUint(uint64(got.Somaxconn), 10) != strings.TrimSpace(string(somaxconn)) {
 			t.Errorf("%s: queue %d backlog %d type %s somaxconn %d; ss says queue %d backlog %d, sysctl %s",
 				addr, got.Queue, got.Backlog, got.SockType, got.Somaxconn, q, b, somaxconn)
@@ -117,5 +112,36 @@ func TestUnixListenersMatchSS(t *testing.T) {
 		if got.Owner.PID != uint32(os.Getpid()) || got.Owner.Source != events.OwnerSnapshot {
 			t.Errorf("%s: owner %+v, want this test (pid %d)", addr, got.Owner, os.Getpid())
 		}
+	}
+}
+
+func TestParseUnixDiag(t *testing.T) {
+	ne := binary.NativeEndian
+	msg := make([]byte, 16)
+	msg[0], msg[1], msg[2] = unix.AF_UNIX, 5, tcpListenState
+	ne.PutUint32(msg[4:], 4242)
+	attr := func(typ uint16, payload []byte) []byte {
+		a := make([]byte, 4, 4+len(payload)+3)
+		ne.PutUint16(a[0:], uint16(4+len(payload)))
+		ne.PutUint16(a[2:], typ)
+		a = append(a, payload...)
+		for len(a)%4 != 0 {
+			a = append(a, 0)
+		}
+		return a
+	}
+	q := make([]byte, 8)
+	ne.PutUint32(q[0:], 7)
+	ne.PutUint32(q[4:], 5)
+	msg = append(msg, attr(unixDiagName, []byte("\x00abs"))...) // 4 bytes: no padding
+	msg = append(msg, attr(99, []byte{1, 2, 3})...)             // unknown, padded
+	msg = append(msg, attr(unixDiagRQLen, q)...)
+	e, ok := parseUnixDiag(msg)
+	if !ok || e.typ != 5 || e.state != tcpListenState || e.inode != 4242 || string(e.name) != "\x00abs" ||
+		!e.hasQueue || e.rqueue != 7 || e.wqueue != 5 {
+		t.Errorf("parsed %+v, ok %v", e, ok)
+	}
+	if _, ok := parseUnixDiag(msg[:10]); ok {
+		t.Error("a short message parsed")
 	}
 }

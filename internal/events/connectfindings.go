@@ -75,7 +75,7 @@ func (s *ConnectStats) unixBacklogFindings(now time.Time, r ConnectRules) []Find
 		var topN uint64
 		ev := map[string]float64{}
 		for pk, c := range u.callers {
-			n := c.counts[ErrnoEAGAIN]
+			n := c.counts.get(ErrnoEAGAIN)
 			total += n
 			if n > topN {
 				top, topN = pk, n
@@ -115,7 +115,7 @@ func (s *ConnectStats) unixBacklogFindings(now time.Time, r ConnectRules) []Find
 func (s *ConnectStats) portExhaustionFindings(now time.Time, r ConnectRules, ports PortInfoFunc) []Finding {
 	var out []Finding
 	for k, f := range s.failures {
-		n := f.counts[ErrnoEADDRNOTAVAIL]
+		n := f.counts.get(ErrnoEADDRNOTAVAIL)
 		if n < max(r.MinExhaustion, 1) || !s.recent(f.last, now, r) {
 			continue
 		}
@@ -158,7 +158,7 @@ func (s *ConnectStats) stormFindings(now time.Time, r ConnectRules, errno uint8,
 	}
 	byDest := map[destKey]*agg{}
 	for k, f := range s.failures {
-		n := f.counts[errno]
+		n := f.counts.get(errno)
 		if n == 0 || !s.recent(f.last, now, r) {
 			continue
 		}

@@ -77,8 +77,34 @@ type unixKey struct {
 	NetNS uint32 // abstract names only
 }
 
-// errnoCounts counts calls by errno (0: success).
-type errnoCounts [256]uint64
+// errnoCounts counts calls by errno (0: success). A key sees a handful of
+// distinct errnos, so a short slice beats a map or a 256-slot array (2 KiB
+// a key) in memory and speed.
+type errnoCounts []errnoCount
+
+type errnoCount struct {
+	errno uint8
+	n     uint64
+}
+
+func (c *errnoCounts) add(errno uint8, n uint64) {
+	for i := range *c {
+		if (*c)[i].errno == errno {
+			(*c)[i].n += n
+			return
+		}
+	}
+	*c = append(*c, errnoCount{errno, n})
+}
+
+func (c errnoCounts) get(errno uint8) uint64 {
+	for _, e := range c {
+		if e.errno == errno {
+			return e.n
+		}
+	}
+	return 0
+}
 
 type failureAgg struct {
 	comm        [16]byte
@@ -202,7 +228,7 @@ func (s *ConnectStats) applyUnix(c *Connect, now time.Time) {
 		cl = &unixCaller{comm: c.Owner.Comm}
 		u.callers[pk] = cl
 	}
-	cl.counts[c.Errno] += c.Count
+	cl.counts.add(c.Errno, c.Count)
 }
 
 func (s *ConnectStats) countFailure(k procDest, owner *Process, netns uint32, errno uint8, n uint64, now time.Time) {
@@ -215,7 +241,7 @@ func (s *ConnectStats) countFailure(k procDest, owner *Process, netns uint32, er
 		f = &failureAgg{comm: owner.Comm, netns: netns, first: now}
 		s.failures[k] = f
 	}
-	f.counts[errno] += n
+	f.counts.add(errno, n)
 	f.last = now
 }
 
@@ -330,13 +356,14 @@ type LatencyBucket struct {
 func countsByName(c *errnoCounts, okName string) (map[string]uint64, uint64) {
 	m := map[string]uint64{}
 	var total uint64
-	for e, n := range c {
+	for _, ec := range *c {
+		e, n := ec.errno, ec.n
 		if n == 0 {
 			continue
 		}
 		name := okName
 		if e != 0 {
-			name = ErrnoName(uint8(e))
+			name = ErrnoName(e)
 		}
 		if name == "" {
 			continue

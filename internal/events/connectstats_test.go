@@ -192,3 +192,25 @@ func TestUnixPathRendering(t *testing.T) {
 		t.Errorf("abstract %q", p.String())
 	}
 }
+
+// Apply on keys already seen allocates nothing: it runs once per event on
+// the event loop.
+func TestConnectStatsApplyDoesNotAllocate(t *testing.T) {
+	s := NewConnectStats()
+	now := time.Unix(0, 0)
+	evs := []Event{
+		unixConnect(proc(1, "nginx"), "/run/php.sock", ErrnoEAGAIN, 3),
+		tcpConnect(proc(2, "curl"), 2, "10.0.0.1:80", ErrnoEADDRNOTAVAIL, 0, 1),
+		tcpClosed(proc(2, "curl"), 2, "10.0.0.1:80", EndTimeWait, 0, 10, 20_000),
+	}
+	for i := range evs {
+		s.Apply(&evs[i], now)
+	}
+	if n := testing.AllocsPerRun(1000, func() {
+		for i := range evs {
+			s.Apply(&evs[i], now)
+		}
+	}); n != 0 {
+		t.Errorf("%.1f allocations per round", n)
+	}
+}

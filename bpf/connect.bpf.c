@@ -165,10 +165,10 @@ struct sys_exit_ctx {
 	__s64 ret;
 };
 
-static __always_inline bool comm_matches(const __u8 *comm)
+static __always_inline bool comm_matches(const char *comm)
 {
 	for (int i = 0; i < TASK_COMM_LEN; i++) {
-		if (comm[i] != filter_comm[i])
+		if ((__u8)comm[i] != filter_comm[i])
 			return false;
 		if (comm[i] == 0)
 			return true;
@@ -244,6 +244,8 @@ static __always_inline bool count_unix(struct task_struct *task, __u64 id, long 
 	k->netns = task->nsproxy->net_ns->ns.inum;
 	if (filter_netns && k->netns != filter_netns)
 		return true;
+	if (filter_comm_set && !comm_matches(task->group_leader->comm))
+		return true; /* filtered out */
 	k->tgid = id >> 32;
 	k->proc_start_ns = task->group_leader->start_boottime;
 	k->errno = ret < 0 && ret > -256 ? -ret : 0;
@@ -319,7 +321,7 @@ int ct_connect_exit(struct sys_exit_ctx *ctx)
 	}
 	struct task_struct *task = bpf_get_current_task_btf();
 
-	if (family == AF_UNIX && !filter_family && !filter_port && !filter_comm_set &&
+	if (family == AF_UNIX && !filter_family && !filter_port &&
 	    !(filter_cgroup_id &&
 	      bpf_get_current_ancestor_cgroup_id(filter_cgroup_level) != filter_cgroup_id) &&
 	    count_unix(task, id, ret, &p, &k, n))
@@ -376,7 +378,7 @@ int ct_connect_exit(struct sys_exit_ctx *ctx)
 	e->dport = 0;
 	e->path_len = 0;
 	__builtin_memcpy(e->comm, leader->comm, sizeof(e->comm));
-	if (filter_comm_set && !comm_matches(e->comm)) {
+	if (filter_comm_set && !comm_matches((const char *)e->comm)) {
 		bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
 		return 0;
 	}

@@ -28,6 +28,8 @@ func Decode(raw []byte, ev *events.Event) error {
 	switch tcplifeRecordKind(raw[0]) {
 	case tcplifeRecordKindRECORD_CONN_CLOSED:
 		return decodeConnClosed(raw, ev)
+	case tcplifeRecordKindRECORD_CONNECT:
+		return decodeConnect(raw, ev)
 	}
 	return fmt.Errorf("%w %d", ErrUnknownRecord, raw[0])
 }
@@ -57,6 +59,7 @@ func decodeConnClosed(raw []byte, ev *events.Event) error {
 	c.LastState = events.TCPState(r.LastState)
 	c.Error = r.Error
 	c.SeenOpen = flags&tcplifeConnFlagsCONN_SEEN_OPEN != 0
+	c.EstablishedNs = r.EstablishedNs
 
 	o := &c.Owner
 	o.Source = decodeOwnerSource(flags)

@@ -24,8 +24,8 @@ func encode(t testing.TB, r *tcplifeConnEvent) []byte {
 func TestConnEventLayoutHasNoPadding(t *testing.T) {
 	// conntracer.h promises fixed-width fields with no implicit padding;
 	// binary.Write skips nothing, so sizes agree only if that holds.
-	if got := binary.Size(tcplifeConnEvent{}); got != connEventSize || connEventSize != 128 {
-		t.Fatalf("binary size %d, unsafe size %d, want 128 for both", got, connEventSize)
+	if got := binary.Size(tcplifeConnEvent{}); got != connEventSize || connEventSize != 136 {
+		t.Fatalf("binary size %d, unsafe size %d, want 136 for both", got, connEventSize)
 	}
 }
 
@@ -194,11 +194,16 @@ func FuzzDecode(f *testing.F) {
 	f.Add(encode(f, &tcplifeConnEvent{Kind: uint8(tcplifeRecordKindRECORD_CONN_CLOSED), Family: 2}))
 	f.Add(encode(f, &tcplifeConnEvent{Kind: uint8(tcplifeRecordKindRECORD_CONN_CLOSED), Family: 10, Saddr: ipv6("::ffff:1.2.3.4")}))
 	f.Add([]byte{1, 2, 3})
+	addConnectSeeds(f)
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		var ev events.Event
 		err := Decode(raw, &ev)
 		if err == nil && len(raw) < connEventSize {
 			t.Fatalf("accepted a %d-byte record", len(raw))
+		}
+		if err == nil && ev.Kind == events.KindConnect {
+			checkFuzzedConnect(t, raw, &ev.Connect)
+			return
 		}
 		if err == nil && (!ev.Conn.Local.Addr().IsValid() || !ev.Conn.Remote.Addr().IsValid()) {
 			t.Fatalf("decoded invalid addresses: %+v", ev.Conn)

@@ -69,6 +69,12 @@ type Options struct {
 	// below that the reader polls every PollInterval.
 	WakeupBytes  uint64
 	PollInterval time.Duration
+	// NoConnect leaves the connect() hooks (connect.go) off.
+	NoConnect bool
+	// ConnectInProgress sends a record for every connect() that returns
+	// EINPROGRESS, not only a count (doubles the records of non-blocking
+	// clients).
+	ConnectInProgress bool
 }
 
 // DefaultOptions returns the settings `tracer` runs with by default.
@@ -121,6 +127,10 @@ type Probe struct {
 	reader      *ringbuf.Reader
 	stats       Stats
 	notes       []string
+	// connectCounters is the connect object's per-CPU counters map, nil
+	// when the connect hooks are off.
+	connectCounters *ebpf.Map
+	unixPoller      *unixPoller // nil when the connect hooks are off
 }
 
 // Notes reports what Open did to the system on the way, such as mounting
@@ -169,6 +179,11 @@ func Open(opts Options) (_ *Probe, err error) {
 	if err := p.openTCPLife(); err != nil {
 		return nil, err
 	}
+	if !opts.NoConnect {
+		if err := p.openConnect(); err != nil {
+			return nil, err
+		}
+	}
 
 	p.reader, err = ringbuf.NewReader(p.ring)
 	if err != nil {
@@ -214,13 +229,23 @@ func (p *Probe) Run(ctx context.Context, h Handler) error {
 				draining = true
 				p.reader.SetDeadline(time.Now())
 			}
+			// Nor would the kernel's counts be read: do it here too.
+			if p.stats.Records%4096 == 0 {
+				if perr := p.pollConnects(&ev, h, false); perr != nil {
+					return perr
+				}
+			}
 			if derr := Decode(rec.RawSample, &ev); derr != nil {
 				p.stats.BadRecords++
 				continue
 			}
 			h.HandleEvent(&ev)
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			// Everything written so far has been read.
+			// Everything written so far has been read. Counts kept in
+			// kernel maps are read on the same goroutine.
+			if perr := p.pollConnects(&ev, h, draining); perr != nil {
+				return perr
+			}
 			h.Drained()
 			if draining {
 				return p.updateLost()
@@ -299,6 +324,7 @@ func (p *Probe) Close() error {
 		c.Close()
 	}
 	p.colls, p.lost = nil, nil
+	p.connectCounters, p.unixPoller = nil, nil
 	if p.ring != nil {
 		errs = append(errs, p.ring.Close())
 		p.ring = nil

@@ -25,30 +25,31 @@ const (
 )
 
 type tcplifeConnEvent struct {
-	_           structs.HostLayout
-	Kind        uint8
-	Role        uint8
-	EndState    uint8
-	ClosedBy    uint8
-	LastState   uint8
-	Flags       uint8
-	Error       uint8
-	Family      uint8
-	OpenNs      uint64
-	CloseNs     uint64
-	Cookie      uint64
-	CgroupId    uint64
-	ProcStartNs uint64
-	TxBytes     uint64
-	RxBytes     uint64
-	Netns       uint32
-	Tgid        uint32
-	Tid         uint32
-	Sport       uint16
-	Dport       uint16
-	Saddr       [16]uint8
-	Daddr       [16]uint8
-	Comm        [16]uint8
+	_             structs.HostLayout
+	Kind          uint8
+	Role          uint8
+	EndState      uint8
+	ClosedBy      uint8
+	LastState     uint8
+	Flags         uint8
+	Error         uint8
+	Family        uint8
+	OpenNs        uint64
+	CloseNs       uint64
+	Cookie        uint64
+	CgroupId      uint64
+	ProcStartNs   uint64
+	TxBytes       uint64
+	RxBytes       uint64
+	EstablishedNs uint64
+	Netns         uint32
+	Tgid          uint32
+	Tid           uint32
+	Sport         uint16
+	Dport         uint16
+	Saddr         [16]uint8
+	Daddr         [16]uint8
+	Comm          [16]uint8
 }
 
 type tcplifeConnFlags uint32
@@ -105,6 +106,7 @@ type tcplifeRecordKind uint32
 
 const (
 	tcplifeRecordKindRECORD_CONN_CLOSED tcplifeRecordKind = 1
+	tcplifeRecordKindRECORD_CONNECT     tcplifeRecordKind = 2
 )
 
 type tcplifeSockState struct {
@@ -117,13 +119,14 @@ type tcplifeSockState struct {
 		Tid      uint32
 		Comm     [16]uint8
 	}
-	OpenNs   uint64
-	TxBase   uint64
-	RxBase   uint64
-	Role     uint8
-	Flags    uint8
-	ClosedBy uint8
-	Pad      [5]uint8
+	OpenNs        uint64
+	TxBase        uint64
+	RxBase        uint64
+	EstablishedNs uint64
+	Role          uint8
+	Flags         uint8
+	ClosedBy      uint8
+	Pad           [5]uint8
 }
 
 // Names of all BPF objects in the ELF.

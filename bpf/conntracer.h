@@ -15,6 +15,7 @@
 /* enum record_kind: the first byte of every ring buffer record. */
 enum record_kind {
 	RECORD_CONN_CLOSED = 1,
+	RECORD_CONNECT = 2, /* struct connect_event (connect.bpf.c); 3..9 reserved for it */
 };
 
 /* enum conn_role: which side opened the connection. */
@@ -74,6 +75,7 @@ struct conn_event {
 	__u64 proc_start_ns; /* owner's task start time (start_boottime) */
 	__u64 tx_bytes;      /* payload acked by the peer, SYN and FIN excluded */
 	__u64 rx_bytes;      /* payload received, SYN and FIN excluded */
+	__u64 established_ns; /* SYN_SENT/SYN_RECV -> ESTABLISHED time, 0 if not seen */
 	__u32 netns;         /* network namespace inode */
 	__u32 tgid;
 	__u32 tid;
@@ -82,6 +84,78 @@ struct conn_event {
 	__u8 saddr[16];
 	__u8 daddr[16];
 	__u8 comm[TASK_COMM_LEN];
+};
+
+/* enum connect_flags: facts about one connect() call. */
+enum connect_flags {
+	CONNECT_FD_SOCKET = 1 << 0,  /* the fd was a socket: sock_type and netns are set */
+	CONNECT_NONBLOCK = 1 << 1,   /* the socket was non-blocking (O_NONBLOCK) */
+	CONNECT_ADDR_FAULT = 1 << 2, /* the address could not be read from user memory */
+};
+
+/*
+ * struct connect_event: one connect() call, sent at the syscall's exit for
+ * every failure and every EINPROGRESS, and for successful connects of Unix
+ * sockets (successful IPv4/IPv6 connects are only counted: their
+ * connection's conn_event tells the rest). Addresses are as the caller
+ * passed them: for AF_INET/AF_INET6 daddr holds the address in network
+ * byte order (IPv4 in the first 4 bytes) and dport the port in host order;
+ * for AF_UNIX path holds the first path_len bytes of sun_path (an abstract
+ * name starts with a NUL byte). Times are CLOCK_BOOTTIME nanoseconds.
+ */
+struct connect_event {
+	__u8 kind;      /* RECORD_CONNECT */
+	__u8 flags;     /* enum connect_flags */
+	__u16 family;   /* sa_family the caller passed (AF_UNIX, AF_INET, AF_INET6...) */
+	__s32 ret;      /* the syscall's return value: 0 or -errno */
+	__u64 start_ns; /* syscall entry */
+	__u64 end_ns;   /* syscall exit */
+	__u64 cgroup_id;     /* caller's cgroup v2 id */
+	__u64 proc_start_ns; /* caller's (group leader's) start time */
+	__u32 netns;    /* the socket's network namespace inode, 0 if unknown */
+	__u32 tgid;
+	__u32 tid;
+	__u16 sock_type; /* SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET; 0 if unknown */
+	__u16 dport;
+	__u16 path_len;  /* valid bytes of path */
+	__u8 pad[6];
+	__u8 daddr[16];
+	__u8 comm[TASK_COMM_LEN]; /* the caller's group leader's comm */
+	__u8 path[108];           /* sun_path */
+	__u8 pad2[4];
+};
+
+/*
+ * struct unix_connect_key: one (process, Unix address, result) whose
+ * connect() calls the kernel counts in place of sending a record each
+ * (map unix_connects in connect.bpf.c). netns is the caller's: abstract
+ * names are scoped to it. errno is 0 for a successful connect.
+ */
+struct unix_connect_key {
+	__u64 proc_start_ns; /* with tgid: the process, safe from pid reuse */
+	__u32 tgid;
+	__u32 netns;
+	__u16 path_len;
+	__u8 errno;
+	__u8 pad[3];
+	/* sun_family and sun_path, read from the caller in one copy */
+	__u16 family;   /* AF_UNIX */
+	__u8 path[108]; /* sun_path, zero beyond path_len */
+	__u8 pad2[4];
+};
+
+/* struct unix_connect_stats: the counts of one unix_connect_key. */
+struct unix_connect_stats {
+	__u64 calls;          /* connect() calls */
+	__u64 latency_sum_ns; /* their total time in connect() */
+	__u64 first_ns;       /* first call's exit */
+	__u64 last_ns;        /* last call's exit */
+	__u64 cgroup_id;      /* of the first caller */
+	__u32 tid;            /* the first caller thread */
+	__u16 sock_type;      /* of the first caller's socket */
+	__u8 flags;           /* enum connect_flags of the first call */
+	__u8 pad;
+	__u8 comm[TASK_COMM_LEN]; /* group leader's comm at the first call */
 };
 
 #endif /* CONNTRACER_H */

@@ -104,6 +104,7 @@ struct sock_state {
 	__u64 open_ns;
 	__u64 tx_base; /* tcp_sock.bytes_acked at ESTABLISHED (counts our SYN) */
 	__u64 rx_base; /* tcp_sock.bytes_received at ESTABLISHED */
+	__u64 established_ns; /* -> ESTABLISHED time: connect/handshake latency */
 	__u8 role;
 	__u8 flags;
 	__u8 closed_by;

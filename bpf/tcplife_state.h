@@ -114,6 +114,7 @@ static __always_inline void FN(emit_close)(struct tcp_sock *tp, struct sock_stat
 	e->proc_start_ns = st->owner.start_ns;
 	e->tx_bytes = acked > tx_sub ? acked - tx_sub : 0;
 	e->rx_bytes = received > rx_sub ? received - rx_sub : 0;
+	e->established_ns = st->established_ns;
 	e->netns = netns;
 	e->tgid = st->owner.tgid;
 	e->tid = st->owner.tid;
@@ -214,6 +215,7 @@ static __always_inline int FN(handle_state)(struct tcp_sock *tp, int oldstate, i
 	switch (newstate) {
 	case TCP_ESTABLISHED:
 		st->flags |= CONN_ESTABLISHED;
+		st->established_ns = bpf_ktime_get_boot_ns();
 		st->tx_base = RD(tp, bytes_acked);
 		st->rx_base = RD(tp, bytes_received);
 		break;

@@ -54,6 +54,8 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 		maxSockets  = fs.Uint32("max-sockets", defaults.MaxSockets, "connections tracked at once in the kernel (LRU beyond that)")
 		pollEvery   = fs.Duration("poll-interval", defaults.PollInterval, "how often the reader checks the ring buffer when the kernel has not woken it")
 		wakeupBytes = fs.Uint64("wakeup-bytes", defaults.WakeupBytes, "the kernel wakes the reader once this many bytes are waiting")
+		connect     = fs.Bool("connect", true, "trace connect() calls (syscall tracepoints): failed connects, Unix sockets included, are printed")
+		inProgress  = fs.Bool("connect-in-progress", false, "also send a record per non-blocking connect() that returns EINPROGRESS (otherwise counted only; its outcome is the connection's line)")
 	)
 	if err := fs.Parse(args); err != nil {
 		return nil, usageError{err}
@@ -90,6 +92,8 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	}
 	cfg.probe.PollInterval = *pollEvery
 	cfg.probe.WakeupBytes = *wakeupBytes
+	cfg.probe.NoConnect = !*connect
+	cfg.probe.ConnectInProgress = *inProgress
 
 	f := &cfg.filter
 	f.PID = *pid

@@ -82,6 +82,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	st := probe.Stats()
 	fmt.Fprintf(stderr, "tracer: %d connections printed, %d filtered out; %d records read, %d lost in the kernel, %d undecodable\n",
 		p.printed, p.filtered, st.Records, st.Lost, st.BadRecords)
+	if !cfg.probe.NoConnect {
+		fmt.Fprintf(stderr, "tracer: %d failed connect() calls printed\n", p.connectFailures)
+	}
 	if st.Lost > 0 {
 		fmt.Fprintf(stderr, "tracer: the ring buffer overflowed: raise --ring-buffer-bytes (now %d) or narrow the filters\n", cfg.probe.RingBufferBytes)
 	}
@@ -114,12 +117,19 @@ type pipeline struct {
 	stream   *export.Stream
 	printed  uint64
 	filtered uint64
-	writeErr error // first output error, reported when the loop ends
+	// connectFailures counts the failed connect() calls printed (a line
+	// may stand for several).
+	connectFailures uint64
+	writeErr        error // first output error, reported when the loop ends
 }
 
 // HandleEvent implements conntracer.Handler.
 func (p *pipeline) HandleEvent(ev *events.Event) {
 	p.owners.Apply(ev)
+	if ev.Kind == events.KindConnect {
+		p.handleConnect(ev)
+		return
+	}
 	if ev.Kind != events.KindConnClosed {
 		return
 	}
@@ -128,6 +138,21 @@ func (p *pipeline) HandleEvent(ev *events.Event) {
 		return
 	}
 	p.printed++
+	if err := p.stream.Print(ev); err != nil && p.writeErr == nil {
+		p.writeErr = err
+	}
+}
+
+// handleConnect prints failed connect() calls that pass the filters.
+func (p *pipeline) handleConnect(ev *events.Event) {
+	c := &ev.Connect
+	if !c.Failed() {
+		return
+	}
+	if !p.filter.MatchConnect(c) {
+		return
+	}
+	p.connectFailures += c.Count
 	if err := p.stream.Print(ev); err != nil && p.writeErr == nil {
 		p.writeErr = err
 	}

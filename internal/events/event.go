@@ -26,6 +26,12 @@ const (
 	// tracing started, found by a sock_diag dump. It carries the owner that
 	// /proc/PID/fd resolved, so a later KindConnClosed can name it.
 	KindConnExisting
+	// KindConnect reports one connect() call (Event.Connect): every
+	// failure, every EINPROGRESS, every Unix connect.
+	KindConnect
+	// KindUnixListener reports a listening Unix socket sampled through
+	// sock_diag (Event.Connect: path, listener, backlog, queue).
+	KindUnixListener
 )
 
 // String returns the stable name used in JSON output.
@@ -35,6 +41,10 @@ func (k Kind) String() string {
 		return "conn_closed"
 	case KindConnExisting:
 		return "conn_existing"
+	case KindConnect:
+		return "connect"
+	case KindUnixListener:
+		return "unix_listener"
 	}
 	return "unknown"
 }
@@ -47,6 +57,8 @@ const (
 	FamilyIPv4 Family = 2
 	// FamilyIPv6 is AF_INET6.
 	FamilyIPv6 Family = 10
+	// FamilyUnix is AF_UNIX (connect() events only).
+	FamilyUnix Family = 1
 )
 
 // String returns "ipv4", "ipv6" or "unknown".
@@ -56,6 +68,8 @@ func (f Family) String() string {
 		return "ipv4"
 	case FamilyIPv6:
 		return "ipv6"
+	case FamilyUnix:
+		return "unix"
 	}
 	return "unknown"
 }
@@ -260,6 +274,10 @@ type Conn struct {
 	LastState TCPState // the state the socket left for CLOSE (or its current state for KindConnExisting)
 	Error     uint8    // socket error (errno) at close, 0 if none
 	SeenOpen  bool     // the tracer saw the handshake, so OpenNs and byte counts are exact
+	// EstablishedNs is when the socket reached ESTABLISHED (CLOCK_BOOTTIME
+	// ns), 0 if the tracer did not see it: minus OpenNs, the connect
+	// (active) or handshake (passive) latency.
+	EstablishedNs uint64
 }
 
 // LifetimeNs returns how long the connection lived, or 0 when it was opened
@@ -276,6 +294,8 @@ func (c *Conn) LifetimeNs() uint64 {
 type Event struct {
 	Kind Kind
 	Conn Conn
+	// Connect is set for KindConnect and KindUnixListener.
+	Connect Connect
 }
 
 // errnoNames covers the socket errors a connection can end with. Other values
@@ -285,6 +305,7 @@ var errnoNames = map[uint8]string{
 	32: "EPIPE", 99: "EADDRNOTAVAIL", 100: "ENETDOWN", 101: "ENETUNREACH",
 	103: "ECONNABORTED", 104: "ECONNRESET", 110: "ETIMEDOUT", 111: "ECONNREFUSED",
 	112: "EHOSTDOWN", 113: "EHOSTUNREACH", 115: "EINPROGRESS", 71: "EPROTO",
+	9: "EBADF", 88: "ENOTSOCK", 91: "EPROTOTYPE", 97: "EAFNOSUPPORT", 106: "EISCONN", 114: "EALREADY",
 }
 
 // ErrnoName returns the symbolic name of a socket error ("ECONNREFUSED"),

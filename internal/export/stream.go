@@ -44,6 +44,8 @@ type Stream struct {
 	clock  Clock
 	buf    []byte
 	header bool
+	// scratch holds a field while it is escaped into buf.
+	scratch []byte
 }
 
 // NewStream writes lines in the given format to w.
@@ -59,21 +61,29 @@ func NewStream(w io.Writer, format Format, clock Clock) *Stream {
 // textHeader names the columns of the text format.
 const textHeader = "TIME         PID     COMM            LOCAL                                   REMOTE                                  ROLE    LIFETIME   TX_BYTES   RX_BYTES   END\n"
 
-// Print writes ev if it is a finished connection; other kinds are ignored.
+// Print writes ev if it is a finished connection or a failed connect();
+// other kinds are ignored.
 func (s *Stream) Print(ev *events.Event) error {
-	if ev.Kind != events.KindConnClosed {
+	isConnect := ev.Kind == events.KindConnect && ev.Connect.Failed()
+	if ev.Kind != events.KindConnClosed && !isConnect {
 		return nil
 	}
 	b := s.buf[:0]
-	switch s.format {
-	case FormatJSON:
+	switch {
+	case s.format == FormatJSON && isConnect:
+		b = s.appendConnectJSON(b, &ev.Connect)
+	case s.format == FormatJSON:
 		b = s.appendJSON(b, ev)
 	default:
 		if !s.header {
 			s.header = true
 			b = append(b, textHeader...)
 		}
-		b = s.appendText(b, ev)
+		if isConnect {
+			b = s.appendConnectText(b, &ev.Connect)
+		} else {
+			b = s.appendText(b, ev)
+		}
 	}
 	s.buf = b
 	_, err := s.w.Write(b)

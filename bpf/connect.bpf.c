@@ -1,0 +1,450 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * connect: one record per failed connect() call, and per Unix connect.
+ *
+ * Design. A connect() that fails never creates a TCP state change worth a
+ * conn_event (EADDRNOTAVAIL fails before SYN_SENT), and a Unix socket has no
+ * TCP state at all: the only place that sees both the caller and the result
+ * is the syscall itself. The classic syscall tracepoints give both ends:
+ *   - sys_enter_connect stashes, per thread, the entry time, the fd and the
+ *     user pointer to the address (pending map);
+ *   - sys_exit_connect takes the stash back and, for every failure (and
+ *     every Unix connect, failed or not), writes a connect_event: result,
+ *     latency, caller, the address read from the caller's memory (still
+ *     mapped and unchanged: the caller is blocked in the syscall), and the
+ *     socket's type and namespace found by walking the fd to its struct
+ *     socket as tcplife's accept hook does.
+ * Successful IPv4/IPv6 connects and EINPROGRESS are only counted (counters
+ * map): TCP's own conn_event reports those connections, with the SYN_SENT
+ * -> ESTABLISHED latency, and the real outcome of a non-blocking connect is
+ * that socket's next state change (SYN_SENT -> CLOSE with the socket error:
+ * refused, timed out, unreachable). Event-loop programs (nginx, Go, node)
+ * connect non-blocking, so a record per EINPROGRESS would double the
+ * records of every outbound connection; emit_in_progress turns them on.
+ * Connected UDP sockets (resolvers) would likewise flood the buffer.
+ *
+ * Cost. The overload pattern this exists for (a proxy's non-blocking Unix
+ * connects failing with EAGAIN) runs at tens of thousands of calls per
+ * second: the records are submitted without waking the reader, and nothing
+ * is read that the record does not need.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "conntracer.h"
+
+#define AF_UNIX 1
+#define AF_INET 2
+#define AF_INET6 10
+#define EINPROGRESS 115
+#define O_NONBLOCK 04000
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+/* offsetof(struct sockaddr_un, sun_path) */
+#define SUN_PATH_OFFSET 2
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Configuration, set by the loader before load. Zero means "no filter". */
+const volatile __u32 filter_netns = 0;
+const volatile __u32 filter_tgid = 0;
+const volatile __u16 filter_port = 0;
+const volatile __u8 filter_family = 0;
+const volatile __u8 filter_comm_set = 0;
+const volatile __u8 filter_comm[TASK_COMM_LEN] = {};
+const volatile __u64 filter_cgroup_id = 0;
+const volatile __u32 filter_cgroup_level = 0;
+/* Send a record for each EINPROGRESS too (otherwise only counted). */
+const volatile __u8 emit_in_progress = 0;
+/* Wake the reader once this many bytes are waiting; below it, it polls. */
+const volatile __u64 wakeup_bytes = 64 * 1024;
+
+/* The shared ring buffer: replaced by the loader's (see tcplife.bpf.c). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22);
+} events SEC(".maps");
+
+/*
+ * lost_records: per-CPU count of connect records that did not fit in the
+ * ring buffer. Only incremented here; user space sums it.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost_records SEC(".maps");
+
+/* enum connect_counter: slots of the counters map. */
+enum connect_counter {
+	CONNECT_CALLS = 0,     /* connect() exits seen with a stash (filters passed) */
+	CONNECT_OK_INET = 1,   /* successful IPv4/IPv6 connects: counted, not sent */
+	CONNECT_NO_ENTER = 2,  /* exits without a stash (attached mid-call, or evicted) */
+	CONNECT_IN_PROGRESS = 3, /* EINPROGRESS: counted; sent only if emit_in_progress */
+	CONNECT_UNIX_FULL = 4,   /* Unix connects sent as records: unix_connects was full */
+	CONNECT_COUNTERS = 5,
+};
+
+/*
+ * counters: per-CPU event counts by enum connect_counter. Only incremented
+ * here; user space sums the CPUs when asked. Fixed size: cannot grow.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CONNECT_COUNTERS);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+/* What sys_enter_connect leaves for sys_exit_connect. */
+struct pending_connect {
+	__u64 start_ns;
+	__u64 uaddr; /* user pointer to the struct sockaddr */
+	__u32 fd;
+	__u32 addrlen;
+};
+
+/*
+ * pending: the connect() call in progress of each thread, in the thread's
+ * task local storage. Written at sys_enter_connect, read and cleared
+ * (start_ns = 0) at sys_exit_connect of the same thread, which a thread
+ * always reaches before its next syscall. The kernel frees the entry with
+ * the task, so it cannot leak; task storage costs a pointer dereference
+ * where a hash map (LRU, keyed by thread id) costs a hash, an insert and a
+ * delete per call, measured at a quarter of the hook's cost.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct pending_connect);
+} pending SEC(".maps");
+
+/*
+ * unix_connects: connect() calls on Unix sockets, counted per process,
+ * address and result (struct unix_connect_key -> unix_connect_stats). The
+ * overload this tracer exists for, a proxy's non-blocking connects failing
+ * with EAGAIN at tens of thousands a second, costs a hash lookup and two
+ * atomic adds per call here, where a ring buffer record costs three times
+ * that in the kernel plus decoding in user space. Inserted at a key's first
+ * call; user space reads it on a timer, turns count deltas into events,
+ * and deletes keys idle for a minute (a call racing with that delete is the
+ * only way to lose one). Plain hash, not LRU: eviction would lose counts
+ * silently; when it is full, new keys fall back to a record per call.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct unix_connect_key);
+	__type(value, struct unix_connect_stats);
+} unix_connects SEC(".maps");
+
+/* See tcplife.bpf.c: puts the record's types into BTF for bpf2go -type. */
+const struct connect_event *unused_connect_event __attribute__((unused));
+const struct unix_connect_key *unused_unix_connect_key __attribute__((unused));
+const struct unix_connect_stats *unused_unix_connect_stats __attribute__((unused));
+const enum connect_flags unused_connect_flags __attribute__((unused));
+const enum connect_counter unused_connect_counter __attribute__((unused));
+
+/* Layout of the classic syscall tracepoints' records (see their format files). */
+struct sys_enter_connect_ctx {
+	__u64 common;
+	__s32 nr;
+	__s32 pad;
+	__u64 fd;
+	__u64 uservaddr;
+	__u64 addrlen;
+};
+
+struct sys_exit_ctx {
+	__u64 common;
+	__s32 nr;
+	__s32 pad;
+	__s64 ret;
+};
+
+static __always_inline bool comm_matches(const char *comm)
+{
+	for (int i = 0; i < TASK_COMM_LEN; i++) {
+		if ((__u8)comm[i] != filter_comm[i])
+			return false;
+		if (comm[i] == 0)
+			return true;
+	}
+	return true;
+}
+
+static __always_inline void count(__u32 slot)
+{
+	__u64 *n = bpf_map_lookup_elem(&counters, &slot);
+
+	if (n)
+		*n += 1;
+}
+
+SEC("tracepoint/syscalls/sys_enter_connect")
+int ct_connect_enter(struct sys_enter_connect_ctx *ctx)
+{
+	struct pending_connect *p;
+
+	if (filter_tgid && (bpf_get_current_pid_tgid() >> 32) != filter_tgid)
+		return 0;
+	p = bpf_task_storage_get(&pending, bpf_get_current_task_btf(), NULL,
+				 BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!p)
+		return 0;
+	p->start_ns = bpf_ktime_get_boot_ns();
+	p->uaddr = ctx->uservaddr;
+	p->fd = (__u32)ctx->fd;
+	p->addrlen = (__u32)ctx->addrlen;
+	return 0;
+}
+
+/*
+ * socket_of returns the struct socket behind fd, or NULL if fd is not a
+ * socket. The task pointer is BTF-typed (bpf_get_current_task_btf), so the
+ * walk is plain loads that the verifier guards, a few ns each, where
+ * bpf_probe_read_kernel costs about 25 ns a field; only the indexed load
+ * from the fd array, which the verifier cannot bound, is a probe read.
+ */
+static __always_inline struct socket *socket_of(struct task_struct *task, __u32 fd, __u8 *flags)
+{
+	struct fdtable *fdt = task->files->fdt;
+	struct file *file = NULL;
+
+	if (fd >= fdt->max_fds)
+		return NULL;
+	bpf_probe_read_kernel(&file, sizeof(file), &fdt->fd[fd]);
+	if (!file)
+		return NULL;
+	/* connect() on a non-socket fails with ENOTSOCK: its private_data
+	 * is something else, so check the inode type first. */
+	if ((BPF_CORE_READ(file, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+		return NULL;
+	if (BPF_CORE_READ(file, f_flags) & O_NONBLOCK)
+		*flags |= CONNECT_NONBLOCK;
+	return BPF_CORE_READ(file, private_data);
+}
+
+/*
+ * count_unix counts a Unix connect in unix_connects. It returns false when
+ * the call must be sent as a record instead (the map is full). Runs before
+ * any filter that needs the socket: only the netns filter does, and it
+ * uses the caller's namespace here.
+ */
+static __always_inline bool count_unix(struct task_struct *task, __u64 id, long ret,
+					 const struct pending_connect *p,
+					 struct unix_connect_key *k, __u64 n)
+{
+	struct unix_connect_stats *st;
+	__u64 now = bpf_ktime_get_boot_ns();
+
+	k->netns = task->nsproxy->net_ns->ns.inum;
+	if (filter_netns && k->netns != filter_netns)
+		return true;
+	if (filter_comm_set && !comm_matches(task->group_leader->comm))
+		return true; /* filtered out */
+	k->tgid = id >> 32;
+	k->proc_start_ns = task->group_leader->start_boottime;
+	k->errno = ret < 0 && ret > -256 ? -ret : 0;
+	k->path_len = n > SUN_PATH_OFFSET ? n - SUN_PATH_OFFSET : 0;
+
+	st = bpf_map_lookup_elem(&unix_connects, k);
+	if (!st) {
+		struct unix_connect_stats v = {};
+		__u8 flags = 0;
+		struct socket *sock = socket_of(task, p->fd, &flags);
+
+		if (sock)
+			v.sock_type = BPF_CORE_READ(sock, type);
+		v.flags = flags | (sock ? CONNECT_FD_SOCKET : 0);
+		v.first_ns = now;
+		v.cgroup_id = bpf_get_current_cgroup_id();
+		v.tid = (__u32)id;
+		__builtin_memcpy(v.comm, task->group_leader->comm, sizeof(v.comm));
+		if (bpf_map_update_elem(&unix_connects, k, &v, BPF_NOEXIST) != 0 &&
+		    !bpf_map_lookup_elem(&unix_connects, k)) {
+			count(CONNECT_UNIX_FULL);
+			return false;
+		}
+		st = bpf_map_lookup_elem(&unix_connects, k);
+		if (!st)
+			return false;
+	}
+	__sync_fetch_and_add(&st->calls, 1);
+	__sync_fetch_and_add(&st->latency_sum_ns, now - p->start_ns);
+	st->last_ns = now;
+	return true;
+}
+
+SEC("tracepoint/syscalls/sys_exit_connect")
+int ct_connect_exit(struct sys_exit_ctx *ctx)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct pending_connect *pp;
+	struct pending_connect p;
+	long ret = ctx->ret;
+	__u16 family = 0;
+	__u8 flags = 0;
+
+	if (filter_tgid && (id >> 32) != filter_tgid)
+		return 0;
+	pp = bpf_task_storage_get(&pending, bpf_get_current_task_btf(), NULL, 0);
+	if (!pp || !pp->start_ns) {
+		count(CONNECT_NO_ENTER);
+		return 0;
+	}
+	p = *pp;
+	pp->start_ns = 0;
+	count(CONNECT_CALLS);
+
+	/*
+	 * One copy from the caller's memory of what the address needs,
+	 * straight into a Unix key: the family, and the path if it is one.
+	 * Only the bytes the caller passed: a full sockaddr_un could run past
+	 * its buffer into an unmapped page and fail.
+	 */
+	struct unix_connect_key k;
+	__u64 n = p.addrlen;
+
+	__builtin_memset(&k, 0, sizeof(k));
+	asm volatile("" : "+r"(n));
+	if (n > sizeof(k.family) + sizeof(k.path))
+		n = sizeof(k.family) + sizeof(k.path);
+	if (n >= sizeof(family)) {
+		if (bpf_probe_read_user(&k.family, n, (void *)p.uaddr) == 0)
+			family = k.family;
+		else
+			flags |= CONNECT_ADDR_FAULT;
+	}
+	struct task_struct *task = bpf_get_current_task_btf();
+
+	if (family == AF_UNIX && !filter_family && !filter_port &&
+	    !(filter_cgroup_id &&
+	      bpf_get_current_ancestor_cgroup_id(filter_cgroup_level) != filter_cgroup_id) &&
+	    count_unix(task, id, ret, &p, &k, n))
+		return 0;
+	if (ret == 0 && family != AF_UNIX) {
+		count(CONNECT_OK_INET);
+		return 0;
+	}
+	if (ret == -EINPROGRESS) {
+		count(CONNECT_IN_PROGRESS);
+		if (!emit_in_progress)
+			return 0;
+	}
+	if (filter_family && family != filter_family)
+		return 0;
+	if (filter_cgroup_id &&
+	    bpf_get_current_ancestor_cgroup_id(filter_cgroup_level) != filter_cgroup_id)
+		return 0;
+
+	struct socket *sock = socket_of(task, p.fd, &flags);
+	__u32 netns = 0;
+	__u16 type = 0;
+
+	if (sock) {
+		flags |= CONNECT_FD_SOCKET;
+		type = BPF_CORE_READ(sock, type);
+		netns = BPF_CORE_READ(sock, sk, __sk_common.skc_net.net, ns.inum);
+	}
+	if (filter_netns && netns != filter_netns)
+		return 0;
+
+	struct connect_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		__u32 zero = 0;
+		__u64 *n = bpf_map_lookup_elem(&lost_records, &zero);
+
+		if (n)
+			*n += 1;
+		return 0;
+	}
+	struct task_struct *leader = task->group_leader;
+
+	e->kind = RECORD_CONNECT;
+	e->family = family;
+	e->ret = ret;
+	e->start_ns = p.start_ns;
+	e->end_ns = bpf_ktime_get_boot_ns();
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->proc_start_ns = leader->start_boottime;
+	e->netns = netns;
+	e->tgid = id >> 32;
+	e->tid = (__u32)id;
+	e->sock_type = type;
+	e->dport = 0;
+	e->path_len = 0;
+	__builtin_memcpy(e->comm, leader->comm, sizeof(e->comm));
+	if (filter_comm_set && !comm_matches((const char *)e->comm)) {
+		bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
+		return 0;
+	}
+
+	switch (family) {
+	case AF_INET: {
+		struct sockaddr_in sin;
+
+		__builtin_memset(e->daddr, 0, sizeof(e->daddr));
+		if (p.addrlen < sizeof(sin) ||
+		    bpf_probe_read_user(&sin, sizeof(sin), (void *)p.uaddr) != 0) {
+			flags |= CONNECT_ADDR_FAULT;
+			break;
+		}
+		__builtin_memcpy(e->daddr, &sin.sin_addr, 4);
+		e->dport = bpf_ntohs(sin.sin_port);
+		break;
+	}
+	case AF_INET6: {
+		struct sockaddr_in6 sin6;
+
+		if (p.addrlen < sizeof(sin6) ||
+		    bpf_probe_read_user(&sin6, sizeof(sin6), (void *)p.uaddr) != 0) {
+			__builtin_memset(e->daddr, 0, sizeof(e->daddr));
+			flags |= CONNECT_ADDR_FAULT;
+			break;
+		}
+		__builtin_memcpy(e->daddr, &sin6.sin6_addr, 16);
+		e->dport = bpf_ntohs(sin6.sin6_port);
+		break;
+	}
+	case AF_UNIX: {
+		__u64 n = p.addrlen;
+
+		__builtin_memset(e->daddr, 0, sizeof(e->daddr));
+		if (n <= SUN_PATH_OFFSET)
+			break;
+		n -= SUN_PATH_OFFSET;
+		/* Keep clang from folding the bound into a form the
+		 * verifier cannot follow. */
+		asm volatile("" : "+r"(n));
+		if (n > sizeof(e->path))
+			n = sizeof(e->path);
+		/* Only the bytes the caller passed: reading a full
+		 * sockaddr_un could run past its buffer into an unmapped
+		 * page and fail. */
+		if (bpf_probe_read_user(e->path, n, (void *)(p.uaddr + SUN_PATH_OFFSET)) != 0) {
+			flags |= CONNECT_ADDR_FAULT;
+			break;
+		}
+		e->path_len = n;
+		break;
+	}
+	default:
+		__builtin_memset(e->daddr, 0, sizeof(e->daddr));
+	}
+	e->flags = flags;
+	/* A port filter keeps IPv4/IPv6 connects to that port only. */
+	if (filter_port && e->dport != filter_port) {
+		bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
+		return 0;
+	}
+
+	__u64 wake = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ?
+			     BPF_RB_FORCE_WAKEUP :
+			     BPF_RB_NO_WAKEUP;
+	bpf_ringbuf_submit(e, wake);
+	return 0;
+}

@@ -1,0 +1,129 @@
+package conntracer
+
+// The connect() concern: bpf/connect.bpf.c, one record per failed or
+// in-progress connect() call, Unix sockets included.
+
+import (
+	"fmt"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/conntracer/conntracer/internal/events"
+)
+
+// ConnectCounters are the connect() calls the kernel counted without
+// sending a record each.
+type ConnectCounters struct {
+	Calls   uint64 // connect() calls seen from entry to exit (after the pid filter)
+	OKInet  uint64 // successful IPv4/IPv6 connects: counted only (their conn_event follows)
+	NoEnter uint64 // exits without a matching entry (attached mid-call): not reported
+	// InProgress counts non-blocking connects that returned EINPROGRESS;
+	// their outcome is their connection's conn_event. Sent as records
+	// too only with Options.ConnectInProgress.
+	InProgress uint64
+	// UnixFull counts Unix connects sent as a record each because the
+	// kernel's table of counted callers was full.
+	UnixFull uint64
+}
+
+// openConnect loads the connect object and attaches its two syscall
+// tracepoints. Without them the tracer still runs: connect failures are
+// then missing and the start-up line says why.
+func (p *Probe) openConnect() error {
+	const hook = "syscalls/sys_{enter,exit}_connect"
+	off := func(err error) error {
+		p.attachments = append(p.attachments, Attachment{Hook: hook, Err: err})
+		return nil
+	}
+	if err := p.ensureTracefs(); err != nil {
+		return off(err)
+	}
+	spec, err := loadConnect()
+	if err != nil {
+		return fmt.Errorf("load connect object: %w", err)
+	}
+	f := p.opts.Filter
+	var comm [16]byte
+	copy(comm[:15], f.Comm)
+	for name, value := range map[string]any{
+		connectVarFilterNetns:       f.NetNS,
+		connectVarFilterTgid:        f.PID,
+		connectVarFilterPort:        f.Port,
+		connectVarFilterFamily:      uint8(f.Family),
+		connectVarFilterCommSet:     boolByte(f.Comm != ""),
+		connectVarFilterComm:        comm,
+		connectVarFilterCgroupId:    f.CgroupID,
+		connectVarFilterCgroupLevel: f.CgroupLevel,
+		connectVarEmitInProgress:    boolByte(p.opts.ConnectInProgress),
+		connectVarWakeupBytes:       p.opts.WakeupBytes,
+	} {
+		v, ok := spec.Variables[name]
+		if !ok {
+			return fmt.Errorf("variable %s missing from the connect object", name)
+		}
+		if err := v.Set(value); err != nil {
+			return fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+	spec.Maps[connectMapEvents].MaxEntries = uint32(p.opts.RingBufferBytes)
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
+		MapReplacements: map[string]*ebpf.Map{connectMapEvents: p.ring},
+	})
+	if err != nil {
+		return off(fmt.Errorf("load: %+v", err))
+	}
+	if err := p.adopt(coll, connectMapLostRecords); err != nil {
+		return err
+	}
+	p.connectCounters = coll.Maps[connectMapCounters]
+	p.unixPoller = newUnixPoller(coll.Maps[connectMapUnixConnects])
+	// Exit first: an entry stashed with no exit hook would sit in the
+	// pending map until evicted.
+	for _, sc := range []struct{ name, prog string }{
+		{"sys_exit_connect", connectProgCtConnectExit},
+		{"sys_enter_connect", connectProgCtConnectEnter},
+	} {
+		l, err := link.Tracepoint("syscalls", sc.name, coll.Programs[sc.prog], nil)
+		if err != nil {
+			return off(fmt.Errorf("attach syscalls/%s: %w", sc.name, err))
+		}
+		p.links = append(p.links, l)
+	}
+	p.attachments = append(p.attachments, Attachment{Hook: hook, Mode: AttachTracepoint})
+	return nil
+}
+
+// ConnectCounters sums the connect object's per-CPU counters. It returns
+// zeros when the connect hooks are off. Safe to call from any goroutine.
+func (p *Probe) ConnectCounters() (ConnectCounters, error) {
+	var c ConnectCounters
+	if p.connectCounters == nil {
+		return c, nil
+	}
+	for slot, dst := range map[connectConnectCounter]*uint64{
+		connectConnectCounterCONNECT_CALLS:       &c.Calls,
+		connectConnectCounterCONNECT_OK_INET:     &c.OKInet,
+		connectConnectCounterCONNECT_NO_ENTER:    &c.NoEnter,
+		connectConnectCounterCONNECT_IN_PROGRESS: &c.InProgress,
+		connectConnectCounterCONNECT_UNIX_FULL:   &c.UnixFull,
+	} {
+		var perCPU []uint64
+		if err := p.connectCounters.Lookup(uint32(slot), &perCPU); err != nil {
+			return c, fmt.Errorf("read connect counters: %w", err)
+		}
+		for _, v := range perCPU {
+			*dst += v
+		}
+	}
+	return c, nil
+}
+
+// pollConnects hands the event loop's handler the Unix connects the
+// kernel counted since the last poll. Called by Run on the event loop.
+func (p *Probe) pollConnects(ev *events.Event, h Handler, final bool) error {
+	if p.unixPoller == nil {
+		return nil
+	}
+	return p.unixPoller.poll(ev, h, final)
+}

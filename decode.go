@@ -28,6 +28,8 @@ func Decode(raw []byte, ev *events.Event) error {
 	switch tcplifeRecordKind(raw[0]) {
 	case tcplifeRecordKindRECORD_CONN_CLOSED:
 		return decodeConnClosed(raw, ev)
+	case tcplifeRecordKindRECORD_DROP:
+		return decodeDrop(raw, ev)
 	}
 	return fmt.Errorf("%w %d", ErrUnknownRecord, raw[0])
 }

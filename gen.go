@@ -8,3 +8,4 @@ package conntracer
 // pins the compiler (BPF2GO_CC=clang-14, Debian 12's) so that the output is
 // reproduced byte for byte, which CI checks.
 //go:generate go tool bpf2go -target bpfel -type conn_event tcplife bpf/tcplife.bpf.c -- -I./bpf -O2 -g -Wall -Werror
+//go:generate go tool bpf2go -target bpfel -type drop_event -type drop_key drops bpf/drops.bpf.c -- -I./bpf -O2 -g -Wall -Werror

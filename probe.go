@@ -69,6 +69,14 @@ type Options struct {
 	// below that the reader polls every PollInterval.
 	WakeupBytes  uint64
 	PollInterval time.Duration
+	// NoDrops leaves skb:kfree_skb unattached.
+	NoDrops bool
+	// DropsKeepNormal also counts frees with reason NOT_SPECIFIED or
+	// SKB_CONSUMED, which are mostly not drops at all.
+	DropsKeepNormal bool
+	// DropRecordsPerSec bounds the individual drop records each CPU sends
+	// per second (0: no bound); every drop is still counted exactly.
+	DropRecordsPerSec uint32
 }
 
 // DefaultOptions returns the settings `tracer` runs with by default.
@@ -79,6 +87,8 @@ func DefaultOptions() Options {
 		MaxSockets:      131072,
 		WakeupBytes:     64 << 10,
 		PollInterval:    50 * time.Millisecond,
+
+		DropRecordsPerSec: 1000,
 	}
 }
 
@@ -120,6 +130,7 @@ type Probe struct {
 	attachments []Attachment
 	reader      *ringbuf.Reader
 	stats       Stats
+	drops       *dropState // nil when the drops hook is off
 }
 
 // Open checks the environment, loads the programs and attaches them with
@@ -155,6 +166,8 @@ func Open(opts Options) (_ *Probe, err error) {
 	if err := p.openTCPLife(); err != nil {
 		return nil, err
 	}
+	// After tcplife: drops shares its socks and listeners maps.
+	p.openDrops()
 
 	p.reader, err = ringbuf.NewReader(p.ring)
 	if err != nil {
@@ -206,7 +219,11 @@ func (p *Probe) Run(ctx context.Context, h Handler) error {
 			}
 			h.HandleEvent(&ev)
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			// Everything written so far has been read.
+			// Everything written so far has been read. The exact drop
+			// counters follow the records they count.
+			if derr := p.emitDropCounts(h, &ev, draining); derr != nil {
+				return derr
+			}
 			h.Drained()
 			if draining {
 				return p.updateLost()

@@ -105,6 +105,7 @@ type tcplifeRecordKind uint32
 
 const (
 	tcplifeRecordKindRECORD_CONN_CLOSED tcplifeRecordKind = 1
+	tcplifeRecordKindRECORD_DROP        tcplifeRecordKind = 10
 )
 
 type tcplifeSockState struct {

@@ -35,6 +35,16 @@ func (k Kind) String() string {
 		return "conn_closed"
 	case KindConnExisting:
 		return "conn_existing"
+	case KindDrop:
+		return "drop"
+	case KindDropCount:
+		return "drop_count"
+	case KindListenOverflow:
+		return "listen_overflow"
+	case KindConntrackStats:
+		return "conntrack_stats"
+	case KindConntrackOwner:
+		return "conntrack_owner"
 	}
 	return "unknown"
 }
@@ -206,6 +216,8 @@ func (o OwnerSource) String() string {
 		return "listener"
 	case OwnerSnapshot:
 		return "snapshot"
+	case OwnerSocket:
+		return "socket"
 	}
 	return "unknown"
 }
@@ -276,6 +288,10 @@ func (c *Conn) LifetimeNs() uint64 {
 type Event struct {
 	Kind Kind
 	Conn Conn
+	// Drop: KindDrop, KindDropCount, KindListenOverflow.
+	Drop Drop
+	// Conntrack: KindConntrackStats, KindConntrackOwner.
+	Conntrack Conntrack
 }
 
 // errnoNames covers the socket errors a connection can end with. Other values

@@ -36,6 +36,10 @@ func MaybeRunHelper() {
 		err = runClient()
 	case "churn":
 		err = runChurn()
+	case "burst":
+		err = runBurst()
+	case "listener":
+		err = runListener()
 	default:
 		err = fmt.Errorf("unknown helper %q", os.Getenv(helperEnv))
 	}

@@ -129,6 +129,7 @@ func TestDropsRuleDrop(t *testing.T) {
 	if b.Connected != 0 {
 		t.Fatalf("%d connects got through the drop rule", b.Connected)
 	}
+	b.Release(t) // closes the sockets: no more SYN retransmissions
 	want := nftCounter(t, ns, "ruledrop")
 	if want == 0 {
 		t.Fatal("nft counted no drops")

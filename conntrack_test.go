@@ -142,6 +142,33 @@ func TestConntrackTableFull(t *testing.T) {
 	if len(refused) != b.Failed {
 		t.Errorf("%d distinct refused flows reported, the client saw %d connects fail", len(refused), b.Failed)
 	}
+	// Through the aggregator: the drop statistic rose in the window of
+	// these records, so they are table-full drops, named by process.
+	agg := events.NewConntrackStats()
+	now := time.Now()
+	before.NetNS, after.NetNS = ns.Inode, ns.Inode
+	after.Entries, after.Max = procAfter.ConntrackCount, 256
+	agg.Apply(&events.Event{Kind: events.KindConntrackStats, Conntrack: before}, now)
+	for i := range evs {
+		names.Apply(&evs[i])
+		agg.Apply(&evs[i], now)
+	}
+	agg.Apply(&events.Event{Kind: events.KindConntrackStats, Conntrack: after}, now.Add(time.Second))
+	snap := agg.Snapshot()
+	if len(snap) != 1 || snap[0].ConntrackDrops != kernelDrops || len(snap[0].TopProcesses) == 0 ||
+		snap[0].TopProcesses[0].PID != uint32(b.PID) || len(snap[0].RefusedFlows) == 0 {
+		t.Errorf("conntrack snapshot %+v", snap)
+	}
+	var found bool
+	for _, f := range events.ConntrackFindings(snap) {
+		if f.Kind == "conntrack_table_full" && f.Comm == "ctr-churner" && f.NetNS == ns.Inode {
+			found = true
+			t.Logf("finding: %s", f.Message)
+		}
+	}
+	if !found {
+		t.Errorf("no conntrack_table_full finding naming ctr-churner: %+v", events.ConntrackFindings(snap))
+	}
 	t.Logf("400 connects: %d failed; drop statistic +%d; tracer: %d conntrack drops, %d flows", b.Failed, kernelDrops, noCT, len(refused))
 }
 

@@ -169,6 +169,28 @@ func TestDropsRuleDrop(t *testing.T) {
 			t.Errorf("drop location %s, want nft_do_chain+...", d.Symbol)
 		}
 	}
+	// Conntrack's drop statistic did not move: not one of these is a
+	// conntrack drop.
+	agg := events.NewConntrackStats()
+	now := time.Now()
+	sample := func() *events.Event {
+		c, err := kernel.ConntrackStats(openNS(t, ns))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.NetNS = ns.Inode
+		return &events.Event{Kind: events.KindConntrackStats, Conntrack: c}
+	}
+	agg.Apply(sample(), now)
+	for i := range evs {
+		agg.Apply(&evs[i], now)
+	}
+	agg.Apply(sample(), now.Add(time.Second))
+	for _, n := range agg.Snapshot() {
+		if n.ConntrackDrops != 0 || len(n.RefusedFlows) != 0 {
+			t.Errorf("rule drops reported as conntrack drops: %+v", n)
+		}
+	}
 	if uint64(records) != want {
 		t.Errorf("%d drop records, want %d (one per dropped SYN)", records, want)
 	}

@@ -78,6 +78,7 @@ func TestConntrackTableFull(t *testing.T) {
 }`)
 	opts := DefaultOptions()
 	opts.Filter.NetNS = ns.Inode
+	opts.Drops = true
 	tr := startTracing(t, opts)
 	names := dropNames(t)
 

@@ -48,8 +48,7 @@ type dropState struct {
 // no mode works (a kernel before 5.17 has no drop reasons), the hook is
 // reported off and tracing goes on.
 func (p *Probe) openDrops() {
-	if p.opts.NoDrops {
-		p.attachments = append(p.attachments, Attachment{Hook: dropHook, Err: errors.New("disabled by --drops=false")})
+	if !p.opts.Drops {
 		return
 	}
 	modes := AttachModes

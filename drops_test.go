@@ -122,6 +122,7 @@ func TestDropsRuleDrop(t *testing.T) {
 
 	opts := DefaultOptions()
 	opts.Filter.NetNS = ns.Inode
+	opts.Drops = true
 	tr := startTracing(t, opts)
 	names := dropNames(t)
 

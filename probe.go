@@ -69,8 +69,9 @@ type Options struct {
 	// below that the reader polls every PollInterval.
 	WakeupBytes  uint64
 	PollInterval time.Duration
-	// NoDrops leaves skb:kfree_skb unattached.
-	NoDrops bool
+	// Drops attaches skb:kfree_skb (off by default: `tracer` enables it
+	// with --drops, `tracer top` always).
+	Drops bool
 	// DropsKeepNormal also counts frees with reason NOT_SPECIFIED or
 	// SKB_CONSUMED, which are mostly not drops at all.
 	DropsKeepNormal bool

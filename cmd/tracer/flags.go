@@ -54,6 +54,9 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 		maxSockets  = fs.Uint32("max-sockets", defaults.MaxSockets, "connections tracked at once in the kernel (LRU beyond that)")
 		pollEvery   = fs.Duration("poll-interval", defaults.PollInterval, "how often the reader checks the ring buffer when the kernel has not woken it")
 		wakeupBytes = fs.Uint64("wakeup-bytes", defaults.WakeupBytes, "the kernel wakes the reader once this many bytes are waiting")
+		drops       = fs.Bool("drops", false, "also trace dropped packets (skb:kfree_skb) with their reason, location, tuple and owner")
+		keepNormal  = fs.Bool("drops-keep-normal", false, "also count frees with reason NOT_SPECIFIED or CONSUMED, which are mostly not drops")
+		dropRate    = fs.Uint32("drop-records-per-sec", defaults.DropRecordsPerSec, "individual drop records per second and CPU (0: no limit); every drop is still counted exactly")
 	)
 	if err := fs.Parse(args); err != nil {
 		return nil, usageError{err}
@@ -90,6 +93,9 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	}
 	cfg.probe.PollInterval = *pollEvery
 	cfg.probe.WakeupBytes = *wakeupBytes
+	cfg.probe.Drops = *drops
+	cfg.probe.DropsKeepNormal = *keepNormal
+	cfg.probe.DropRecordsPerSec = *dropRate
 
 	f := &cfg.filter
 	f.PID = *pid

@@ -61,7 +61,11 @@ const textHeader = "TIME         PID     COMM            LOCAL                  
 
 // Print writes ev if it is a finished connection; other kinds are ignored.
 func (s *Stream) Print(ev *events.Event) error {
-	if ev.Kind != events.KindConnClosed {
+	switch ev.Kind {
+	case events.KindConnClosed:
+	case events.KindDrop, events.KindListenOverflow:
+		return s.printDrop(ev)
+	default:
 		return nil
 	}
 	b := s.buf[:0]
@@ -74,6 +78,19 @@ func (s *Stream) Print(ev *events.Event) error {
 			b = append(b, textHeader...)
 		}
 		b = s.appendText(b, ev)
+	}
+	s.buf = b
+	_, err := s.w.Write(b)
+	return err
+}
+
+// printDrop writes a drop or listen-overflow line (dropstream.go).
+func (s *Stream) printDrop(ev *events.Event) error {
+	b := s.buf[:0]
+	if s.format == FormatJSON {
+		b = s.appendDropJSON(b, ev)
+	} else {
+		b = s.appendDropText(b, ev)
 	}
 	s.buf = b
 	_, err := s.w.Write(b)

@@ -30,6 +30,8 @@ func Decode(raw []byte, ev *events.Event) error {
 		return decodeConnClosed(raw, ev)
 	case tcplifeRecordKindRECORD_CONNECT:
 		return decodeConnect(raw, ev)
+	case tcplifeRecordKindRECORD_DROP:
+		return decodeDrop(raw, ev)
 	}
 	return fmt.Errorf("%w %d", ErrUnknownRecord, raw[0])
 }

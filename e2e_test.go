@@ -65,6 +65,14 @@ func startTracing(t *testing.T, opts Options) *tracing {
 	if err != nil {
 		t.Fatalf("open probe: %+v", err)
 	}
+	// Every hook asked for exists on the kernels we test on: one that
+	// is off would make a test pass vacuously.
+	for _, a := range p.Attachments() {
+		if a.Mode == "" {
+			p.Close()
+			t.Fatalf("hook %v", a)
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	col := &collector{}
 	done := make(chan error, 1)

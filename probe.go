@@ -75,6 +75,15 @@ type Options struct {
 	// EINPROGRESS, not only a count (doubles the records of non-blocking
 	// clients).
 	ConnectInProgress bool
+	// Drops attaches skb:kfree_skb (off by default: `tracer` enables it
+	// with --drops, `tracer top` always).
+	Drops bool
+	// DropsKeepNormal also counts frees with reason NOT_SPECIFIED or
+	// SKB_CONSUMED, which are mostly not drops at all.
+	DropsKeepNormal bool
+	// DropRecordsPerSec bounds the individual drop records each CPU sends
+	// per second (0: no bound); every drop is still counted exactly.
+	DropRecordsPerSec uint32
 }
 
 // DefaultOptions returns the settings `tracer` runs with by default.
@@ -85,6 +94,8 @@ func DefaultOptions() Options {
 		MaxSockets:      131072,
 		WakeupBytes:     64 << 10,
 		PollInterval:    50 * time.Millisecond,
+
+		DropRecordsPerSec: 1000,
 	}
 }
 
@@ -131,6 +142,7 @@ type Probe struct {
 	// when the connect hooks are off.
 	connectCounters *ebpf.Map
 	unixPoller      *unixPoller // nil when the connect hooks are off
+	drops           *dropState  // nil when the drops hook is off
 }
 
 // Notes reports what Open did to the system on the way, such as mounting
@@ -184,6 +196,8 @@ func Open(opts Options) (_ *Probe, err error) {
 			return nil, err
 		}
 	}
+	// After tcplife: drops shares its socks and listeners maps.
+	p.openDrops()
 
 	p.reader, err = ringbuf.NewReader(p.ring)
 	if err != nil {
@@ -245,6 +259,10 @@ func (p *Probe) Run(ctx context.Context, h Handler) error {
 			// kernel maps are read on the same goroutine.
 			if perr := p.pollConnects(&ev, h, draining); perr != nil {
 				return perr
+			}
+			// The exact drop counters follow the records they count.
+			if derr := p.emitDropCounts(h, &ev, draining); derr != nil {
+				return derr
 			}
 			h.Drained()
 			if draining {

@@ -107,6 +107,7 @@ type tcplifeRecordKind uint32
 const (
 	tcplifeRecordKindRECORD_CONN_CLOSED tcplifeRecordKind = 1
 	tcplifeRecordKindRECORD_CONNECT     tcplifeRecordKind = 2
+	tcplifeRecordKindRECORD_DROP        tcplifeRecordKind = 10
 )
 
 type tcplifeSockState struct {

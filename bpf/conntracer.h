@@ -16,6 +16,7 @@
 enum record_kind {
 	RECORD_CONN_CLOSED = 1,
 	RECORD_CONNECT = 2, /* struct connect_event (connect.bpf.c); 3..9 reserved for it */
+	RECORD_DROP = 10,   /* struct drop_event (drops.bpf.c); 11..19 reserved for it */
 };
 
 /* enum conn_role: which side opened the connection. */
@@ -156,6 +157,57 @@ struct unix_connect_stats {
 	__u8 flags;           /* enum connect_flags of the first call */
 	__u8 pad;
 	__u8 comm[TASK_COMM_LEN]; /* group leader's comm at the first call */
+};
+
+/* enum drop_flags: what the drops program learnt about one dropped packet. */
+enum drop_flags {
+	DROP_OWNER_SOCKET = 1 << 0,   /* owner from the packet's socket (tcplife's socks map) */
+	DROP_OWNER_LISTENER = 1 << 1, /* owner is the listener on the packet's (netns, port) */
+	DROP_NO_CT = 1 << 2,          /* NETFILTER_DROP of a packet conntrack never attached an entry to */
+	DROP_HAS_PORTS = 1 << 3,      /* sport/dport parsed from a TCP or UDP header */
+	DROP_HAS_ADDRS = 1 << 4,      /* saddr/daddr parsed from an IPv4 or IPv6 header */
+};
+
+/*
+ * struct drop_event: one packet freed by kfree_skb with a drop reason, sent
+ * up to `drop_records_per_sec` per CPU; every drop, sent or not, is counted
+ * in the drop_counts map. `reason` is the running kernel's value of enum
+ * skb_drop_reason (numbers differ between kernels: user space names it from
+ * BTF). Addresses in network byte order, ports and protocol in host order.
+ */
+struct drop_event {
+	__u8 kind;      /* RECORD_DROP */
+	__u8 family;    /* AF_INET, AF_INET6, 0 when the packet is not IP */
+	__u8 l4proto;   /* IPPROTO_* from the IP header, 0 if unknown */
+	__u8 flags;     /* enum drop_flags */
+	__u8 tcp_flags; /* TCP header flags (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10) */
+	__u8 pad[3];
+	__u32 reason;   /* enum skb_drop_reason (this kernel's numbering) */
+	__u32 netns;    /* network namespace inode, 0 if the packet had no device or socket */
+	__u32 ifindex;  /* skb->dev's ifindex, 0 if none */
+	__u32 tgid;     /* owner, when flags say one was found */
+	__u64 location; /* kernel address that freed the packet */
+	__u64 time_ns;  /* CLOCK_BOOTTIME */
+	__u16 sport;
+	__u16 dport;
+	__u16 protocol; /* skb->protocol (ethertype) */
+	__u16 pad2;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u8 comm[TASK_COMM_LEN];
+};
+
+/*
+ * struct drop_key: the drop_counts map's key. Every drop is counted exactly
+ * in the kernel under (location, reason, netns, owner tgid); records are
+ * only samples of those counts.
+ */
+struct drop_key {
+	__u64 location;
+	__u32 reason;
+	__u32 netns;
+	__u32 tgid;  /* 0 when no owner was found */
+	__u32 flags; /* DROP_NO_CT only: conntrack candidates counted apart */
 };
 
 #endif /* CONNTRACER_H */

@@ -33,6 +33,7 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_endian.h>
 #include "conntracer.h"
+#include "sockstate.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -89,28 +90,6 @@ const enum conn_end_state unused_conn_end __attribute__((unused));
 const enum conn_side unused_conn_side __attribute__((unused));
 const enum conn_flags unused_conn_flags __attribute__((unused));
 
-/* The process that owns a socket, captured in process context. */
-struct owner {
-	__u64 cgroup_id;
-	__u64 start_ns;
-	__u32 tgid;
-	__u32 tid;
-	__u8 comm[TASK_COMM_LEN];
-};
-
-/* Per-connection state while the connection lives. */
-struct sock_state {
-	struct owner owner;
-	__u64 open_ns;
-	__u64 tx_base; /* tcp_sock.bytes_acked at ESTABLISHED (counts our SYN) */
-	__u64 rx_base; /* tcp_sock.bytes_received at ESTABLISHED */
-	__u64 established_ns; /* -> ESTABLISHED time: connect/handshake latency */
-	__u8 role;
-	__u8 flags;
-	__u8 closed_by;
-	__u8 pad[5];
-};
-
 /*
  * socks: state of every TCP connection seen, keyed by its struct sock *.
  * Inserted at SYN_SENT (active) or SYN_RECV (passive), or at the first
@@ -127,18 +106,6 @@ struct {
 	__type(key, __u64);
 	__type(value, struct sock_state);
 } socks SEC(".maps");
-
-struct listener_key {
-	__u32 netns;
-	__u16 port;
-	__u16 pad;
-};
-
-struct listener_owner {
-	struct owner owner;
-	__u8 flags; /* CONN_CGROUP_MATCH */
-	__u8 pad[7];
-};
 
 /*
  * listeners: the process that called listen() on each (netns, port), so that

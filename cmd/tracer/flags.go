@@ -56,6 +56,9 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 		wakeupBytes = fs.Uint64("wakeup-bytes", defaults.WakeupBytes, "the kernel wakes the reader once this many bytes are waiting")
 		connect     = fs.Bool("connect", true, "trace connect() calls (syscall tracepoints): failed connects, Unix sockets included, are printed")
 		inProgress  = fs.Bool("connect-in-progress", false, "also send a record per non-blocking connect() that returns EINPROGRESS (otherwise counted only; its outcome is the connection's line)")
+		drops       = fs.Bool("drops", false, "also trace dropped packets (skb:kfree_skb) with their reason, location, tuple and owner")
+		keepNormal  = fs.Bool("drops-keep-normal", false, "also count frees with reason NOT_SPECIFIED or CONSUMED, which are mostly not drops")
+		dropRate    = fs.Uint32("drop-records-per-sec", defaults.DropRecordsPerSec, "individual drop records per second and CPU (0: no limit); every drop is still counted exactly")
 	)
 	if err := fs.Parse(args); err != nil {
 		return nil, usageError{err}
@@ -94,6 +97,9 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	cfg.probe.WakeupBytes = *wakeupBytes
 	cfg.probe.NoConnect = !*connect
 	cfg.probe.ConnectInProgress = *inProgress
+	cfg.probe.Drops = *drops
+	cfg.probe.DropsKeepNormal = *keepNormal
+	cfg.probe.DropRecordsPerSec = *dropRate
 
 	f := &cfg.filter
 	f.PID = *pid

@@ -46,6 +46,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	p := &pipeline{
 		owners: events.NewOwners(),
+		drops:  dropNames(stderr),
 		filter: cfg.filter,
 		stream: export.NewStream(stdout, cfg.format, clock),
 	}
@@ -85,10 +86,29 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if !cfg.probe.NoConnect {
 		fmt.Fprintf(stderr, "tracer: %d failed connect() calls printed\n", p.connectFailures)
 	}
+	if unsent, err := probe.UnsentDropRecords(); err == nil && (p.dropsPrinted > 0 || unsent > 0) {
+		fmt.Fprintf(stderr, "tracer: %d drops printed, %d more counted but not printed (--drop-records-per-sec)\n", p.dropsPrinted, unsent)
+	}
 	if st.Lost > 0 {
 		fmt.Fprintf(stderr, "tracer: the ring buffer overflowed: raise --ring-buffer-bytes (now %d) or narrow the filters\n", cfg.probe.RingBufferBytes)
 	}
 	return runErr
+}
+
+// dropNames names drop reasons from the kernel's BTF and locations from
+// /proc/kallsyms; without them drops print numbers, with a note.
+func dropNames(stderr io.Writer) *events.DropNames {
+	reasons, err := kernel.DropReasons()
+	if err != nil {
+		fmt.Fprintf(stderr, "tracer: note: drop reasons print as numbers: %v\n", err)
+	}
+	var sym func(uint64) string
+	if ks, err := kernel.LoadKallsyms(); err != nil {
+		fmt.Fprintf(stderr, "tracer: note: drop locations print as addresses: %v\n", err)
+	} else {
+		sym = ks.Symbolize
+	}
+	return events.NewDropNames(reasons, sym)
 }
 
 func attachSummary(as []conntracer.Attachment) string {
@@ -113,6 +133,7 @@ func bootClock() (export.Clock, error) {
 // the reader's goroutine only.
 type pipeline struct {
 	owners   *events.Owners
+	drops    *events.DropNames
 	filter   events.Filter
 	stream   *export.Stream
 	printed  uint64
@@ -121,6 +142,8 @@ type pipeline struct {
 	// may stand for several).
 	connectFailures uint64
 	writeErr        error // first output error, reported when the loop ends
+
+	dropsPrinted uint64
 }
 
 // HandleEvent implements conntracer.Handler.
@@ -128,6 +151,16 @@ func (p *pipeline) HandleEvent(ev *events.Event) {
 	p.owners.Apply(ev)
 	if ev.Kind == events.KindConnect {
 		p.handleConnect(ev)
+		return
+	}
+	p.drops.Apply(ev)
+	if ev.Kind == events.KindDrop {
+		// The kernel applied the namespace filter; drops have no
+		// connection to match the other filters against.
+		p.dropsPrinted++
+		if err := p.stream.Print(ev); err != nil && p.writeErr == nil {
+			p.writeErr = err
+		}
 		return
 	}
 	if ev.Kind != events.KindConnClosed {

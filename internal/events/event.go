@@ -45,6 +45,16 @@ func (k Kind) String() string {
 		return "connect"
 	case KindUnixListener:
 		return "unix_listener"
+	case KindDrop:
+		return "drop"
+	case KindDropCount:
+		return "drop_count"
+	case KindListenOverflow:
+		return "listen_overflow"
+	case KindConntrackStats:
+		return "conntrack_stats"
+	case KindConntrackOwner:
+		return "conntrack_owner"
 	}
 	return "unknown"
 }
@@ -220,6 +230,8 @@ func (o OwnerSource) String() string {
 		return "listener"
 	case OwnerSnapshot:
 		return "snapshot"
+	case OwnerSocket:
+		return "socket"
 	}
 	return "unknown"
 }
@@ -296,6 +308,10 @@ type Event struct {
 	Conn Conn
 	// Connect is set for KindConnect and KindUnixListener.
 	Connect Connect
+	// Drop: KindDrop, KindDropCount, KindListenOverflow.
+	Drop Drop
+	// Conntrack: KindConntrackStats, KindConntrackOwner.
+	Conntrack Conntrack
 }
 
 // errnoNames covers the socket errors a connection can end with. Other values

@@ -64,6 +64,9 @@ const textHeader = "TIME         PID     COMM            LOCAL                  
 // Print writes ev if it is a finished connection or a failed connect();
 // other kinds are ignored.
 func (s *Stream) Print(ev *events.Event) error {
+	if ev.Kind == events.KindDrop || ev.Kind == events.KindListenOverflow {
+		return s.printDrop(ev)
+	}
 	isConnect := ev.Kind == events.KindConnect && ev.Connect.Failed()
 	if ev.Kind != events.KindConnClosed && !isConnect {
 		return nil
@@ -84,6 +87,19 @@ func (s *Stream) Print(ev *events.Event) error {
 		} else {
 			b = s.appendText(b, ev)
 		}
+	}
+	s.buf = b
+	_, err := s.w.Write(b)
+	return err
+}
+
+// printDrop writes a drop or listen-overflow line (dropstream.go).
+func (s *Stream) printDrop(ev *events.Event) error {
+	b := s.buf[:0]
+	if s.format == FormatJSON {
+		b = s.appendDropJSON(b, ev)
+	} else {
+		b = s.appendDropText(b, ev)
 	}
 	s.buf = b
 	_, err := s.w.Write(b)

@@ -38,6 +38,10 @@ func MaybeRunHelper() {
 		err = runChurn()
 	case "connects":
 		err = runConnects()
+	case "burst":
+		err = runBurst()
+	case "listener":
+		err = runListener()
 	default:
 		err = fmt.Errorf("unknown helper %q", os.Getenv(helperEnv))
 	}

@@ -1,0 +1,202 @@
+package events
+
+import (
+	"cmp"
+	"slices"
+	"time"
+)
+
+// maxRefusedFlows bounds the refused flows kept per namespace.
+const maxRefusedFlows = 32
+
+// ConntrackStats aggregates KindConntrackStats samples and the drops that
+// conntrack caused into the `conntrack` part of the snapshot, one object
+// per network namespace. Single writer: the event loop. Run DropNames
+// before it.
+//
+// Telling a table-full drop from a firewall rule's drop: both are
+// NETFILTER_DROP freed by netfilter. A refused flow is a NETFILTER_DROP
+// record of a packet without a conntrack entry (Drop.NoCT) in a namespace
+// whose conntrack `drop` statistic rose in the same sampling window; such
+// records wait for the next sample, and are discarded when the statistic
+// did not move. The count itself is the kernel's statistic, exact.
+type ConntrackStats struct {
+	ns map[uint32]*conntrackNS
+}
+
+type conntrackNS struct {
+	first, last Conntrack // first: the baseline when tracing started
+	lastAt      time.Time
+	pending     []RefusedFlow // NoCT drops since the last sample
+	refused     []RefusedFlow // confirmed table-full drops, newest last
+	refusedBy   map[uint32]*ProcessCount
+	owners      map[uint32]*ProcessCount // from KindConntrackOwner, latest generation
+	ownersGen   uint64
+}
+
+// RefusedFlow is a flow conntrack refused because its table was full.
+type RefusedFlow struct {
+	Time  time.Time `json:"time"`
+	Proto string    `json:"proto"`
+	Src   string    `json:"src"`
+	Dst   string    `json:"dst"`
+	PID   uint32    `json:"pid,omitempty"`
+	Comm  string    `json:"comm,omitempty"`
+}
+
+// ProcessCount is a process's share of a namespace's table.
+type ProcessCount struct {
+	PID     uint32 `json:"pid"`
+	Comm    string `json:"comm"`
+	Entries uint64 `json:"entries"` // entries its flows hold (from table dumps)
+	Refused uint64 `json:"refused"` // its packets refused because the table was full
+}
+
+// ConntrackNSSnapshot is one namespace's object in the `conntrack` list.
+type ConntrackNSSnapshot struct {
+	NetNS          uint32  `json:"netns"`
+	Entries        uint64  `json:"entries"`
+	Max            uint64  `json:"max"`
+	Fill           float64 `json:"fill"` // entries / max
+	ConntrackDrops uint64  `json:"conntrack_drops"`
+	EarlyDrops     uint64  `json:"early_drops"`
+	InsertFailed   uint64  `json:"insert_failed"`
+	Invalid        uint64  `json:"invalid"`
+	Inserts        uint64  `json:"inserts"`
+	SearchRestart  uint64  `json:"search_restart"`
+	// Timeouts in seconds.
+	TimeoutEstablished uint32         `json:"timeout_established"`
+	TimeoutTimeWait    uint32         `json:"timeout_time_wait"`
+	TopProcesses       []ProcessCount `json:"top_processes"`
+	RefusedFlows       []RefusedFlow  `json:"refused_flows"`
+	Since              time.Time      `json:"-"`
+	Last               time.Time      `json:"-"`
+}
+
+// NewConntrackStats returns an empty aggregate.
+func NewConntrackStats() *ConntrackStats { return &ConntrackStats{ns: map[uint32]*conntrackNS{}} }
+
+func (s *ConntrackStats) get(netns uint32) *conntrackNS {
+	n := s.ns[netns]
+	if n == nil {
+		n = &conntrackNS{refusedBy: map[uint32]*ProcessCount{}, owners: map[uint32]*ProcessCount{}}
+		s.ns[netns] = n
+	}
+	return n
+}
+
+// Apply folds one event in; other kinds are ignored.
+func (s *ConntrackStats) Apply(ev *Event, now time.Time) {
+	switch ev.Kind {
+	case KindConntrackStats:
+		c := ev.Conntrack
+		n := s.get(c.NetNS)
+		if n.lastAt.IsZero() {
+			n.first = c
+			n.last = c
+			n.lastAt = now
+			n.pending = n.pending[:0]
+			return
+		}
+		rose := c.Drop - n.last.Drop
+		if c.Drop < n.last.Drop { // counters reset (namespace's conntrack restarted)
+			rose = 0
+		}
+		for i := range n.pending {
+			if uint64(i) >= rose {
+				break
+			}
+			n.confirm(n.pending[i])
+		}
+		n.pending = n.pending[:0]
+		n.last, n.lastAt = c, now
+	case KindConntrackOwner:
+		c := ev.Conntrack
+		n := s.get(c.NetNS)
+		if c.Generation != n.ownersGen {
+			n.ownersGen = c.Generation
+			clear(n.owners)
+		}
+		p := n.owners[c.Owner.PID]
+		if p == nil {
+			p = &ProcessCount{PID: c.Owner.PID, Comm: string(c.Owner.CommBytes())}
+			n.owners[c.Owner.PID] = p
+		}
+		p.Entries += c.Entries
+	case KindDrop:
+		d := &ev.Drop
+		if !d.NoCT || d.ReasonName != "NETFILTER_DROP" {
+			return
+		}
+		n := s.get(d.NetNS)
+		if len(n.pending) >= 4*maxRefusedFlows {
+			return // bounded: more than this per second is shown as a count
+		}
+		n.pending = append(n.pending, RefusedFlow{
+			Time: now, Proto: ProtoName(d.L4Proto), Src: d.Src.String(), Dst: d.Dst.String(),
+			PID: d.Owner.PID, Comm: string(d.Owner.CommBytes()),
+		})
+	}
+}
+
+func (n *conntrackNS) confirm(f RefusedFlow) {
+	if len(n.refused) == maxRefusedFlows {
+		copy(n.refused, n.refused[1:])
+		n.refused = n.refused[:maxRefusedFlows-1]
+	}
+	n.refused = append(n.refused, f)
+	if f.PID != 0 {
+		p := n.refusedBy[f.PID]
+		if p == nil {
+			p = &ProcessCount{PID: f.PID, Comm: f.Comm}
+			n.refusedBy[f.PID] = p
+		}
+		p.Refused++
+	}
+}
+
+// Snapshot returns one object per namespace that has conntrack samples,
+// fullest first.
+func (s *ConntrackStats) Snapshot() []ConntrackNSSnapshot {
+	var out []ConntrackNSSnapshot
+	for ino, n := range s.ns {
+		if n.lastAt.IsZero() {
+			continue
+		}
+		c, f := n.last, n.first
+		sn := ConntrackNSSnapshot{
+			NetNS: ino, Entries: c.Entries, Max: c.Max,
+			ConntrackDrops: c.Drop - f.Drop, EarlyDrops: c.EarlyDrop - f.EarlyDrop,
+			InsertFailed: c.InsertFailed - f.InsertFailed, Invalid: c.Invalid - f.Invalid,
+			Inserts: c.Insert - f.Insert, SearchRestart: c.SearchRestart - f.SearchRestart,
+			TimeoutEstablished: c.TimeoutEstablished, TimeoutTimeWait: c.TimeoutTimeWait,
+			RefusedFlows: slices.Clone(n.refused), Last: n.lastAt,
+		}
+		if c.Max > 0 {
+			sn.Fill = float64(c.Entries) / float64(c.Max)
+		}
+		procs := map[uint32]ProcessCount{}
+		for pid, p := range n.owners {
+			procs[pid] = *p
+		}
+		for pid, p := range n.refusedBy {
+			q := procs[pid]
+			q.PID, q.Comm, q.Refused = pid, p.Comm, p.Refused
+			procs[pid] = q
+		}
+		for _, p := range procs {
+			sn.TopProcesses = append(sn.TopProcesses, p)
+		}
+		slices.SortFunc(sn.TopProcesses, func(a, b ProcessCount) int {
+			return cmp.Or(cmp.Compare(b.Entries, a.Entries), cmp.Compare(b.Refused, a.Refused), cmp.Compare(a.PID, b.PID))
+		})
+		if len(sn.TopProcesses) > 10 {
+			sn.TopProcesses = sn.TopProcesses[:10]
+		}
+		out = append(out, sn)
+	}
+	slices.SortFunc(out, func(a, b ConntrackNSSnapshot) int {
+		return cmp.Or(cmp.Compare(b.Fill, a.Fill), cmp.Compare(a.NetNS, b.NetNS))
+	})
+	return out
+}

@@ -1,0 +1,172 @@
+package kernel
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/conntracer/conntracer/internal/events"
+)
+
+// NetNSSampler reads, once per tick and in every network namespace, what
+// the kernel counts per namespace and BPF cannot see on this kernel:
+//   - conntrack statistics through ctnetlink (KindConntrackStats), with the
+//     timeouts that keep entries alive;
+//   - accept-queue overflows: the namespace's TcpExtListenOverflows delta,
+//     attributed to the listener whose queue is full (KindListenOverflow).
+//     Measured on 6.18: a SYN refused because the accept queue is full is
+//     freed with consume_skb (tcp_conn_request returns 0, "acceptable"),
+//     not kfree_skb, so the drop hook never sees most overflows; only the
+//     final ACK refused in tcp_check_req shows as TCP_LISTEN_OVERFLOW.
+//
+// Not safe for concurrent use; one goroutine calls Sample on a ticker and
+// hands the events to the event loop.
+type NetNSSampler struct {
+	// OnlyNetNS restricts sampling to one namespace (inode); 0: all.
+	OnlyNetNS uint32
+	prevOver  map[uint32]uint64
+	procDir   string
+}
+
+// NewNetNSSampler returns a sampler of every namespace. The first Sample
+// takes the baselines: overflow deltas start from it.
+func NewNetNSSampler() *NetNSSampler {
+	return &NetNSSampler{prevOver: map[uint32]uint64{}, procDir: "/proc"}
+}
+
+// Sample returns the events of one tick. bootNs stamps them
+// (CLOCK_BOOTTIME). warnings list namespaces that could not be read.
+func (s *NetNSSampler) Sample(bootNs uint64) ([]events.Event, []error) {
+	pids, err := listPIDs(s.procDir)
+	if err != nil {
+		return nil, []error{fmt.Errorf("list processes: %w", err)}
+	}
+	cands, warnings := listNetNS(s.procDir, pids, netnsRunDir, selfMountinfo)
+	var evs []events.Event
+	seen := make(map[uint32]bool, len(cands))
+	for _, ino := range cands.inodes() {
+		if s.OnlyNetNS != 0 && ino != s.OnlyNetNS {
+			continue
+		}
+		seen[ino] = true
+		ns, err := openNetNS(ino, cands[ino])
+		if err != nil {
+			continue // gone since the scan
+		}
+		e, w := s.sampleOne(int(ns), ino, bootNs)
+		ns.Close()
+		evs = append(evs, e...)
+		warnings = append(warnings, w...)
+	}
+	for ino := range s.prevOver {
+		if !seen[ino] {
+			delete(s.prevOver, ino) // namespace gone: nothing can leak
+		}
+	}
+	return evs, warnings
+}
+
+func (s *NetNSSampler) sampleOne(fd int, ino uint32, bootNs uint64) ([]events.Event, []error) {
+	var (
+		evs      []events.Event
+		warnings []error
+	)
+	proc, err := ReadNetNSProc(fd)
+	if err != nil {
+		return nil, []error{fmt.Errorf("netns %d: %w", ino, err)}
+	}
+	// Conntrack: only where the module is loaded and this namespace has
+	// used it (a table that never held an entry and counted nothing is
+	// not worth a line per namespace).
+	if proc.ProcStat != nil {
+		ct, err := ConntrackStats(fd)
+		ct.Entries, ct.Max = proc.ConntrackCount, proc.ConntrackMax
+		switch {
+		case err != nil:
+			warnings = append(warnings, fmt.Errorf("netns %d: %w", ino, err))
+		case ct.Entries != 0 || ct.Insert != 0 || ct.Drop != 0 || ct.Invalid != 0 || ct.InsertFailed != 0:
+			ct.NetNS = ino
+			ct.TimeNs = bootNs
+			ct.TimeoutEstablished = proc.TimeoutEstablished
+			ct.TimeoutTimeWait = proc.TimeoutTimeWait
+			ct.TimeoutCloseWait = proc.TimeoutCloseWait
+			ct.TimeoutSynSent = proc.TimeoutSynSent
+			evs = append(evs, events.Event{Kind: events.KindConntrackStats, Conntrack: ct})
+		}
+	}
+
+	prev, had := s.prevOver[ino]
+	s.prevOver[ino] = proc.ListenOverflows
+	if !had || proc.ListenOverflows <= prev {
+		return evs, warnings
+	}
+	ev, err := s.attributeOverflow(fd, ino, proc, proc.ListenOverflows-prev, bootNs)
+	if err != nil {
+		warnings = append(warnings, fmt.Errorf("netns %d: attribute %d listen overflows: %w", ino, proc.ListenOverflows-prev, err))
+	}
+	return append(evs, ev), warnings
+}
+
+// attributeOverflow names the listener behind a namespace's overflows: the
+// one whose accept queue is fullest relative to its backlog (sock_diag
+// reports a listener's queue length as rqueue and its backlog as wqueue).
+// Overflows of several listeners in one second go to the fullest one.
+func (s *NetNSSampler) attributeOverflow(fd int, ino uint32, proc NetNSProc, delta uint64, bootNs uint64) (events.Event, error) {
+	ev := events.Event{Kind: events.KindListenOverflow}
+	d := &ev.Drop
+	d.ReasonName = "TCP_LISTEN_OVERFLOW"
+	d.NetNS = ino
+	d.L4Proto = unix.IPPROTO_TCP
+	d.Count = delta
+	d.TimeNs = bootNs
+	d.Somaxconn = proc.Somaxconn
+
+	h, err := newDiagHandle(netns.NsHandle(fd), ino)
+	if err != nil {
+		return ev, err
+	}
+	defer h.Close()
+	var best *netlink.InetDiagTCPInfoResp
+	for _, fam := range [...]uint8{unix.AF_INET, unix.AF_INET6} {
+		socks, err := dumpTCP(h, fam)
+		if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return ev, err
+		}
+		for _, sk := range socks {
+			m := sk.InetDiagMsg
+			if events.TCPState(m.State) != events.TCPListen || m.WQueue == 0 {
+				continue
+			}
+			if best == nil || uint64(m.RQueue)*uint64(best.InetDiagMsg.WQueue) > uint64(best.InetDiagMsg.RQueue)*uint64(m.WQueue) {
+				best = sk
+			}
+		}
+	}
+	if best == nil {
+		return ev, errors.New("no listener found")
+	}
+	m := best.InetDiagMsg
+	d.QueueLen, d.Backlog = m.RQueue, m.WQueue
+	if a, ok := netip.AddrFromSlice(m.ID.Source); ok {
+		d.Dst = netip.AddrPortFrom(a.Unmap(), m.ID.SourcePort)
+		d.Family = events.FamilyIPv6
+		if a.Unmap().Is4() {
+			d.Family = events.FamilyIPv4
+		}
+	}
+	pids, err := listPIDs(s.procDir)
+	if err != nil {
+		return ev, err
+	}
+	owners, _ := socketOwners(s.procDir, pids, map[uint32]struct{}{m.INode: {}}, 0)
+	if pid, ok := owners[m.INode]; ok {
+		p, _ := newProcessReader(s.procDir, selfMountinfo).read(pid)
+		p.Source = events.OwnerListener
+		d.Owner = p
+	}
+	return ev, nil
+}

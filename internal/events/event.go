@@ -36,7 +36,7 @@ func (k Kind) String() string {
 	case KindConnExisting:
 		return "conn_existing"
 	}
-	return "unknown"
+	return sampleKindString(k)
 }
 
 // Family is an address family as the kernel numbers it (AF_INET, AF_INET6).
@@ -276,6 +276,8 @@ func (c *Conn) LifetimeNs() uint64 {
 type Event struct {
 	Kind Kind
 	Conn Conn
+	// Sample holds the extra fields of sampler events (sample.go).
+	Sample Sample
 }
 
 // errnoNames covers the socket errors a connection can end with. Other values

@@ -51,6 +51,10 @@ type Aggregator struct {
 // ProcKey identifies a process: pid reuse never merges two processes
 // because the start time is part of the identity. The zero key gathers
 // connections whose owner is unknown.
+//
+// StartNs is rounded down to the clock tick (10 ms): /proc/PID/stat, where
+// owners of connections older than the tracer come from, gives the start
+// in ticks, the kernel in ns, and both must name the same process.
 type ProcKey struct {
 	PID     uint32
 	StartNs uint64
@@ -79,6 +83,9 @@ func (k RemoteKey) String() string {
 	}
 	return k.Addr.String()
 }
+
+// startTick is the resolution of a process start time in /proc (USER_HZ).
+const startTick = 10_000_000
 
 type procStats struct {
 	connStats
@@ -175,7 +182,7 @@ func (a *Aggregator) kernelTime(ns uint64) {
 func (a *Aggregator) proc(o *Process) *procStats {
 	k := ProcKey{}
 	if o.Known() {
-		k = ProcKey{PID: o.PID, StartNs: o.StartNs}
+		k = ProcKey{PID: o.PID, StartNs: o.StartNs - o.StartNs%startTick}
 	}
 	p, ok := a.procs[k]
 	if !ok {
@@ -219,13 +226,19 @@ func passive(c *Conn) bool {
 	return lp != 0 && lp < rp
 }
 
-func (p *procStats) remote(k RemoteKey, now time.Time) *remoteStats {
+func (p *procStats) remote(k RemoteKey, a *Aggregator) *remoteStats {
 	r, ok := p.remotes[k]
 	if !ok {
 		r = &remoteStats{key: k}
+		// Created after a complete round: that round saw nothing of
+		// it, which is a point of its history (0 ESTABLISHED).
+		if a.round > 1 {
+			r.estHist[0] = estPoint{ns: a.lastNs}
+			r.estNext = 1
+		}
 		p.remotes[k] = r
 	}
-	r.lastSeen = now
+	r.lastSeen = a.now
 	return r
 }
 
@@ -256,7 +269,7 @@ func (a *Aggregator) closed(c *Conn) {
 		p.lastSeen, r.lastSeen = a.now, a.now
 	} else {
 		p = a.proc(&c.Owner)
-		r = p.remote(remoteKey(c), a.now)
+		r = p.remote(remoteKey(c), a)
 	}
 	sec := a.now.Unix()
 
@@ -308,7 +321,7 @@ func (a *Aggregator) existingConn(c *Conn) {
 		return
 	}
 	p := a.proc(&c.Owner)
-	r := p.remote(remoteKey(c), a.now)
+	r := p.remote(remoteKey(c), a)
 	a.existing[c.Cookie] = existingConn{proc: p, remote: r, state: c.LastState, local: c.Local}
 }
 
@@ -335,7 +348,7 @@ func (a *Aggregator) sockOpen(ev *Event) {
 	}
 	if p == nil {
 		p = a.proc(&c.Owner)
-		r = p.remote(remoteKey(c), a.now)
+		r = p.remote(remoteKey(c), a)
 	} else {
 		p.lastSeen, r.lastSeen = a.now, a.now
 	}

@@ -36,6 +36,8 @@ func MaybeRunHelper() {
 		err = runClient()
 	case "churn":
 		err = runChurn()
+	case "hold-server":
+		err = runHoldServer()
 	default:
 		err = fmt.Errorf("unknown helper %q", os.Getenv(helperEnv))
 	}

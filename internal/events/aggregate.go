@@ -1,7 +1,9 @@
 package events
 
 import (
+	"cmp"
 	"net/netip"
+	"slices"
 	"time"
 )
 
@@ -19,9 +21,10 @@ import (
 //   - a process entry per owner (pid, start time), and a remote entry per
 //     process x remote endpoint, pruned once they have nothing open and
 //     have been idle for Thresholds.IdleExpiry;
-//   - a live-socket entry per socket open now (32 bytes of map slot),
-//     from the sampled kernel table, to count opens once and to age
-//     sockets per state; pruned two rounds after a socket disappears;
+//   - a live-socket entry per socket open now, from the sampled kernel
+//     table, to count opens once and to age sockets per state; deleted by
+//     the socket's close record, or one round after a round missed it;
+//   - the keys of the sockets closed in the last two rounds (a slice);
 //   - a TIME_WAIT entry per timewait socket (timewait.go), expired with
 //     the kernel's timer and reconciled with sock_diag dumps.
 type Aggregator struct {
@@ -33,12 +36,15 @@ type Aggregator struct {
 	existing map[uint64]existingConn // by cookie: sockets open before tracing
 
 	// Sample rounds of the kernel's socket table.
-	round     uint32 // the round being read
-	roundNs   uint64 // its time
-	inRound   bool
-	lastNs    uint64 // time of the last complete round
-	live      map[liveKey]liveEntry
-	roundPort map[portKey]uint32 // ports held by sampled sockets this round
+	round   uint32 // the round being read
+	roundNs uint64 // its time
+	inRound bool
+	lastNs  uint64 // time of the last complete round
+	live    map[liveKey]liveEntry
+	recent  recentCloses
+	// liveMaxOpenNs is the newest open time of a live entry ever made.
+	liveMaxOpenNs uint64
+	roundPort     map[portKey]uint32 // ports held by sampled sockets this round
 
 	tw    timeWaitTable
 	ports portTable
@@ -98,7 +104,8 @@ type procStats struct {
 
 type remoteStats struct {
 	connStats
-	key RemoteKey
+	key  RemoteKey
+	proc *procStats
 }
 
 // existingConn is a socket the start-up scan found open, with its owner.
@@ -124,10 +131,58 @@ type liveKey struct {
 }
 
 type liveEntry struct {
-	since  uint64 // first seen in its current state, boot ns
-	gen    uint32 // last round that saw it (or that its close record came in)
-	state  TCPState
-	closed bool
+	since uint64 // first seen in its current state, boot ns
+	gen   uint32 // last round that saw it
+	state TCPState
+}
+
+// recentCloses remembers the sockets closed during the last two rounds,
+// in two append-only generations: an append per close is all the hot path
+// pays. The current generation is sorted when a round starts; closes
+// applied in the middle of a round (which a live tracer never does: it
+// applies a round as one batch) are scanned linearly, and sorted in once
+// there are many.
+type recentCloses struct {
+	cur, prev []liveKey
+	sorted    int // cur[:sorted] is sorted
+}
+
+// maxUnsorted bounds the linear scan of closes applied within a round.
+const maxUnsorted = 256
+
+func (r *recentCloses) add(k liveKey) { r.cur = append(r.cur, k) }
+
+// rotate starts a new generation, forgetting the oldest.
+func (r *recentCloses) rotate() {
+	r.sortCur()
+	r.prev, r.cur = r.cur, r.prev[:0]
+	r.sorted = 0
+}
+
+func (r *recentCloses) sortCur() {
+	if r.sorted < len(r.cur) {
+		slices.SortFunc(r.cur, compareLiveKey)
+		r.sorted = len(r.cur)
+	}
+}
+
+func (r *recentCloses) has(k liveKey) bool {
+	if len(r.cur)-r.sorted > maxUnsorted {
+		r.sortCur()
+	}
+	if _, in := slices.BinarySearchFunc(r.cur[:r.sorted], k, compareLiveKey); in {
+		return true
+	}
+	if slices.Contains(r.cur[r.sorted:], k) {
+		return true
+	}
+	_, in := slices.BinarySearchFunc(r.prev, k, compareLiveKey)
+	return in
+}
+
+func compareLiveKey(a, b liveKey) int {
+	return cmp.Or(cmp.Compare(a.openNs, b.openNs), cmp.Compare(a.netns, b.netns),
+		cmp.Compare(a.rport, b.rport), cmp.Compare(a.role, b.role))
 }
 
 // NewAggregator returns an empty aggregator using th.
@@ -229,7 +284,7 @@ func passive(c *Conn) bool {
 func (p *procStats) remote(k RemoteKey, a *Aggregator) *remoteStats {
 	r, ok := p.remotes[k]
 	if !ok {
-		r = &remoteStats{key: k}
+		r = &remoteStats{key: k, proc: p}
 		// Created after a complete round: that round saw nothing of
 		// it, which is a point of its history (0 ESTABLISHED).
 		if a.round > 1 {
@@ -277,15 +332,25 @@ func (a *Aggregator) closed(c *Conn) {
 	// socket (its live entry says so).
 	if c.SeenOpen {
 		k, _ := liveKeyOf(c)
-		if _, seen := a.live[k]; !seen {
+		// Most closes in a churning workload are of sockets no round
+		// has seen: those opened after the newest one a round saw
+		// skip the lookup.
+		seen := false
+		if c.OpenNs <= a.liveMaxOpenNs || c.OpenNs == 0 {
+			if _, seen = a.live[k]; seen {
+				delete(a.live, k)
+			}
+		}
+		if !seen {
 			p.opened[c.Role]++
 			r.opened[c.Role]++
 			p.opens.add(sec)
 			r.opens.add(sec)
 		}
-		// A tombstone, so that a round read before the close but
-		// applied after it does not count the socket as new.
-		a.live[k] = liveEntry{gen: a.round, closed: true}
+		// Remembered for two rounds, so that a round read before the
+		// close but applied after it does not count the socket as new.
+		// An append, not a map insert: this is the per-event path.
+		a.recent.add(k)
 	}
 
 	p.closed[c.Role]++
@@ -312,7 +377,7 @@ func (a *Aggregator) closed(c *Conn) {
 	r.rx += c.RxBytes
 
 	if c.EndState == EndTimeWait {
-		a.tw.closed(a, c, p, r)
+		a.tw.closed(a, c, r)
 	}
 }
 
@@ -332,6 +397,7 @@ func (a *Aggregator) sockOpen(ev *Event) {
 		a.inRound = true
 		a.roundNs = ev.Sample.TimeNs
 		clear(a.roundPort)
+		a.recent.sortCur()
 	}
 	a.kernelTime(ev.Sample.TimeNs)
 
@@ -357,6 +423,10 @@ func (a *Aggregator) sockOpen(ev *Event) {
 	if k, ok := liveKeyOf(c); ok {
 		e, seen := a.live[k]
 		switch {
+		case !seen && c.SeenOpen && a.recent.has(k):
+			// Read before its close was applied: open at the time,
+			// its open already counted, and gone now.
+			k.openNs = 0
 		case !seen:
 			if c.SeenOpen {
 				p.opened[c.Role]++
@@ -371,16 +441,18 @@ func (a *Aggregator) sockOpen(ev *Event) {
 				}
 			}
 			e = liveEntry{since: since, state: c.LastState}
-		case e.closed:
-			// Read before its close was applied: open at the time.
-			e.since = since
 		case e.state != c.LastState:
 			e.since, e.state = since, c.LastState
 		default:
 			since = e.since
 		}
-		e.gen = a.round
-		a.live[k] = e
+		if k.openNs != 0 {
+			e.gen = a.round
+			a.live[k] = e
+			if c.OpenNs > a.liveMaxOpenNs {
+				a.liveMaxOpenNs = c.OpenNs
+			}
+		}
 	}
 	p.count(a.round, c.LastState, since)
 	r.count(a.round, c.LastState, since)
@@ -433,6 +505,7 @@ func (a *Aggregator) sampleDone(ns uint64) {
 			delete(a.live, k)
 		}
 	}
+	a.recent.rotate()
 	a.lastNs = a.roundNs
 	a.inRound = false
 	a.round++

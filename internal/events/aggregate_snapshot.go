@@ -22,10 +22,14 @@ type Snapshot struct {
 	Rounds     uint32
 	Processes  []ProcessSnapshot // by pid
 	TimeWait   TimeWaitSnapshot
-	Ports      []PortUse // destinations with ephemeral ports in use, most used first
+	Ports      []PortUse // destinations with ephemeral ports in use, most used first, at most MaxPorts
 	Findings   []Finding
 	Thresholds Thresholds
 }
+
+// MaxPorts bounds Snapshot.Ports: the most used destinations are the
+// ones that matter; every remote also carries its own PortsUsed.
+const MaxPorts = 1000
 
 // ConnSnapshot are the connection statistics of a process, or of a
 // process x remote endpoint.
@@ -187,45 +191,61 @@ func (a *Aggregator) Snapshot() *Snapshot {
 		Thresholds: a.th,
 		Findings:   slices.Clone(a.findings),
 	}
-	ports := make(map[portKey]portUse, len(a.ports.use))
+	// Ports held towards each destination, whatever the local address.
+	type dest struct {
+		netns  uint32
+		remote netip.AddrPort
+	}
+	ports := make(map[dest]uint32, len(a.ports.use))
 	for k, u := range a.ports.use {
-		ports[k] = u
+		ports[dest{k.netns, k.remote}] += u.used
 		s.Ports = append(s.Ports, PortUse{NetNS: k.netns, Local: k.local, Remote: k.remote,
 			Used: u.used, TimeWait: u.timeWait, RangeSize: a.rangeSize(k.netns)})
 	}
 	slices.SortFunc(s.Ports, func(x, y PortUse) int {
 		return cmp.Or(cmp.Compare(y.Used, x.Used), cmp.Compare(x.NetNS, y.NetNS), x.Remote.Compare(y.Remote), x.Local.Compare(y.Local))
 	})
+	if len(s.Ports) > MaxPorts {
+		s.Ports = s.Ports[:MaxPorts]
+	}
 
-	s.Processes = make([]ProcessSnapshot, 0, len(a.procs))
+	// Sorted as pointers, then written in place: the snapshot structs
+	// are large, and 10,000 processes must cost little (see the
+	// benchmarks).
+	procs := make([]*procStats, 0, len(a.procs))
 	for _, p := range a.procs {
-		ps := ProcessSnapshot{PID: p.key.PID, StartNs: p.key.StartNs, Comm: string(commBytes(&p.comm)), CgroupID: p.cgroupID}
+		procs = append(procs, p)
+	}
+	slices.SortFunc(procs, func(x, y *procStats) int {
+		return cmp.Or(cmp.Compare(x.key.PID, y.key.PID), cmp.Compare(x.key.StartNs, y.key.StartNs))
+	})
+	s.Processes = make([]ProcessSnapshot, len(procs))
+	var remotes []*remoteStats
+	for i, p := range procs {
+		ps := &s.Processes[i]
+		ps.PID, ps.StartNs, ps.Comm, ps.CgroupID = p.key.PID, p.key.StartNs, string(commBytes(&p.comm)), p.cgroupID
 		p.connStats.snapshot(&ps.ConnSnapshot, a.now, a.lastNs)
-		ps.Remotes = make([]RemoteSnapshot, 0, len(p.remotes))
+		remotes = remotes[:0]
 		for _, r := range p.remotes {
-			rs := RemoteSnapshot{Key: r.key, Remote: r.key.String()}
+			remotes = append(remotes, r)
+		}
+		slices.SortFunc(remotes, func(x, y *remoteStats) int {
+			return cmp.Or(cmp.Compare(x.key.NetNS, y.key.NetNS), x.key.Addr.Compare(y.key.Addr), cmp.Compare(boolInt(x.key.Passive), boolInt(y.key.Passive)))
+		})
+		ps.Remotes = make([]RemoteSnapshot, len(remotes))
+		for j, r := range remotes {
+			rs := &ps.Remotes[j]
+			rs.Key, rs.Remote = r.key, r.key.String()
 			r.connStats.snapshot(&rs.ConnSnapshot, a.now, a.lastNs)
 			if !r.key.Passive {
 				rs.PortRange = a.rangeSize(r.key.NetNS)
-				for k, u := range ports {
-					if k.netns == r.key.NetNS && k.remote == r.key.Addr {
-						rs.PortsUsed += u.used
-					}
-				}
+				rs.PortsUsed = ports[dest{r.key.NetNS, r.key.Addr}]
 				if share := float64(rs.PortsUsed) / float64(rs.PortRange); share > ps.PortUse {
 					ps.PortUse = share
 				}
 			}
-			ps.Remotes = append(ps.Remotes, rs)
 		}
-		slices.SortFunc(ps.Remotes, func(x, y RemoteSnapshot) int {
-			return cmp.Or(cmp.Compare(x.Key.NetNS, y.Key.NetNS), x.Key.Addr.Compare(y.Key.Addr), cmp.Compare(boolInt(x.Key.Passive), boolInt(y.Key.Passive)))
-		})
-		s.Processes = append(s.Processes, ps)
 	}
-	slices.SortFunc(s.Processes, func(x, y ProcessSnapshot) int {
-		return cmp.Or(cmp.Compare(x.PID, y.PID), cmp.Compare(x.StartNs, y.StartNs))
-	})
 
 	s.TimeWait.Reconciliations = a.tw.dumps
 	for netns, c := range a.tw.byNetNS {

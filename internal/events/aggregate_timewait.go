@@ -31,12 +31,20 @@ func tupleOf(c *Conn) tuple {
 // twEntry is one TIME_WAIT socket and who left it behind (nil: a socket the
 // tracer never saw close, shown as unattributed).
 type twEntry struct {
-	proc      *procStats
-	remote    *remoteStats
-	closeNs   uint64 // when it entered TIME_WAIT (first seen, if unattributed)
-	expiresNs uint64
-	seen      uint32 // the last dump that listed it
-	inPorts   bool   // counted in the port table
+	remote  *remoteStats // nil: unattributed; remote.proc is the owner
+	closeNs uint64       // when it entered TIME_WAIT (first seen, if unattributed)
+	ttlMs   uint32       // the timer fires ttlMs after closeNs
+	seen    uint32       // the last dump that listed it
+	inPorts bool         // counted in the port table
+}
+
+func (e *twEntry) expiresNs() uint64 { return e.closeNs + uint64(e.ttlMs)*1_000_000 }
+
+func ttlMs(closeNs, expiresNs uint64) uint32 {
+	if expiresNs <= closeNs {
+		return 0
+	}
+	return uint32(min((expiresNs-closeNs)/1_000_000, 1<<32-1))
 }
 
 // twCount is the TIME_WAIT census of one namespace.
@@ -85,10 +93,10 @@ func (t *timeWaitTable) insert(a *Aggregator, k tuple, e twEntry) {
 		t.byNetNS[k.netns] = c
 	}
 	c.total++
-	if e.proc == nil {
+	if e.remote == nil {
 		c.unattributed++
 	} else {
-		e.proc.timeWait++
+		e.remote.proc.timeWait++
 		e.remote.timeWait++
 	}
 	e.inPorts = a.ports.addTimeWait(k)
@@ -99,15 +107,15 @@ func (t *timeWaitTable) remove(a *Aggregator, k tuple, e twEntry) {
 	delete(t.m, k)
 	if c := t.byNetNS[k.netns]; c != nil {
 		c.total--
-		if e.proc == nil {
+		if e.remote == nil {
 			c.unattributed--
 		}
 		if c.total == 0 {
 			delete(t.byNetNS, k.netns)
 		}
 	}
-	if e.proc != nil {
-		e.proc.timeWait--
+	if e.remote != nil {
+		e.remote.proc.timeWait--
 		e.remote.timeWait--
 	}
 	if e.inPorts {
@@ -116,9 +124,9 @@ func (t *timeWaitTable) remove(a *Aggregator, k tuple, e twEntry) {
 }
 
 // closed records a connection whose socket entered TIME_WAIT.
-func (t *timeWaitTable) closed(a *Aggregator, c *Conn, p *procStats, r *remoteStats) {
+func (t *timeWaitTable) closed(a *Aggregator, c *Conn, r *remoteStats) {
 	k := tupleOf(c)
-	t.insert(a, k, twEntry{proc: p, remote: r, closeNs: c.CloseNs, expiresNs: c.CloseNs + TimeWaitLen, seen: t.seenFor(c.CloseNs)})
+	t.insert(a, k, twEntry{remote: r, closeNs: c.CloseNs, ttlMs: TimeWaitLen / 1_000_000, seen: t.seenFor(c.CloseNs)})
 }
 
 // seenFor marks an entry created during a dump that started before it:
@@ -155,11 +163,11 @@ func (t *timeWaitTable) dumped(a *Aggregator, c *Conn, ns, expires uint64) {
 	k := tupleOf(c)
 	if e, ok := t.m[k]; ok {
 		e.seen = t.gen
-		e.expiresNs = ns + expires
+		e.ttlMs = ttlMs(e.closeNs, ns+expires)
 		t.m[k] = e
 		return
 	}
-	t.insert(a, k, twEntry{closeNs: ns, expiresNs: ns + expires, seen: t.gen})
+	t.insert(a, k, twEntry{closeNs: ns, ttlMs: ttlMs(ns, ns+expires), seen: t.gen})
 }
 
 // dumpDone ends the dump of one namespace (netns != 0) or the whole dump
@@ -188,7 +196,7 @@ func (t *timeWaitTable) expire(a *Aggregator, ns uint64) {
 	}
 	t.lastSweep = ns
 	for k, e := range t.m {
-		if e.expiresNs <= ns {
+		if e.expiresNs() <= ns {
 			t.remove(a, k, e)
 		}
 	}

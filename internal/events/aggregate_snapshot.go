@@ -220,6 +220,12 @@ func (a *Aggregator) Snapshot() *Snapshot {
 		return cmp.Or(cmp.Compare(x.key.PID, y.key.PID), cmp.Compare(x.key.StartNs, y.key.StartNs))
 	})
 	s.Processes = make([]ProcessSnapshot, len(procs))
+	nRemotes := 0
+	for _, p := range procs {
+		nRemotes += len(p.remotes)
+	}
+	// One allocation for every process's remotes, sliced per process.
+	allRemotes := make([]RemoteSnapshot, nRemotes)
 	var remotes []*remoteStats
 	for i, p := range procs {
 		ps := &s.Processes[i]
@@ -232,7 +238,7 @@ func (a *Aggregator) Snapshot() *Snapshot {
 		slices.SortFunc(remotes, func(x, y *remoteStats) int {
 			return cmp.Or(cmp.Compare(x.key.NetNS, y.key.NetNS), x.key.Addr.Compare(y.key.Addr), cmp.Compare(boolInt(x.key.Passive), boolInt(y.key.Passive)))
 		})
-		ps.Remotes = make([]RemoteSnapshot, len(remotes))
+		ps.Remotes, allRemotes = allRemotes[:len(remotes):len(remotes)], allRemotes[len(remotes):]
 		for j, r := range remotes {
 			rs := &ps.Remotes[j]
 			rs.Key, rs.Remote = r.key, r.key.String()

@@ -2,6 +2,7 @@ package top
 
 import (
 	"context"
+	"errors"
 	"io"
 	"os"
 	"time"
@@ -31,7 +32,7 @@ func (u *UI) Run(ctx context.Context, out io.Writer) error {
 	m := model{ui: u, opts: ViewOptions{Sort: u.sort, Width: 120, Height: 40}, snap: u.snapshot()}
 	p := tea.NewProgram(m, tea.WithContext(ctx), tea.WithOutput(out), tea.WithInput(os.Stdin), tea.WithAltScreen())
 	_, err := p.Run()
-	if err == tea.ErrProgramKilled && ctx.Err() != nil {
+	if errors.Is(err, tea.ErrInterrupted) || (errors.Is(err, tea.ErrProgramKilled) && ctx.Err() != nil) {
 		return nil // the tracer stopped (Ctrl-C, SIGTERM)
 	}
 	return err

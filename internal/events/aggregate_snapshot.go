@@ -162,10 +162,8 @@ func (s *connStats) snapshot(c *ConnSnapshot, now time.Time, roundNs uint64) {
 	c.ClosedActive, c.ClosedPassive = s.closed[RoleActive], s.closed[RolePassive]
 	c.Closed = s.closed[0] + s.closed[1] + s.closed[2]
 	sec := now.Unix()
-	for i, w := range RateWindows {
-		c.OpenRate[i] = s.opens.rate(sec, w)
-		c.CloseRate[i] = s.closes.rate(sec, w)
-	}
+	c.OpenRate = s.opens.rates(sec)
+	c.CloseRate = s.closes.rates(sec)
 	for st, sc := range s.states {
 		c.States[st].Count = sc.n
 		if sc.n > 0 && sc.oldest <= roundNs {

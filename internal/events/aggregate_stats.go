@@ -51,6 +51,25 @@ func (w *rateWindow) sum(sec int64, n int) uint64 {
 	return total
 }
 
+// rates returns events per second over the 1, 10 and 60 complete seconds
+// before sec (RateWindows), in one pass.
+func (w *rateWindow) rates(sec int64) (r [3]float64) {
+	if sec-w.sec > 60 || w.sec-sec >= windowSeconds-60 {
+		return r // idle for a minute (most remotes), or a clock far behind
+	}
+	var total uint64
+	from := 1
+	for i, n := range RateWindows {
+		for ; from <= n; from++ {
+			if s := sec - int64(from); s <= w.sec {
+				total += uint64(w.n[s%windowSeconds])
+			}
+		}
+		r[i] = float64(total) / float64(n)
+	}
+	return r
+}
+
 // rate returns events per second over the n complete seconds before sec.
 func (w *rateWindow) rate(sec int64, n int) float64 {
 	return float64(w.sum(sec, n)) / float64(n)

@@ -303,3 +303,17 @@ func TestLifeHistMedian(t *testing.T) {
 		t.Errorf("median %v, want about 2ms", m)
 	}
 }
+
+func TestRateWindowRates(t *testing.T) {
+	var w rateWindow
+	for s := int64(1000); s < 1060; s++ {
+		w.add(s)
+		w.add(s)
+	}
+	r := w.rates(1060)
+	for i, n := range RateWindows {
+		if want := w.rate(1060, n); r[i] != want || want != 2 {
+			t.Errorf("window %d s: %v, want %v (2/s)", n, r[i], want)
+		}
+	}
+}

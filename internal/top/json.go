@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"io"
 	"math"
+	"strconv"
 	"time"
 
 	"github.com/conntracer/conntracer/internal/events"
@@ -175,7 +176,7 @@ func stats(c *events.ConnSnapshot) Stats {
 		TxBytes: c.TxBytes, RxBytes: c.RxBytes,
 	}
 	for i, w := range events.RateWindows {
-		k := time.Duration(w * int(time.Second)).String()
+		k := strconv.Itoa(w) + "s"
 		s.OpensPerSecond[k] = round3(c.OpenRate[i])
 		s.ClosesPerSecond[k] = round3(c.CloseRate[i])
 	}

@@ -228,9 +228,11 @@ func runSamplers(ctx context.Context, s *conntracer.SocketSampler, cfg *topConfi
 		}
 		return len(evs) == 0 || send(evs)
 	}
+	last := 0 // size of the previous round: rounds change little
 	sample := func() bool {
-		var b []events.Event
+		b := make([]events.Event, 0, last+last/8+1)
 		_, err := s.Sample(func(ev *events.Event) { b = append(b, *ev) })
+		last = len(b)
 		if err != nil && !errors.Is(err, context.Canceled) {
 			fmt.Fprintf(stderr, "tracer: warning: %v\n", err)
 		}

@@ -317,3 +317,25 @@ func TestRateWindowRates(t *testing.T) {
 		}
 	}
 }
+
+// TestSnapshotIsImmutable: readers on other goroutines keep snapshots
+// while the event loop goes on applying events.
+func TestSnapshotIsImmutable(t *testing.T) {
+	th := DefaultThresholds()
+	th.CloseWaitCount = 1
+	w := newFakeWorld(t, th)
+	cl := proc(500, "client")
+	s1 := w.open(cl, "10.0.0.1:40000", "10.0.0.2:80", RoleActive)
+	w.advance(time.Second)
+	w.sample(map[*sock]TCPState{s1: TCPCloseWait})
+	snap := w.agg.Snapshot()
+	before := fmt.Sprintf("%+v", *snap)
+	for i := 0; i < 5; i++ {
+		w.advance(time.Second)
+		w.close(w.open(cl, fmt.Sprintf("10.0.0.1:%d", 41000+i), "10.0.0.2:80", RoleActive), EndTimeWait)
+		w.sample(map[*sock]TCPState{s1: TCPEstablished})
+	}
+	if after := fmt.Sprintf("%+v", *snap); after != before {
+		t.Errorf("snapshot changed under its reader:\nbefore %s\nafter  %s", before, after)
+	}
+}

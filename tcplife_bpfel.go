@@ -124,10 +124,18 @@ type tcplifeSockState struct {
 	TxBase        uint64
 	RxBase        uint64
 	EstablishedNs uint64
+	Cookie        uint64
+	Netns         uint32
+	Sport         uint16
+	Dport         uint16
+	Saddr         [16]uint8
+	Daddr         [16]uint8
 	Role          uint8
 	Flags         uint8
 	ClosedBy      uint8
-	Pad           [5]uint8
+	State         uint8
+	Family        uint8
+	Pad           [3]uint8
 }
 
 // Names of all BPF objects in the ELF.

@@ -17,17 +17,31 @@ struct owner {
 	__u8 comm[TASK_COMM_LEN];
 };
 
-/* Per-connection state while the connection lives. */
+/*
+ * Per-connection state while the connection lives. User space also reads
+ * it, sampling the whole socks map once per interval (sample.go), to know
+ * what is open right now: hence the current state and the tuple, which
+ * are stored when they become known (the tuple once per connection, the
+ * state with one byte store per transition) rather than sent per change.
+ */
 struct sock_state {
 	struct owner owner;
 	__u64 open_ns;
 	__u64 tx_base; /* tcp_sock.bytes_acked at ESTABLISHED (counts our SYN) */
 	__u64 rx_base; /* tcp_sock.bytes_received at ESTABLISHED */
 	__u64 established_ns; /* -> ESTABLISHED time: connect/handshake latency */
+	__u64 cookie;  /* socket cookie of a socket open before tracing (sock_diag gave it one), else 0 */
+	__u32 netns;
+	__u16 sport;   /* host order; 0 in SYN_SENT (the port is bound after the transition) */
+	__u16 dport;   /* host order */
+	__u8 saddr[16];
+	__u8 daddr[16];
 	__u8 role;
 	__u8 flags;
 	__u8 closed_by;
-	__u8 pad[5];
+	__u8 state;    /* current TCP state */
+	__u8 family;   /* AF_INET or AF_INET6 */
+	__u8 pad[3];
 };
 
 struct listener_key {

@@ -98,7 +98,9 @@ const enum conn_flags unused_conn_flags __attribute__((unused));
  * TCP_CLOSE. LRU: a missed CLOSE (a program detached mid-flight, a socket
  * torn down without passing through CLOSE) cannot leak an entry, the oldest
  * is evicted instead. The pointer is reused by later sockets, which is why
- * every record also carries its open time.
+ * every record also carries its open time. User space only reads it: the
+ * sampler walks it with batch lookups once per interval to count the
+ * sockets open right now, by owner, remote and state.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

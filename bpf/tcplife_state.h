@@ -138,6 +138,27 @@ static __always_inline void FN(emit_close)(struct tcp_sock *tp, struct sock_stat
 	bpf_ringbuf_submit(e, wake);
 }
 
+/*
+ * fill_tuple stores the addresses once per connection, for the sampler.
+ * In SYN_SENT the local port is still 0: tcp_v4_connect() and
+ * tcp_v6_connect() set the state before inet_hash_connect() binds the
+ * port, so ESTABLISHED reads it again.
+ */
+static __always_inline void FN(fill_tuple)(struct tcp_sock *tp, struct sock_state *s, __u16 family)
+{
+	s->family = family;
+	s->netns = FN(sock_netns)(tp);
+	s->sport = RD(tp, SKC.skc_num);
+	s->dport = bpf_ntohs(RD(tp, SKC.skc_dport));
+	if (family == AF_INET) {
+		RD_INTO(&s->saddr, tp, SKC.skc_rcv_saddr);
+		RD_INTO(&s->daddr, tp, SKC.skc_daddr);
+	} else {
+		RD_INTO(&s->saddr, tp, SKC.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		RD_INTO(&s->daddr, tp, SKC.skc_v6_daddr.in6_u.u6_addr8);
+	}
+}
+
 /* handle_state: the caller has checked that tp is a TCP socket. */
 static __always_inline int FN(handle_state)(struct tcp_sock *tp, int oldstate, int newstate)
 {
@@ -151,7 +172,8 @@ static __always_inline int FN(handle_state)(struct tcp_sock *tp, int oldstate, i
 	/* A passive open: the child socket is cloned from the listener, so
 	 * the transition reads LISTEN -> SYN_RECV. Runs in softirq. */
 	if (newstate == TCP_SYN_RECV) {
-		struct sock_state s = { .role = ROLE_PASSIVE, .flags = CONN_SEEN_OPEN };
+		struct sock_state s = { .role = ROLE_PASSIVE, .flags = CONN_SEEN_OPEN,
+					.state = TCP_SYN_RECV };
 		struct listener_key lk = {
 			.netns = FN(sock_netns)(tp),
 			.port = RD(tp, SKC.skc_num),
@@ -163,6 +185,7 @@ static __always_inline int FN(handle_state)(struct tcp_sock *tp, int oldstate, i
 			s.flags |= CONN_OWNER_LISTENER | lo->flags;
 		}
 		s.open_ns = bpf_ktime_get_boot_ns();
+		FN(fill_tuple)(tp, &s, family);
 		bpf_map_update_elem(&socks, &key, &s, BPF_ANY);
 		return 0;
 	}
@@ -188,10 +211,11 @@ static __always_inline int FN(handle_state)(struct tcp_sock *tp, int oldstate, i
 	}
 	/* An active open, inside connect(): current is the owner. */
 	if (newstate == TCP_SYN_SENT) {
-		struct sock_state s = { .role = ROLE_ACTIVE };
+		struct sock_state s = { .role = ROLE_ACTIVE, .state = TCP_SYN_SENT };
 
 		s.flags = CONN_SEEN_OPEN | CONN_OWNER_CONNECT | FN(owner_from_current)(&s.owner);
 		s.open_ns = bpf_ktime_get_boot_ns();
+		FN(fill_tuple)(tp, &s, family);
 		bpf_map_update_elem(&socks, &key, &s, BPF_ANY);
 		return 0;
 	}
@@ -206,16 +230,22 @@ static __always_inline int FN(handle_state)(struct tcp_sock *tp, int oldstate, i
 			FN(emit_close)(tp, &s, oldstate, family);
 			return 0;
 		}
+		/* The start-up scan (sock_diag) gave it a cookie: user space
+		 * finds its owner by that. */
+		s.cookie = RD(tp, SKC.skc_cookie.counter);
+		FN(fill_tuple)(tp, &s, family);
 		bpf_map_update_elem(&socks, &key, &s, BPF_NOEXIST);
 		st = bpf_map_lookup_elem(&socks, &key);
 		if (!st)
 			return 0;
 	}
 
+	st->state = newstate;
 	switch (newstate) {
 	case TCP_ESTABLISHED:
 		st->flags |= CONN_ESTABLISHED;
 		st->established_ns = bpf_ktime_get_boot_ns();
+		st->sport = RD(tp, SKC.skc_num);
 		st->tx_base = RD(tp, bytes_acked);
 		st->rx_base = RD(tp, bytes_received);
 		break;

@@ -18,6 +18,13 @@ import (
 // run is the whole program once flags are parsed: load, attach, read until
 // cancelled or --duration elapses, and summarise.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	// Subcommands; without one, tracer streams one line per connection.
+	if len(args) > 0 {
+		switch args[0] {
+		case "top":
+			return runTop(ctx, args[1:], stdout, stderr)
+		}
+	}
 	cfg, err := parseFlags(args, stdout)
 	if err != nil {
 		return err

@@ -8,12 +8,6 @@ import (
 	"time"
 )
 
-func proc(pid uint32, comm string) Process {
-	p := Process{PID: pid, TID: pid, StartNs: uint64(pid) * 1000, Source: OwnerConnect}
-	p.SetComm(comm)
-	return p
-}
-
 func unixConnect(p Process, path string, errno uint8, n uint64) Event {
 	ev := Event{Kind: KindConnect}
 	c := &ev.Connect

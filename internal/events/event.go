@@ -56,7 +56,7 @@ func (k Kind) String() string {
 	case KindConntrackOwner:
 		return "conntrack_owner"
 	}
-	return "unknown"
+	return sampleKindString(k)
 }
 
 // Family is an address family as the kernel numbers it (AF_INET, AF_INET6).
@@ -312,6 +312,8 @@ type Event struct {
 	Drop Drop
 	// Conntrack: KindConntrackStats, KindConntrackOwner.
 	Conntrack Conntrack
+	// Sample holds the extra fields of sampler events (sample.go).
+	Sample Sample
 }
 
 // errnoNames covers the socket errors a connection can end with. Other values

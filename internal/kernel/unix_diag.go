@@ -95,7 +95,9 @@ func dumpUnixListening(ns netns.NsHandle, ino uint32) ([]unixDiagEntry, error) {
 	}
 }
 
-var errDumpInterrupted = errors.New("unix sock_diag dump interrupted (sockets changed during it)")
+// errDumpInterrupted: the kernel flagged a sock_diag dump NLM_F_DUMP_INTR
+// (sockets changed during it); callers retry.
+var errDumpInterrupted = errors.New("sock_diag dump interrupted (sockets changed during it)")
 
 // parseUnixDiag reads one struct unix_diag_msg and its attributes.
 func parseUnixDiag(d []byte) (unixDiagEntry, bool) {

@@ -42,6 +42,8 @@ func MaybeRunHelper() {
 		err = runBurst()
 	case "listener":
 		err = runListener()
+	case "hold-server":
+		err = runHoldServer()
 	default:
 		err = fmt.Errorf("unknown helper %q", os.Getenv(helperEnv))
 	}

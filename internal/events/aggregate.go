@@ -1,0 +1,516 @@
+package events
+
+import (
+	"cmp"
+	"net/netip"
+	"slices"
+	"time"
+)
+
+// Aggregator turns the event stream into per-process and per-remote
+// statistics, the sockets open now, TIME_WAIT ownership, ephemeral port
+// use and findings.
+//
+// It sees only events and the clock its caller passes (Apply's now), so a
+// recording replayed through it gives the live numbers again. It is
+// single-writer: the event loop goroutine alone calls Apply and Snapshot;
+// readers (the terminal view, JSON output, /metrics) get immutable
+// Snapshots, so the hot path takes no lock.
+//
+// What it keeps, and what bounds it:
+//   - a process entry per owner (pid, start time), and a remote entry per
+//     process x remote endpoint, pruned once they have nothing open and
+//     have been idle for Thresholds.IdleExpiry;
+//   - a live-socket entry per socket open now, from the sampled kernel
+//     table, to count opens once and to age sockets per state; deleted by
+//     the socket's close record, or one round after a round missed it;
+//   - the keys of the sockets closed in the last two rounds (a slice);
+//   - a TIME_WAIT entry per timewait socket (timewait.go), expired with
+//     the kernel's timer and reconciled with sock_diag dumps.
+type Aggregator struct {
+	th       Thresholds
+	now      time.Time
+	kernelNs uint64 // the latest kernel time seen in any event (boot ns)
+
+	procs    map[ProcKey]*procStats
+	existing map[uint64]existingConn // by cookie: sockets open before tracing
+
+	// Sample rounds of the kernel's socket table.
+	round   uint32 // the round being read
+	roundNs uint64 // its time
+	inRound bool
+	lastNs  uint64 // time of the last complete round
+	live    map[liveKey]liveEntry
+	recent  recentCloses
+	// liveMaxOpenNs is the newest open time of a live entry ever made.
+	liveMaxOpenNs uint64
+	roundPort     map[portKey]uint32 // ports held by sampled sockets this round
+
+	tw    timeWaitTable
+	ports portTable
+
+	findings  []Finding
+	firstSeen map[findingKey]time.Time
+	lastEval  time.Time
+}
+
+// ProcKey identifies a process: pid reuse never merges two processes
+// because the start time is part of the identity. The zero key gathers
+// connections whose owner is unknown.
+//
+// StartNs is rounded down to the clock tick (10 ms): /proc/PID/stat, where
+// owners of connections older than the tracer come from, gives the start
+// in ticks, the kernel in ns, and both must name the same process.
+type ProcKey struct {
+	PID     uint32
+	StartNs uint64
+}
+
+// RemoteKey identifies the other end of a process's connections. For
+// connections the process accepted the peer's port says nothing (a new
+// one per connection), so passive connections are keyed by the peer's
+// address alone (port 0, Passive set).
+type RemoteKey struct {
+	NetNS   uint32
+	Addr    netip.AddrPort
+	Passive bool
+}
+
+// String renders "10.0.0.2:6379" or, for accepted connections, "10.0.0.2:*".
+func (k RemoteKey) String() string {
+	if !k.Addr.IsValid() {
+		return "?"
+	}
+	if k.Passive {
+		if k.Addr.Addr().Is6() {
+			return "[" + k.Addr.Addr().String() + "]:*"
+		}
+		return k.Addr.Addr().String() + ":*"
+	}
+	return k.Addr.String()
+}
+
+// startTick is the resolution of a process start time in /proc (USER_HZ).
+const startTick = 10_000_000
+
+type procStats struct {
+	connStats
+	key      ProcKey
+	comm     [16]byte
+	cgroupID uint64
+	source   OwnerSource
+	remotes  map[RemoteKey]*remoteStats
+}
+
+type remoteStats struct {
+	connStats
+	key  RemoteKey
+	proc *procStats
+}
+
+// existingConn is a socket the start-up scan found open, with its owner.
+// It counts as open in its start-up state until the kernel's table shows
+// it (it changed state: the table takes over) or it closes.
+type existingConn struct {
+	proc   *procStats
+	remote *remoteStats
+	state  TCPState
+	inMap  bool
+	local  netip.AddrPort
+	since  uint64
+}
+
+// liveKey names a socket across sample rounds and its close record: its
+// open time (ns resolution) with its namespace, peer port and role. For a
+// socket open before tracing (no open time) the cookie stands in.
+type liveKey struct {
+	openNs uint64
+	netns  uint32
+	rport  uint16
+	role   Role
+}
+
+type liveEntry struct {
+	since uint64 // first seen in its current state, boot ns
+	gen   uint32 // last round that saw it
+	state TCPState
+}
+
+// recentCloses remembers the sockets closed during the last two rounds,
+// in two append-only generations: an append per close is all the hot path
+// pays. The current generation is sorted when a round starts; closes
+// applied in the middle of a round (which a live tracer never does: it
+// applies a round as one batch) are scanned linearly, and sorted in once
+// there are many.
+type recentCloses struct {
+	cur, prev []liveKey
+	sorted    int // cur[:sorted] is sorted
+}
+
+// maxUnsorted bounds the linear scan of closes applied within a round.
+const maxUnsorted = 256
+
+func (r *recentCloses) add(k liveKey) { r.cur = append(r.cur, k) }
+
+// rotate starts a new generation, forgetting the oldest.
+func (r *recentCloses) rotate() {
+	r.sortCur()
+	r.prev, r.cur = r.cur, r.prev[:0]
+	r.sorted = 0
+}
+
+func (r *recentCloses) sortCur() {
+	if r.sorted < len(r.cur) {
+		slices.SortFunc(r.cur, compareLiveKey)
+		r.sorted = len(r.cur)
+	}
+}
+
+func (r *recentCloses) has(k liveKey) bool {
+	if len(r.cur)-r.sorted > maxUnsorted {
+		r.sortCur()
+	}
+	if _, in := slices.BinarySearchFunc(r.cur[:r.sorted], k, compareLiveKey); in {
+		return true
+	}
+	if slices.Contains(r.cur[r.sorted:], k) {
+		return true
+	}
+	_, in := slices.BinarySearchFunc(r.prev, k, compareLiveKey)
+	return in
+}
+
+func compareLiveKey(a, b liveKey) int {
+	return cmp.Or(cmp.Compare(a.openNs, b.openNs), cmp.Compare(a.netns, b.netns),
+		cmp.Compare(a.rport, b.rport), cmp.Compare(a.role, b.role))
+}
+
+// NewAggregator returns an empty aggregator using th.
+func NewAggregator(th Thresholds) *Aggregator {
+	return &Aggregator{
+		th:        th,
+		procs:     make(map[ProcKey]*procStats),
+		existing:  make(map[uint64]existingConn),
+		live:      make(map[liveKey]liveEntry),
+		roundPort: make(map[portKey]uint32),
+		tw:        newTimeWaitTable(),
+		ports:     newPortTable(),
+		firstSeen: make(map[findingKey]time.Time),
+		round:     1,
+	}
+}
+
+// Apply folds one event in. now is the aggregator's clock (wall time when
+// live, the recorded time on replay); it must not go backwards by more
+// than a second. ev is not retained.
+func (a *Aggregator) Apply(ev *Event, now time.Time) {
+	if now.After(a.now) {
+		a.now = now
+	}
+	switch ev.Kind {
+	case KindConnClosed:
+		a.closed(&ev.Conn)
+	case KindConnExisting:
+		a.existingConn(&ev.Conn)
+	case KindSockOpen:
+		a.sockOpen(ev)
+	case KindSockSampleDone:
+		a.sampleDone(ev.Sample.TimeNs)
+	case KindTimeWait:
+		a.kernelTime(ev.Sample.TimeNs)
+		a.tw.dumped(a, &ev.Conn, ev.Sample.TimeNs, ev.Sample.ExpiresNs)
+	case KindTimeWaitDone:
+		a.kernelTime(ev.Sample.TimeNs)
+		a.tw.dumpDone(a, ev.Conn.NetNS, ev.Sample.TimeNs)
+	case KindPortRange:
+		a.ports.setRange(ev.Conn.NetNS, ev.Sample.PortLow, ev.Sample.PortHigh)
+	}
+}
+
+func (a *Aggregator) kernelTime(ns uint64) {
+	if ns > a.kernelNs {
+		a.kernelNs = ns
+	}
+}
+
+// proc returns the stats of the owner o, creating them.
+func (a *Aggregator) proc(o *Process) *procStats {
+	k := ProcKey{}
+	if o.Known() {
+		k = ProcKey{PID: o.PID, StartNs: o.StartNs - o.StartNs%startTick}
+	}
+	p, ok := a.procs[k]
+	if !ok {
+		p = &procStats{key: k, remotes: make(map[RemoteKey]*remoteStats)}
+		a.procs[k] = p
+	}
+	if o.Known() {
+		if p.comm != o.Comm {
+			p.comm = o.Comm
+		}
+		if o.CgroupID != 0 {
+			p.cgroupID = o.CgroupID
+		}
+		p.source = o.Source
+	}
+	p.lastSeen = a.now
+	return p
+}
+
+// remoteKey is the remote of a connection; see RemoteKey.
+func remoteKey(c *Conn) RemoteKey {
+	k := RemoteKey{NetNS: c.NetNS, Addr: c.Remote}
+	if passive(c) {
+		k.Addr = netip.AddrPortFrom(c.Remote.Addr(), 0)
+		k.Passive = true
+	}
+	return k
+}
+
+// passive tells accepted connections apart. A connection open before
+// tracing has no known role: the side with the lower port is taken as the
+// service, the usual guess of netstat-based tools.
+func passive(c *Conn) bool {
+	switch c.Role {
+	case RolePassive:
+		return true
+	case RoleActive:
+		return false
+	}
+	lp, rp := c.Local.Port(), c.Remote.Port()
+	return lp != 0 && lp < rp
+}
+
+func (p *procStats) remote(k RemoteKey, a *Aggregator) *remoteStats {
+	r, ok := p.remotes[k]
+	if !ok {
+		r = &remoteStats{key: k, proc: p}
+		// Created after a complete round: that round saw nothing of
+		// it, which is a point of its history (0 ESTABLISHED).
+		if a.round > 1 {
+			r.estHist[0] = estPoint{ns: a.lastNs}
+			r.estNext = 1
+		}
+		p.remotes[k] = r
+	}
+	r.lastSeen = a.now
+	return r
+}
+
+func liveKeyOf(c *Conn) (liveKey, bool) {
+	if c.OpenNs != 0 {
+		return liveKey{openNs: c.OpenNs, netns: c.NetNS, rport: c.Remote.Port(), role: c.Role}, true
+	}
+	if c.Cookie != 0 {
+		return liveKey{openNs: c.Cookie, netns: c.NetNS, role: RoleUnknown}, true
+	}
+	return liveKey{}, false
+}
+
+func (a *Aggregator) closed(c *Conn) {
+	a.kernelTime(c.CloseNs)
+	var ex existingConn
+	haveEx := false
+	if c.Cookie != 0 && len(a.existing) > 0 {
+		ex, haveEx = a.existing[c.Cookie]
+		if haveEx {
+			delete(a.existing, c.Cookie)
+		}
+	}
+	var p *procStats
+	var r *remoteStats
+	if haveEx && !c.Owner.Known() {
+		p, r = ex.proc, ex.remote
+		p.lastSeen, r.lastSeen = a.now, a.now
+	} else {
+		p = a.proc(&c.Owner)
+		r = p.remote(remoteKey(c), a)
+	}
+	sec := a.now.Unix()
+
+	// Count the open once: here, unless a sample round already saw the
+	// socket (its live entry says so).
+	if c.SeenOpen {
+		k, _ := liveKeyOf(c)
+		// Most closes in a churning workload are of sockets no round
+		// has seen: those opened after the newest one a round saw
+		// skip the lookup.
+		seen := false
+		if c.OpenNs <= a.liveMaxOpenNs || c.OpenNs == 0 {
+			if _, seen = a.live[k]; seen {
+				delete(a.live, k)
+			}
+		}
+		if !seen {
+			p.opened[c.Role]++
+			r.opened[c.Role]++
+			p.opens.add(sec)
+			r.opens.add(sec)
+		}
+		// Remembered for two rounds, so that a round read before the
+		// close but applied after it does not count the socket as new.
+		// An append, not a map insert: this is the per-event path.
+		a.recent.add(k)
+	}
+
+	p.closed[c.Role]++
+	r.closed[c.Role]++
+	p.closes.add(sec)
+	r.closes.add(sec)
+	if int(c.EndState) < len(p.ends) {
+		p.ends[c.EndState]++
+		r.ends[c.EndState]++
+	}
+	if lt := c.LifetimeNs(); c.SeenOpen && lt > 0 {
+		p.life.add(lt)
+		r.life.add(lt)
+		p.lifeKnown++
+		r.lifeKnown++
+		if lt < uint64(a.th.ShortLived) {
+			p.shortLived++
+			r.shortLived++
+		}
+	}
+	p.tx += c.TxBytes
+	p.rx += c.RxBytes
+	r.tx += c.TxBytes
+	r.rx += c.RxBytes
+
+	if c.EndState == EndTimeWait {
+		a.tw.closed(a, c, r)
+	}
+}
+
+func (a *Aggregator) existingConn(c *Conn) {
+	if c.Cookie == 0 {
+		return
+	}
+	p := a.proc(&c.Owner)
+	r := p.remote(remoteKey(c), a)
+	a.existing[c.Cookie] = existingConn{proc: p, remote: r, state: c.LastState, local: c.Local}
+}
+
+// sockOpen counts one socket of the kernel's table in the current round.
+func (a *Aggregator) sockOpen(ev *Event) {
+	c := &ev.Conn
+	if !a.inRound {
+		a.inRound = true
+		a.roundNs = ev.Sample.TimeNs
+		clear(a.roundPort)
+		a.recent.sortCur()
+	}
+	a.kernelTime(ev.Sample.TimeNs)
+
+	var p *procStats
+	var r *remoteStats
+	if !c.Owner.Known() && c.Cookie != 0 && len(a.existing) > 0 {
+		if ex, ok := a.existing[c.Cookie]; ok {
+			p, r = ex.proc, ex.remote
+			if !ex.inMap {
+				ex.inMap = true
+				a.existing[c.Cookie] = ex
+			}
+		}
+	}
+	if p == nil {
+		p = a.proc(&c.Owner)
+		r = p.remote(remoteKey(c), a)
+	} else {
+		p.lastSeen, r.lastSeen = a.now, a.now
+	}
+
+	since := ev.Sample.TimeNs
+	if k, ok := liveKeyOf(c); ok {
+		e, seen := a.live[k]
+		switch {
+		case !seen && c.SeenOpen && a.recent.has(k):
+			// Read before its close was applied: open at the time,
+			// its open already counted, and gone now.
+			k.openNs = 0
+		case !seen:
+			if c.SeenOpen {
+				p.opened[c.Role]++
+				r.opened[c.Role]++
+				sec := a.now.Unix()
+				p.opens.add(sec)
+				r.opens.add(sec)
+				// It was in this state since it opened, at least
+				// when the state is the first one.
+				if c.OpenNs < since && (c.LastState == TCPSynSent || c.LastState == TCPSynRecv) {
+					since = c.OpenNs
+				}
+			}
+			e = liveEntry{since: since, state: c.LastState}
+		case e.state != c.LastState:
+			e.since, e.state = since, c.LastState
+		default:
+			since = e.since
+		}
+		if k.openNs != 0 {
+			e.gen = a.round
+			a.live[k] = e
+			if c.OpenNs > a.liveMaxOpenNs {
+				a.liveMaxOpenNs = c.OpenNs
+			}
+		}
+	}
+	p.count(a.round, c.LastState, since)
+	r.count(a.round, c.LastState, since)
+
+	// A socket on the 4-tuple of a TIME_WAIT entry reused it.
+	if c.Local.Port() != 0 && a.tw.len() > 0 {
+		a.tw.reused(a, c)
+	}
+	if !passive(c) && (c.Local.Port() == 0 || a.ports.ephemeral(c.NetNS, c.Local.Port())) {
+		a.roundPort[portKeyOf(c)]++
+	}
+}
+
+// sampleDone publishes the round: the open-socket counts become the
+// current view, the findings are evaluated.
+func (a *Aggregator) sampleDone(ns uint64) {
+	if !a.inRound {
+		a.roundNs = ns // an empty table
+		clear(a.roundPort)
+	}
+	a.kernelTime(ns)
+	round := a.round
+	// Sockets open before tracing that never changed state are not in
+	// the kernel's table: they count in their start-up state.
+	for _, ex := range a.existing {
+		if ex.inMap {
+			continue
+		}
+		ex.proc.count(round, ex.state, a.roundNs)
+		ex.remote.count(round, ex.state, a.roundNs)
+		if !ex.remote.key.Passive && a.ports.ephemeral(ex.remote.key.NetNS, ex.local.Port()) {
+			a.roundPort[portKey{netns: ex.remote.key.NetNS, local: ex.local.Addr(), remote: ex.remote.key.Addr}]++
+		}
+	}
+	for k, p := range a.procs {
+		p.publish(round, a.roundNs)
+		for rk, r := range p.remotes {
+			r.publish(round, a.roundNs)
+			if !r.open() && a.now.Sub(r.lastSeen) > a.th.IdleExpiry {
+				delete(p.remotes, rk)
+			}
+		}
+		if !p.open() && len(p.remotes) == 0 && a.now.Sub(p.lastSeen) > a.th.IdleExpiry {
+			delete(a.procs, k)
+		}
+	}
+	// Live entries not seen in this round or the one before are gone.
+	for k, e := range a.live {
+		if e.gen+1 < round {
+			delete(a.live, k)
+		}
+	}
+	a.recent.rotate()
+	a.lastNs = a.roundNs
+	a.inRound = false
+	a.round++
+
+	a.tw.expire(a, a.kernelNs)
+	a.ports.publish(a)
+	a.evaluate()
+}

@@ -1,0 +1,251 @@
+package kernel
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+
+	"github.com/conntracer/conntracer/internal/events"
+)
+
+// TimeWaitDump returns the TIME_WAIT sockets of every network namespace
+// and each namespace's ephemeral port range, as events for the
+// aggregator: per namespace a KindPortRange, one KindTimeWait per socket
+// and a KindTimeWaitDone naming the namespace; then a KindTimeWaitDone
+// with namespace 0 ending the dump. Every event carries the dump's start
+// time (CLOCK_BOOTTIME ns).
+//
+// A namespace that cannot be read is left out (no Done for it, so the
+// aggregator keeps what it knew there) and reported in warnings. err is
+// set only when no namespace could be read at all.
+//
+// The sock_diag request asks for TIME_WAIT alone (idiag_states), so the
+// kernel walks the hash tables but sends only the timewait sockets: the
+// cost grows with the sockets in the table, the traffic with TIME_WAIT.
+func TimeWaitDump() (evs []events.Event, warnings []error, err error) {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return nil, nil, fmt.Errorf("read CLOCK_BOOTTIME: %w", err)
+	}
+	start := uint64(ts.Nano())
+	pids, err := listPIDs("/proc")
+	if err != nil {
+		return nil, nil, fmt.Errorf("list processes: %w", err)
+	}
+	cands, warnings := listNetNS("/proc", pids, netnsRunDir, selfMountinfo)
+	var failures []error
+	dumped := 0
+	for _, ino := range cands.inodes() {
+		n, err := dumpTimeWaitNetNS(ino, cands[ino], start, &evs)
+		if err != nil {
+			failures = append(failures, err)
+			continue
+		}
+		_ = n
+		dumped++
+	}
+	if dumped == 0 {
+		if len(failures) == 0 {
+			failures = append(failures, errors.New("no network namespace found"))
+		}
+		return nil, warnings, fmt.Errorf("dump TIME_WAIT sockets: no network namespace could be read (run as root): %w", errors.Join(failures...))
+	}
+	evs = append(evs, events.Event{Kind: events.KindTimeWaitDone, Sample: events.Sample{TimeNs: start}})
+	return evs, append(warnings, failures...), nil
+}
+
+// dumpTimeWaitNetNS appends the events of namespace ino.
+func dumpTimeWaitNetNS(ino uint32, paths []string, start uint64, evs *[]events.Event) (int, error) {
+	ns, err := openNetNS(ino, paths)
+	if err != nil {
+		return 0, fmt.Errorf("open netns %d: %w", ino, err)
+	}
+	sock, lo, hi, err := openDiagInNetNS(ns)
+	ns.Close()
+	if err != nil {
+		return 0, fmt.Errorf("netns %d: %w", ino, err)
+	}
+	defer sock.Close()
+	if err := sock.SetReceiveTimeout(&unix.Timeval{Sec: int64(diagTimeout / time.Second)}); err != nil {
+		return 0, fmt.Errorf("netns %d: set sock_diag timeout: %w", ino, err)
+	}
+	*evs = append(*evs, events.Event{Kind: events.KindPortRange, Conn: events.Conn{NetNS: ino},
+		Sample: events.Sample{TimeNs: start, PortLow: lo, PortHigh: hi}})
+	mark := len(*evs)
+	for _, fam := range [...]uint8{unix.AF_INET, unix.AF_INET6} {
+		var err error
+		for attempt := 1; attempt <= dumpAttempts; attempt++ {
+			*evs = (*evs)[:mark]
+			err = dumpTimeWait(sock, fam, ino, start, evs)
+			if !errors.Is(err, errDumpInterrupted) {
+				break
+			}
+		}
+		if err != nil && !errors.Is(err, errDumpInterrupted) {
+			*evs = (*evs)[:mark-1]
+			return 0, fmt.Errorf("dump %s TIME_WAIT sockets in netns %d: %w", events.Family(fam), ino, err)
+		}
+		mark = len(*evs)
+	}
+	*evs = append(*evs, events.Event{Kind: events.KindTimeWaitDone, Conn: events.Conn{NetNS: ino}, Sample: events.Sample{TimeNs: start}})
+	return len(*evs), nil
+}
+
+// openDiagInNetNS opens a sock_diag socket inside namespace ns and reads
+// its ephemeral port range there: a socket belongs to the namespace of the
+// thread that creates it, and /proc/sys/net answers for the namespace of
+// the thread that opens the file.
+func openDiagInNetNS(ns netns.NsHandle) (*nl.NetlinkSocket, uint16, uint16, error) {
+	var (
+		s      *nl.NetlinkSocket
+		lo, hi uint16
+	)
+	err := inNetNS(int(ns), func() error {
+		var err error
+		if s, err = nl.Subscribe(unix.NETLINK_INET_DIAG); err != nil {
+			return err
+		}
+		lo, hi, err = readPortRange()
+		return err
+	})
+	if err != nil && s != nil {
+		s.Close()
+		s = nil
+	}
+	return s, lo, hi, err
+}
+
+// readPortRange reads net.ipv4.ip_local_port_range of the calling
+// thread's namespace.
+func readPortRange() (uint16, uint16, error) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0, 0, fmt.Errorf("read ip_local_port_range: %w", err)
+	}
+	return parsePortRange(string(b))
+}
+
+func parsePortRange(s string) (uint16, uint16, error) {
+	f := strings.Fields(s)
+	if len(f) != 2 {
+		return 0, 0, fmt.Errorf("ip_local_port_range %q: want two numbers", s)
+	}
+	lo, err1 := strconv.ParseUint(f[0], 10, 16)
+	hi, err2 := strconv.ParseUint(f[1], 10, 16)
+	if err1 != nil || err2 != nil || lo > hi {
+		return 0, 0, fmt.Errorf("ip_local_port_range %q: want two ports, low first", s)
+	}
+	return uint16(lo), uint16(hi), nil
+}
+
+// inetDiagReq is struct inet_diag_req_v2 asking for TIME_WAIT sockets.
+type inetDiagReq struct {
+	family uint8
+}
+
+func (r *inetDiagReq) Len() int { return 56 }
+
+func (r *inetDiagReq) Serialize() []byte {
+	b := make([]byte, 56)
+	b[0] = r.family
+	b[1] = unix.IPPROTO_TCP
+	// b[2] ext = 0, b[3] pad
+	binary.NativeEndian.PutUint32(b[4:], 1<<uint(events.TCPTimeWait))
+	// id: all zero, cookie "no cookie" (INET_DIAG_NOCOOKIE, ~0)
+	binary.NativeEndian.PutUint32(b[48:], ^uint32(0))
+	binary.NativeEndian.PutUint32(b[52:], ^uint32(0))
+	return b
+}
+
+// inetDiagMsgLen is sizeof(struct inet_diag_msg).
+const inetDiagMsgLen = 72
+
+// dumpTimeWait sends one TIME_WAIT dump request and appends an event per
+// timewait socket.
+func dumpTimeWait(s *nl.NetlinkSocket, family uint8, ino uint32, start uint64, evs *[]events.Event) error {
+	req := nl.NewNetlinkRequest(nl.SOCK_DIAG_BY_FAMILY, unix.NLM_F_DUMP)
+	req.AddData(&inetDiagReq{family: family})
+	if err := s.Send(req); err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	interrupted := false
+	for {
+		msgs, _, err := s.Receive()
+		if err != nil {
+			return fmt.Errorf("receive: %w", err)
+		}
+		for _, m := range msgs {
+			if m.Header.Seq != req.Seq {
+				continue
+			}
+			if m.Header.Flags&unix.NLM_F_DUMP_INTR != 0 {
+				interrupted = true
+			}
+			switch m.Header.Type {
+			case unix.NLMSG_DONE:
+				if interrupted {
+					return errDumpInterrupted
+				}
+				return nil
+			case unix.NLMSG_ERROR:
+				if len(m.Data) >= 4 {
+					if e := int32(binary.NativeEndian.Uint32(m.Data)); e != 0 {
+						return syscall.Errno(-e)
+					}
+				}
+				return nil
+			}
+			if ev, ok := timeWaitEvent(m.Data, ino, start); ok {
+				*evs = append(*evs, ev)
+			}
+		}
+	}
+}
+
+// timeWaitEvent parses one struct inet_diag_msg.
+func timeWaitEvent(b []byte, ino uint32, start uint64) (events.Event, bool) {
+	if len(b) < inetDiagMsgLen || events.TCPState(b[1]) != events.TCPTimeWait {
+		// A timewait socket whose substate is FIN_WAIT2 (an orphan
+		// still waiting for the peer's FIN) is not TIME_WAIT; ss
+		// state time-wait does not list it either.
+		return events.Event{}, false
+	}
+	family := b[0]
+	sport := binary.BigEndian.Uint16(b[4:])
+	dport := binary.BigEndian.Uint16(b[6:])
+	var local, remote netip.Addr
+	if family == unix.AF_INET {
+		local = netip.AddrFrom4([4]byte(b[8:12]))
+		remote = netip.AddrFrom4([4]byte(b[24:28]))
+	} else {
+		local = netip.AddrFrom16([16]byte(b[8:24]))
+		remote = netip.AddrFrom16([16]byte(b[24:40]))
+	}
+	fam := events.FamilyIPv6
+	if family == unix.AF_INET || (local.Is4In6() && remote.Is4In6()) {
+		fam = events.FamilyIPv4
+		local, remote = local.Unmap(), remote.Unmap()
+	}
+	expiresMs := binary.NativeEndian.Uint32(b[52:])
+	return events.Event{
+		Kind: events.KindTimeWait,
+		Conn: events.Conn{
+			Cookie: uint64(binary.NativeEndian.Uint32(b[44:])) | uint64(binary.NativeEndian.Uint32(b[48:]))<<32,
+			NetNS:  ino, Family: fam,
+			Local:     netip.AddrPortFrom(local, sport),
+			Remote:    netip.AddrPortFrom(remote, dport),
+			LastState: events.TCPTimeWait,
+		},
+		Sample: events.Sample{TimeNs: start, ExpiresNs: uint64(expiresMs) * 1_000_000},
+	}, true
+}

@@ -1,0 +1,99 @@
+package testenv
+
+import (
+	"bufio"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"testing"
+)
+
+// StartHoldServer starts a server named comm in ns that answers like
+// StartServer's but never closes a connection, not even after the
+// client's FIN: each socket it accepted stays in CLOSE_WAIT once the client
+// closes, until the server stops with the test. It is the application
+// that forgets to close.
+func StartHoldServer(t testing.TB, ns *NetNS, comm string) *Server {
+	t.Helper()
+	cmd := ns.Command(helperBinary(t, comm), "-test.run=^$")
+	cmd.Env = append(os.Environ(), helperEnv+"=hold-server")
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	s := &Server{PID: cmd.Process.Pid, cmd: cmd, stdin: stdin}
+	t.Cleanup(func() { s.Stop(t) })
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil {
+		t.Fatalf("hold server did not start: %v", err)
+	}
+	if _, err := fmt.Sscanf(line, "ports %d %d", &s.Port4, &s.Port6); err != nil {
+		t.Fatalf("hold server said %q: %v", line, err)
+	}
+	return s
+}
+
+func runHoldServer() error {
+	l4, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	l6, err := net.Listen("tcp6", "[::1]:0")
+	if err != nil {
+		return err
+	}
+	fmt.Printf("ports %d %d\n", l4.Addr().(*net.TCPAddr).Port, l6.Addr().(*net.TCPAddr).Port)
+	var (
+		mu   sync.Mutex
+		held []net.Conn
+	)
+	serve := func(l net.Listener) {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			held = append(held, c)
+			mu.Unlock()
+			go func() {
+				var hdr [HeaderBytes]byte
+				if _, err := io.ReadFull(c, hdr[:]); err != nil {
+					return
+				}
+				req := binary.LittleEndian.Uint32(hdr[0:])
+				resp := binary.LittleEndian.Uint32(hdr[4:])
+				if _, err := io.CopyN(io.Discard, c, int64(req)); err != nil {
+					return
+				}
+				if _, err := c.Write(make([]byte, resp)); err != nil {
+					return
+				}
+				// Read to the client's FIN, and then do nothing.
+				_, _ = io.Copy(io.Discard, c)
+			}()
+		}
+	}
+	go serve(l4)
+	go serve(l6)
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	l4.Close()
+	l6.Close()
+	mu.Lock()
+	defer mu.Unlock()
+	for _, c := range held {
+		c.Close()
+	}
+	return nil
+}

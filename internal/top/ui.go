@@ -1,0 +1,115 @@
+package top
+
+import (
+	"context"
+	"errors"
+	"io"
+	"os"
+	"time"
+
+	tea "github.com/charmbracelet/bubbletea"
+
+	"github.com/conntracer/conntracer/internal/events"
+)
+
+// UI is the live terminal view. It pulls the latest published snapshot
+// once per refresh through a function, so it never touches the
+// aggregator; bubbletea redraws only the lines that changed, which keeps
+// it flicker-free over SSH.
+type UI struct {
+	snapshot func() *events.Snapshot
+	every    time.Duration
+	sort     Column
+}
+
+// NewUI returns a view refreshed every `every` from snapshot().
+func NewUI(snapshot func() *events.Snapshot, every time.Duration, sort Column) *UI {
+	return &UI{snapshot: snapshot, every: every, sort: sort}
+}
+
+// Run shows the view on the terminal until the user quits or ctx ends.
+func (u *UI) Run(ctx context.Context, out io.Writer) error {
+	m := model{ui: u, opts: ViewOptions{Sort: u.sort, Width: 120, Height: 40}, snap: u.snapshot()}
+	p := tea.NewProgram(m, tea.WithContext(ctx), tea.WithOutput(out), tea.WithInput(os.Stdin), tea.WithAltScreen())
+	_, err := p.Run()
+	if errors.Is(err, tea.ErrInterrupted) || (errors.Is(err, tea.ErrProgramKilled) && ctx.Err() != nil) {
+		return nil // the tracer stopped (Ctrl-C, SIGTERM)
+	}
+	return err
+}
+
+type tickMsg time.Time
+
+type model struct {
+	ui        *UI
+	opts      ViewOptions
+	snap      *events.Snapshot
+	filtering bool
+}
+
+func (m model) tick() tea.Cmd {
+	return tea.Tick(m.ui.every, func(t time.Time) tea.Msg { return tickMsg(t) })
+}
+
+// Init implements tea.Model.
+func (m model) Init() tea.Cmd { return m.tick() }
+
+// Update implements tea.Model.
+func (m model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
+	switch msg := msg.(type) {
+	case tickMsg:
+		m.snap = m.ui.snapshot()
+		return m, m.tick()
+	case tea.WindowSizeMsg:
+		m.opts.Width, m.opts.Height = msg.Width, msg.Height
+	case tea.KeyMsg:
+		if m.filtering {
+			switch msg.Type {
+			case tea.KeyEnter:
+				m.filtering = false
+			case tea.KeyEsc:
+				m.filtering, m.opts.Filter = false, ""
+			case tea.KeyBackspace:
+				if n := len(m.opts.Filter); n > 0 {
+					m.opts.Filter = m.opts.Filter[:n-1]
+				}
+			case tea.KeyRunes:
+				m.opts.Filter += string(msg.Runes)
+			}
+			return m, nil
+		}
+		switch msg.String() {
+		case "q", "ctrl+c":
+			return m, tea.Quit
+		case "s":
+			m.opts.Sort = nextColumn(m.opts.Sort, 1)
+		case "S":
+			m.opts.Sort = nextColumn(m.opts.Sort, -1)
+		case "r":
+			m.opts.Remotes = !m.opts.Remotes
+		case "/":
+			m.filtering = true
+		case "esc":
+			m.opts.Filter = ""
+		}
+	}
+	return m, nil
+}
+
+// View implements tea.Model.
+func (m model) View() string {
+	o := m.opts
+	if m.filtering {
+		o.Filter += "_"
+	}
+	return RenderText(m.snap, o)
+}
+
+func nextColumn(c Column, step int) Column {
+	for i, x := range columns {
+		if x == c {
+			return columns[(i+step+len(columns))%len(columns)]
+		}
+	}
+	return columns[0]
+}

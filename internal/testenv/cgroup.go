@@ -1,6 +1,8 @@
 package testenv
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"os"
 	"path/filepath"
 	"testing"
@@ -11,7 +13,13 @@ import (
 // the child's paths.
 func NewCgroup(t testing.TB, root string) (parent, child string) {
 	t.Helper()
-	parent = filepath.Join(root, "ctr-test-"+filepath.Base(t.TempDir()))
+	// Unique across processes: test binaries of other packages (and other
+	// checkouts) create cgroups beside this one at the same time.
+	var b [4]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		t.Fatal(err)
+	}
+	parent = filepath.Join(root, "ctr-test-"+hex.EncodeToString(b[:]))
 	child = filepath.Join(parent, "inner")
 	if err := os.MkdirAll(child, 0o755); err != nil {
 		t.Fatalf("create cgroup: %v", err)

@@ -7,8 +7,6 @@ import (
 	"io"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/conntracer/conntracer"
 	"github.com/conntracer/conntracer/internal/events"
 	"github.com/conntracer/conntracer/internal/kernel"
@@ -78,7 +76,11 @@ func topSamplers(cfg *topConfig, socks *conntracer.SocketSampler) []*topSampler 
 	last := 0 // size of the previous socket round: rounds change little
 	return []*topSampler{
 		{name: "conntrack and listen overflows", every: cfg.netnsEvery, read: func() ([]events.Event, error) {
-			evs, warnings := nsSampler.Sample(bootNs())
+			now, err := kernel.BootTimeNs()
+			if err != nil {
+				return nil, err
+			}
+			evs, warnings := nsSampler.Sample(now)
 			return evs, errors.Join(warnings...)
 		}},
 		{name: "unix listeners", every: cfg.unixEvery, read: func() ([]events.Event, error) {
@@ -148,11 +150,4 @@ func runSamplers(ctx context.Context, samplers []*topSampler, out chan<- []event
 			}
 		}
 	}
-}
-
-// bootNs reads CLOCK_BOOTTIME, the clock of the kernel's timestamps.
-func bootNs() uint64 {
-	var ts unix.Timespec
-	_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts) // cannot fail with a valid clock id
-	return uint64(ts.Nano())
 }

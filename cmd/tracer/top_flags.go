@@ -74,7 +74,7 @@ func parseTopFlags(args []string, stdout io.Writer) (*topConfig, error) {
 		return nil, usageError{err}
 	}
 	if cfg.help {
-		fmt.Fprintf(stdout, "Usage: tracer top [flags]\n\nA live view of TCP connections per process and remote: opens and closes per\nsecond, sockets by state, TIME_WAIT, short-lived share, ephemeral port use,\nand findings (pool_leak, close_wait_leak, no_reuse, time_wait_pileup,\nport_exhaustion, fin_wait2_stuck) naming the process and the cause.\n\nKeys: s/S sort by next/previous column, r toggle process x remote, / filter,\nf findings panel, q quit.\n\nFlags:\n%s", fs.FlagUsages())
+		fmt.Fprintf(stdout, "Usage: tracer top [flags]\n\nA live view of TCP connections per process and remote: opens and closes per\nsecond, sockets by state, TIME_WAIT, short-lived share, ephemeral port use;\npanels of conntrack fill per namespace, drops by reason, failed connects and\nUnix socket backlogs; and findings (pool_leak, close_wait_leak, no_reuse,\ntime_wait_pileup, port_exhaustion, fin_wait2_stuck, unix_backlog_overflow,\nconnect_refused, connect_timeouts, conntrack_table_full, conntrack_near_full,\nconntrack_long_timeouts, listen_overflow, drops) naming the process and the cause.\n\nKeys: s/S sort by next/previous column, r toggle process x remote, / filter,\nf findings panel, q quit.\n\nFlags:\n%s", fs.FlagUsages())
 		return cfg, nil
 	}
 	if fs.NArg() > 0 {

@@ -66,11 +66,11 @@ func ctStats(t *testing.T, fd int) events.Conntrack {
 // /proc/net/stat/nf_conntrack agree).
 func TestConntrackTableFull(t *testing.T) {
 	testenv.RequireRoot(t)
-	requireTool(t, "nft")
+	testenv.RequireTool(t, "nft")
 	ns := testenv.NewNetNS(t)
 	fd := openNS(t, ns)
 	l := testenv.StartListener(t, ns, "ctr-listen", 1024)
-	nft(t, ns, `table inet ctrtest {
+	testenv.NFT(t, ns, `table inet ctrtest {
 	chain out {
 		type filter hook output priority 0;
 		ct state new counter
@@ -177,7 +177,7 @@ func TestConntrackTableFull(t *testing.T) {
 // TcpExtListenOverflows delta and names the listening process.
 func TestListenOverflow(t *testing.T) {
 	testenv.RequireRoot(t)
-	requireTool(t, "nstat")
+	testenv.RequireTool(t, "nstat")
 	ns := testenv.NewNetNS(t)
 	l := testenv.StartListener(t, ns, "ctr-backlog1", 1)
 	s := kernel.NewNetNSSampler()

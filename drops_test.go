@@ -1,9 +1,7 @@
 package conntracer
 
 import (
-	"encoding/json"
 	"fmt"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -12,51 +10,6 @@ import (
 	"github.com/conntracer/conntracer/internal/kernel"
 	"github.com/conntracer/conntracer/internal/testenv"
 )
-
-// nft runs an nft script inside the namespace.
-func nft(t *testing.T, ns *testenv.NetNS, script string) {
-	t.Helper()
-	cmd := ns.Command("nft", "-f", "-")
-	cmd.Stdin = strings.NewReader(script)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("nft in %s: %v: %s\n%s", ns.Name, err, out, script)
-	}
-}
-
-// nftCounter returns the packets counted by the rule carrying comment.
-func nftCounter(t *testing.T, ns *testenv.NetNS, comment string) uint64 {
-	t.Helper()
-	out := ns.Output(t, "nft", "-j", "list", "ruleset")
-	var doc struct {
-		Nftables []map[string]json.RawMessage `json:"nftables"`
-	}
-	if err := json.Unmarshal([]byte(out), &doc); err != nil {
-		t.Fatal(err)
-	}
-	for _, obj := range doc.Nftables {
-		raw, ok := obj["rule"]
-		if !ok {
-			continue
-		}
-		var r struct {
-			Comment string            `json:"comment"`
-			Expr    []json.RawMessage `json:"expr"`
-		}
-		if err := json.Unmarshal(raw, &r); err != nil || r.Comment != comment {
-			continue
-		}
-		for _, e := range r.Expr {
-			var c struct {
-				Counter *struct{ Packets uint64 } `json:"counter"`
-			}
-			if json.Unmarshal(e, &c) == nil && c.Counter != nil {
-				return c.Counter.Packets
-			}
-		}
-	}
-	t.Fatalf("no counter on rule %q in:\n%s", comment, out)
-	return 0
-}
 
 // dropNames resolves drop events the way the tracer does.
 func dropNames(t *testing.T) *events.DropNames {
@@ -95,24 +48,17 @@ func dropTotals(evs []events.Event, names *events.DropNames, netns uint32) map[s
 	return out
 }
 
-func requireTool(t *testing.T, name string) {
-	t.Helper()
-	if _, err := exec.LookPath(name); err != nil {
-		t.Skipf("%s not installed (apt-get install %s)", name, name)
-	}
-}
-
 // A firewall rule's drop is reported with its reason, location, tuple and
 // the process whose connect() it refused, and counted exactly as nft
 // counts it.
 func TestDropsRuleDrop(t *testing.T) {
 	testenv.RequireRoot(t)
-	requireTool(t, "nft")
+	testenv.RequireTool(t, "nft")
 	ns := testenv.NewNetNS(t)
 	l := testenv.StartListener(t, ns, "ctr-listen", 128)
 	// Conntrack active (a ct rule) so that the dropped packets carry an
 	// entry: a rule's drop must not look like a table-full drop.
-	nft(t, ns, fmt.Sprintf(`table inet ctrtest {
+	testenv.NFT(t, ns, fmt.Sprintf(`table inet ctrtest {
 	chain out {
 		type filter hook output priority 0;
 		ct state new counter
@@ -131,7 +77,7 @@ func TestDropsRuleDrop(t *testing.T) {
 		t.Fatalf("%d connects got through the drop rule", b.Connected)
 	}
 	b.Release(t) // closes the sockets: no more SYN retransmissions
-	want := nftCounter(t, ns, "ruledrop")
+	want := testenv.NFTCounter(t, ns, "ruledrop")
 	if want == 0 {
 		t.Fatal("nft counted no drops")
 	}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -37,12 +36,13 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return fmt.Errorf("start tracing: %w", err)
 	}
 	defer probe.Close()
-	sampler, err := probe.SocketSampler()
+	socks, err := probe.SocketSampler()
 	if err != nil {
 		return err
 	}
+	samplers := topSamplers(cfg, socks)
 
-	loop := newTopLoop(cfg)
+	loop := newTopLoop(cfg, stderr)
 	existing := 0
 	if cfg.existing {
 		evs, _, err := kernel.ExistingConnections()
@@ -56,19 +56,10 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		existing = len(evs)
 	}
 	// A first round of each sampler before saying "tracing": the
-	// baseline that growth (pool_leak) is measured from.
-	now := time.Now()
-	if _, err := sampler.Sample(func(ev *events.Event) { loop.apply(ev, now) }); err != nil {
+	// baseline that growth (pool_leak) and counter deltas (conntrack,
+	// listen overflows) are measured from.
+	if err := loop.sampleAll(samplers, stderr); err != nil {
 		return err
-	}
-	if cfg.reconcile > 0 {
-		evs, _, err := kernel.TimeWaitDump()
-		if err != nil {
-			fmt.Fprintf(stderr, "tracer: warning: TIME_WAIT counts not reconciled with the kernel: %v\n", err)
-		}
-		for i := range evs {
-			loop.apply(&evs[i], now)
-		}
 	}
 	loop.snap.Store(loop.agg.Snapshot())
 	what := "Ctrl-C or q to stop"
@@ -91,7 +82,7 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		runSamplers(runCtx, sampler, cfg, loop.batches, stderr)
+		runSamplers(runCtx, samplers, loop.batches, stderr)
 	}()
 	var ui *top.UI
 	if !cfg.once {
@@ -116,20 +107,10 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 
 	// The event loop has returned: this goroutine may apply events now.
-	// A last sample of each kind makes the document current to the moment
-	// it is printed.
-	now = time.Now()
-	if _, err := sampler.Sample(func(ev *events.Event) { loop.apply(ev, now) }); err != nil {
+	// A last round of each sampler makes the document current to the
+	// moment it is printed.
+	if err := loop.sampleAll(samplers, stderr); err != nil {
 		return err
-	}
-	if cfg.reconcile > 0 {
-		evs, _, err := kernel.TimeWaitDump()
-		if err != nil {
-			fmt.Fprintf(stderr, "tracer: warning: TIME_WAIT not reconciled: %v\n", err)
-		}
-		for i := range evs {
-			loop.apply(&evs[i], now)
-		}
 	}
 	snap := loop.agg.Snapshot()
 	if cfg.json {
@@ -149,13 +130,18 @@ type topLoop struct {
 	snap    atomic.Pointer[events.Snapshot]
 }
 
-func newTopLoop(cfg *topConfig) *topLoop {
+// newTopLoop makes the aggregator with its drop names (from the running
+// kernel) and the port lookup that port_exhaustion findings cite.
+func newTopLoop(cfg *topConfig, stderr io.Writer) *topLoop {
 	l := &topLoop{
 		owners:  events.NewOwners(),
 		netns:   cfg.netns,
 		agg:     events.NewAggregator(cfg.th),
-		batches: make(chan []events.Event, 2),
+		batches: make(chan []events.Event, 4),
 	}
+	l.agg.SetDropNames(dropNames(stderr))
+	ports := &kernel.PortInfoCache{TTL: 10 * time.Second}
+	l.agg.SetConnectRules(events.DefaultConnectRules(), ports.Lookup)
 	l.snap.Store(l.agg.Snapshot())
 	return l
 }
@@ -167,7 +153,7 @@ func (l *topLoop) apply(ev *events.Event, now time.Time) {
 	l.owners.Apply(ev)
 	// Events about one namespace are filtered; those ending a round of
 	// every namespace (namespace 0) always pass.
-	if l.netns != 0 && ev.Conn.NetNS != 0 && ev.Conn.NetNS != l.netns {
+	if ns := eventNetNS(ev); l.netns != 0 && ns != 0 && ns != l.netns {
 		return
 	}
 	l.agg.Apply(ev, now)
@@ -199,57 +185,16 @@ func (l *topLoop) Drained() {
 
 var _ conntracer.Handler = (*topLoop)(nil)
 
-// runSamplers reads the kernel's socket table every cfg.sample and dumps
-// TIME_WAIT sockets every cfg.reconcile, handing each round to the event
-// loop as one batch.
-func runSamplers(ctx context.Context, s *conntracer.SocketSampler, cfg *topConfig, out chan<- []events.Event, stderr io.Writer) {
-	sampleT := time.NewTicker(cfg.sample)
-	defer sampleT.Stop()
-	var reconcileC <-chan time.Time
-	if cfg.reconcile > 0 {
-		t := time.NewTicker(cfg.reconcile)
-		defer t.Stop()
-		reconcileC = t.C
+// eventNetNS is the namespace an event is about, whichever payload holds
+// it; 0 when it is about none (or every) namespace.
+func eventNetNS(ev *events.Event) uint32 {
+	switch ev.Kind {
+	case events.KindConnect, events.KindUnixListener:
+		return ev.Connect.NetNS
+	case events.KindDrop, events.KindDropCount, events.KindListenOverflow:
+		return ev.Drop.NetNS
+	case events.KindConntrackStats, events.KindConntrackOwner:
+		return ev.Conntrack.NetNS
 	}
-	warned := false
-	send := func(b []events.Event) bool {
-		select {
-		case out <- b:
-			return true
-		case <-ctx.Done():
-			return false
-		}
-	}
-	dumpTW := func() bool {
-		evs, _, err := kernel.TimeWaitDump()
-		if err != nil && !warned {
-			warned = true
-			fmt.Fprintf(stderr, "tracer: warning: TIME_WAIT counts not reconciled with the kernel: %v\n", err)
-		}
-		return len(evs) == 0 || send(evs)
-	}
-	last := 0 // size of the previous round: rounds change little
-	sample := func() bool {
-		b := make([]events.Event, 0, last+last/8+1)
-		_, err := s.Sample(func(ev *events.Event) { b = append(b, *ev) })
-		last = len(b)
-		if err != nil && !errors.Is(err, context.Canceled) {
-			fmt.Fprintf(stderr, "tracer: warning: %v\n", err)
-		}
-		return send(b)
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-sampleT.C:
-			if !sample() {
-				return
-			}
-		case <-reconcileC:
-			if !dumpTW() {
-				return
-			}
-		}
-	}
+	return ev.Conn.NetNS
 }

@@ -14,17 +14,19 @@ import (
 
 // topConfig is everything `tracer top`'s flags decide.
 type topConfig struct {
-	help      bool
-	once      bool
-	json      bool
-	interval  time.Duration
-	sample    time.Duration
-	reconcile time.Duration
-	existing  bool
-	netns     uint32
-	sortBy    top.Column
-	th        events.Thresholds
-	probe     conntracer.Options
+	help       bool
+	once       bool
+	json       bool
+	interval   time.Duration
+	sample     time.Duration
+	reconcile  time.Duration
+	netnsEvery time.Duration
+	unixEvery  time.Duration
+	existing   bool
+	netns      uint32
+	sortBy     top.Column
+	th         events.Thresholds
+	probe      conntracer.Options
 }
 
 func parseTopFlags(args []string, stdout io.Writer) (*topConfig, error) {
@@ -34,6 +36,8 @@ func parseTopFlags(args []string, stdout io.Writer) (*topConfig, error) {
 
 	defaults := conntracer.DefaultOptions()
 	th := events.DefaultThresholds()
+	// The drop hook is on: top's drops and conntrack panels need it.
+	defaults.Drops = true
 	cfg := &topConfig{probe: defaults}
 	var (
 		output     = fs.StringP("output", "o", "text", "with --once: text (a table) or json (one documented object)")
@@ -46,6 +50,8 @@ func parseTopFlags(args []string, stdout io.Writer) (*topConfig, error) {
 	fs.DurationVar(&cfg.interval, "interval", time.Second, "refresh interval; with --once, how long to watch before printing")
 	fs.DurationVar(&cfg.sample, "sample-interval", time.Second, "how often the kernel's table of open sockets is read")
 	fs.DurationVar(&cfg.reconcile, "reconcile-interval", 5*time.Second, "how often TIME_WAIT counts are reconciled with a sock_diag dump of every namespace (0: never)")
+	fs.DurationVar(&cfg.netnsEvery, "netns-interval", time.Second, "how often every namespace's conntrack statistics and listen overflows are read (0: never)")
+	fs.DurationVar(&cfg.unixEvery, "unix-interval", 2*time.Second, "how often listening Unix sockets (backlog, queue, owner) are read (0: never)")
 	fs.BoolVar(&cfg.existing, "existing", true, "find connections open before start-up (sock_diag) and their owners")
 	fs.Uint32Var(&cfg.probe.MaxSockets, "max-sockets", defaults.MaxSockets, "connections tracked at once in the kernel (LRU beyond that)")
 	fs.IntVar(&cfg.probe.RingBufferBytes, "ring-buffer-bytes", defaults.RingBufferBytes, "size of the kernel-to-user ring buffer, a power of two")
@@ -68,7 +74,7 @@ func parseTopFlags(args []string, stdout io.Writer) (*topConfig, error) {
 		return nil, usageError{err}
 	}
 	if cfg.help {
-		fmt.Fprintf(stdout, "Usage: tracer top [flags]\n\nA live view of TCP connections per process and remote: opens and closes per\nsecond, sockets by state, TIME_WAIT, short-lived share, ephemeral port use,\nand findings (pool_leak, close_wait_leak, no_reuse, time_wait_pileup,\nport_exhaustion, fin_wait2_stuck) naming the process and the cause.\n\nKeys: s/S sort by next/previous column, r toggle process x remote, / filter,\nf findings panel, q quit.\n\nFlags:\n%s", fs.FlagUsages())
+		fmt.Fprintf(stdout, "Usage: tracer top [flags]\n\nA live view of TCP connections per process and remote: opens and closes per\nsecond, sockets by state, TIME_WAIT, short-lived share, ephemeral port use;\npanels of conntrack fill per namespace, drops by reason, failed connects and\nUnix socket backlogs; and findings (pool_leak, close_wait_leak, no_reuse,\ntime_wait_pileup, port_exhaustion, fin_wait2_stuck, unix_backlog_overflow,\nconnect_refused, connect_timeouts, conntrack_table_full, conntrack_near_full,\nconntrack_long_timeouts, listen_overflow, drops) naming the process and the cause.\n\nKeys: s/S sort by next/previous column, r toggle process x remote, / filter,\nf findings panel, q quit.\n\nFlags:\n%s", fs.FlagUsages())
 		return cfg, nil
 	}
 	if fs.NArg() > 0 {
@@ -84,8 +90,8 @@ func parseTopFlags(args []string, stdout io.Writer) (*topConfig, error) {
 	default:
 		return nil, usagef("unknown output format %q: use text or json", *output)
 	}
-	if cfg.interval <= 0 || cfg.sample <= 0 || cfg.reconcile < 0 {
-		return nil, usagef("--interval and --sample-interval must be positive, --reconcile-interval not negative")
+	if cfg.interval <= 0 || cfg.sample <= 0 || cfg.reconcile < 0 || cfg.netnsEvery < 0 || cfg.unixEvery < 0 {
+		return nil, usagef("--interval and --sample-interval must be positive, --reconcile-interval, --netns-interval and --unix-interval not negative")
 	}
 	col, ok := top.ParseColumn(*sortBy)
 	if !ok {

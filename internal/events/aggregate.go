@@ -52,6 +52,14 @@ type Aggregator struct {
 	findings  []Finding
 	firstSeen map[findingKey]time.Time
 	lastEval  time.Time
+
+	// The other concerns' sub-aggregates (aggregate_parts.go).
+	connect      *ConnectStats
+	drops        *DropStats
+	conntrack    *ConntrackStats
+	dropNames    *DropNames
+	connectRules ConnectRules
+	portInfo     PortInfoFunc
 }
 
 // ProcKey identifies a process: pid reuse never merges two processes
@@ -197,16 +205,23 @@ func NewAggregator(th Thresholds) *Aggregator {
 		ports:     newPortTable(),
 		firstSeen: make(map[findingKey]time.Time),
 		round:     1,
+
+		connect:      NewConnectStats(),
+		drops:        NewDropStats(),
+		conntrack:    NewConntrackStats(),
+		connectRules: DefaultConnectRules(),
 	}
 }
 
 // Apply folds one event in. now is the aggregator's clock (wall time when
 // live, the recorded time on replay); it must not go backwards by more
-// than a second. ev is not retained.
+// than a second. ev is not retained; drop events are named in place (see
+// SetDropNames).
 func (a *Aggregator) Apply(ev *Event, now time.Time) {
 	if now.After(a.now) {
 		a.now = now
 	}
+	a.applyParts(ev)
 	switch ev.Kind {
 	case KindConnClosed:
 		a.closed(&ev.Conn)

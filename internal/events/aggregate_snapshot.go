@@ -23,8 +23,15 @@ type Snapshot struct {
 	Processes  []ProcessSnapshot // by pid
 	TimeWait   TimeWaitSnapshot
 	Ports      []PortUse // destinations with ephemeral ports in use, most used first, at most MaxPorts
-	Findings   []Finding
+	Findings   []Finding // of every concern, sorted by kind
 	Thresholds Thresholds
+
+	// Sections of the other concerns (aggregate_parts.go).
+	ConnectFailures []ConnectFailures
+	Unix            []UnixPathStats
+	ConnectLatency  []ConnectLatency
+	Conntrack       []ConntrackNSSnapshot // one per namespace, fullest first
+	Drops           DropSnapshot
 }
 
 // MaxPorts bounds Snapshot.Ports: the most used destinations are the
@@ -258,6 +265,7 @@ func (a *Aggregator) Snapshot() *Snapshot {
 		s.TimeWait.ByNetNS = append(s.TimeWait.ByNetNS, NetNSTimeWait{NetNS: netns, Total: c.total, Unattributed: c.unattributed})
 	}
 	slices.SortFunc(s.TimeWait.ByNetNS, func(x, y NetNSTimeWait) int { return cmp.Compare(x.NetNS, y.NetNS) })
+	a.partSnapshots(s)
 	return s
 }
 

@@ -154,15 +154,5 @@ func (f *Filter) MatchConnect(c *Connect) bool {
 	if f.Port != 0 && c.Remote.Port() != f.Port {
 		return false
 	}
-	o := &c.Owner
-	if f.PID != 0 && o.PID != f.PID {
-		return false
-	}
-	if f.Comm != "" && !commEqual(o.CommBytes(), f.Comm) {
-		return false
-	}
-	if f.CgroupID != 0 && !f.inCgroup(o) {
-		return false
-	}
-	return true
+	return f.matchOwner(&c.Owner)
 }

@@ -34,10 +34,15 @@ func (f *Filter) Match(ev *Event) bool {
 	if f.Port != 0 && c.Local.Port() != f.Port && c.Remote.Port() != f.Port {
 		return false
 	}
+	return f.matchOwner(&c.Owner)
+}
+
+// matchOwner applies the owner filters (pid, comm, cgroup): an unknown
+// owner passes only when there are none.
+func (f *Filter) matchOwner(o *Process) bool {
 	if f.PID == 0 && f.Comm == "" && f.CgroupID == 0 {
 		return true
 	}
-	o := &c.Owner
 	if !o.Known() {
 		return false
 	}

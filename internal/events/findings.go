@@ -1,9 +1,7 @@
 package events
 
 import (
-	"cmp"
 	"fmt"
-	"slices"
 	"time"
 )
 
@@ -200,9 +198,8 @@ func (a *Aggregator) evaluate() {
 			delete(a.firstSeen, k)
 		}
 	}
-	slices.SortFunc(found, func(x, y Finding) int {
-		return cmp.Or(cmp.Compare(x.Kind, y.Kind), cmp.Compare(x.PID, y.PID), cmp.Compare(x.Remote, y.Remote))
-	})
+	found = append(found, a.partFindings()...)
+	sortFindings(found)
 	a.findings = found
 	a.lastEval = now
 }

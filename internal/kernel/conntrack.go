@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"runtime"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -106,34 +105,4 @@ func decodeCtAttrs(data []byte, fn func(typ uint16, v uint32)) error {
 		}
 	}
 	return ad.Err()
-}
-
-// inNetNS runs fn on a locked OS thread switched into the network namespace
-// open at nsFD, for what only a thread inside the namespace can read
-// (/proc/thread-self/net/..., /proc/sys/net/...). If the thread cannot be
-// switched back it stays locked, and the runtime retires it when the
-// goroutine ends, so no other goroutine ever runs in the foreign namespace.
-func inNetNS(nsFD int, fn func() error) error {
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		self, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			done <- fmt.Errorf("open own network namespace: %w", err)
-			return
-		}
-		defer unix.Close(self)
-		if err := unix.Setns(nsFD, unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			done <- fmt.Errorf("enter network namespace: %w", err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(self, unix.CLONE_NEWNET); err == nil {
-			runtime.UnlockOSThread()
-		}
-		done <- ferr
-	}()
-	return <-done
 }

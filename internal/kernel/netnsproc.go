@@ -27,9 +27,12 @@ type NetNSProc struct {
 
 // ReadNetNSProc reads the namespace-scoped /proc files of the namespace
 // open at nsFD from a thread inside it.
-func ReadNetNSProc(nsFD int) (NetNSProc, error) {
+func ReadNetNSProc(nsFD int) (NetNSProc, error) { return readNetNSProc(nsFD, 0) }
+
+// readNetNSProc is ReadNetNSProc for namespace ino (0: unknown).
+func readNetNSProc(nsFD int, ino uint32) (NetNSProc, error) {
 	var p NetNSProc
-	err := inNetNS(nsFD, func() error {
+	err := inNetNS(nsFD, ino, func() error {
 		b, err := os.ReadFile("/proc/thread-self/net/netstat")
 		if err != nil {
 			return fmt.Errorf("read netstat: %w", err)
@@ -49,15 +52,6 @@ func ReadNetNSProc(nsFD int) (NetNSProc, error) {
 		return nil
 	})
 	return p, err
-}
-
-func readSysctlU32(path string) uint32 {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0
-	}
-	v, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32)
-	return uint32(v)
 }
 
 // parseNetstat finds one counter in /proc/net/netstat's pairs of header

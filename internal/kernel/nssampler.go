@@ -75,7 +75,7 @@ func (s *NetNSSampler) sampleOne(fd int, ino uint32, bootNs uint64) ([]events.Ev
 		evs      []events.Event
 		warnings []error
 	)
-	proc, err := ReadNetNSProc(fd)
+	proc, err := readNetNSProc(fd, ino)
 	if err != nil {
 		return nil, []error{fmt.Errorf("netns %d: %w", ino, err)}
 	}

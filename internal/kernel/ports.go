@@ -3,7 +3,6 @@ package kernel
 import (
 	"fmt"
 	"net/netip"
-	"strings"
 	"sync"
 	"time"
 
@@ -31,13 +30,12 @@ func PortInfoIn(ino uint32) (events.PortInfo, error) {
 		return events.PortInfo{}, fmt.Errorf("open netns %d: %w", ino, err)
 	}
 	defer ns.Close()
-	raw, err := readProcIn(ns, ino, "/proc/sys/net/ipv4/ip_local_port_range")
-	if err != nil {
-		return events.PortInfo{}, err
-	}
 	var pi events.PortInfo
-	if _, err := fmt.Sscan(strings.TrimSpace(raw), &pi.Low, &pi.High); err != nil {
-		return events.PortInfo{}, fmt.Errorf("parse ip_local_port_range %q in netns %d: %w", raw, ino, err)
+	if err := inNetNS(int(ns), ino, func() (err error) {
+		pi.Low, pi.High, err = readPortRange()
+		return err
+	}); err != nil {
+		return events.PortInfo{}, fmt.Errorf("netns %d: %w", ino, err)
 	}
 	h, err := newDiagHandle(ns, ino)
 	if err != nil {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"runtime"
 	"slices"
 	"time"
 
@@ -254,50 +253,17 @@ func openNetNS(ino uint32, paths []string) (netns.NsHandle, error) {
 // ino). A netlink socket belongs to the namespace it was created in, so it
 // can be used from any thread afterwards.
 //
-// The family must be passed to NewHandleAt: without it the handle holds
+// The family must be passed to NewHandle: without it the handle holds
 // only route, xfrm and netfilter sockets, and SocketDiagTCPInfo silently
 // opens a fresh inet_diag socket in the caller's namespace instead.
 func newDiagHandle(ns netns.NsHandle, ino uint32) (*netlink.Handle, error) {
-	type result struct {
-		h   *netlink.Handle
-		err error
-	}
-	done := make(chan result, 1)
-	// NewHandleAt switches the calling thread into ns and back, so it
-	// runs on a locked thread of its own. The thread goes back to the
-	// scheduler only once it is seen in its original namespace again;
-	// if the switch back failed, the goroutine exits still locked and the
-	// runtime retires the thread, so that no goroutine ever runs in a
-	// foreign namespace.
-	go func() {
-		runtime.LockOSThread()
-		before, err := threadNetNS()
-		if err == nil && before == uint64(ino) {
-			// Our own namespace: skip setns, which needs
-			// CAP_SYS_ADMIN even there; the dump itself does not.
-			h, err := netlink.NewHandle(unix.NETLINK_INET_DIAG)
-			runtime.UnlockOSThread()
-			done <- result{h, err}
-			return
-		}
-		h, err := netlink.NewHandleAt(ns, unix.NETLINK_INET_DIAG)
-		if after, e := threadNetNS(); e == nil && before != 0 && after == before {
-			runtime.UnlockOSThread()
-		}
-		done <- result{h, err}
-	}()
-	r := <-done
-	return r.h, r.err
-}
-
-// threadNetNS returns the inode of the calling thread's network namespace,
-// which can differ from the process's (/proc/self is the main thread).
-func threadNetNS() (uint64, error) {
-	var st unix.Stat_t
-	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
-		return 0, err
-	}
-	return st.Ino, nil
+	var h *netlink.Handle
+	err := inNetNS(int(ns), ino, func() error {
+		var err error
+		h, err = netlink.NewHandle(unix.NETLINK_INET_DIAG)
+		return err
+	})
+	return h, err
 }
 
 // listeningAddrs returns the local addresses that sockets of one dump

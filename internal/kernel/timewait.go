@@ -5,9 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -33,11 +30,10 @@ import (
 // kernel walks the hash tables but sends only the timewait sockets: the
 // cost grows with the sockets in the table, the traffic with TIME_WAIT.
 func TimeWaitDump() (evs []events.Event, warnings []error, err error) {
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
-		return nil, nil, fmt.Errorf("read CLOCK_BOOTTIME: %w", err)
+	start, err := BootTimeNs()
+	if err != nil {
+		return nil, nil, err
 	}
-	start := uint64(ts.Nano())
 	pids, err := listPIDs("/proc")
 	if err != nil {
 		return nil, nil, fmt.Errorf("list processes: %w", err)
@@ -70,7 +66,7 @@ func dumpTimeWaitNetNS(ino uint32, paths []string, start uint64, evs *[]events.E
 	if err != nil {
 		return 0, fmt.Errorf("open netns %d: %w", ino, err)
 	}
-	sock, lo, hi, err := openDiagInNetNS(ns)
+	sock, lo, hi, err := openDiagInNetNS(ns, ino)
 	ns.Close()
 	if err != nil {
 		return 0, fmt.Errorf("netns %d: %w", ino, err)
@@ -105,12 +101,12 @@ func dumpTimeWaitNetNS(ino uint32, paths []string, start uint64, evs *[]events.E
 // its ephemeral port range there: a socket belongs to the namespace of the
 // thread that creates it, and /proc/sys/net answers for the namespace of
 // the thread that opens the file.
-func openDiagInNetNS(ns netns.NsHandle) (*nl.NetlinkSocket, uint16, uint16, error) {
+func openDiagInNetNS(ns netns.NsHandle, ino uint32) (*nl.NetlinkSocket, uint16, uint16, error) {
 	var (
 		s      *nl.NetlinkSocket
 		lo, hi uint16
 	)
-	err := inNetNS(int(ns), func() error {
+	err := inNetNS(int(ns), ino, func() error {
 		var err error
 		if s, err = nl.Subscribe(unix.NETLINK_INET_DIAG); err != nil {
 			return err
@@ -123,29 +119,6 @@ func openDiagInNetNS(ns netns.NsHandle) (*nl.NetlinkSocket, uint16, uint16, erro
 		s = nil
 	}
 	return s, lo, hi, err
-}
-
-// readPortRange reads net.ipv4.ip_local_port_range of the calling
-// thread's namespace.
-func readPortRange() (uint16, uint16, error) {
-	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
-	if err != nil {
-		return 0, 0, fmt.Errorf("read ip_local_port_range: %w", err)
-	}
-	return parsePortRange(string(b))
-}
-
-func parsePortRange(s string) (uint16, uint16, error) {
-	f := strings.Fields(s)
-	if len(f) != 2 {
-		return 0, 0, fmt.Errorf("ip_local_port_range %q: want two numbers", s)
-	}
-	lo, err1 := strconv.ParseUint(f[0], 10, 16)
-	hi, err2 := strconv.ParseUint(f[1], 10, 16)
-	if err1 != nil || err2 != nil || lo > hi {
-		return 0, 0, fmt.Errorf("ip_local_port_range %q: want two ports, low first", s)
-	}
-	return uint16(lo), uint16(hi), nil
 }
 
 // inetDiagReq is struct inet_diag_req_v2 asking for TIME_WAIT sockets.

@@ -3,12 +3,6 @@ package kernel
 import (
 	"errors"
 	"fmt"
-	"os"
-	"runtime"
-	"strconv"
-	"strings"
-
-	"github.com/vishvananda/netns"
 
 	"github.com/conntracer/conntracer/internal/events"
 )
@@ -117,7 +111,7 @@ func unixListenersIn(ino uint32, paths []string) ([]unixListener, error) {
 	if err != nil && !errors.Is(err, errDumpInterrupted) {
 		return nil, fmt.Errorf("dump unix sockets in netns %d: %w", ino, err)
 	}
-	somaxconn, _ := readSysctlIn(ns, ino, "/proc/sys/net/core/somaxconn")
+	somaxconn, _ := readSysctlIn(int(ns), ino, "/proc/sys/net/core/somaxconn")
 
 	var out []unixListener
 	for _, s := range socks {
@@ -139,63 +133,4 @@ func unixListenersIn(ino uint32, paths []string) ([]unixListener, error) {
 		out = append(out, l)
 	}
 	return out, nil
-}
-
-// readSysctlIn reads a number from a /proc/sys file as seen from
-// namespace ns (see readProcIn).
-func readSysctlIn(ns netns.NsHandle, ino uint32, path string) (uint32, error) {
-	s, err := readProcIn(ns, ino, path)
-	if err != nil {
-		return 0, err
-	}
-	v, err := strconv.ParseUint(strings.TrimSpace(s), 10, 32)
-	if err != nil {
-		return 0, fmt.Errorf("read %s in netns %d: %w", path, ino, err)
-	}
-	return uint32(v), nil
-}
-
-// readProcIn reads a /proc file as seen from namespace ns: network sysctls
-// are per namespace and /proc/sys shows the reading thread's. It reads on
-// a locked thread of its own that switches into ns and back (and is
-// retired if it cannot come back), like newDiagHandle.
-func readProcIn(ns netns.NsHandle, ino uint32, path string) (string, error) {
-	type result struct {
-		s   string
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		read := func() result {
-			b, err := os.ReadFile(path)
-			return result{string(b), err}
-		}
-		before, err := threadNetNS()
-		if err == nil && before == uint64(ino) {
-			r := read()
-			runtime.UnlockOSThread()
-			done <- r
-			return
-		}
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			done <- result{"", fmt.Errorf("read %s: own netns: %w", path, err)}
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			runtime.UnlockOSThread()
-			done <- result{"", fmt.Errorf("read %s in netns %d: %w", path, ino, err)}
-			return
-		}
-		r := read()
-		if err := netns.Set(orig); err == nil {
-			runtime.UnlockOSThread()
-		} // else: the goroutine exits locked and the runtime retires the thread
-		done <- r
-	}()
-	r := <-done
-	return r.s, r.err
 }

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"runtime"
 	"syscall"
 
 	"github.com/vishvananda/netns"
@@ -130,48 +129,16 @@ func parseUnixDiag(d []byte) (unixDiagEntry, bool) {
 }
 
 // diagSocketIn opens a NETLINK_SOCK_DIAG socket inside namespace ns (a
-// socket stays in the namespace it was created in), on a locked thread
-// that switches there and back as newDiagHandle does.
+// socket stays in the namespace it was created in).
 func diagSocketIn(ns netns.NsHandle, ino uint32) (int, error) {
-	type result struct {
-		fd  int
-		err error
+	fd := -1
+	err := inNetNS(int(ns), ino, func() error {
+		var err error
+		fd, err = unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+		return err
+	})
+	if err != nil {
+		return -1, fmt.Errorf("open sock_diag socket in netns %d: %w", ino, err)
 	}
-	done := make(chan result, 1)
-	open := func() result {
-		fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
-		if err != nil {
-			return result{-1, fmt.Errorf("open sock_diag socket in netns %d: %w", ino, err)}
-		}
-		return result{fd, nil}
-	}
-	go func() {
-		runtime.LockOSThread()
-		before, err := threadNetNS()
-		if err == nil && before == uint64(ino) {
-			r := open()
-			runtime.UnlockOSThread()
-			done <- r
-			return
-		}
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			done <- result{-1, fmt.Errorf("own netns: %w", err)}
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			runtime.UnlockOSThread()
-			done <- result{-1, fmt.Errorf("enter netns %d: %w", ino, err)}
-			return
-		}
-		r := open()
-		if err := netns.Set(orig); err == nil {
-			runtime.UnlockOSThread()
-		} // else: the goroutine exits locked and the runtime retires the thread
-		done <- r
-	}()
-	r := <-done
-	return r.fd, r.err
+	return fd, nil
 }

@@ -25,8 +25,23 @@ type Document struct {
 	Processes       []Process      `json:"processes"`
 	TimeWait        TimeWait       `json:"time_wait"`
 	Ports           []Port         `json:"ports"`
-	Findings        []Finding      `json:"findings"`
+	Findings        []Finding      `json:"findings"` // of every kind, sorted by kind
 	Thresholds      map[string]any `json:"thresholds"`
+
+	// ConnectFailures: failed connect() calls per process and destination,
+	// counted by errno name.
+	ConnectFailures []events.ConnectFailures `json:"connect_failures"`
+	// Unix: per Unix socket path, its callers' connects by errno name
+	// ("OK" for successes) and its listener as last sampled.
+	Unix []events.UnixPathStats `json:"unix"`
+	// ConnectLatency: SYN_SENT -> ESTABLISHED per process and destination.
+	ConnectLatency []events.ConnectLatency `json:"connect_latency"`
+	// Conntrack: one object per network namespace whose conntrack table
+	// is in use, fullest first; counts are since the tracer started.
+	Conntrack []events.ConntrackNSSnapshot `json:"conntrack"`
+	// Drops: packet drops by reason, namespace and owner, and listen-queue
+	// overflows per listener.
+	Drops events.DropSnapshot `json:"drops"`
 }
 
 // Stats are the connection statistics shared by processes and remotes.
@@ -114,6 +129,7 @@ type Finding struct {
 	PID      uint32             `json:"pid"`
 	Comm     string             `json:"comm"`
 	Remote   string             `json:"remote"`
+	Path     string             `json:"path,omitempty"` // Unix socket path, for findings about one
 	NetNS    uint32             `json:"netns"`
 	Evidence map[string]float64 `json:"evidence"`
 	Since    time.Time          `json:"since"`
@@ -132,6 +148,10 @@ func NewDocument(s *events.Snapshot, interval time.Duration, cgroups map[uint64]
 		TimeWait: TimeWait{Total: s.TimeWait.Total, Unattributed: s.TimeWait.Unattributed,
 			Reconciliations: s.TimeWait.Reconciliations, ByNetNS: make([]NetNSCount, 0, len(s.TimeWait.ByNetNS))},
 		Thresholds: thresholds(&s.Thresholds),
+
+		ConnectFailures: nonNil(s.ConnectFailures), Unix: nonNil(s.Unix), ConnectLatency: nonNil(s.ConnectLatency),
+		Conntrack: nonNil(s.Conntrack),
+		Drops:     events.DropSnapshot{ByReason: nonNil(s.Drops.ByReason), ListenOverflows: nonNil(s.Drops.ListenOverflows)},
 	}
 	for i := range s.Processes {
 		p := &s.Processes[i]
@@ -152,7 +172,7 @@ func NewDocument(s *events.Snapshot, interval time.Duration, cgroups map[uint64]
 			Used: p.Used, TimeWait: p.TimeWait, RangeSize: p.RangeSize, Share: round3(p.Share())})
 	}
 	for _, f := range s.Findings {
-		d.Findings = append(d.Findings, Finding{Kind: f.Kind, PID: f.PID, Comm: f.Comm, Remote: f.Remote, NetNS: f.NetNS,
+		d.Findings = append(d.Findings, Finding{Kind: f.Kind, PID: f.PID, Comm: f.Comm, Remote: f.Remote, Path: f.Path, NetNS: f.NetNS,
 			Evidence: f.Evidence, Since: f.Since.UTC(), Last: f.Last.UTC(), Message: f.Message, Remedy: f.Remedy})
 	}
 	return d
@@ -222,3 +242,11 @@ func thresholds(t *events.Thresholds) map[string]any {
 }
 
 func round3(f float64) float64 { return math.Round(f*1000) / 1000 }
+
+// nonNil makes empty sections print as [] rather than null.
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}

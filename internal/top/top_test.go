@@ -104,6 +104,18 @@ func TestDocumentFields(t *testing.T) {
 			t.Errorf("document lacks %q", k)
 		}
 	}
+	// The other concerns' sections are there even when empty, as lists.
+	for _, k := range []string{"connect_failures", "unix", "connect_latency", "conntrack"} {
+		if l, ok := doc[k].([]any); !ok || l == nil {
+			t.Errorf("document's %q is %v, want a list", k, doc[k])
+		}
+	}
+	drops, _ := doc["drops"].(map[string]any)
+	for _, k := range []string{"by_reason", "listen_overflows"} {
+		if l, ok := drops[k].([]any); !ok || l == nil {
+			t.Errorf("document's drops.%s is %v, want a list", k, drops[k])
+		}
+	}
 }
 
 func TestRenderTextSortsAndFits(t *testing.T) {
@@ -159,5 +171,36 @@ func BenchmarkRender10kProcesses(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		_ = RenderText(s, ViewOptions{Sort: ColOpens, Width: 160, Height: 50})
+	}
+}
+
+// The panels of the other concerns show in the view, and findings of
+// every kind in the findings panel, with the Unix path in the message.
+func TestRenderShowsPanels(t *testing.T) {
+	s := &events.Snapshot{
+		Conntrack: []events.ConntrackNSSnapshot{{NetNS: 4026532001, Entries: 240, Max: 256, Fill: 240.0 / 256, ConntrackDrops: 288}},
+		Drops: events.DropSnapshot{ByReason: []events.DropCount{
+			{Reason: "NO_SOCKET", NetNS: 7, Count: 3},
+			{Reason: "NETFILTER_DROP", NetNS: 4026532001, PID: 42, Comm: "ctr-dropped", Count: 9},
+		}},
+		ConnectFailures: []events.ConnectFailures{{PID: 43, Comm: "curl", Destination: "127.0.0.1:9", Counts: map[string]uint64{"ECONNREFUSED": 20}}},
+		Unix: []events.UnixPathStats{{Path: "/run/php/fpm.sock", ListenerPID: 44, ListenerComm: "php-fpm", Backlog: 1, Queue: 2,
+			Callers: []events.UnixCaller{{PID: 45, Comm: "nginx", Counts: map[string]uint64{"OK": 2, "EAGAIN": 198}}}}},
+		Findings: []events.Finding{{Kind: "unix_backlog_overflow", PID: 45, Comm: "nginx", Path: "/run/php/fpm.sock", Message: "connects to /run/php/fpm.sock fail"}},
+	}
+	out := RenderText(s, ViewOptions{Sort: ColOpens, Width: 200})
+	for _, want := range []string{
+		"CONNTRACK  netns 4026532001 240/256 (94%) drop 288",
+		"DROPS  NETFILTER_DROP 9 (netns 4026532001 42/ctr-dropped)  |  NO_SOCKET 3 (netns 7)",
+		"CONNECT FAILED  43/curl -> 127.0.0.1:9 ECONNREFUSED 20",
+		"UNIX  /run/php/fpm.sock queue 2/1 (44/php-fpm) failed 198",
+		"unix_backlog_overflow 45 nginx  connects to /run/php/fpm.sock fail",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("view lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(RenderText(&events.Snapshot{}, ViewOptions{Sort: ColOpens}), "CONNTRACK") {
+		t.Error("empty panels drawn")
 	}
 }

@@ -156,10 +156,11 @@ func RenderText(s *events.Snapshot, o ViewOptions) string {
 
 	findings := s.Findings
 	maxFindings := 8
+	extra := panels(s)
 	budget := -1
 	if o.Height > 0 {
 		fl := min(len(findings), maxFindings)
-		budget = max(o.Height-4-fl-boolInt(fl > 0), 1)
+		budget = max(o.Height-4-fl-boolInt(fl > 0)-len(extra), 1)
 	}
 	for i, r := range rs {
 		if budget >= 0 && i >= budget {
@@ -173,6 +174,9 @@ func RenderText(s *events.Snapshot, o ViewOptions) string {
 			r.opens, r.closes, r.estab, r.closeW, r.finW2, r.timeW, 100*r.short, 100*r.ports, r.opened)
 		line(&b, l, o.Width)
 	}
+	for _, l := range extra {
+		line(&b, l, o.Width)
+	}
 	if len(findings) > 0 {
 		line(&b, "FINDINGS", o.Width)
 		for i, f := range findings {
@@ -180,7 +184,7 @@ func RenderText(s *events.Snapshot, o ViewOptions) string {
 				line(&b, fmt.Sprintf("  ... and %d more (tracer top --once --output json lists all)", len(findings)-i), o.Width)
 				break
 			}
-			line(&b, fmt.Sprintf("  %-17s %d %s  %s", f.Kind, f.PID, f.Comm, f.Message), o.Width)
+			line(&b, fmt.Sprintf("  %-21s %d %s  %s", f.Kind, f.PID, f.Comm, f.Message), o.Width)
 		}
 	}
 	if !o.NoHelp {

@@ -1,0 +1,153 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/conntracer/conntracer"
+	"github.com/conntracer/conntracer/internal/events"
+	"github.com/conntracer/conntracer/internal/kernel"
+)
+
+// topSampler reads one of the kernel's tables and turns it into a round of
+// events for the aggregator, on its own interval. Every sampler of
+// `tracer top` is one of these: runSamplers calls them on the sampler
+// goroutine and hands each round to the event loop as one batch; runTop
+// calls them directly before and after the loop runs.
+type topSampler struct {
+	name  string
+	every time.Duration // 0: off
+	read  func() ([]events.Event, error)
+	// required: a failure of the first round stops `tracer top` (the
+	// view would be empty); other samplers only warn.
+	required bool
+	warned   bool
+}
+
+// round reads the sampler once. A failure is reported once per sampler:
+// the same error every second says nothing new; what was read is still
+// used. The error is returned only for a required sampler.
+func (s *topSampler) round(stderr io.Writer) ([]events.Event, error) {
+	evs, err := s.read()
+	if err == nil || errors.Is(err, context.Canceled) {
+		return evs, nil
+	}
+	if s.required {
+		return evs, fmt.Errorf("%s: %w", s.name, err)
+	}
+	if !s.warned {
+		s.warned = true
+		fmt.Fprintf(stderr, "tracer: warning: %s: %v\n", s.name, err)
+	}
+	return evs, nil
+}
+
+// sampleAll applies one round of every sampler that is on, in list order,
+// on the calling goroutine: before the event loop starts (the baselines)
+// and after it returned (the document of --once is current to the moment
+// it is printed).
+func (l *topLoop) sampleAll(samplers []*topSampler, stderr io.Writer) error {
+	for _, s := range samplers {
+		if s.every <= 0 {
+			continue
+		}
+		evs, err := s.round(stderr)
+		if err != nil {
+			return err
+		}
+		now := time.Now()
+		for i := range evs {
+			l.apply(&evs[i], now)
+		}
+	}
+	return nil
+}
+
+// topSamplers lists the samplers of `tracer top`, the socket table last: its
+// round ends with KindSockSampleDone, on which the aggregator evaluates the
+// findings and the loop publishes a snapshot, so the other tables read in
+// the same pass are already in.
+func topSamplers(cfg *topConfig, socks *conntracer.SocketSampler) []*topSampler {
+	nsSampler := kernel.NewNetNSSampler()
+	nsSampler.OnlyNetNS = cfg.netns
+	last := 0 // size of the previous socket round: rounds change little
+	return []*topSampler{
+		{name: "conntrack and listen overflows", every: cfg.netnsEvery, read: func() ([]events.Event, error) {
+			now, err := kernel.BootTimeNs()
+			if err != nil {
+				return nil, err
+			}
+			evs, warnings := nsSampler.Sample(now)
+			return evs, errors.Join(warnings...)
+		}},
+		{name: "unix listeners", every: cfg.unixEvery, read: func() ([]events.Event, error) {
+			evs, _, err := kernel.UnixListeners()
+			return evs, err
+		}},
+		{name: "TIME_WAIT counts not reconciled with the kernel", every: cfg.reconcile, read: func() ([]events.Event, error) {
+			evs, _, err := kernel.TimeWaitDump()
+			return evs, err
+		}},
+		{name: "socket table", every: cfg.sample, required: true, read: func() ([]events.Event, error) {
+			b := make([]events.Event, 0, last+last/8+1)
+			_, err := socks.Sample(func(ev *events.Event) { b = append(b, *ev) })
+			last = len(b)
+			return b, err
+		}},
+	}
+}
+
+// runSamplers calls each sampler on its own interval and hands every
+// round to the event loop as one batch, until ctx is done. Samplers due
+// at the same moment run in list order.
+func runSamplers(ctx context.Context, samplers []*topSampler, out chan<- []events.Event, stderr io.Writer) {
+	next := make([]time.Time, len(samplers))
+	start := time.Now()
+	for i, s := range samplers {
+		next[i] = start.Add(s.every)
+	}
+	t := time.NewTimer(time.Hour)
+	defer t.Stop()
+	for {
+		var wake time.Time
+		for i, s := range samplers {
+			if s.every > 0 && (wake.IsZero() || next[i].Before(wake)) {
+				wake = next[i]
+			}
+		}
+		if wake.IsZero() {
+			return // nothing to sample
+		}
+		t.Reset(time.Until(wake))
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		for i, s := range samplers {
+			if s.every <= 0 || now.Before(next[i]) {
+				continue
+			}
+			// A slow round skips the ticks it overran, like time.Ticker.
+			if next[i] = next[i].Add(s.every); next[i].Before(now) {
+				next[i] = now.Add(s.every)
+			}
+			b, err := s.round(stderr)
+			if err != nil {
+				fmt.Fprintf(stderr, "tracer: warning: %v\n", err)
+			}
+			if len(b) == 0 {
+				continue
+			}
+			select {
+			case out <- b:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}
+}

@@ -1,0 +1,96 @@
+package top
+
+import (
+	"cmp"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/conntracer/conntracer/internal/events"
+)
+
+// panelRows bounds each panel: the table of processes is the view's body;
+// the JSON document lists everything.
+const panelRows = 3
+
+// panels renders the compact panels of the other concerns, each only when
+// it has something to show: conntrack fill per namespace, drops by reason,
+// failed connects, Unix socket backlogs.
+func panels(s *events.Snapshot) []string {
+	var out []string
+	add := func(title string, items []string, total int) {
+		if len(items) == 0 {
+			return
+		}
+		more := ""
+		if total > len(items) {
+			more = fmt.Sprintf("  (+%d more)", total-len(items))
+		}
+		out = append(out, title+"  "+strings.Join(items, "  |  ")+more)
+	}
+
+	var ct []string
+	for _, c := range s.Conntrack[:min(len(s.Conntrack), panelRows)] {
+		ct = append(ct, fmt.Sprintf("netns %d %d/%d (%.0f%%) drop %d early %d ins_fail %d",
+			c.NetNS, c.Entries, c.Max, 100*c.Fill, c.ConntrackDrops, c.EarlyDrops, c.InsertFailed))
+	}
+	add("CONNTRACK", ct, len(s.Conntrack))
+
+	drops := slices.Clone(s.Drops.ByReason)
+	slices.SortStableFunc(drops, func(a, b events.DropCount) int { return cmp.Compare(b.Count, a.Count) })
+	var dr []string
+	for _, d := range drops[:min(len(drops), panelRows)] {
+		who := ""
+		if d.PID != 0 {
+			who = fmt.Sprintf(" %d/%s", d.PID, d.Comm)
+		}
+		dr = append(dr, fmt.Sprintf("%s %d (netns %d%s)", d.Reason, d.Count, d.NetNS, who))
+	}
+	for _, o := range s.Drops.ListenOverflows[:min(len(s.Drops.ListenOverflows), panelRows)] {
+		dr = append(dr, fmt.Sprintf("LISTEN_OVERFLOW %s %d (%d/%s, backlog %d)", o.Addr, o.Overflows, o.PID, o.Comm, o.Backlog))
+	}
+	add("DROPS", dr, len(drops)+len(s.Drops.ListenOverflows))
+
+	var cf []string
+	for _, f := range s.ConnectFailures[:min(len(s.ConnectFailures), panelRows)] {
+		cf = append(cf, fmt.Sprintf("%d/%s -> %s %s", f.PID, f.Comm, f.Destination, countsText(f.Counts)))
+	}
+	add("CONNECT FAILED", cf, len(s.ConnectFailures))
+
+	// Unix paths with failures or a listener over its limit first.
+	unixPaths := slices.Clone(s.Unix)
+	failed := func(u *events.UnixPathStats) uint64 {
+		var n uint64
+		for _, c := range u.Callers {
+			for k, v := range c.Counts {
+				if k != "OK" {
+					n += v
+				}
+			}
+		}
+		return n
+	}
+	slices.SortStableFunc(unixPaths, func(a, b events.UnixPathStats) int { return cmp.Compare(failed(&b), failed(&a)) })
+	var ux []string
+	for i := range unixPaths[:min(len(unixPaths), panelRows)] {
+		u := &unixPaths[i]
+		ux = append(ux, fmt.Sprintf("%s queue %d/%d (%d/%s) failed %d", u.Path, u.Queue, u.Backlog, u.ListenerPID, u.ListenerComm, failed(u)))
+	}
+	add("UNIX", ux, len(unixPaths))
+	return out
+}
+
+// countsText renders counts by errno name, largest first: "ECONNREFUSED 20 ETIMEDOUT 1".
+func countsText(m map[string]uint64) string {
+	keys := slices.Collect(maps.Keys(m))
+	slices.SortFunc(keys, func(a, b string) int { return cmp.Or(cmp.Compare(m[b], m[a]), cmp.Compare(a, b)) })
+	var b strings.Builder
+	for i, k := range keys {
+		if i > 0 {
+			b.WriteByte(' ')
+		}
+		fmt.Fprintf(&b, "%s %d", k, m[k])
+	}
+	return b.String()
+}

@@ -36,6 +36,20 @@ func Decode(raw []byte, ev *events.Event) error {
 	return fmt.Errorf("%w %d", ErrUnknownRecord, raw[0])
 }
 
+// recordSize returns the size of a record kind's layout, or 0 for a kind
+// this tracer does not know.
+func recordSize(kind byte) int {
+	switch tcplifeRecordKind(kind) {
+	case tcplifeRecordKindRECORD_CONN_CLOSED:
+		return connEventSize
+	case tcplifeRecordKindRECORD_CONNECT:
+		return connectEventSize
+	case tcplifeRecordKindRECORD_DROP:
+		return dropEventSize
+	}
+	return 0
+}
+
 func decodeConnClosed(raw []byte, ev *events.Event) error {
 	if len(raw) < connEventSize {
 		return fmt.Errorf("conn_event: %w: %d of %d bytes", ErrShortRecord, len(raw), connEventSize)

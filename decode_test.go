@@ -198,14 +198,17 @@ func FuzzDecode(f *testing.F) {
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		var ev events.Event
 		err := Decode(raw, &ev)
-		if err == nil && len(raw) < connEventSize {
-			t.Fatalf("accepted a %d-byte record", len(raw))
+		if err == nil && len(raw) < recordSize(raw[0]) {
+			t.Fatalf("accepted a %d-byte record of kind %d (layout: %d bytes)", len(raw), raw[0], recordSize(raw[0]))
+		}
+		if err == nil && recordSize(raw[0]) == 0 {
+			t.Fatalf("accepted a record of unknown kind %d", raw[0])
 		}
 		if err == nil && ev.Kind == events.KindConnect {
 			checkFuzzedConnect(t, raw, &ev.Connect)
 			return
 		}
-		if err == nil && (!ev.Conn.Local.Addr().IsValid() || !ev.Conn.Remote.Addr().IsValid()) {
+		if err == nil && ev.Kind == events.KindConnClosed && (!ev.Conn.Local.Addr().IsValid() || !ev.Conn.Remote.Addr().IsValid()) {
 			t.Fatalf("decoded invalid addresses: %+v", ev.Conn)
 		}
 	})

@@ -4,9 +4,15 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"sort"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/conntracer/conntracer/internal/events"
 	"github.com/conntracer/conntracer/internal/export"
@@ -61,21 +67,23 @@ func (h *discardHandler) Drained() { _ = h.stream.Flush() }
 // BenchmarkChurnOverhead measures the tracer's cost on a connection-churn
 // workload: the same workload runs alternately without and with the probe
 // attached (default options, JSON formatting of every record), in a fresh
-// namespace each time, and the benchmark reports the median ratio of the
-// traced rate to the untraced one over paired runs. Run it with
-// `make bench-churn`; the machine is noisy, so only ratios of interleaved
+// namespace each time, and the benchmark reports, over paired runs, the
+// median ratio of the traced connection rate to the untraced one and of
+// the whole machine's CPU time per connection (traced over untraced). A
+// last traced run with the kernel's BPF run-time statistics on reports the
+// BPF time per connection. The machine is noisy: only ratios of interleaved
 // runs mean anything.
 func BenchmarkChurnOverhead(b *testing.B) {
 	testenv.RequireRoot(b)
 	const pairs, total = 7, 20000
 	for _, clients := range []int{1, 2} {
 		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
-			var ratios []float64
+			var rates, cpus []float64
 			var lost uint64
 			for b.Loop() {
 				for i := 0; i < pairs; i++ {
 					// Alternate which variant goes first within a pair.
-					var base, traced testenv.ChurnResult
+					var base, traced churnRun
 					if i%2 == 0 {
 						base = churnOnce(b, clients, total, false, &lost)
 						traced = churnOnce(b, clients, total, true, &lost)
@@ -83,14 +91,19 @@ func BenchmarkChurnOverhead(b *testing.B) {
 						traced = churnOnce(b, clients, total, true, &lost)
 						base = churnOnce(b, clients, total, false, &lost)
 					}
-					ratios = append(ratios, traced.Rate()/base.Rate())
-					b.Logf("pair %d: baseline %.0f conn/s, traced %.0f conn/s, ratio %.3f", i, base.Rate(), traced.Rate(), traced.Rate()/base.Rate())
+					rates = append(rates, traced.Rate()/base.Rate())
+					cpus = append(cpus, traced.cpuPerConn/base.cpuPerConn)
+					b.Logf("pair %d: baseline %.0f conn/s %.1f us CPU/conn, traced %.0f conn/s %.1f us CPU/conn: rate ratio %.3f, CPU ratio %.3f",
+						i, base.Rate(), base.cpuPerConn/1e3, traced.Rate(), traced.cpuPerConn/1e3, rates[i], cpus[i])
 				}
 			}
-			sort.Float64s(ratios)
-			b.ReportMetric(ratios[len(ratios)/2], "median-ratio")
-			b.ReportMetric(ratios[0], "min-ratio")
-			b.ReportMetric(ratios[len(ratios)-1], "max-ratio")
+			sort.Float64s(rates)
+			sort.Float64s(cpus)
+			b.ReportMetric(rates[len(rates)/2], "median-rate-ratio")
+			b.ReportMetric(rates[0], "min-rate-ratio")
+			b.ReportMetric(rates[len(rates)-1], "max-rate-ratio")
+			b.ReportMetric(cpus[len(cpus)/2], "median-cpu-ratio")
+			b.ReportMetric(bpfNsPerConn(b, clients, total), "bpf-ns/conn")
 			if lost > 0 {
 				b.Errorf("the probe lost %d records", lost)
 			}
@@ -98,25 +111,98 @@ func BenchmarkChurnOverhead(b *testing.B) {
 	}
 }
 
-func churnOnce(b *testing.B, clients, total int, traced bool, lost *uint64) testenv.ChurnResult {
+// churnRun is one run of the churn workload and the CPU the machine spent.
+type churnRun struct {
+	testenv.ChurnResult
+	cpuPerConn float64 // ns of CPU time, all CPUs, per connection
+}
+
+// busyNs reads the machine's busy CPU time (everything but idle and
+// iowait) from /proc/stat.
+func busyNs(b *testing.B) float64 {
+	raw, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		b.Fatal(err)
+	}
+	line, _, _ := strings.Cut(string(raw), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	var busy float64
+	for i, v := range f[1:] {
+		if i == 3 || i == 4 {
+			continue
+		}
+		n, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			b.Fatalf("parse /proc/stat %q: %v", line, err)
+		}
+		busy += n
+	}
+	return busy * 1e9 / 100 // USER_HZ is 100 on Linux
+}
+
+func churnOnce(b *testing.B, clients, total int, traced bool, lost *uint64) churnRun {
 	ns := testenv.NewNetNS(b)
 	if !traced {
-		return testenv.RunChurn(b, ns, clients, total)
+		before := busyNs(b)
+		r := testenv.RunChurn(b, ns, clients, total)
+		return churnRun{r, (busyNs(b) - before) / float64(r.Conns)}
 	}
-	p, err := Open(DefaultOptions())
-	if err != nil {
-		b.Fatalf("open probe: %v", err)
-	}
+	p, done, stop := startChurnProbe(b)
 	defer p.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	h := &discardHandler{owners: events.NewOwners(), stream: export.NewStream(io.Discard, export.FormatJSON, func(ns uint64) time.Time { return time.Unix(0, int64(ns)) })}
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx, h) }()
+	before := busyNs(b)
 	r := testenv.RunChurn(b, ns, clients, total)
-	cancel()
+	// Let the reader finish the records of this run inside the window.
+	stop()
+	cpu := (busyNs(b) - before) / float64(r.Conns)
 	if err := <-done; err != nil {
 		b.Fatal(err)
 	}
 	*lost += p.Stats().Lost
-	return r
+	return churnRun{r, cpu}
+}
+
+func startChurnProbe(b *testing.B) (*Probe, chan error, context.CancelFunc) {
+	p, err := Open(DefaultOptions())
+	if err != nil {
+		b.Fatalf("open probe: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h := &discardHandler{owners: events.NewOwners(), stream: export.NewStream(io.Discard, export.FormatJSON, func(ns uint64) time.Time { return time.Unix(0, int64(ns)) })}
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx, h) }()
+	return p, done, cancel
+}
+
+// bpfNsPerConn runs the workload once more with the kernel's BPF run-time
+// statistics on (they cost time themselves, hence a separate run) and
+// returns the BPF time, all programs together, per connection.
+func bpfNsPerConn(b *testing.B, clients, total int) float64 {
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		b.Logf("BPF run-time statistics unavailable: %v", err)
+		return 0
+	}
+	defer stats.Close()
+	ns := testenv.NewNetNS(b)
+	p, done, stop := startChurnProbe(b)
+	defer p.Close()
+	r := testenv.RunChurn(b, ns, clients, total)
+	stop()
+	if err := <-done; err != nil {
+		b.Fatal(err)
+	}
+	var runtime time.Duration
+	for _, coll := range p.colls {
+		for name, prog := range coll.Programs {
+			st, err := prog.Stats()
+			if err != nil {
+				b.Fatal(err)
+			}
+			runtime += st.Runtime
+			if st.RunCount > 0 {
+				b.Logf("  %s: %d runs, %.0f ns/run", name, st.RunCount, float64(st.Runtime)/float64(st.RunCount))
+			}
+		}
+	}
+	return float64(runtime) / float64(r.Conns)
 }

@@ -72,3 +72,13 @@ func blockCRC(hdr, packed []byte) uint32 {
 	c := crc32.Update(0, castagnoli, hdr[:blockHeaderLen-4])
 	return crc32.Update(c, castagnoli, packed)
 }
+
+// BlockLast returns the wall-clock time (Unix ns) of the last event of the
+// block that b starts with, 0 if b is not a block: for keepers of blocks
+// such as a flight recorder's ring.
+func BlockLast(b []byte) int64 {
+	if len(b) < blockHeaderLen || string(b[:4]) != string(blockMagic) {
+		return 0
+	}
+	return parseBlockHeader(b).last
+}

@@ -36,7 +36,7 @@ func closeEvent(i int) events.Event {
 		Cookie: 4096 + uint64(i), NetNS: 4026531840, Family: events.FamilyIPv4,
 		Local:  netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), uint16(32768+i%28000)),
 		Remote: netip.MustParseAddrPort("10.0.0.2:6379"), Role: events.RoleActive,
-		Owner:  owner(uint32(1000+i%4), "worker"), OpenNs: open, EstablishedNs: open + 40_000,
+		Owner: owner(uint32(1000+i%4), "worker"), OpenNs: open, EstablishedNs: open + 40_000,
 		CloseNs: open + 600_000, TxBytes: 120, RxBytes: 4096, EndState: events.EndTimeWait,
 		ClosedBy: events.SideLocal, LastState: events.TCPFinWait2, SeenOpen: true,
 	}}

@@ -66,7 +66,7 @@ func (r *Report) WriteText(w io.Writer) error {
 		b.WriteString("  none\n")
 	}
 	for _, f := range r.Findings {
-		fmt.Fprintf(&b, "  %s  %s .. %s  pid %d %s %s%s: %s\n", f.Kind, f.Since.Local().Format("15:04:05"), f.Last.Local().Format("15:04:05"), f.PID, f.Comm, f.Remote, f.Path, f.Message)
+		fmt.Fprintf(&b, "  %s  %s .. %s  pid %d %s %s%s: %s\n", f.Kind, clock(f.Since), clock(f.Last), f.PID, f.Comm, f.Remote, f.Path, f.Message)
 	}
 	b.WriteString("\nat the end of the recording\n")
 	b.WriteString(top.RenderText(r.Final, top.ViewOptions{Sort: top.ColOpens, Width: 160}))
@@ -112,4 +112,12 @@ func (r *Report) WriteJSON(w io.Writer) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(r.Document())
+}
+
+// clock prints a time of day, "-" for a time the rule did not set.
+func clock(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.Local().Format("15:04:05")
 }

@@ -23,6 +23,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		switch args[0] {
 		case "top":
 			return runTop(ctx, args[1:], stdout, stderr)
+		case "record":
+			return runRecord(ctx, args[1:], stdout, stderr)
+		case "report":
+			return runReport(args[1:], stdout, stderr)
+		case "export":
+			return runExport(args[1:], stdout, stderr)
 		}
 	}
 	cfg, err := parseFlags(args, stdout)

@@ -43,6 +43,10 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	samplers := topSamplers(cfg, socks)
 
 	loop := newTopLoop(cfg, stderr)
+	if loop.rec, err = newLoopRecorder(cfg, stderr); err != nil {
+		return err
+	}
+	defer loop.rec.Close()
 	existing := 0
 	if cfg.existing {
 		evs, _, err := kernel.ExistingConnections()
@@ -85,7 +89,7 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		runSamplers(runCtx, samplers, loop.batches, stderr)
 	}()
 	var ui *top.UI
-	if !cfg.once {
+	if !cfg.once && !cfg.noView {
 		ui = top.NewUI(loop.Snapshot, cfg.interval, cfg.sortBy)
 		wg.Add(1)
 		go func() {
@@ -128,6 +132,7 @@ type topLoop struct {
 	agg     *events.Aggregator
 	batches chan []events.Event
 	snap    atomic.Pointer[events.Snapshot]
+	rec     *loopRecorder // nil unless recording (record_hook.go)
 }
 
 // newTopLoop makes the aggregator with its drop names (from the running
@@ -157,6 +162,7 @@ func (l *topLoop) apply(ev *events.Event, now time.Time) {
 		return
 	}
 	l.agg.Apply(ev, now)
+	l.rec.Record(ev, now)
 }
 
 // HandleEvent implements conntracer.Handler.
@@ -178,6 +184,7 @@ func (l *topLoop) Drained() {
 				l.snap.Store(l.agg.Snapshot())
 			}
 		default:
+			l.rec.Tick(time.Now(), l.snap.Load())
 			return
 		}
 	}

@@ -27,6 +27,7 @@ type topConfig struct {
 	sortBy     top.Column
 	th         events.Thresholds
 	probe      conntracer.Options
+	recordFlags
 }
 
 func parseTopFlags(args []string, stdout io.Writer) (*topConfig, error) {
@@ -46,6 +47,7 @@ func parseTopFlags(args []string, stdout io.Writer) (*topConfig, error) {
 		attachMode = fs.String("attach-mode", string(defaults.AttachMode), "how to attach to sock/inet_sock_set_state: auto, tp_btf, raw_tp or tracepoint")
 	)
 	fs.BoolVarP(&cfg.help, "help", "h", false, "show this help")
+	addRecordFlags(fs, &cfg.recordFlags)
 	fs.BoolVar(&cfg.once, "once", false, "watch for --interval, print one snapshot and exit")
 	fs.DurationVar(&cfg.interval, "interval", time.Second, "refresh interval; with --once, how long to watch before printing")
 	fs.DurationVar(&cfg.sample, "sample-interval", time.Second, "how often the kernel's table of open sockets is read")

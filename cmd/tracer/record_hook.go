@@ -1,0 +1,211 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime/debug"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/conntracer/conntracer/internal/events"
+	"github.com/conntracer/conntracer/internal/record"
+)
+
+// loopRecorder sees every event the aggregator applies, on the event
+// loop, with the same `now`: what `tracer report` replays is exactly what
+// the live view aggregated. It writes to a file (--record), to a bounded
+// memory ring dumped on a new finding or SIGUSR1 (--flight-recorder), or
+// both.
+type loopRecorder struct {
+	file   *record.Writer
+	flight *record.Writer
+	ring   *flightRing
+	dir    string // where flight dumps go
+	seen   map[string]bool
+	usr1   chan os.Signal
+	stderr io.Writer
+	failed bool
+}
+
+// newLoopRecorder returns nil when neither --record nor --flight-recorder
+// is set.
+func newLoopRecorder(cfg *topConfig, stderr io.Writer) (*loopRecorder, error) {
+	if cfg.record == "" && cfg.flight <= 0 {
+		return nil, nil
+	}
+	r := &loopRecorder{stderr: stderr, seen: make(map[string]bool), dir: cfg.flightDir}
+	opts := record.Options{Header: recordHeader(), RotateSize: cfg.rotateSize, RotateAge: cfg.rotateAge, Keep: cfg.keep}
+	if cfg.record != "" {
+		w, err := record.Create(cfg.record, opts)
+		if err != nil {
+			return nil, fmt.Errorf("--record: %w", err)
+		}
+		r.file = w
+	}
+	if cfg.flight > 0 {
+		r.ring = &flightRing{window: cfg.flight}
+		fo := record.Options{Header: opts.Header, KeyframeEvery: 10 * time.Second}
+		w, err := record.NewWriter(r.ring, fo)
+		if err != nil {
+			return nil, err
+		}
+		r.flight = w
+		r.usr1 = make(chan os.Signal, 1)
+		signal.Notify(r.usr1, syscall.SIGUSR1)
+	}
+	return r, nil
+}
+
+// Record writes one applied event.
+func (r *loopRecorder) Record(ev *events.Event, now time.Time) {
+	if r == nil {
+		return
+	}
+	if r.file != nil {
+		r.check(r.file.Write(ev, now))
+	}
+	if r.flight != nil {
+		r.check(r.flight.Write(ev, now))
+	}
+}
+
+// Tick runs when the event loop is idle: seal due blocks, and dump the
+// flight ring on SIGUSR1 or on a finding kind not seen before.
+func (r *loopRecorder) Tick(now time.Time, snap *events.Snapshot) {
+	if r == nil {
+		return
+	}
+	if r.file != nil {
+		r.check(r.file.Tick(now))
+	}
+	if r.flight == nil {
+		return
+	}
+	r.check(r.flight.Tick(now))
+	why := ""
+	select {
+	case <-r.usr1:
+		why = "SIGUSR1"
+	default:
+	}
+	if snap != nil {
+		for i := range snap.Findings {
+			if k := snap.Findings[i].Kind; !r.seen[k] {
+				r.seen[k] = true
+				why = "finding " + k
+			}
+		}
+	}
+	if why != "" {
+		r.dump(now, why)
+	}
+}
+
+func (r *loopRecorder) dump(now time.Time, why string) {
+	if err := r.flight.Flush(); err != nil {
+		r.check(err)
+		return
+	}
+	path := filepath.Join(r.dir, "tracer-flight-"+now.UTC().Format("20060102T150405.000")+".ctrec")
+	if err := r.ring.dump(path); err != nil {
+		fmt.Fprintf(r.stderr, "tracer: flight recorder: %v\n", err)
+		return
+	}
+	fmt.Fprintf(r.stderr, "tracer: flight recorder: %s: wrote the last %s to %s\n", why, r.ring.window, path)
+}
+
+func (r *loopRecorder) check(err error) {
+	if err != nil && !r.failed {
+		r.failed = true
+		fmt.Fprintf(r.stderr, "tracer: recording stopped: %v\n", err)
+	}
+}
+
+// Close flushes what is left.
+func (r *loopRecorder) Close() error {
+	if r == nil {
+		return nil
+	}
+	if r.usr1 != nil {
+		signal.Stop(r.usr1)
+	}
+	var err error
+	if r.flight != nil {
+		r.flight.Close()
+	}
+	if r.file != nil {
+		err = r.file.Close()
+	}
+	return err
+}
+
+// flightRing keeps a recording's header and its last blocks in memory: a
+// record.Writer writes the header in one Write and each block in one
+// Write, so each call is one unit. Blocks older than window (by their last
+// event) are dropped.
+type flightRing struct {
+	mu     sync.Mutex
+	window time.Duration
+	header []byte
+	blocks [][]byte
+	bytes  int
+}
+
+// Write implements io.Writer for record.NewWriter.
+func (f *flightRing) Write(p []byte) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b := append([]byte(nil), p...)
+	if f.header == nil {
+		f.header = b
+		return len(p), nil
+	}
+	f.blocks = append(f.blocks, b)
+	f.bytes += len(b)
+	last := record.BlockLast(b)
+	for len(f.blocks) > 1 && last-record.BlockLast(f.blocks[0]) > int64(f.window) {
+		f.bytes -= len(f.blocks[0])
+		f.blocks[0] = nil
+		f.blocks = f.blocks[1:]
+	}
+	return len(p), nil
+}
+
+// dump writes the ring as a recording, mode 0600.
+func (f *flightRing) dump(path string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("dump: %w", err)
+	}
+	if _, err := out.Write(f.header); err != nil {
+		out.Close()
+		return fmt.Errorf("dump: %w", err)
+	}
+	for _, b := range f.blocks {
+		if _, err := out.Write(b); err != nil {
+			out.Close()
+			return fmt.Errorf("dump: %w", err)
+		}
+	}
+	return out.Close()
+}
+
+// tracerVersion is the module version the binary was built from.
+func tracerVersion() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		v := bi.Main.Version
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				v += " " + s.Value
+			}
+		}
+		return v
+	}
+	return "unknown"
+}

@@ -1,0 +1,203 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/conntracer/conntracer/internal/events"
+	"github.com/conntracer/conntracer/internal/report"
+	"github.com/conntracer/conntracer/internal/testenv"
+	"github.com/conntracer/conntracer/internal/top"
+)
+
+// docMap is a document as generic JSON, without what only the live run
+// can know (cgroup names, the refresh interval).
+func docMap(t *testing.T, d *top.Document) map[string]any {
+	t.Helper()
+	d.IntervalSeconds = 0
+	b, err := json.Marshal(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range m["processes"].([]any) {
+		delete(p.(map[string]any), "cgroup")
+	}
+	return m
+}
+
+// TestRecordReplayGivesLiveNumbers records a real scenario (churn, held
+// connections, refused connects) while `tracer top --once` aggregates it
+// live, then replays the recording: the final document is the same.
+func TestRecordReplayGivesLiveNumbers(t *testing.T) {
+	testenv.RequireRoot(t)
+	ns := testenv.NewNetNS(t)
+	srv := testenv.StartServer(t, ns, "ctr-srv")
+	path := filepath.Join(t.TempDir(), "live.ctrec")
+	r := startTop(t, "--interval", "5s", "--netns", ns.Name, "--record", path, "--reconcile-interval", "1s")
+	var hold, churn []testenv.Conn
+	for range 5 {
+		hold = append(hold, testenv.Conn{Addr: srv.Addr4(), Req: 10, Resp: 10, Mode: testenv.ClientCloses, Hold: true})
+	}
+	for range 60 {
+		churn = append(churn, testenv.Conn{Addr: srv.Addr4(), Req: 10, Resp: 100, Mode: testenv.ClientCloses})
+	}
+	holder := testenv.StartClient(t, ns, "ctr-holder", hold)
+	testenv.RunClient(t, ns, "ctr-churner", churn)
+	testenv.RunConnects(t, ns, "ctr-refused", testenv.ConnectPlan{Addr: "127.0.0.1:1", Count: 25})
+	live := r.wait(t)
+	holder.Release(t)
+
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o600 {
+		t.Fatalf("recording mode %v, want 0600", st.Mode().Perm())
+	}
+	rep, err := report.Replay([]string{path}, report.Options{Thresholds: events.DefaultThresholds()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	replayed := top.NewDocument(rep.Final, 0, nil)
+	lm, rm := docMap(t, live), docMap(t, replayed)
+	if !reflect.DeepEqual(lm, rm) {
+		lb, _ := json.MarshalIndent(lm, "", " ")
+		rb, _ := json.MarshalIndent(rm, "", " ")
+		t.Fatalf("replay differs from the live document\nlive:\n%s\nreplayed:\n%s", lb, rb)
+	}
+	// And the live document saw the scenario (the comparison is not
+	// between two empty documents).
+	var churned, refused bool
+	for _, p := range live.Processes {
+		churned = churned || (p.Comm == "ctr-churner" && p.Closed == 60)
+	}
+	for _, f := range live.Findings {
+		refused = refused || f.Kind == "connect_refused"
+	}
+	if !churned || !refused {
+		t.Fatalf("live document lacks the scenario (churner closed 60: %v, connect_refused: %v)", churned, refused)
+	}
+	tot := rep.Totals()
+	if tot.FailedConnects != 25 {
+		t.Fatalf("report: %d failed connects, want 25", tot.FailedConnects)
+	}
+	t.Logf("recording: %d bytes, %d events, %d blocks", st.Size(), rep.Events, rep.Files[0].Stats.Blocks)
+}
+
+// TestRecorderSIGKILL kills `tracer record` without warning: the report
+// still reads every block written before, which holds everything older
+// than the last second.
+func TestRecorderSIGKILL(t *testing.T) {
+	testenv.RequireRoot(t)
+	ns := testenv.NewNetNS(t)
+	srv := testenv.StartServer(t, ns, "ctr-srv")
+	path := filepath.Join(t.TempDir(), "killed.ctrec")
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(self)
+	cmd.Env = append(os.Environ(), runMainEnv+fmt.Sprintf("=record -o %s --netns %s", path, ns.Name))
+	stderr := &lineWaiter{want: "tracer: top: tracing", ready: make(chan struct{})}
+	cmd.Stderr = stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	select {
+	case <-stderr.ready:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("tracer record did not start: %s", stderr)
+	}
+	var churn []testenv.Conn
+	for range 80 {
+		churn = append(churn, testenv.Conn{Addr: srv.Addr4(), Req: 10, Resp: 10, Mode: testenv.ClientCloses})
+	}
+	testenv.RunClient(t, ns, "ctr-churner", churn)
+	// Blocks are sealed once a second: the churn is on disk one sampler
+	// round (1 s) after the block's first event is a second old.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		rep, err := report.Replay([]string{path}, report.Options{Thresholds: events.DefaultThresholds()})
+		if err == nil && closedBy(rep, "ctr-churner") == 80 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the churn never reached the file: %v", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+	rep, err := report.Replay([]string{path}, report.Options{Thresholds: events.DefaultThresholds()})
+	if err != nil {
+		t.Fatalf("report after SIGKILL: %v", err)
+	}
+	if n := closedBy(rep, "ctr-churner"); n != 80 {
+		t.Fatalf("after SIGKILL the report has %d of 80 connections", n)
+	}
+	if s := rep.Files[0].Stats; s.LostBytes != 0 && s.LostBlocks > 1 {
+		t.Fatalf("SIGKILL lost more than the block being written: %+v", s)
+	}
+}
+
+func closedBy(rep *report.Report, comm string) uint64 {
+	for _, p := range rep.Final.Processes {
+		if p.Comm == comm {
+			return p.Closed
+		}
+	}
+	return 0
+}
+
+// TestFlightRecorderDumpsOnFinding keeps the last minute in memory; a
+// storm of refused connects raises connect_refused, and the dump written
+// then holds the connections that came before it.
+func TestFlightRecorderDumpsOnFinding(t *testing.T) {
+	testenv.RequireRoot(t)
+	ns := testenv.NewNetNS(t)
+	srv := testenv.StartServer(t, ns, "ctr-srv")
+	dir := t.TempDir()
+	r := startTop(t, "--interval", "5s", "--netns", ns.Name, "--flight-recorder", "1m", "--flight-dir", dir)
+	var churn []testenv.Conn
+	for range 30 {
+		churn = append(churn, testenv.Conn{Addr: srv.Addr4(), Req: 10, Resp: 10, Mode: testenv.ClientCloses})
+	}
+	testenv.RunClient(t, ns, "ctr-before", churn)
+	testenv.RunConnects(t, ns, "ctr-refused", testenv.ConnectPlan{Addr: "127.0.0.1:1", Count: 25})
+	r.wait(t)
+	dumps, _ := filepath.Glob(filepath.Join(dir, "tracer-flight-*.ctrec"))
+	if len(dumps) == 0 {
+		t.Fatalf("no flight recorder dump in %s; stderr: %s", dir, r.stderr)
+	}
+	rep, err := report.Replay(dumps[:1], report.Options{Thresholds: events.DefaultThresholds()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := closedBy(rep, "ctr-before"); n != 30 {
+		t.Fatalf("the dump holds %d of the 30 connections made before the finding", n)
+	}
+	found := false
+	for _, f := range rep.Findings {
+		found = found || f.Kind == "connect_refused"
+	}
+	if !found {
+		t.Fatalf("replaying the dump does not raise connect_refused: %+v", rep.Findings)
+	}
+	if st, _ := os.Stat(dumps[0]); st.Mode().Perm() != 0o600 {
+		t.Fatalf("dump mode %v, want 0600", st.Mode().Perm())
+	}
+}

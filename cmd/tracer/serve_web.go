@@ -96,16 +96,18 @@ func listenMetrics(w webConfig, reg *prometheus.Registry, stderr io.Writer) (*me
 	mux.Handle("/", landing)
 	addrs := []string{ln.Addr().String()}
 	systemd := false
+	handler := slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})
 	return &metricsServer{
 		reg: reg,
 		ln:  ln,
-		srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second},
+		srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog: slog.NewLogLogger(handler, slog.LevelWarn)},
 		flags: &web.FlagConfig{
 			WebListenAddresses: &addrs,
 			WebSystemdSocket:   &systemd,
 			WebConfigFile:      &w.configFile,
 		},
-		logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		logger: slog.New(handler),
 	}, nil
 }
 

@@ -3,6 +3,7 @@ package deploy
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"regexp"
@@ -59,7 +60,7 @@ func TestKubernetesManifests(t *testing.T) {
 		default:
 			t.Fatalf("unexpected object %s %s", meta.APIVersion, meta.Kind)
 		}
-		if err := yaml.UnmarshalStrict(doc, obj); err != nil {
+		if err := decodeStrict(doc, obj); err != nil {
 			t.Fatalf("%s: %v", meta.Kind, err)
 		}
 		kinds[meta.Kind]++
@@ -246,7 +247,67 @@ func TestAlertMetrics(t *testing.T) {
 // misspelt field (hostPid for hostPID), which Kubernetes would ignore.
 func TestStrictDecodeCatchesTypos(t *testing.T) {
 	doc := []byte("apiVersion: apps/v1\nkind: DaemonSet\nspec:\n  template:\n    spec:\n      hostPid: true\n")
-	if err := yaml.UnmarshalStrict(doc, &appsv1.DaemonSet{}); err == nil {
+	if err := decodeStrict(doc, &appsv1.DaemonSet{}); err == nil {
 		t.Fatal("hostPid accepted")
 	}
+	doc = []byte("apiVersion: apps/v1\nkind: DaemonSet\nspec:\n  template:\n    spec:\n      hostPIDs: true\n")
+	if err := decodeStrict(doc, &appsv1.DaemonSet{}); err == nil {
+		t.Fatal("hostPIDs accepted")
+	}
+}
+
+// decodeStrict decodes YAML into a Kubernetes API type as the API server
+// would: unknown fields fail (sigs.k8s.io/yaml's strict mode) and so do
+// fields in the wrong case, which encoding/json would match silently
+// while the API server ignores them.
+func decodeStrict(doc []byte, obj any) error {
+	if err := yaml.UnmarshalStrict(doc, obj); err != nil {
+		return err
+	}
+	js, err := yaml.YAMLToJSON(doc)
+	if err != nil {
+		return err
+	}
+	var orig, back any
+	if err := json.Unmarshal(js, &orig); err != nil {
+		return err
+	}
+	re, err := json.Marshal(obj)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(re, &back); err != nil {
+		return err
+	}
+	return sameCase("", orig, back)
+}
+
+// sameCase reports a key of orig that the decoded object spells
+// differently. Keys missing from back were zero values (omitempty).
+func sameCase(path string, orig, back any) error {
+	switch o := orig.(type) {
+	case map[string]any:
+		b, _ := back.(map[string]any)
+		for k, v := range o {
+			if bv, ok := b[k]; ok {
+				if err := sameCase(path+"."+k, v, bv); err != nil {
+					return err
+				}
+				continue
+			}
+			for bk := range b {
+				if strings.EqualFold(bk, k) {
+					return fmt.Errorf("%s.%s: the API field is spelt %s", path, k, bk)
+				}
+			}
+		}
+	case []any:
+		b, _ := back.([]any)
+		for i := range min(len(o), len(b)) {
+			if err := sameCase(fmt.Sprintf("%s[%d]", path, i), o[i], b[i]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

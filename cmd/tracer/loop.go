@@ -27,28 +27,38 @@ type session struct {
 	samplers []*topSampler
 	existing int
 	metrics  *metricsServer // nil without --web.listen-address
+	// handler is what the event loop calls: the loop itself, or the
+	// stream's pipeline teed with it (streamWithMetrics).
+	handler conntracer.Handler
 }
 
 // openSession loads and attaches the probe, feeds the start-up snapshot
 // and a first round of every sampler (the baselines that growth and
 // counter deltas are measured from), and binds the metrics address.
-func openSession(cfg *topConfig, stderr io.Writer) (s *session, err error) {
-	s = &session{cfg: cfg}
-	s.probe, err = conntracer.Open(cfg.probe)
+func openSession(cfg *topConfig, stderr io.Writer) (*session, error) {
+	probe, err := conntracer.Open(cfg.probe)
 	if err != nil {
 		return nil, fmt.Errorf("start tracing: %w", err)
 	}
-	defer func() {
-		if err != nil {
-			s.close()
-		}
-	}()
+	s, err := newSession(cfg, probe, stderr)
+	if err != nil {
+		probe.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// newSession builds the session around a probe the caller opened and
+// still owns.
+func newSession(cfg *topConfig, probe *conntracer.Probe, stderr io.Writer) (*session, error) {
+	s := &session{cfg: cfg, probe: probe}
 	socks, err := s.probe.SocketSampler()
 	if err != nil {
 		return nil, err
 	}
 	s.samplers = topSamplers(cfg, socks)
 	s.loop = newTopLoop(cfg, stderr)
+	s.handler = s.loop
 	if cfg.existing {
 		evs, _, err := kernel.ExistingConnections()
 		if err != nil {
@@ -134,7 +144,7 @@ func (s *session) run(ctx context.Context, stderr io.Writer) error {
 			}
 		}()
 	}
-	runErr := s.probe.Run(ctx, s.loop)
+	runErr := s.probe.Run(ctx, s.handler)
 	cancel()
 	wg.Wait()
 	if runErr != nil {

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -12,6 +14,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -229,4 +233,86 @@ func TestServePrometheus(t *testing.T) {
 		t.Errorf("95th percentile lifetime %g s: want the held connections' bucket (0.5, 2] s", p95)
 	}
 	expect(`conntracer_program_attached{hook="sock/inet_sock_set_state"}`, 1)
+}
+
+// TestStreamServesMetrics: plain `tracer` with --web.listen-address
+// prints its lines and serves /metrics from the same events.
+func TestStreamServesMetrics(t *testing.T) {
+	testenv.RequireRoot(t)
+	ns := testenv.NewNetNS(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	stderr := &lineWaiter{want: "serving metrics on", ready: make(chan struct{})}
+	var stdout lockedBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--web.listen-address", "127.0.0.1:0", "--netns", ns.Name}, &stdout, stderr)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("tracer: %v\n%s", err, stderr)
+		}
+	})
+	select {
+	case <-stderr.ready:
+	case err := <-done:
+		done <- err
+		t.Fatalf("tracer stopped: %v\n%s", err, stderr)
+	case <-time.After(30 * time.Second):
+		t.Fatalf("tracer did not start: %s", stderr)
+	}
+	addr := servingOn.FindStringSubmatch(stderr.String())[1]
+	waitFor(t, 10*time.Second, "tracing", func() (bool, string) {
+		return strings.Contains(stderr.String(), "tracer: tracing"), stderr.String()
+	})
+	srv := testenv.StartServer(t, ns, "ctssrv")
+	const n = 5
+	plan := make([]testenv.Conn, n)
+	for i := range plan {
+		plan[i] = testenv.Conn{Addr: srv.Addr4(), Req: 10, Resp: 10, Mode: testenv.ClientCloses}
+	}
+	testenv.RunClient(t, ns, "ctscli", plan)
+	want := `comm="ctscli",role="active"} 5` // in conntracer_connections_closed_total, whatever the cgroup
+	waitFor(t, 10*time.Second, want, func() (bool, string) {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			return false, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		lines := metricLines(b, "conntracer_connections_closed_total")
+		return bytes.Contains(lines, []byte(want)), string(lines)
+	})
+	waitFor(t, 10*time.Second, "stream lines", func() (bool, string) {
+		return strings.Count(stdout.String(), "ctscli") >= n, stdout.String()
+	})
+}
+
+func metricLines(b []byte, name string) []byte {
+	var out []byte
+	for _, l := range bytes.Split(b, []byte("\n")) {
+		if bytes.HasPrefix(l, []byte(name)) {
+			out = append(append(out, l...), '\n')
+		}
+	}
+	return out
+}
+
+// lockedBuffer is a bytes.Buffer written by the event loop and read by
+// the test.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

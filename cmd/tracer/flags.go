@@ -30,6 +30,7 @@ type config struct {
 	existing bool
 	filter   events.Filter
 	probe    conntracer.Options
+	web      webConfig // /metrics beside the stream, when a listen address is set
 }
 
 func parseFlags(args []string, stdout io.Writer) (*config, error) {
@@ -60,12 +61,14 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 		keepNormal  = fs.Bool("drops-keep-normal", false, "also count frees with reason NOT_SPECIFIED or CONSUMED, which are mostly not drops")
 		dropRate    = fs.Uint32("drop-records-per-sec", defaults.DropRecordsPerSec, "individual drop records per second and CPU (0: no limit); every drop is still counted exactly")
 	)
+	var web webConfig
+	addWebFlags(fs, &web, false)
 	if err := fs.Parse(args); err != nil {
 		return nil, usageError{err}
 	}
-	cfg := &config{help: *help, duration: *duration, existing: *existing, probe: defaults}
+	cfg := &config{help: *help, duration: *duration, existing: *existing, probe: defaults, web: web}
 	if cfg.help {
-		fmt.Fprintf(stdout, "Usage: tracer [flags]\n\nTraces every TCP connection's life and prints one line per finished\nconnection: owner, addresses, role, lifetime, bytes and how it ended.\n\nSubcommands:\n  top    live view per process and remote, with findings ('tracer top --help')\n  record record what top aggregates to a file ('tracer record --help')\n  report post-mortem of recordings: text, json or html ('tracer report --help')\n  export recorded events as JSON lines ('tracer export --help')\n\nFlags:\n%s", fs.FlagUsages())
+		fmt.Fprintf(stdout, "Usage: tracer [flags]\n\nTraces every TCP connection's life and prints one line per finished\nconnection: owner, addresses, role, lifetime, bytes and how it ended.\n\nSubcommands:\n  top    live view per process and remote, with findings ('tracer top --help')\n  serve  daemon serving Prometheus metrics at /metrics ('tracer serve --help')\n  record record what top aggregates to a file ('tracer record --help')\n  report post-mortem of recordings: text, json or html ('tracer report --help')\n  export recorded events as JSON lines ('tracer export --help')\n\nFlags:\n%s", fs.FlagUsages())
 		return cfg, nil
 	}
 	if fs.NArg() > 0 {
@@ -139,7 +142,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	cfg.probe.Filter.Port = f.Port
 	cfg.probe.Filter.Family = f.Family
 	cfg.probe.Filter.Comm = f.Comm
-	return cfg, nil
+	return cfg, cfg.web.validate()
 }
 
 // parseNetNS accepts an inode number or a name from `ip netns`.

@@ -7,7 +7,7 @@ import (
 )
 
 // recordFlags are the recording flags of the live loop (`tracer top`,
-// `tracer record`, and `tracer serve` once it shares the loop).
+// `tracer record` and `tracer serve`).
 type recordFlags struct {
 	record     string
 	flight     time.Duration

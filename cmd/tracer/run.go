@@ -29,6 +29,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return runReport(args[1:], stdout, stderr)
 		case "export":
 			return runExport(args[1:], stdout, stderr)
+		case "serve":
+			return runServe(ctx, args[1:], stdout, stderr)
 		}
 	}
 	cfg, err := parseFlags(args, stdout)
@@ -86,7 +88,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stderr, "tracer: tracing TCP connections [%s]; %d already open; Ctrl-C to stop\n",
 		attachSummary(probe.Attachments()), existing)
 
-	runErr := probe.Run(ctx, p)
+	var runErr error
+	if cfg.web.listen != "" {
+		sess, err := streamWithMetrics(cfg, probe, p, stderr)
+		if err != nil {
+			return err
+		}
+		runErr = sess.run(ctx, stderr)
+	} else {
+		runErr = probe.Run(ctx, p)
+	}
 	if err := p.stream.Flush(); err != nil && p.writeErr == nil {
 		p.writeErr = err
 	}

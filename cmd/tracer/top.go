@@ -10,6 +10,7 @@ import (
 
 	"github.com/conntracer/conntracer"
 	"github.com/conntracer/conntracer/internal/events"
+	"github.com/conntracer/conntracer/internal/export"
 	"github.com/conntracer/conntracer/internal/kernel"
 	"github.com/conntracer/conntracer/internal/top"
 )
@@ -31,47 +32,18 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	if cfg.help {
 		return nil
 	}
-	probe, err := conntracer.Open(cfg.probe)
-	if err != nil {
-		return fmt.Errorf("start tracing: %w", err)
-	}
-	defer probe.Close()
-	socks, err := probe.SocketSampler()
+	sess, err := openSession(cfg, stderr)
 	if err != nil {
 		return err
 	}
-	samplers := topSamplers(cfg, socks)
-
-	loop := newTopLoop(cfg, stderr)
-	if loop.rec, err = newLoopRecorder(cfg, stderr); err != nil {
-		return err
-	}
-	defer loop.rec.Close()
-	existing := 0
-	if cfg.existing {
-		evs, _, err := kernel.ExistingConnections()
-		if err != nil {
-			fmt.Fprintf(stderr, "tracer: warning: connections open before start-up will show no owner: %v\n", err)
-		}
-		now := time.Now()
-		for i := range evs {
-			loop.apply(&evs[i], now)
-		}
-		existing = len(evs)
-	}
-	// A first round of each sampler before saying "tracing": the
-	// baseline that growth (pool_leak) and counter deltas (conntrack,
-	// listen overflows) are measured from.
-	if err := loop.sampleAll(samplers, stderr); err != nil {
-		return err
-	}
-	loop.snap.Store(loop.agg.Snapshot())
+	defer sess.close()
+	loop := sess.loop
 	what := "Ctrl-C or q to stop"
 	if cfg.once {
 		what = fmt.Sprintf("printing one snapshot in %s", cfg.interval)
 	}
 	fmt.Fprintf(stderr, "tracer: top: tracing TCP connections [%s]; %d already open; %s\n",
-		attachSummary(probe.Attachments()), existing, what)
+		attachSummary(sess.probe.Attachments()), sess.existing, what)
 
 	runCtx := ctx
 	var cancel context.CancelFunc
@@ -83,11 +55,6 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	defer cancel()
 
 	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		runSamplers(runCtx, samplers, loop.batches, stderr)
-	}()
 	var ui *top.UI
 	if !cfg.once && !cfg.noView {
 		ui = top.NewUI(loop.Snapshot, cfg.interval, cfg.sortBy)
@@ -100,7 +67,7 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 			}
 		}()
 	}
-	runErr := probe.Run(runCtx, loop)
+	runErr := sess.run(runCtx, stderr)
 	cancel()
 	wg.Wait()
 	if runErr != nil {
@@ -113,7 +80,7 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	// The event loop has returned: this goroutine may apply events now.
 	// A last round of each sampler makes the document current to the
 	// moment it is printed.
-	if err := loop.sampleAll(samplers, stderr); err != nil {
+	if err := loop.sampleAll(sess.samplers, stderr); err != nil {
 		return err
 	}
 	snap := loop.agg.Snapshot()
@@ -133,6 +100,13 @@ type topLoop struct {
 	batches chan []events.Event
 	snap    atomic.Pointer[events.Snapshot]
 	rec     *loopRecorder // nil unless recording (record_hook.go)
+
+	// Self-metrics, when /metrics is served (session.openMetrics).
+	health      *export.Health
+	probe       *conntracer.Probe
+	healthAt    time.Time
+	sampled     uint64 // events the samplers handed over
+	sockEntries int    // KindSockOpen events of the last socket-table round
 }
 
 // newTopLoop makes the aggregator with its drop names (from the running
@@ -176,18 +150,49 @@ func (l *topLoop) Drained() {
 		case b := <-l.batches:
 			now := time.Now()
 			sampled := false
+			socks := 0
 			for i := range b {
 				l.apply(&b[i], now)
 				sampled = sampled || b[i].Kind == events.KindSockSampleDone
+				if b[i].Kind == events.KindSockOpen {
+					socks++
+				}
 			}
+			l.sampled += uint64(len(b))
 			if sampled {
+				l.sockEntries = socks
 				l.snap.Store(l.agg.Snapshot())
 			}
 		default:
 			l.rec.Tick(time.Now(), l.snap.Load())
+			l.updateHealth()
 			return
 		}
 	}
+}
+
+// updateHealth hands the probe's counts to the self-metrics, at most
+// twice a second: Drained runs whenever the ring buffer runs dry.
+func (l *topLoop) updateHealth() {
+	if l.health == nil {
+		return
+	}
+	now := time.Now()
+	if now.Sub(l.healthAt) < 500*time.Millisecond {
+		return
+	}
+	l.healthAt = now
+	st := l.probe.Stats()
+	lost, err := l.probe.LostRecords()
+	if err != nil {
+		lost = st.Lost
+	}
+	used, size := l.probe.RingBufferUse()
+	l.health.Set(export.HealthCounts{
+		Records: st.Records, BadRecords: st.BadRecords, Lost: lost, SampledEvents: l.sampled,
+		RingUsedBytes: used, RingSizeBytes: size,
+		SockEntries: l.sockEntries, SockMaxEntries: l.probe.MaxSockets(),
+	})
 }
 
 var _ conntracer.Handler = (*topLoop)(nil)

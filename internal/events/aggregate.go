@@ -57,6 +57,7 @@ type Aggregator struct {
 	connect      *ConnectStats
 	drops        *DropStats
 	conntrack    *ConntrackStats
+	hists        *connHists
 	dropNames    *DropNames
 	connectRules ConnectRules
 	portInfo     PortInfoFunc
@@ -209,6 +210,7 @@ func NewAggregator(th Thresholds) *Aggregator {
 		connect:      NewConnectStats(),
 		drops:        NewDropStats(),
 		conntrack:    NewConntrackStats(),
+		hists:        newConnHists(),
 		connectRules: DefaultConnectRules(),
 	}
 }

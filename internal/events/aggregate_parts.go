@@ -39,6 +39,7 @@ func (a *Aggregator) applyParts(ev *Event) {
 	switch ev.Kind {
 	case KindConnect, KindUnixListener, KindConnClosed:
 		a.connect.Apply(ev, a.now)
+		a.hists.apply(ev)
 	case KindDrop, KindDropCount, KindListenOverflow:
 		if a.dropNames != nil {
 			a.dropNames.Apply(ev)
@@ -73,4 +74,5 @@ func (a *Aggregator) partSnapshots(s *Snapshot) {
 	s.ConnectFailures, s.Unix, s.ConnectLatency = c.ConnectFailures, c.Unix, c.ConnectLatency
 	s.Conntrack = a.conntrack.Snapshot()
 	s.Drops = a.drops.Snapshot()
+	s.Histograms = a.hists.h // an array: copied
 }

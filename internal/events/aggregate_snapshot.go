@@ -32,6 +32,7 @@ type Snapshot struct {
 	ConnectLatency  []ConnectLatency
 	Conntrack       []ConntrackNSSnapshot // one per namespace, fullest first
 	Drops           DropSnapshot
+	Histograms      ConnHistograms `json:"-"` // for /metrics
 }
 
 // MaxPorts bounds Snapshot.Ports: the most used destinations are the

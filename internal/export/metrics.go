@@ -1,0 +1,299 @@
+package export
+
+import (
+	"cmp"
+	"fmt"
+	"slices"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/conntracer/conntracer/internal/events"
+)
+
+// MetricsOptions bound what the collector exports.
+type MetricsOptions struct {
+	// TopProcesses is how many processes, the most active first (opens,
+	// closes and open sockets), get series of their own, labelled by comm
+	// and cgroup; the others are folded into comm="other".
+	TopProcesses int
+	// Destinations is how many of the busiest destinations get port-use
+	// series labelled by destination; 0 (the default) exports none: an
+	// address label is opt-in.
+	Destinations int
+	// CgroupName names a cgroup id for the cgroup label; nil or "" leaves
+	// the label empty.
+	CgroupName func(id uint64) string
+}
+
+// DefaultMetricsOptions are the exporter's defaults.
+func DefaultMetricsOptions() MetricsOptions { return MetricsOptions{TopProcesses: 20} }
+
+// Collector turns the latest aggregate snapshot into const metrics at
+// scrape time. It holds no state of its own: Describe and Collect read
+// the snapshot the event loop last published, which is immutable, so a
+// scrape never blocks the event loop and has no side effect.
+type Collector struct {
+	snap func() *events.Snapshot
+	opts MetricsOptions
+	d    metricDescs
+}
+
+// NewCollector returns a collector reading snapshots from snap (for
+// example the event loop's last published one).
+func NewCollector(snap func() *events.Snapshot, opts MetricsOptions) *Collector {
+	if opts.TopProcesses < 0 {
+		opts.TopProcesses = 0
+	}
+	return &Collector{snap: snap, opts: opts, d: newMetricDescs()}
+}
+
+// Describe implements prometheus.Collector.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	c.d.each(func(d *prometheus.Desc) { ch <- d })
+}
+
+// Collect implements prometheus.Collector.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	s := c.snap()
+	if s == nil {
+		return
+	}
+	c.collectProcesses(ch, s)
+	c.collectHistograms(ch, s)
+	c.collectNode(ch, s)
+}
+
+// procGroup is the sum of the processes sharing one (comm, cgroup) label
+// set: two nginx workers make one series, as the labels cannot tell them
+// apart.
+type procGroup struct {
+	comm, cgroup string
+	events.ConnSnapshot
+	portUse float64
+}
+
+func (g *procGroup) add(p *events.ProcessSnapshot) {
+	c := &g.ConnSnapshot
+	c.OpenedActive += p.OpenedActive
+	c.OpenedPassive += p.OpenedPassive
+	c.Opened += p.Opened
+	c.ClosedActive += p.ClosedActive
+	c.ClosedPassive += p.ClosedPassive
+	c.Closed += p.Closed
+	for i := range c.States {
+		c.States[i].Count += p.States[i].Count
+	}
+	c.TxBytes += p.TxBytes
+	c.RxBytes += p.RxBytes
+	g.portUse = max(g.portUse, p.PortUse)
+}
+
+func activity(p *events.ProcessSnapshot) uint64 {
+	return p.Opened + p.Closed + uint64(p.Open())
+}
+
+// groupProcesses keeps the TopProcesses most active processes under their
+// own labels and folds the rest into comm="other". Processes that went
+// away are gone from the snapshot (the aggregator expires them), and so
+// are their series.
+func (c *Collector) groupProcesses(s *events.Snapshot) []*procGroup {
+	idx := make([]int, len(s.Processes))
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortFunc(idx, func(x, y int) int {
+		px, py := &s.Processes[x], &s.Processes[y]
+		return cmp.Or(cmp.Compare(activity(py), activity(px)), cmp.Compare(px.PID, py.PID))
+	})
+	groups := map[[2]string]*procGroup{}
+	var out []*procGroup
+	for rank, i := range idx {
+		p := &s.Processes[i]
+		key := [2]string{"other", ""}
+		if rank < c.opts.TopProcesses {
+			key[0] = p.Comm
+			if p.PID == 0 && key[0] == "" {
+				key[0] = "unknown"
+			}
+			if c.opts.CgroupName != nil && p.CgroupID != 0 {
+				key[1] = c.opts.CgroupName(p.CgroupID)
+			}
+		}
+		g := groups[key]
+		if g == nil {
+			g = &procGroup{comm: key[0], cgroup: key[1]}
+			groups[key] = g
+			out = append(out, g)
+		}
+		g.add(p)
+	}
+	return out
+}
+
+func (c *Collector) collectProcesses(ch chan<- prometheus.Metric, s *events.Snapshot) {
+	d := &c.d
+	for _, g := range c.groupProcesses(s) {
+		cs := &g.ConnSnapshot
+		counter := func(desc *prometheus.Desc, v uint64, lv ...string) {
+			ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(v), lv...)
+		}
+		counter(d.opened, cs.OpenedActive, g.comm, g.cgroup, "active")
+		counter(d.opened, cs.OpenedPassive, g.comm, g.cgroup, "passive")
+		counter(d.closed, cs.ClosedActive, g.comm, g.cgroup, "active")
+		counter(d.closed, cs.ClosedPassive, g.comm, g.cgroup, "passive")
+		if n := cs.Closed - cs.ClosedActive - cs.ClosedPassive; n > 0 {
+			counter(d.closed, n, g.comm, g.cgroup, "unknown") // opened before tracing
+		}
+		counter(d.sent, cs.TxBytes, g.comm, g.cgroup)
+		counter(d.received, cs.RxBytes, g.comm, g.cgroup)
+		for st, sc := range cs.States {
+			if sc.Count > 0 {
+				ch <- prometheus.MustNewConstMetric(d.sockets, prometheus.GaugeValue, float64(sc.Count),
+					g.comm, g.cgroup, events.TCPState(st).String())
+			}
+		}
+		ch <- prometheus.MustNewConstMetric(d.portUse, prometheus.GaugeValue, g.portUse, g.comm, g.cgroup)
+	}
+	ch <- prometheus.MustNewConstMetric(d.processes, prometheus.GaugeValue, float64(len(s.Processes)))
+}
+
+func (c *Collector) collectNode(ch chan<- prometheus.Metric, s *events.Snapshot) {
+	d := &c.d
+	gauge := func(desc *prometheus.Desc, v float64, lv ...string) {
+		ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, v, lv...)
+	}
+	counter := func(desc *prometheus.Desc, v uint64, lv ...string) {
+		ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(v), lv...)
+	}
+
+	// TIME_WAIT per namespace, from the reconciled census.
+	for _, ns := range s.TimeWait.ByNetNS {
+		gauge(d.timeWait, float64(ns.Total), netnsLabel(ns.NetNS))
+	}
+
+	// Port use: the busiest destination per namespace by default; per
+	// destination only when asked, and capped.
+	busiest := map[uint32]float64{}
+	for i := range s.Ports {
+		p := &s.Ports[i]
+		busiest[p.NetNS] = max(busiest[p.NetNS], p.Share())
+	}
+	for _, ns := range sortedKeys(busiest) {
+		gauge(d.portUseMax, busiest[ns], netnsLabel(ns))
+	}
+	type dest struct {
+		netns  uint32
+		remote string
+	}
+	perDest := map[dest]*events.PortUse{}
+	var dests []dest
+	for i := range s.Ports { // most used first
+		p := &s.Ports[i]
+		k := dest{p.NetNS, p.Remote.String()}
+		if q := perDest[k]; q != nil {
+			q.Used += p.Used // another local address towards the same destination
+			continue
+		}
+		if len(dests) >= c.opts.Destinations {
+			continue
+		}
+		cp := *p
+		perDest[k] = &cp
+		dests = append(dests, k)
+	}
+	for _, k := range dests {
+		p := perDest[k]
+		gauge(d.destPorts, float64(p.Used), netnsLabel(k.netns), k.remote)
+		gauge(d.destRange, float64(p.RangeSize), netnsLabel(k.netns), k.remote)
+	}
+
+	// Connect failures by errno.
+	byErrno := map[string]uint64{}
+	for i := range s.ConnectFailures {
+		for name, n := range s.ConnectFailures[i].Counts {
+			byErrno[name] += n
+		}
+	}
+	for _, e := range sortedKeys(byErrno) {
+		counter(d.connectFailures, byErrno[e], e)
+	}
+
+	// Drops by reason.
+	byReason := map[string]uint64{}
+	for _, dc := range s.Drops.ByReason {
+		byReason[dc.Reason] += dc.Count
+	}
+	for _, r := range sortedKeys(byReason) {
+		counter(d.drops, byReason[r], r)
+	}
+
+	// Listen and Unix backlog overflows per namespace.
+	listen := map[uint32]uint64{}
+	for _, lo := range s.Drops.ListenOverflows {
+		listen[lo.NetNS] += lo.Overflows
+	}
+	for _, ns := range sortedKeys(listen) {
+		counter(d.listenOverflows, listen[ns], netnsLabel(ns))
+	}
+	unix := map[uint32]uint64{}
+	for i := range s.Unix {
+		u := &s.Unix[i]
+		for _, cl := range u.Callers {
+			unix[u.NetNS] += cl.Counts["EAGAIN"] // the backlog is full
+		}
+	}
+	for _, ns := range sortedKeys(unix) {
+		counter(d.unixOverflows, unix[ns], netnsLabel(ns))
+	}
+
+	// Conntrack per namespace.
+	for i := range s.Conntrack {
+		ct := &s.Conntrack[i]
+		ns := netnsLabel(ct.NetNS)
+		gauge(d.ctEntries, float64(ct.Entries), ns)
+		gauge(d.ctMax, float64(ct.Max), ns)
+		counter(d.ctInserts, ct.Inserts, ns)
+		counter(d.ctInsertFailed, ct.InsertFailed, ns)
+		counter(d.ctDrops, ct.ConntrackDrops, ns)
+		counter(d.ctEarlyDrops, ct.EarlyDrops, ns)
+	}
+
+	// Active findings by kind.
+	kinds := map[string]int{}
+	for _, f := range s.Findings {
+		kinds[f.Kind]++
+	}
+	for _, k := range sortedKeys(kinds) {
+		gauge(d.findings, float64(kinds[k]), k)
+	}
+}
+
+func netnsLabel(ns uint32) string { return strconv.FormatUint(uint64(ns), 10) }
+
+func sortedKeys[K cmp.Ordered, V any](m map[K]V) []K {
+	keys := make([]K, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// MetricNames lists the name of every metric the collector can export
+// (histograms by their base name): the dashboard and alert rules are
+// checked against it.
+func MetricNames() []string {
+	var names []string
+	d := newMetricDescs()
+	d.each(func(desc *prometheus.Desc) { names = append(names, descName(desc)) })
+	return names
+}
+
+// descName digs the fully-qualified name out of a Desc's String form,
+// the only place client_golang shows it.
+func descName(d *prometheus.Desc) string {
+	var name string
+	fmt.Sscanf(d.String(), "Desc{fqName: %q", &name)
+	return name
+}

@@ -1,0 +1,79 @@
+package export
+
+import (
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// HealthCounts are the tracer's own numbers, as the event loop last saw
+// them: absolute values, since the probe keeps running totals.
+type HealthCounts struct {
+	Records        uint64 // records read from the ring buffer
+	BadRecords     uint64 // records the decoder rejected
+	Lost           uint64 // records the kernel could not reserve (ring buffer full)
+	SampledEvents  uint64 // events the samplers handed to the event loop
+	RingUsedBytes  int    // bytes waiting in the ring buffer
+	RingSizeBytes  int
+	SockEntries    int // entries of the socks map at the last socket-table round
+	SockMaxEntries int
+}
+
+// Health is the tracer's self-instrumentation on the exporter's registry:
+// events read and lost by stage, ring buffer use, attachments by hook and
+// mode, map fill. The event loop stores counts with Set; scrapes read
+// them through atomics, so neither waits for the other.
+type Health struct {
+	c [8]atomic.Int64
+}
+
+// NewHealth registers the tracer's own metrics on reg; attached lists the
+// hooks with their attach mode ("" when the hook is off).
+func NewHealth(reg prometheus.Registerer, attached map[string]string) (*Health, error) {
+	h := &Health{}
+	read := func(i int) func() float64 { return func() float64 { return float64(h.c[i].Load()) } }
+	counter := func(name, help string, labels prometheus.Labels, i int) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "conntracer_" + name, Help: help, ConstLabels: labels}, read(i))
+	}
+	gauge := func(name, help string, labels prometheus.Labels, i int) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "conntracer_" + name, Help: help, ConstLabels: labels}, read(i))
+	}
+	const readHelp = "Events read by the tracer, by stage (ring_buffer: records from the kernel; sampler: events from the kernel's tables)."
+	const lostHelp = "Events lost, by stage (kernel: ring buffer full at reserve; decoder: records that failed to decode)."
+	cs := []prometheus.Collector{
+		counter("events_read_total", readHelp, prometheus.Labels{"stage": "ring_buffer"}, 0),
+		counter("events_read_total", readHelp, prometheus.Labels{"stage": "sampler"}, 3),
+		counter("events_lost_total", lostHelp, prometheus.Labels{"stage": "kernel"}, 2),
+		counter("events_lost_total", lostHelp, prometheus.Labels{"stage": "decoder"}, 1),
+		gauge("ring_buffer_used_bytes", "Bytes waiting in the kernel-to-user ring buffer at the last drain.", nil, 4),
+		gauge("ring_buffer_size_bytes", "Size of the kernel-to-user ring buffer.", nil, 5),
+		gauge("map_entries", "Entries of a BPF map (socks: connections tracked in the kernel).", prometheus.Labels{"map": "socks"}, 6),
+		gauge("map_max_entries", "Capacity of a BPF map.", prometheus.Labels{"map": "socks"}, 7),
+	}
+	att := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "conntracer_program_attached",
+		Help: "1 when the hook's programs are attached in this mode (tp_btf, raw_tp, tracepoint); 0 with mode=\"off\".",
+	}, []string{"hook", "mode"})
+	for hook, mode := range attached {
+		v := 1.0
+		if mode == "" {
+			mode, v = "off", 0
+		}
+		att.WithLabelValues(hook, mode).Set(v)
+	}
+	cs = append(cs, att)
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return h, nil
+}
+
+// Set stores the latest counts; safe from any goroutine.
+func (h *Health) Set(c HealthCounts) {
+	for i, v := range [8]int64{int64(c.Records), int64(c.BadRecords), int64(c.Lost), int64(c.SampledEvents),
+		int64(c.RingUsedBytes), int64(c.RingSizeBytes), int64(c.SockEntries), int64(c.SockMaxEntries)} {
+		h.c[i].Store(v)
+	}
+}

@@ -160,12 +160,17 @@ static __always_inline __u8 end_state(int oldstate, int err, bool fin_in, bool f
 	/*
 	 * tcp_time_wait() hands the connection to a timewait socket and then
 	 * closes the full socket (tcp_done -> TCP_CLOSE): the tracepoint never
-	 * shows TIME_WAIT itself. It is reached from FIN_WAIT2 or CLOSING once
-	 * the peer's FIN was received (tcp_fin sets SOCK_DONE). An orphaned
-	 * FIN_WAIT2 that times out without the peer's FIN is not TIME_WAIT
-	 * (ss shows its timewait socket as FIN-WAIT-2).
+	 * shows TIME_WAIT itself. It is reached from CLOSING, or from
+	 * FIN_WAIT2 either once the peer's FIN arrived (tcp_fin sets
+	 * SOCK_DONE) or, for a socket the application already closed, as
+	 * soon as our FIN is acked (tcp_rcv_state_process, TCP_FIN_WAIT1:
+	 * tcp_time_wait(sk, TCP_FIN_WAIT2, tmo)): the timewait socket then
+	 * waits in substate FIN_WAIT2 for the peer's FIN and turns TIME_WAIT
+	 * when it comes. Slow peers make that second path common, so both
+	 * count as TIME_WAIT. (The other FIN_WAIT2 -> CLOSE without an error,
+	 * TCP_LINGER2 < 0, is rare.)
 	 */
-	if ((oldstate == TCP_FIN_WAIT2 || oldstate == TCP_CLOSING) && fin_in)
+	if (oldstate == TCP_FIN_WAIT2 || (oldstate == TCP_CLOSING && fin_in))
 		return END_TIME_WAIT;
 	if (oldstate == TCP_LAST_ACK && fin_acked)
 		return (flags & CONN_CLOSE_WAIT) ? END_CLOSE_WAIT : END_CLOSED;

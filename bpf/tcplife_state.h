@@ -245,7 +245,10 @@ static __always_inline int FN(handle_state)(struct tcp_sock *tp, int oldstate, i
 	case TCP_ESTABLISHED:
 		st->flags |= CONN_ESTABLISHED;
 		st->established_ns = bpf_ktime_get_boot_ns();
-		st->sport = RD(tp, SKC.skc_num);
+		/* Complete the tuple: an active open's local port is bound
+		 * after SYN_SENT, and on older kernels (6.1, 6.12) a passive
+		 * child's peer address is written after its SYN_RECV. */
+		FN(fill_tuple)(tp, st, family);
 		st->tx_base = RD(tp, bytes_acked);
 		st->rx_base = RD(tp, bytes_received);
 		break;

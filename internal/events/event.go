@@ -119,14 +119,16 @@ const (
 	// EndReset: aborted by a RST sent or received, or by a timeout after
 	// the handshake. Conn.Error holds the socket error, if any.
 	EndReset
-	// EndTimeWait: this side closed first and its socket entered TIME_WAIT
-	// (FIN_WAIT2 or CLOSING -> CLOSE after the peer's FIN, no error).
+	// EndTimeWait: this side closed first and a timewait socket took the
+	// connection over (FIN_WAIT2 or CLOSING -> CLOSE, no error). If the
+	// peer had not closed yet, the timewait socket waits for its FIN in
+	// substate FIN_WAIT2 and turns TIME_WAIT when it arrives.
 	EndTimeWait
 	// EndCloseWait: the peer closed first; this side passed through
 	// CLOSE_WAIT and LAST_ACK and closed normally.
 	EndCloseWait
-	// EndClosed: any other orderly close (for example an orphaned
-	// FIN_WAIT2 that timed out, or a handshake that never completed).
+	// EndClosed: any other orderly close (a LAST_ACK whose FIN was never
+	// acked, a socket closed with TCP_LINGER2 < 0 in FIN_WAIT2).
 	EndClosed
 )
 

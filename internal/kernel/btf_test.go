@@ -16,7 +16,9 @@ func TestDropReasonsMatchTracepoint(t *testing.T) {
 	if err != nil {
 		t.Skipf("no kernel BTF: %v", err)
 	}
-	for _, want := range []string{"NOT_SPECIFIED", "NO_SOCKET", "NETFILTER_DROP", "TCP_LISTEN_OVERFLOW", "SOCKET_RCVBUFF"} {
+	// Reasons every kernel with drop reasons names (5.17 on); newer ones
+	// such as TCP_LISTEN_OVERFLOW are absent from 6.1 and 6.12.
+	for _, want := range []string{"NOT_SPECIFIED", "NO_SOCKET", "NETFILTER_DROP", "SOCKET_RCVBUFF"} {
 		found := false
 		for _, n := range reasons {
 			found = found || n == want

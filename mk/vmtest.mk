@@ -1,0 +1,32 @@
+# Kernel matrix: the test suite inside Debian's 6.1 and 6.12 kernels under qemu
+# (tools/vmtest, see tools/vmtest/README.md). Included by the main Makefile.
+#
+#   make test-kernels                          # every package, 6.1 then 6.12
+#   make test-kernels KERNELS=6.12             # one kernel
+#   make test-kernels KERNELS=6.1 PKGS=./internal/kernel RUN='TestX$$' VMTEST_GOFLAGS=-short
+#   make kernels                               # download and cache the kernels only
+
+KERNELS ?= 6.1 6.12
+PKGS    ?= ./...
+RUN     ?=
+VMTEST  := tools/vmtest
+
+.PHONY: vmtest-deps
+vmtest-deps: ## install the kernel matrix's host packages (qemu, busybox-static, ...) if missing
+	@$(VMTEST)/deps.sh
+
+.PHONY: kernels
+kernels: vmtest-deps ## download and cache the matrix kernels ($(KERNELS)) and their initramfs
+	@for k in $(KERNELS); do \
+		d=$$($(VMTEST)/kernel.sh $$k) || exit 1; \
+		echo "kernel $$k: $$(cat $$d/release) from $$(cat $$d/package), cached in $$d"; \
+	done
+
+.PHONY: test-kernels
+test-kernels: kernels ## run the tests inside each kernel of $(KERNELS) (qemu, TCG), with a summary
+	@VMTEST_PKGS='$(PKGS)' VMTEST_RUN='$(RUN)' GO='$(or $(GO),go)' $(VMTEST)/matrix.sh $(KERNELS)
+
+.PHONY: vagrant-validate
+vagrant-validate: ## check the Vagrantfile with `vagrant validate` (installs Debian's vagrant)
+	@$(VMTEST)/deps.sh vagrant
+	@$(VMTEST)/check-vagrantfile.sh

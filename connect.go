@@ -73,7 +73,7 @@ func (p *Probe) openConnect() error {
 	if err != nil {
 		return off(fmt.Errorf("load: %+v", err))
 	}
-	if err := p.adopt(coll, connectMapLostRecords); err != nil {
+	if err := p.adopt("connect", coll, connectMapLostRecords); err != nil {
 		return err
 	}
 	p.connectCounters = coll.Maps[connectMapCounters]

@@ -62,7 +62,7 @@ func (p *Probe) openDrops() {
 			errs = append(errs, fmt.Errorf("%s: %w", mode, err))
 			continue
 		}
-		if err := p.adopt(coll, dropsMapLostRecords); err != nil {
+		if err := p.adopt("drops", coll, dropsMapLostRecords); err != nil {
 			l.Close()
 			errs = append(errs, err)
 			break

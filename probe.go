@@ -133,6 +133,7 @@ type Probe struct {
 	ring        *ebpf.Map
 	colls       []*ebpf.Collection
 	lost        []*ebpf.Map // one lost_records map per object
+	lostNames   []string    // the object of each lost map, for LostByObject
 	links       []link.Link
 	attachments []Attachment
 	reader      *ringbuf.Reader
@@ -314,9 +315,33 @@ func (p *Probe) LostRecords() (uint64, error) {
 	return n, nil
 }
 
+// ObjectLost is one BPF object's count of records the kernel could not
+// write to the ring buffer.
+type ObjectLost struct {
+	Object string // "tcplife", "connect", "drops"
+	Lost   uint64
+}
+
+// LostByObject is LostRecords per BPF object, in the order they were
+// loaded. Safe to call from any goroutine.
+func (p *Probe) LostByObject() ([]ObjectLost, error) {
+	out := make([]ObjectLost, len(p.lost))
+	for i, m := range p.lost {
+		var perCPU []uint64
+		if err := m.Lookup(uint32(0), &perCPU); err != nil {
+			return nil, fmt.Errorf("read %s lost_records: %w", p.lostNames[i], err)
+		}
+		out[i].Object = p.lostNames[i]
+		for _, v := range perCPU {
+			out[i].Lost += v
+		}
+	}
+	return out, nil
+}
+
 // adopt keeps a loaded object: its lost-record counter is summed and it is
 // closed with the probe.
-func (p *Probe) adopt(coll *ebpf.Collection, lostMap string) error {
+func (p *Probe) adopt(name string, coll *ebpf.Collection, lostMap string) error {
 	m, ok := coll.Maps[lostMap]
 	if !ok {
 		coll.Close()
@@ -324,6 +349,7 @@ func (p *Probe) adopt(coll *ebpf.Collection, lostMap string) error {
 	}
 	p.colls = append(p.colls, coll)
 	p.lost = append(p.lost, m)
+	p.lostNames = append(p.lostNames, name)
 	return nil
 }
 
@@ -341,7 +367,7 @@ func (p *Probe) Close() error {
 	for _, c := range p.colls {
 		c.Close()
 	}
-	p.colls, p.lost = nil, nil
+	p.colls, p.lost, p.lostNames = nil, nil, nil
 	p.connectCounters, p.unixPoller = nil, nil
 	if p.ring != nil {
 		errs = append(errs, p.ring.Close())

@@ -35,7 +35,7 @@ func (p *Probe) openTCPLife() error {
 		}
 		p.links = append(p.links, l)
 		p.attachments = append(p.attachments, Attachment{Hook: stateHook, Mode: mode, Err: errors.Join(errs...)})
-		if err := p.adopt(coll, tcplifeMapLostRecords); err != nil {
+		if err := p.adopt("tcplife", coll, tcplifeMapLostRecords); err != nil {
 			return err
 		}
 		p.attachAccept(coll)

@@ -100,6 +100,15 @@ type exportedEvent struct {
 	Drop      *events.Drop      `json:"drop,omitempty"`
 	Conntrack *events.Conntrack `json:"conntrack,omitempty"`
 	Sample    *events.Sample    `json:"sample,omitempty"`
+	Counters  *exportedCounters `json:"counters,omitempty"`
+}
+
+// exportedCounters are kernel or tracer counters by name, not index.
+type exportedCounters struct {
+	NetNS  uint32            `json:"netns,omitempty"`
+	Object string            `json:"object,omitempty"`
+	TimeNs uint64            `json:"time_ns,omitempty"`
+	Values map[string]uint64 `json:"values"`
 }
 
 func exportLine(ev *events.Event, now time.Time) *exportedEvent {
@@ -120,6 +129,17 @@ func exportLine(ev *events.Event, now time.Time) *exportedEvent {
 	}
 	if ev.Sample != (events.Sample{}) {
 		x.Sample = &ev.Sample
+	}
+	if ev.Counters != (events.Counters{}) {
+		c := ev.Counters
+		x.Counters = &exportedCounters{NetNS: c.NetNS, Object: c.Object, TimeNs: c.TimeNs, Values: map[string]uint64{}}
+		names := events.KernelCounterNames[:]
+		if ev.Kind == events.KindTracerCounters {
+			names = events.TracerCounterNames[:]
+		}
+		for i, n := range names {
+			x.Counters.Values[n] = c.Values[i]
+		}
 	}
 	return x
 }

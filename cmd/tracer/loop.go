@@ -59,6 +59,7 @@ func newSession(cfg *topConfig, probe *conntracer.Probe, stderr io.Writer) (_ *s
 	}
 	s.samplers = topSamplers(cfg, socks)
 	s.loop = newTopLoop(cfg, stderr)
+	s.loop.probe = probe // the tracer's loss counters (counters.go)
 	s.handler = s.loop
 	// The recorder sees every event the aggregator applies, the start-up
 	// snapshot and first sampler round included (record_hook.go).

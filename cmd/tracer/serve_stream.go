@@ -18,10 +18,12 @@ func streamWithMetrics(cfg *config, probe *conntracer.Probe, p *pipeline, stderr
 		reconcile:  5 * time.Second,
 		netnsEvery: time.Second,
 		unixEvery:  2 * time.Second,
-		netns:      cfg.filter.NetNS,
-		th:         events.DefaultThresholds(),
-		probe:      cfg.probe,
-		web:        cfg.web,
+
+		countersEvery: 10 * time.Second,
+		netns:         cfg.filter.NetNS,
+		th:            events.DefaultThresholds(),
+		probe:         cfg.probe,
+		web:           cfg.web,
 	}
 	s, err := newSession(tcfg, probe, stderr)
 	if err != nil {

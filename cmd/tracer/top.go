@@ -107,6 +107,10 @@ type topLoop struct {
 	healthAt    time.Time
 	sampled     uint64 // events the samplers handed over
 	sockEntries int    // KindSockOpen events of the last socket-table round
+
+	// The tracer's loss counters, applied every countersEvery (counters.go).
+	countersEvery time.Duration
+	countersAt    time.Time
 }
 
 // newTopLoop makes the aggregator with its drop names (from the running
@@ -117,6 +121,8 @@ func newTopLoop(cfg *topConfig, stderr io.Writer) *topLoop {
 		netns:   cfg.netns,
 		agg:     events.NewAggregator(cfg.th),
 		batches: make(chan []events.Event, 4),
+
+		countersEvery: cfg.countersEvery,
 	}
 	l.agg.SetDropNames(dropNames(stderr))
 	ports := &kernel.PortInfoCache{TTL: 10 * time.Second}
@@ -164,6 +170,7 @@ func (l *topLoop) Drained() {
 				l.snap.Store(l.agg.Snapshot())
 			}
 		default:
+			l.tracerCounters(time.Now(), false)
 			l.rec.Tick(time.Now(), l.snap.Load())
 			l.updateHealth()
 			return
@@ -207,6 +214,8 @@ func eventNetNS(ev *events.Event) uint32 {
 		return ev.Drop.NetNS
 	case events.KindConntrackStats, events.KindConntrackOwner:
 		return ev.Conntrack.NetNS
+	case events.KindKernelCounters, events.KindTracerCounters:
+		return ev.Counters.NetNS
 	}
 	return ev.Conn.NetNS
 }

@@ -22,11 +22,14 @@ type topConfig struct {
 	reconcile  time.Duration
 	netnsEvery time.Duration
 	unixEvery  time.Duration
-	existing   bool
-	netns      uint32
-	sortBy     top.Column
-	th         events.Thresholds
-	probe      conntracer.Options
+	// countersEvery: nstat TCP counters, sockstat and the tracer's loss
+	// counters (0: never).
+	countersEvery time.Duration
+	existing      bool
+	netns         uint32
+	sortBy        top.Column
+	th            events.Thresholds
+	probe         conntracer.Options
 	recordFlags
 	web webConfig // /metrics, when a listen address is set
 }
@@ -98,6 +101,7 @@ func addLoopFlags(fs *pflag.FlagSet, cfg *topConfig) func() error {
 	fs.DurationVar(&cfg.sample, "sample-interval", time.Second, "how often the kernel's table of open sockets is read")
 	fs.DurationVar(&cfg.reconcile, "reconcile-interval", 5*time.Second, "how often TIME_WAIT counts are reconciled with a sock_diag dump of every namespace (0: never)")
 	fs.DurationVar(&cfg.netnsEvery, "netns-interval", time.Second, "how often every namespace's conntrack statistics and listen overflows are read (0: never)")
+	fs.DurationVar(&cfg.countersEvery, "counters-interval", 10*time.Second, "how often the kernel's TCP counters (nstat), sockstat and the tracer's loss counters are read and recorded (0: never)")
 	fs.DurationVar(&cfg.unixEvery, "unix-interval", 2*time.Second, "how often listening Unix sockets (backlog, queue, owner) are read (0: never)")
 	fs.BoolVar(&cfg.existing, "existing", true, "find connections open before start-up (sock_diag) and their owners")
 	fs.Uint32Var(&cfg.probe.MaxSockets, "max-sockets", defaults.MaxSockets, "connections tracked at once in the kernel (LRU beyond that)")
@@ -117,8 +121,8 @@ func addLoopFlags(fs *pflag.FlagSet, cfg *topConfig) func() error {
 	fs.DurationVar(&th.IdleExpiry, "finding.idle-expiry", th.IdleExpiry, "forget a process or remote with nothing open after this long without events")
 
 	return func() error {
-		if cfg.sample <= 0 || cfg.reconcile < 0 || cfg.netnsEvery < 0 || cfg.unixEvery < 0 {
-			return usagef("--sample-interval must be positive, --reconcile-interval, --netns-interval and --unix-interval not negative")
+		if cfg.sample <= 0 || cfg.reconcile < 0 || cfg.netnsEvery < 0 || cfg.unixEvery < 0 || cfg.countersEvery < 0 {
+			return usagef("--sample-interval must be positive, --reconcile-interval, --netns-interval, --unix-interval and --counters-interval not negative")
 		}
 		var err error
 		if cfg.probe.AttachMode, err = conntracer.ParseAttachMode(*attachMode); err != nil {

@@ -63,6 +63,7 @@ func (l *topLoop) sampleAll(samplers []*topSampler, stderr io.Writer) error {
 			l.apply(&evs[i], now)
 		}
 	}
+	l.tracerCounters(time.Now(), true)
 	return nil
 }
 
@@ -90,6 +91,14 @@ func topSamplers(cfg *topConfig, socks *conntracer.SocketSampler) []*topSampler 
 		{name: "TIME_WAIT counts not reconciled with the kernel", every: cfg.reconcile, read: func() ([]events.Event, error) {
 			evs, _, err := kernel.TimeWaitDump()
 			return evs, err
+		}},
+		{name: "kernel TCP counters and sockstat", every: cfg.countersEvery, read: func() ([]events.Event, error) {
+			now, err := kernel.BootTimeNs()
+			if err != nil {
+				return nil, err
+			}
+			evs, warnings := kernel.KernelCounters(cfg.netns, now)
+			return evs, errors.Join(warnings...)
 		}},
 		{name: "socket table", every: cfg.sample, required: true, read: func() ([]events.Event, error) {
 			b := make([]events.Event, 0, last+last/8+1)

@@ -58,6 +58,7 @@ type Aggregator struct {
 	drops        *DropStats
 	conntrack    *ConntrackStats
 	hists        *connHists
+	counters     CounterStats
 	dropNames    *DropNames
 	connectRules ConnectRules
 	portInfo     PortInfoFunc

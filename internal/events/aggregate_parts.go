@@ -48,6 +48,8 @@ func (a *Aggregator) applyParts(ev *Event) {
 		a.conntrack.Apply(ev, a.now)
 	case KindConntrackStats, KindConntrackOwner:
 		a.conntrack.Apply(ev, a.now)
+	case KindKernelCounters, KindTracerCounters:
+		a.counters.Apply(ev, a.now)
 	}
 }
 
@@ -75,4 +77,5 @@ func (a *Aggregator) partSnapshots(s *Snapshot) {
 	s.Conntrack = a.conntrack.Snapshot()
 	s.Drops = a.drops.Snapshot()
 	s.Histograms = a.hists.h // an array: copied
+	s.KernelCounters = a.counters.Snapshot()
 }

@@ -33,6 +33,9 @@ type Snapshot struct {
 	Conntrack       []ConntrackNSSnapshot // one per namespace, fullest first
 	Drops           DropSnapshot
 	Histograms      ConnHistograms `json:"-"` // for /metrics
+	// KernelCounters: the kernel's and the tracer's own counters, last
+	// values and deltas (counterstats.go).
+	KernelCounters []CounterSnapshot
 }
 
 // MaxPorts bounds Snapshot.Ports: the most used destinations are the

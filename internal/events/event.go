@@ -316,6 +316,8 @@ type Event struct {
 	Conntrack Conntrack
 	// Sample holds the extra fields of sampler events (sample.go).
 	Sample Sample
+	// Counters: KindKernelCounters, KindTracerCounters (kcounters.go).
+	Counters Counters
 }
 
 // errnoNames covers the socket errors a connection can end with. Other values

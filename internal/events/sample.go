@@ -45,7 +45,7 @@ func sampleKindString(k Kind) string {
 	case KindPortRange:
 		return "port_range"
 	}
-	return "unknown"
+	return counterKindString(k)
 }
 
 // Sample carries the fields of sampler events that a Conn has no room for.

@@ -12,7 +12,7 @@ import (
 //
 //	kind byte | zigzag(now - previous now) | parts mask byte | parts...
 //
-// and each part (Conn, Connect, Drop, Conntrack, Sample) is a sequence of
+// and each part (Conn, Connect, Drop, Conntrack, Sample, Counters) is a sequence of
 // varints and bytes. What repeats is said once per block: strings (drop
 // reasons, symbols, cgroup paths) and owners (Process) go into block-local
 // tables and are referred to by index afterwards; kernel times are deltas
@@ -36,6 +36,9 @@ const (
 	partDrop
 	partConntrack
 	partSample
+	// partCounters (KindKernelCounters, KindTracerCounters) was added
+	// within version 1: files without it read as before.
+	partCounters
 )
 
 // errCorrupt is what the decoder reports for bytes it cannot parse.
@@ -156,6 +159,9 @@ func (e *encoder) event(ev *events.Event, now int64) {
 	if ev.Sample != (events.Sample{}) {
 		mask |= partSample
 	}
+	if ev.Counters != (events.Counters{}) {
+		mask |= partCounters
+	}
 	e.b(mask)
 	if mask&partConn != 0 {
 		e.conn(&ev.Conn)
@@ -171,6 +177,9 @@ func (e *encoder) event(ev *events.Event, now int64) {
 	}
 	if mask&partSample != 0 {
 		e.sample(&ev.Sample)
+	}
+	if mask&partCounters != 0 {
+		e.counters(&ev.Counters)
 	}
 }
 
@@ -274,6 +283,26 @@ func (e *encoder) sample(s *events.Sample) {
 	e.u(s.ExpiresNs)
 	e.u(uint64(s.PortLow))
 	e.u(uint64(s.PortHigh))
+}
+
+// counters writes the values up to the last non-zero one, preceded by
+// their number: a later tracer with more counter names writes more, and
+// a reader knowing fewer skips the extra ones.
+func (e *encoder) counters(c *events.Counters) {
+	e.u(uint64(c.NetNS))
+	e.b(e.flag(c.TimeNs != 0))
+	if c.TimeNs != 0 {
+		e.ts(c.TimeNs)
+	}
+	e.str(c.Object)
+	n := len(c.Values)
+	for n > 0 && c.Values[n-1] == 0 {
+		n--
+	}
+	e.u(uint64(n))
+	for _, v := range c.Values[:n] {
+		e.u(v)
+	}
 }
 
 // decoder reads events from one block's bytes. It never panics: every read
@@ -443,7 +472,7 @@ func (d *decoder) event(ev *events.Event) (now int64, kind uint8) {
 	}
 	*ev = events.Event{Kind: events.Kind(kind)}
 	mask := d.b()
-	if mask&^(partConn|partConnect|partDrop|partConntrack|partSample) != 0 {
+	if mask&^(partConn|partConnect|partDrop|partConntrack|partSample|partCounters) != 0 {
 		d.fail()
 	}
 	if mask&partConn != 0 {
@@ -460,6 +489,9 @@ func (d *decoder) event(ev *events.Event) (now int64, kind uint8) {
 	}
 	if mask&partSample != 0 {
 		d.sample(&ev.Sample)
+	}
+	if mask&partCounters != 0 {
+		d.counters(&ev.Counters)
 	}
 	return now, kind
 }
@@ -569,4 +601,29 @@ func (d *decoder) sample(s *events.Sample) {
 	s.ExpiresNs = d.u()
 	s.PortLow = uint16(d.u())
 	s.PortHigh = uint16(d.u())
+}
+
+// maxCounterValues bounds the values a damaged counters part can claim.
+const maxCounterValues = 1024
+
+func (d *decoder) counters(c *events.Counters) {
+	c.NetNS = uint32(d.u())
+	if d.b()&1 != 0 {
+		c.TimeNs = d.ts()
+	}
+	c.Object = d.str()
+	n := d.u()
+	if n > maxCounterValues {
+		d.fail()
+		return
+	}
+	for i := range int(n) {
+		v := d.u()
+		if d.err != nil {
+			return
+		}
+		if i < len(c.Values) {
+			c.Values[i] = v
+		}
+	}
 }

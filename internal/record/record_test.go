@@ -75,6 +75,16 @@ func everyKind() []stamped {
 	}})
 	add(events.Event{Kind: events.KindTimeWait, Conn: closeEvent(3).Conn, Sample: events.Sample{TimeNs: 5, ExpiresNs: 6e10}})
 	add(events.Event{Kind: events.KindPortRange, Conn: events.Conn{NetNS: 9}, Sample: events.Sample{PortLow: 32768, PortHigh: 60999}})
+	kc := events.Event{Kind: events.KindKernelCounters, Counters: events.Counters{NetNS: 9, TimeNs: 1 << 40}}
+	for i := range len(events.KernelCounterNames) {
+		kc.Counters.Values[i] = uint64(i * 1000003)
+	}
+	add(kc)
+	tc := events.Event{Kind: events.KindTracerCounters, Counters: events.Counters{Object: "tcplife"}}
+	tc.Counters.Values[0] = 17
+	add(tc)
+	tc.Counters = events.Counters{Values: [events.MaxCounters]uint64{0, 1 << 33, 2, 3}}
+	add(tc)
 	// Times going backwards a little, as wall clocks do.
 	out[len(out)-1].now = out[len(out)-1].now.Add(-time.Millisecond)
 	return out
@@ -371,5 +381,26 @@ func TestCreateModeAndRotation(t *testing.T) {
 	}
 	if _, err := os.Stat(path + ".3"); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("keep 2: %s.3 exists (%v)", path, err)
+	}
+}
+
+// TestReadsFilesWithoutCounters reads a version 1 file written before
+// the counters part existed (testdata/v1-before-counters.ctrec: the
+// everyKind events of that time, written by that writer): it reads as
+// it did.
+func TestReadsFilesWithoutCounters(t *testing.T) {
+	b, err := os.ReadFile("testdata/v1-before-counters.ctrec")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := everyKind()[:7]
+	want[6].now = want[6].now.Add(-time.Millisecond)
+	got, st, err := readAll(t, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	equalStamped(t, got, want)
+	if st.Blocks != 1 || st.LostBytes != 0 {
+		t.Fatalf("stats %+v", st)
 	}
 }

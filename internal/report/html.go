@@ -106,6 +106,7 @@ func (r *Report) WriteHTML(w io.Writer) error {
 		fmt.Fprintf(&b, "<tr><td>%d</td><td>%s</td><td>%d</td><td>%d</td><td>%d</td></tr>\n", p.PID, html.EscapeString(p.Comm), p.Opened, p.Closed, p.Open())
 	}
 	b.WriteString("</table>\n")
+	writeCountersHTML(&b, r.Final.KernelCounters)
 	// Says in the DOM that the charts drew (tests read it headless).
 	b.WriteString(`<p id="status"></p><script>document.getElementById("status").textContent = "charts drawn: " + document.querySelectorAll("canvas").length;</script>` + "\n")
 	b.WriteString("</body></html>\n")

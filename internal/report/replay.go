@@ -176,6 +176,8 @@ func EventNetNS(ev *events.Event) uint32 {
 		return ev.Drop.NetNS
 	case events.KindConntrackStats, events.KindConntrackOwner:
 		return ev.Conntrack.NetNS
+	case events.KindKernelCounters, events.KindTracerCounters:
+		return ev.Counters.NetNS
 	}
 	return ev.Conn.NetNS
 }

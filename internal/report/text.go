@@ -68,6 +68,7 @@ func (r *Report) WriteText(w io.Writer) error {
 	for _, f := range r.Findings {
 		fmt.Fprintf(&b, "  %s  %s .. %s  pid %d %s %s%s: %s\n", f.Kind, clock(f.Since), clock(f.Last), f.PID, f.Comm, f.Remote, f.Path, f.Message)
 	}
+	writeCountersText(&b, r.Final.KernelCounters)
 	b.WriteString("\nat the end of the recording\n")
 	b.WriteString(top.RenderText(r.Final, top.ViewOptions{Sort: top.ColOpens, Width: 160}))
 	_, err := io.WriteString(w, b.String())

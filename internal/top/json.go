@@ -39,6 +39,9 @@ type Document struct {
 	// Conntrack: one object per network namespace whose conntrack table
 	// is in use, fullest first; counts are since the tracer started.
 	Conntrack []events.ConntrackNSSnapshot `json:"conntrack"`
+	// KernelCounters: nstat TCP counters and sockstat per namespace, the
+	// tracer's loss counters; last values and deltas since the start.
+	KernelCounters []events.CounterSnapshot `json:"kernel_counters"`
 	// Drops: packet drops by reason, namespace and owner, and listen-queue
 	// overflows per listener.
 	Drops events.DropSnapshot `json:"drops"`
@@ -150,8 +153,8 @@ func NewDocument(s *events.Snapshot, interval time.Duration, cgroups map[uint64]
 		Thresholds: thresholds(&s.Thresholds),
 
 		ConnectFailures: nonNil(s.ConnectFailures), Unix: nonNil(s.Unix), ConnectLatency: nonNil(s.ConnectLatency),
-		Conntrack: nonNil(s.Conntrack),
-		Drops:     events.DropSnapshot{ByReason: nonNil(s.Drops.ByReason), ListenOverflows: nonNil(s.Drops.ListenOverflows)},
+		Conntrack: nonNil(s.Conntrack), KernelCounters: nonNil(s.KernelCounters),
+		Drops: events.DropSnapshot{ByReason: nonNil(s.Drops.ByReason), ListenOverflows: nonNil(s.Drops.ListenOverflows)},
 	}
 	for i := range s.Processes {
 		p := &s.Processes[i]

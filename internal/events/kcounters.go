@@ -1,0 +1,83 @@
+package events
+
+// Counter events: a periodic snapshot of counters the kernel and the
+// tracer keep themselves, recorded so that a post-mortem can compare what
+// the tracer saw with what the kernel counted.
+const (
+	// KindKernelCounters reports one network namespace's TCP MIB counters
+	// (/proc/net/snmp Tcp, /proc/net/netstat TcpExt: what `nstat` shows)
+	// and /proc/net/sockstat, read inside it. Counters.NetNS, TimeNs and
+	// Values indexed by KernelCounterNames.
+	KindKernelCounters Kind = 48 + iota
+	// KindTracerCounters reports the tracer's own losses: per BPF object
+	// (Counters.Object) the records the kernel could not write to the ring
+	// buffer; for Object "" the reader's totals. Values indexed by
+	// TracerCounterNames.
+	KindTracerCounters
+)
+
+// MaxCounters bounds Counters.Values. A recording carries the values it
+// has; names added later take new indices, never reuse old ones.
+const MaxCounters = 32
+
+// KernelCounterNames names the values of KindKernelCounters, in index
+// order: nstat's names (Tcp*, TcpExt*) and sockstat's (Sockstat*).
+// Sockstat "sockets: used", "TCP: inuse" and "tw" are per namespace;
+// "orphan", "alloc" and "mem" (pages) are global in the kernel.
+var KernelCounterNames = [...]string{
+	"TcpActiveOpens", "TcpPassiveOpens", "TcpAttemptFails", "TcpEstabResets", "TcpCurrEstab",
+	"TcpInSegs", "TcpOutSegs", "TcpRetransSegs", "TcpInErrs", "TcpOutRsts",
+	"TcpExtListenOverflows", "TcpExtListenDrops", "TcpExtTCPTimeWaitOverflow",
+	"TcpExtTCPAbortOnClose", "TcpExtTCPAbortOnData", "TcpExtTCPAbortOnTimeout",
+	"TcpExtTCPAbortOnMemory", "TcpExtTCPAbortOnLinger", "TcpExtTW", "TcpExtTCPSynRetrans",
+	"TcpExtSyncookiesSent", "TcpExtTCPReqQFullDrop", "TcpExtTCPBacklogDrop",
+	"SockstatSocketsUsed", "SockstatTCPInuse", "SockstatTCPOrphan", "SockstatTCPTw",
+	"SockstatTCPAlloc", "SockstatTCPMem",
+}
+
+// TracerCounterNames names the values of KindTracerCounters.
+var TracerCounterNames = [...]string{
+	// "Lost": records the kernel could not write (ring buffer full).
+	"Lost",
+	// Records read and records that failed to decode (Object "").
+	"Records", "Undecodable",
+	// Sampler batches waiting for the event loop (Object "", a gauge).
+	"BatchesWaiting",
+}
+
+// KernelGauges are the KernelCounterNames that are levels, not counts:
+// their delta over a recording is a change, not a number of events.
+var KernelGauges = map[string]bool{
+	"TcpCurrEstab": true, "SockstatSocketsUsed": true, "SockstatTCPInuse": true, "SockstatTCPOrphan": true,
+	"SockstatTCPTw": true, "SockstatTCPAlloc": true, "SockstatTCPMem": true, "BatchesWaiting": true,
+}
+
+// Counters is the payload of KindKernelCounters and KindTracerCounters.
+type Counters struct {
+	NetNS  uint32 // KindKernelCounters: the namespace read
+	TimeNs uint64 // when read, CLOCK_BOOTTIME ns
+	Object string // KindTracerCounters: the BPF object, "" for the reader's totals
+	Values [MaxCounters]uint64
+}
+
+// counterNames returns the names of k's values (nil for other kinds).
+func counterNames(k Kind) []string {
+	switch k {
+	case KindKernelCounters:
+		return KernelCounterNames[:]
+	case KindTracerCounters:
+		return TracerCounterNames[:]
+	}
+	return nil
+}
+
+// counterKindString names the counter kinds (see Kind.String).
+func counterKindString(k Kind) string {
+	switch k {
+	case KindKernelCounters:
+		return "kernel_counters"
+	case KindTracerCounters:
+		return "tracer_counters"
+	}
+	return "unknown"
+}

@@ -339,3 +339,32 @@ func TestSnapshotIsImmutable(t *testing.T) {
 		t.Errorf("snapshot changed under its reader:\nbefore %s\nafter  %s", before, after)
 	}
 }
+
+// TestTimeWaitInSubstateFinWait2 covers an application that closed before
+// its peer: the kernel's timewait socket sits in substate FIN_WAIT2 until
+// the peer's FIN. A dump listing it so must confirm the tracer's entry, and
+// one the tracer never saw close is not counted until it is TIME_WAIT.
+func TestTimeWaitInSubstateFinWait2(t *testing.T) {
+	w := newFakeWorld(t, DefaultThresholds())
+	cl := proc(401, "early-closer")
+	s := w.open(cl, "10.0.0.1:42000", "10.0.0.2:80", RoleActive)
+	w.advance(time.Millisecond)
+	w.close(s, EndTimeWait)
+	w.advance(time.Second)
+	start := w.bootNs
+	for _, tu := range [][2]string{{"10.0.0.1:42000", "10.0.0.2:80"}, {"10.0.0.1:33000", "10.0.0.3:80"}} {
+		ev := Event{Kind: KindTimeWait, Sample: Sample{TimeNs: start, ExpiresNs: uint64(50 * time.Second)}}
+		ev.Conn = w.conn(&sock{local: tu[0], remote: tu[1]})
+		ev.Conn.LastState = TCPFinWait2
+		w.agg.Apply(&ev, w.wall)
+	}
+	w.agg.Apply(&Event{Kind: KindTimeWaitDone, Conn: Conn{NetNS: w.netns}, Sample: Sample{TimeNs: start}}, w.wall)
+	w.agg.Apply(&Event{Kind: KindTimeWaitDone, Sample: Sample{TimeNs: start}}, w.wall)
+	snap := w.agg.Snapshot()
+	if snap.TimeWait.Total != 1 || snap.TimeWait.Unattributed != 0 {
+		t.Errorf("TIME_WAIT %+v, want the early closer's one socket, attributed", snap.TimeWait)
+	}
+	if p := findProc(snap, 401); p == nil || p.TimeWait != 1 {
+		t.Errorf("early closer's TIME_WAIT: %+v", p)
+	}
+}

@@ -167,6 +167,13 @@ func (t *timeWaitTable) dumped(a *Aggregator, c *Conn, ns, expires uint64) {
 		t.m[k] = e
 		return
 	}
+	if c.LastState == TCPFinWait2 {
+		// A timewait socket still in substate FIN_WAIT2 confirms an
+		// entry the tracer made from a close record; one it never saw
+		// is not TIME_WAIT yet (ss lists it as FIN-WAIT-2), and the
+		// next dump will count it once the peer's FIN has arrived.
+		return
+	}
 	t.insert(a, k, twEntry{closeNs: ns, ttlMs: ttlMs(ns, ns+expires), seen: t.gen})
 }
 

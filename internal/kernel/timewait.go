@@ -133,7 +133,9 @@ func (r *inetDiagReq) Serialize() []byte {
 	b[0] = r.family
 	b[1] = unix.IPPROTO_TCP
 	// b[2] ext = 0, b[3] pad
-	binary.NativeEndian.PutUint32(b[4:], 1<<uint(events.TCPTimeWait))
+	// TIME_WAIT, and FIN_WAIT2 for timewait sockets still waiting for a
+	// slow peer's FIN (see timeWaitEvent).
+	binary.NativeEndian.PutUint32(b[4:], 1<<uint(events.TCPTimeWait)|1<<uint(events.TCPFinWait2))
 	// id: all zero, cookie "no cookie" (INET_DIAG_NOCOOKIE, ~0)
 	binary.NativeEndian.PutUint32(b[48:], ^uint32(0))
 	binary.NativeEndian.PutUint32(b[52:], ^uint32(0))
@@ -187,10 +189,18 @@ func dumpTimeWait(s *nl.NetlinkSocket, family uint8, ino uint32, start uint64, e
 
 // timeWaitEvent parses one struct inet_diag_msg.
 func timeWaitEvent(b []byte, ino uint32, start uint64) (events.Event, bool) {
-	if len(b) < inetDiagMsgLen || events.TCPState(b[1]) != events.TCPTimeWait {
-		// A timewait socket whose substate is FIN_WAIT2 (an orphan
-		// still waiting for the peer's FIN) is not TIME_WAIT; ss
-		// state time-wait does not list it either.
+	if len(b) < inetDiagMsgLen {
+		return events.Event{}, false
+	}
+	// A timewait socket reports its substate (inet_twsk_diag_fill) and
+	// timer 3. Substate FIN_WAIT2 is an orphan that closed before its
+	// peer: the tracer already counts it as TIME_WAIT (its close record
+	// says so) and it turns TIME_WAIT when the peer's FIN arrives, so the
+	// dump must confirm it, not make the aggregator forget it. Full
+	// FIN_WAIT2 sockets (other timers) are not timewait sockets.
+	state := events.TCPState(b[1])
+	const twTimer = 3
+	if state != events.TCPTimeWait && !(state == events.TCPFinWait2 && b[2] == twTimer) {
 		return events.Event{}, false
 	}
 	family := b[0]
@@ -217,7 +227,7 @@ func timeWaitEvent(b []byte, ino uint32, start uint64) (events.Event, bool) {
 			NetNS:  ino, Family: fam,
 			Local:     netip.AddrPortFrom(local, sport),
 			Remote:    netip.AddrPortFrom(remote, dport),
-			LastState: events.TCPTimeWait,
+			LastState: state,
 		},
 		Sample: events.Sample{TimeNs: start, ExpiresNs: uint64(expiresMs) * 1_000_000},
 	}, true

@@ -26,7 +26,9 @@ import (
 //     the socket's close record, or one round after a round missed it;
 //   - the keys of the sockets closed in the last two rounds (a slice);
 //   - a TIME_WAIT entry per timewait socket (timewait.go), expired with
-//     the kernel's timer and reconciled with sock_diag dumps.
+//     the kernel's timer and reconciled with sock_diag dumps;
+//   - the counters of expired processes, per comm and cgroup, at most
+//     MaxDepartedGroups groups (aggregate_departed.go).
 type Aggregator struct {
 	th       Thresholds
 	now      time.Time
@@ -46,8 +48,9 @@ type Aggregator struct {
 	liveMaxOpenNs uint64
 	roundPort     map[portKey]uint32 // ports held by sampled sockets this round
 
-	tw    timeWaitTable
-	ports portTable
+	tw       timeWaitTable
+	ports    portTable
+	departed departedTable // counters of expired processes, per group
 
 	findings  []Finding
 	firstSeen map[findingKey]time.Time
@@ -110,6 +113,9 @@ type procStats struct {
 	cgroupID uint64
 	source   OwnerSource
 	remotes  map[RemoteKey]*remoteStats
+	// moved are the counters banked under the groups (comm, cgroup) it
+	// left (aggregate_departed.go).
+	moved ConnTotals
 }
 
 type remoteStats struct {
@@ -263,6 +269,9 @@ func (a *Aggregator) proc(o *Process) *procStats {
 		a.procs[k] = p
 	}
 	if o.Known() {
+		if p.comm != o.Comm || (o.CgroupID != 0 && o.CgroupID != p.cgroupID) {
+			a.departed.moving(p, a.now) // its counts stay with its old group
+		}
 		if p.comm != o.Comm {
 			p.comm = o.Comm
 		}
@@ -514,9 +523,11 @@ func (a *Aggregator) sampleDone(ns uint64) {
 			}
 		}
 		if !p.open() && len(p.remotes) == 0 && a.now.Sub(p.lastSeen) > a.th.IdleExpiry {
+			a.departed.add(p, a.now)
 			delete(a.procs, k)
 		}
 	}
+	a.departed.bound(a.procs)
 	// Live entries not seen in this round or the one before are gone.
 	for k, e := range a.live {
 		if e.gen+1 < round {

@@ -25,6 +25,9 @@ type Snapshot struct {
 	Ports      []PortUse // destinations with ephemeral ports in use, most used first, at most MaxPorts
 	Findings   []Finding // of every concern, sorted by kind
 	Thresholds Thresholds
+	// Departed are the counters of the processes expired from Processes,
+	// per comm and cgroup: /metrics adds them to the group's counters.
+	Departed DepartedSnapshot
 
 	// Sections of the other concerns (aggregate_parts.go).
 	ConnectFailures []ConnectFailures
@@ -113,6 +116,10 @@ type ProcessSnapshot struct {
 	// process's connections to one destination hold, 0..1.
 	PortUse float64
 	Remotes []RemoteSnapshot // by remote
+	// Moved are the counters the process had when it last changed group
+	// (comm or cgroup): they count in its former groups' departed
+	// totals, and its own group's counters take Totals() - Moved.
+	Moved ConnTotals
 }
 
 // RemoteSnapshot is a process's statistics towards one remote endpoint.
@@ -240,6 +247,7 @@ func (a *Aggregator) Snapshot() *Snapshot {
 		ps := &s.Processes[i]
 		ps.PID, ps.StartNs, ps.Comm, ps.CgroupID = p.key.PID, p.key.StartNs, string(commBytes(&p.comm)), p.cgroupID
 		p.connStats.snapshot(&ps.ConnSnapshot, a.now, a.lastNs)
+		ps.Moved = p.moved
 		remotes = remotes[:0]
 		for _, r := range p.remotes {
 			remotes = append(remotes, r)
@@ -269,6 +277,7 @@ func (a *Aggregator) Snapshot() *Snapshot {
 		s.TimeWait.ByNetNS = append(s.TimeWait.ByNetNS, NetNSTimeWait{NetNS: netns, Total: c.total, Unattributed: c.unattributed})
 	}
 	slices.SortFunc(s.TimeWait.ByNetNS, func(x, y NetNSTimeWait) int { return cmp.Compare(x.NetNS, y.NetNS) })
+	s.Departed = a.departed.snapshot()
 	a.partSnapshots(s)
 	return s
 }

@@ -13,9 +13,10 @@ import (
 
 // MetricsOptions bound what the collector exports.
 type MetricsOptions struct {
-	// TopProcesses is how many processes, the most active first (opens,
-	// closes and open sockets), get series of their own, labelled by comm
-	// and cgroup; the others are folded into comm="other".
+	// TopProcesses is how many process groups (comm and cgroup), the
+	// most active first (opens, closes and open sockets of their live
+	// processes), get series of their own; the others are folded into
+	// comm="other" (the rule: metrics_fold.go).
 	TopProcesses int
 	// Destinations is how many of the busiest destinations get port-use
 	// series labelled by destination; 0 (the default) exports none: an
@@ -30,13 +31,16 @@ type MetricsOptions struct {
 func DefaultMetricsOptions() MetricsOptions { return MetricsOptions{TopProcesses: 20} }
 
 // Collector turns the latest aggregate snapshot into const metrics at
-// scrape time. It holds no state of its own: Describe and Collect read
-// the snapshot the event loop last published, which is immutable, so a
-// scrape never blocks the event loop and has no side effect.
+// scrape time. Describe and Collect read the snapshot the event loop last
+// published, which is immutable, so a scrape never blocks the event loop.
+// Its one piece of state is the top-K folding's memory (metrics_fold.go),
+// advanced once per snapshot, so that no counter goes down when a group
+// moves in or out of comm="other"; scrapes of one snapshot get one answer.
 type Collector struct {
 	snap func() *events.Snapshot
 	opts MetricsOptions
 	d    metricDescs
+	fold folder
 }
 
 // NewCollector returns a collector reading snapshots from snap (for
@@ -55,101 +59,34 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
-	s := c.snap()
+	s, groups := c.fold.fold(c.snap, c.groups, c.opts.TopProcesses)
 	if s == nil {
 		return
 	}
-	c.collectProcesses(ch, s)
+	c.collectProcesses(ch, s, groups)
 	c.collectHistograms(ch, s)
 	c.collectNode(ch, s)
 }
 
-// procGroup is the sum of the processes sharing one (comm, cgroup) label
-// set: two nginx workers make one series, as the labels cannot tell them
-// apart.
-type procGroup struct {
-	comm, cgroup string
-	events.ConnSnapshot
-	portUse float64
-}
-
-func (g *procGroup) add(p *events.ProcessSnapshot) {
-	c := &g.ConnSnapshot
-	c.OpenedActive += p.OpenedActive
-	c.OpenedPassive += p.OpenedPassive
-	c.Opened += p.Opened
-	c.ClosedActive += p.ClosedActive
-	c.ClosedPassive += p.ClosedPassive
-	c.Closed += p.Closed
-	for i := range c.States {
-		c.States[i].Count += p.States[i].Count
-	}
-	c.TxBytes += p.TxBytes
-	c.RxBytes += p.RxBytes
-	g.portUse = max(g.portUse, p.PortUse)
-}
-
-func activity(p *events.ProcessSnapshot) uint64 {
-	return p.Opened + p.Closed + uint64(p.Open())
-}
-
-// groupProcesses keeps the TopProcesses most active processes under their
-// own labels and folds the rest into comm="other". Processes that went
-// away are gone from the snapshot (the aggregator expires them), and so
-// are their series.
-func (c *Collector) groupProcesses(s *events.Snapshot) []*procGroup {
-	idx := make([]int, len(s.Processes))
-	for i := range idx {
-		idx[i] = i
-	}
-	slices.SortFunc(idx, func(x, y int) int {
-		px, py := &s.Processes[x], &s.Processes[y]
-		return cmp.Or(cmp.Compare(activity(py), activity(px)), cmp.Compare(px.PID, py.PID))
-	})
-	groups := map[[2]string]*procGroup{}
-	var out []*procGroup
-	for rank, i := range idx {
-		p := &s.Processes[i]
-		key := [2]string{"other", ""}
-		if rank < c.opts.TopProcesses {
-			key[0] = p.Comm
-			if p.PID == 0 && key[0] == "" {
-				key[0] = "unknown"
-			}
-			if c.opts.CgroupName != nil && p.CgroupID != 0 {
-				key[1] = c.opts.CgroupName(p.CgroupID)
-			}
-		}
-		g := groups[key]
-		if g == nil {
-			g = &procGroup{comm: key[0], cgroup: key[1]}
-			groups[key] = g
-			out = append(out, g)
-		}
-		g.add(p)
-	}
-	return out
-}
-
-func (c *Collector) collectProcesses(ch chan<- prometheus.Metric, s *events.Snapshot) {
+func (c *Collector) collectProcesses(ch chan<- prometheus.Metric, s *events.Snapshot, groups []*procGroup) {
 	d := &c.d
-	for _, g := range c.groupProcesses(s) {
-		cs := &g.ConnSnapshot
-		counter := func(desc *prometheus.Desc, v uint64, lv ...string) {
-			ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(v), lv...)
+	counter := func(desc *prometheus.Desc, v uint64, lv ...string) {
+		ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(v), lv...)
+	}
+	for _, g := range groups {
+		t := &g.totals
+		counter(d.opened, t.OpenedActive, g.comm, g.cgroup, "active")
+		counter(d.opened, t.OpenedPassive, g.comm, g.cgroup, "passive")
+		counter(d.closed, t.ClosedActive, g.comm, g.cgroup, "active")
+		counter(d.closed, t.ClosedPassive, g.comm, g.cgroup, "passive")
+		if t.ClosedUnknown > 0 {
+			counter(d.closed, t.ClosedUnknown, g.comm, g.cgroup, "unknown") // opened before tracing
 		}
-		counter(d.opened, cs.OpenedActive, g.comm, g.cgroup, "active")
-		counter(d.opened, cs.OpenedPassive, g.comm, g.cgroup, "passive")
-		counter(d.closed, cs.ClosedActive, g.comm, g.cgroup, "active")
-		counter(d.closed, cs.ClosedPassive, g.comm, g.cgroup, "passive")
-		if n := cs.Closed - cs.ClosedActive - cs.ClosedPassive; n > 0 {
-			counter(d.closed, n, g.comm, g.cgroup, "unknown") // opened before tracing
-		}
-		counter(d.sent, cs.TxBytes, g.comm, g.cgroup)
-		counter(d.received, cs.RxBytes, g.comm, g.cgroup)
-		for st, sc := range cs.States {
-			if sc.Count > 0 {
-				ch <- prometheus.MustNewConstMetric(d.sockets, prometheus.GaugeValue, float64(sc.Count),
+		counter(d.sent, t.TxBytes, g.comm, g.cgroup)
+		counter(d.received, t.RxBytes, g.comm, g.cgroup)
+		for st, n := range g.sockets {
+			if n > 0 {
+				ch <- prometheus.MustNewConstMetric(d.sockets, prometheus.GaugeValue, float64(n),
 					g.comm, g.cgroup, events.TCPState(st).String())
 			}
 		}

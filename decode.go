@@ -130,6 +130,8 @@ func decodeEndState(e tcplifeConnEndState) events.EndState {
 		return events.EndCloseWait
 	case tcplifeConnEndStateEND_CLOSED:
 		return events.EndClosed
+	case tcplifeConnEndStateEND_FIN_WAIT2:
+		return events.EndFinWait2
 	}
 	return events.EndUnknown
 }

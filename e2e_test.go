@@ -306,7 +306,11 @@ func checkConn(t *testing.T, name string, ev *events.Event, w want) {
 	if c.RxBytes != w.rx {
 		bad = append(bad, fmt.Sprintf("rx %d want %d", c.RxBytes, w.rx))
 	}
-	if c.EndState != w.end {
+	if c.EndState != w.end && !(w.end == events.EndTimeWait && c.EndState == events.EndFinWait2) {
+		// fin_wait2: the closer's socket was handed to a timewait
+		// socket before the peer's FIN arrived (a slow peer, as under
+		// emulation); it turns TIME_WAIT when the FIN comes, which the
+		// ss comparison below checks.
 		bad = append(bad, fmt.Sprintf("end %s want %s", c.EndState, w.end))
 	}
 	if c.ClosedBy != w.closedBy {
@@ -357,7 +361,9 @@ func checkTimeWaitMatchesSS(t *testing.T, evs []events.Event, ssOut string) {
 		fromSS = append(fromSS, l.String()+" "+r.String())
 	}
 	for _, ev := range evs {
-		if ev.Conn.EndState == events.EndTimeWait {
+		// By the time ss looks, every peer has closed: a timewait
+		// socket handed over in substate FIN_WAIT2 is TIME_WAIT now.
+		if ev.Conn.EndState == events.EndTimeWait || ev.Conn.EndState == events.EndFinWait2 {
 			fromTracer = append(fromTracer, ev.Conn.Local.String()+" "+ev.Conn.Remote.String())
 		}
 	}

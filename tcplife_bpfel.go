@@ -22,6 +22,7 @@ const (
 	tcplifeConnEndStateEND_TIME_WAIT      tcplifeConnEndState = 3
 	tcplifeConnEndStateEND_CLOSE_WAIT     tcplifeConnEndState = 4
 	tcplifeConnEndStateEND_CLOSED         tcplifeConnEndState = 5
+	tcplifeConnEndStateEND_FIN_WAIT2      tcplifeConnEndState = 6
 )
 
 type tcplifeConnEvent struct {

@@ -34,6 +34,7 @@ enum conn_end_state {
 	END_TIME_WAIT = 3,      /* closed first, timewait socket took over */
 	END_CLOSE_WAIT = 4,     /* peer closed first: CLOSE_WAIT -> LAST_ACK -> CLOSE */
 	END_CLOSED = 5,         /* any other orderly close */
+	END_FIN_WAIT2 = 6,      /* closed first, peer has not: timewait socket in FIN_WAIT2 */
 };
 
 /* enum conn_side: who closed first. */

@@ -166,12 +166,15 @@ static __always_inline __u8 end_state(int oldstate, int err, bool fin_in, bool f
 	 * soon as our FIN is acked (tcp_rcv_state_process, TCP_FIN_WAIT1:
 	 * tcp_time_wait(sk, TCP_FIN_WAIT2, tmo)): the timewait socket then
 	 * waits in substate FIN_WAIT2 for the peer's FIN and turns TIME_WAIT
-	 * when it comes. Slow peers make that second path common, so both
-	 * count as TIME_WAIT. (The other FIN_WAIT2 -> CLOSE without an error,
-	 * TCP_LINGER2 < 0, is rare.)
+	 * when it comes (no tracepoint shows that), as `ss` shows it. The
+	 * first is END_TIME_WAIT, the second END_FIN_WAIT2; user space
+	 * follows the latter through sock_diag. (The other FIN_WAIT2 -> CLOSE
+	 * without an error, TCP_LINGER2 < 0, is rare.)
 	 */
-	if (oldstate == TCP_FIN_WAIT2 || (oldstate == TCP_CLOSING && fin_in))
+	if ((oldstate == TCP_FIN_WAIT2 || oldstate == TCP_CLOSING) && fin_in)
 		return END_TIME_WAIT;
+	if (oldstate == TCP_FIN_WAIT2)
+		return END_FIN_WAIT2;
 	if (oldstate == TCP_LAST_ACK && fin_acked)
 		return (flags & CONN_CLOSE_WAIT) ? END_CLOSE_WAIT : END_CLOSED;
 	if (oldstate == TCP_ESTABLISHED || oldstate == TCP_CLOSE_WAIT ||

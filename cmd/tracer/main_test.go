@@ -219,7 +219,8 @@ func TestJSONStreamNamesOwnersOfOldAndNewConnections(t *testing.T) {
 			t.Errorf("%s: no line", name)
 			return
 		}
-		if l.PID != uint32(pid) || l.Comm != comm || l.Owner != owner || l.Role != role || l.EndState != end ||
+		endOK := l.EndState == end || (end == "time_wait" && l.EndState == "fin_wait2") // a slow peer: see e2e_test.go
+		if l.PID != uint32(pid) || l.Comm != comm || l.Owner != owner || l.Role != role || !endOK ||
 			l.SeenOpen != seen || (l.Lifetime != nil) != seen || l.TxBytes != tx || l.RxBytes != rx {
 			t.Errorf("%s: got %+v\nwant pid %d comm %s owner %s role %s end %s seen %v tx %d rx %d",
 				name, l, pid, comm, owner, role, end, seen, tx, rx)

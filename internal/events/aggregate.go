@@ -403,7 +403,7 @@ func (a *Aggregator) closed(c *Conn) {
 	r.tx += c.TxBytes
 	r.rx += c.RxBytes
 
-	if c.EndState == EndTimeWait {
+	if c.EndState == EndTimeWait || c.EndState == EndFinWait2 {
 		a.tw.closed(a, c, r)
 	}
 }

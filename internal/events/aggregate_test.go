@@ -349,20 +349,32 @@ func TestTimeWaitInSubstateFinWait2(t *testing.T) {
 	cl := proc(401, "early-closer")
 	s := w.open(cl, "10.0.0.1:42000", "10.0.0.2:80", RoleActive)
 	w.advance(time.Millisecond)
-	w.close(s, EndTimeWait)
-	w.advance(time.Second)
-	start := w.bootNs
-	for _, tu := range [][2]string{{"10.0.0.1:42000", "10.0.0.2:80"}, {"10.0.0.1:33000", "10.0.0.3:80"}} {
-		ev := Event{Kind: KindTimeWait, Sample: Sample{TimeNs: start, ExpiresNs: uint64(50 * time.Second)}}
-		ev.Conn = w.conn(&sock{local: tu[0], remote: tu[1]})
-		ev.Conn.LastState = TCPFinWait2
-		w.agg.Apply(&ev, w.wall)
+	w.close(s, EndFinWait2)
+	dump := func(state TCPState) {
+		w.advance(time.Second)
+		start := w.bootNs
+		for _, tu := range [][2]string{{"10.0.0.1:42000", "10.0.0.2:80"}, {"10.0.0.1:33000", "10.0.0.3:80"}} {
+			ev := Event{Kind: KindTimeWait, Sample: Sample{TimeNs: start, ExpiresNs: uint64(50 * time.Second)}}
+			ev.Conn = w.conn(&sock{local: tu[0], remote: tu[1]})
+			ev.Conn.LastState = state
+			w.agg.Apply(&ev, w.wall)
+		}
+		w.agg.Apply(&Event{Kind: KindTimeWaitDone, Conn: Conn{NetNS: w.netns}, Sample: Sample{TimeNs: start}}, w.wall)
+		w.agg.Apply(&Event{Kind: KindTimeWaitDone, Sample: Sample{TimeNs: start}}, w.wall)
 	}
-	w.agg.Apply(&Event{Kind: KindTimeWaitDone, Conn: Conn{NetNS: w.netns}, Sample: Sample{TimeNs: start}}, w.wall)
-	w.agg.Apply(&Event{Kind: KindTimeWaitDone, Sample: Sample{TimeNs: start}}, w.wall)
+	// Both still wait for their peers' FIN: not TIME_WAIT yet (ss shows
+	// FIN-WAIT-2), and the dump must not make the tracer forget its own.
+	dump(TCPFinWait2)
 	snap := w.agg.Snapshot()
-	if snap.TimeWait.Total != 1 || snap.TimeWait.Unattributed != 0 {
-		t.Errorf("TIME_WAIT %+v, want the early closer's one socket, attributed", snap.TimeWait)
+	if snap.TimeWait.Total != 0 {
+		t.Errorf("TIME_WAIT %+v, want none while the peers have not closed", snap.TimeWait)
+	}
+	// The peers closed: both are TIME_WAIT; the early closer's is still
+	// its own, the other was never seen closing.
+	dump(TCPTimeWait)
+	snap = w.agg.Snapshot()
+	if snap.TimeWait.Total != 2 || snap.TimeWait.Unattributed != 1 {
+		t.Errorf("TIME_WAIT %+v, want 2, 1 unattributed", snap.TimeWait)
 	}
 	if p := findProc(snap, 401); p == nil || p.TimeWait != 1 {
 		t.Errorf("early closer's TIME_WAIT: %+v", p)

@@ -36,6 +36,10 @@ type twEntry struct {
 	ttlMs   uint32       // the timer fires ttlMs after closeNs
 	seen    uint32       // the last dump that listed it
 	inPorts bool         // counted in the port table
+	// pending: a timewait socket still in substate FIN_WAIT2 (this side
+	// closed first, the peer has not yet): it holds its port but is not
+	// TIME_WAIT until a dump lists it so (no tracepoint shows the change).
+	pending bool
 }
 
 func (e *twEntry) expiresNs() uint64 { return e.closeNs + uint64(e.ttlMs)*1_000_000 }
@@ -92,6 +96,11 @@ func (t *timeWaitTable) insert(a *Aggregator, k tuple, e twEntry) {
 		c = &twCount{}
 		t.byNetNS[k.netns] = c
 	}
+	e.inPorts = a.ports.addTimeWait(k)
+	t.m[k] = e
+	if e.pending {
+		return
+	}
 	c.total++
 	if e.remote == nil {
 		c.unattributed++
@@ -99,12 +108,16 @@ func (t *timeWaitTable) insert(a *Aggregator, k tuple, e twEntry) {
 		e.remote.proc.timeWait++
 		e.remote.timeWait++
 	}
-	e.inPorts = a.ports.addTimeWait(k)
-	t.m[k] = e
 }
 
 func (t *timeWaitTable) remove(a *Aggregator, k tuple, e twEntry) {
 	delete(t.m, k)
+	if e.inPorts {
+		a.ports.removeTimeWait(k)
+	}
+	if e.pending {
+		return
+	}
 	if c := t.byNetNS[k.netns]; c != nil {
 		c.total--
 		if e.remote == nil {
@@ -118,15 +131,16 @@ func (t *timeWaitTable) remove(a *Aggregator, k tuple, e twEntry) {
 		e.remote.proc.timeWait--
 		e.remote.timeWait--
 	}
-	if e.inPorts {
-		a.ports.removeTimeWait(k)
-	}
 }
 
-// closed records a connection whose socket entered TIME_WAIT.
+// closed records a connection handed to a timewait socket: in TIME_WAIT,
+// or pending in substate FIN_WAIT2 (end state fin_wait2) until a dump
+// shows the peer's FIN arrived. The kernel's FIN_WAIT2 timeout
+// (tcp_fin_timeout) defaults to the TIME_WAIT length.
 func (t *timeWaitTable) closed(a *Aggregator, c *Conn, r *remoteStats) {
 	k := tupleOf(c)
-	t.insert(a, k, twEntry{remote: r, closeNs: c.CloseNs, ttlMs: TimeWaitLen / 1_000_000, seen: t.seenFor(c.CloseNs)})
+	t.insert(a, k, twEntry{remote: r, closeNs: c.CloseNs, ttlMs: TimeWaitLen / 1_000_000,
+		seen: t.seenFor(c.CloseNs), pending: c.EndState == EndFinWait2})
 }
 
 // seenFor marks an entry created during a dump that started before it:
@@ -164,6 +178,14 @@ func (t *timeWaitTable) dumped(a *Aggregator, c *Conn, ns, expires uint64) {
 	if e, ok := t.m[k]; ok {
 		e.seen = t.gen
 		e.ttlMs = ttlMs(e.closeNs, ns+expires)
+		if e.pending && c.LastState == TCPTimeWait {
+			// The peer's FIN arrived: the socket is TIME_WAIT now,
+			// and still the process's that closed it.
+			t.remove(a, k, e)
+			e.pending = false
+			t.insert(a, k, e)
+			return
+		}
 		t.m[k] = e
 		return
 	}

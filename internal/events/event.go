@@ -119,10 +119,9 @@ const (
 	// EndReset: aborted by a RST sent or received, or by a timeout after
 	// the handshake. Conn.Error holds the socket error, if any.
 	EndReset
-	// EndTimeWait: this side closed first and a timewait socket took the
-	// connection over (FIN_WAIT2 or CLOSING -> CLOSE, no error). If the
-	// peer had not closed yet, the timewait socket waits for its FIN in
-	// substate FIN_WAIT2 and turns TIME_WAIT when it arrives.
+	// EndTimeWait: this side closed first, the peer closed too, and a
+	// timewait socket took the connection over (FIN_WAIT2 or CLOSING ->
+	// CLOSE after the peer's FIN, no error).
 	EndTimeWait
 	// EndCloseWait: the peer closed first; this side passed through
 	// CLOSE_WAIT and LAST_ACK and closed normally.
@@ -130,6 +129,12 @@ const (
 	// EndClosed: any other orderly close (a LAST_ACK whose FIN was never
 	// acked, a socket closed with TCP_LINGER2 < 0 in FIN_WAIT2).
 	EndClosed
+	// EndFinWait2: this side closed first (the application closed its
+	// socket) and the peer had not closed yet: the kernel handed the
+	// connection to a timewait socket in substate FIN_WAIT2, which waits
+	// for the peer's FIN (up to tcp_fin_timeout) and then turns TIME_WAIT.
+	// `ss` shows it as FIN-WAIT-2 meanwhile.
+	EndFinWait2
 )
 
 // String returns the stable name used in output.
@@ -145,6 +150,8 @@ func (e EndState) String() string {
 		return "close_wait"
 	case EndClosed:
 		return "closed"
+	case EndFinWait2:
+		return "fin_wait2"
 	}
 	return "unknown"
 }

@@ -43,30 +43,11 @@ func (p *Probe) openConnect() error {
 	if err != nil {
 		return fmt.Errorf("load connect object: %w", err)
 	}
-	f := p.opts.Filter
-	var comm [16]byte
-	copy(comm[:15], f.Comm)
-	for name, value := range map[string]any{
-		connectVarFilterNetns:       f.NetNS,
-		connectVarFilterTgid:        f.PID,
-		connectVarFilterPort:        f.Port,
-		connectVarFilterFamily:      uint8(f.Family),
-		connectVarFilterCommSet:     boolByte(f.Comm != ""),
-		connectVarFilterComm:        comm,
-		connectVarFilterCgroupId:    f.CgroupID,
-		connectVarFilterCgroupLevel: f.CgroupLevel,
-		connectVarEmitInProgress:    boolByte(p.opts.ConnectInProgress),
-		connectVarWakeupBytes:       p.opts.WakeupBytes,
-	} {
-		v, ok := spec.Variables[name]
-		if !ok {
-			return fmt.Errorf("variable %s missing from the connect object", name)
-		}
-		if err := v.Set(value); err != nil {
-			return fmt.Errorf("set %s: %w", name, err)
-		}
+	if err := p.prepare(spec, "connect", p.opts.Filter.variables(), map[string]any{
+		connectVarEmitInProgress: boolByte(p.opts.ConnectInProgress),
+	}); err != nil {
+		return err
 	}
-	spec.Maps[connectMapEvents].MaxEntries = uint32(p.opts.RingBufferBytes)
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
 		MapReplacements: map[string]*ebpf.Map{connectMapEvents: p.ring},
 	})

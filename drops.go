@@ -96,21 +96,13 @@ func (p *Probe) tryDrops(mode AttachMode) (*ebpf.Collection, link.Link, error) {
 			delete(spec.Programs, name)
 		}
 	}
-	set := []struct {
-		name  string
-		value any
-	}{
-		{dropsVarFilterNetns, p.opts.Filter.NetNS},
-		{dropsVarKeepNormal, boolByte(p.opts.DropsKeepNormal)},
-		{dropsVarRecordsPerSec, p.opts.DropRecordsPerSec},
-		{dropsVarWakeupBytes, p.opts.WakeupBytes},
+	if err := p.prepare(spec, "drops", map[string]any{
+		dropsVarFilterNetns:   p.opts.Filter.NetNS,
+		dropsVarKeepNormal:    boolByte(p.opts.DropsKeepNormal),
+		dropsVarRecordsPerSec: p.opts.DropRecordsPerSec,
+	}); err != nil {
+		return nil, nil, err
 	}
-	for _, s := range set {
-		if err := spec.Variables[s.name].Set(s.value); err != nil {
-			return nil, nil, fmt.Errorf("set %s: %w", s.name, err)
-		}
-	}
-	spec.Maps[dropsMapEvents].MaxEntries = uint32(p.opts.RingBufferBytes)
 	repl := map[string]*ebpf.Map{dropsMapEvents: p.ring}
 	// Owners come from tcplife's tables; the declarations in drops.bpf.c
 	// must match them, which the replacement checks (key, value, size).

@@ -89,43 +89,11 @@ func (p *Probe) tryState(mode AttachMode) (*ebpf.Collection, link.Link, error) {
 
 // configure writes the options into the spec's constants and map sizes.
 func (p *Probe) configure(spec *ebpf.CollectionSpec) error {
-	f := p.opts.Filter
-	var comm [16]byte
-	copy(comm[:15], f.Comm)
-	set := []struct {
-		name  string
-		value any
-	}{
-		{tcplifeVarFilterNetns, f.NetNS},
-		{tcplifeVarFilterTgid, f.PID},
-		{tcplifeVarFilterPort, f.Port},
-		{tcplifeVarFilterFamily, uint8(f.Family)},
-		{tcplifeVarFilterCommSet, boolByte(f.Comm != "")},
-		{tcplifeVarFilterComm, comm},
-		{tcplifeVarFilterCgroupId, f.CgroupID},
-		{tcplifeVarFilterCgroupLevel, f.CgroupLevel},
-		{tcplifeVarWakeupBytes, p.opts.WakeupBytes},
-	}
-	for _, s := range set {
-		v, ok := spec.Variables[s.name]
-		if !ok {
-			return fmt.Errorf("variable %s missing from the BPF object", s.name)
-		}
-		if err := v.Set(s.value); err != nil {
-			return fmt.Errorf("set %s: %w", s.name, err)
-		}
+	if err := p.prepare(spec, "tcplife", p.opts.Filter.variables()); err != nil {
+		return err
 	}
 	spec.Maps[tcplifeMapSocks].MaxEntries = p.opts.MaxSockets
-	// The shared ring buffer replaces this placeholder; sizes must agree.
-	spec.Maps[tcplifeMapEvents].MaxEntries = uint32(p.opts.RingBufferBytes)
 	return nil
-}
-
-func boolByte(b bool) uint8 {
-	if b {
-		return 1
-	}
-	return 0
 }
 
 // attachAccept attaches the accept() exit tracepoints that name the owner

@@ -33,6 +33,8 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include "conntracer.h"
+#include "records.h"
+#include "filter.h"
 
 #define AF_UNIX 1
 #define AF_INET 2
@@ -46,36 +48,9 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-/* Configuration, set by the loader before load. Zero means "no filter". */
-const volatile __u32 filter_netns = 0;
-const volatile __u32 filter_tgid = 0;
-const volatile __u16 filter_port = 0;
-const volatile __u8 filter_family = 0;
-const volatile __u8 filter_comm_set = 0;
-const volatile __u8 filter_comm[TASK_COMM_LEN] = {};
-const volatile __u64 filter_cgroup_id = 0;
-const volatile __u32 filter_cgroup_level = 0;
 /* Send a record for each EINPROGRESS too (otherwise only counted). */
 const volatile __u8 emit_in_progress = 0;
-/* Wake the reader once this many bytes are waiting; below it, it polls. */
-const volatile __u64 wakeup_bytes = 64 * 1024;
 
-/* The shared ring buffer: replaced by the loader's (see tcplife.bpf.c). */
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 22);
-} events SEC(".maps");
-
-/*
- * lost_records: per-CPU count of connect records that did not fit in the
- * ring buffer. Only incremented here; user space sums it.
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} lost_records SEC(".maps");
 
 /* enum connect_counter: slots of the counters map. */
 enum connect_counter {
@@ -165,16 +140,6 @@ struct sys_exit_ctx {
 	__s64 ret;
 };
 
-static __always_inline bool comm_matches(const char *comm)
-{
-	for (int i = 0; i < TASK_COMM_LEN; i++) {
-		if ((__u8)comm[i] != filter_comm[i])
-			return false;
-		if (comm[i] == 0)
-			return true;
-	}
-	return true;
-}
 
 static __always_inline void count(__u32 slot)
 {
@@ -244,7 +209,7 @@ static __always_inline bool count_unix(struct task_struct *task, __u64 id, long 
 	k->netns = task->nsproxy->net_ns->ns.inum;
 	if (filter_netns && k->netns != filter_netns)
 		return true;
-	if (filter_comm_set && !comm_matches(task->group_leader->comm))
+	if (filter_comm_set && !comm_matches((const __u8 *)task->group_leader->comm))
 		return true; /* filtered out */
 	k->tgid = id >> 32;
 	k->proc_start_ns = task->group_leader->start_boottime;
@@ -355,11 +320,7 @@ int ct_connect_exit(struct sys_exit_ctx *ctx)
 
 	struct connect_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
-		__u32 zero = 0;
-		__u64 *n = bpf_map_lookup_elem(&lost_records, &zero);
-
-		if (n)
-			*n += 1;
+		count_lost();
 		return 0;
 	}
 	struct task_struct *leader = task->group_leader;
@@ -378,7 +339,7 @@ int ct_connect_exit(struct sys_exit_ctx *ctx)
 	e->dport = 0;
 	e->path_len = 0;
 	__builtin_memcpy(e->comm, leader->comm, sizeof(e->comm));
-	if (filter_comm_set && !comm_matches((const char *)e->comm)) {
+	if (filter_comm_set && !comm_matches(e->comm)) {
 		bpf_ringbuf_discard(e, BPF_RB_NO_WAKEUP);
 		return 0;
 	}
@@ -442,9 +403,6 @@ int ct_connect_exit(struct sys_exit_ctx *ctx)
 		return 0;
 	}
 
-	__u64 wake = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ?
-			     BPF_RB_FORCE_WAKEUP :
-			     BPF_RB_NO_WAKEUP;
-	bpf_ringbuf_submit(e, wake);
+	submit_record(e);
 	return 0;
 }

@@ -37,6 +37,7 @@
 #include <bpf/bpf_endian.h>
 #include "conntracer.h"
 #include "sockstate.h"
+#include "records.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -51,25 +52,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 const volatile __u32 filter_netns = 0;     /* 0: every namespace */
 const volatile __u8 keep_normal = 0;       /* also count NOT_SPECIFIED and SKB_CONSUMED */
 const volatile __u32 records_per_sec = 0;  /* per CPU; 0: no limit */
-const volatile __u64 wakeup_bytes = 64 * 1024;
 
-/* events: the shared ring buffer (the loader replaces this placeholder). */
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 22);
-} events SEC(".maps");
-
-/*
- * lost_records: per-CPU count of drop records that did not fit in the ring
- * buffer. Only incremented here; user space sums it. The drops themselves
- * are still counted in drop_counts.
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} lost_records SEC(".maps");
 
 /*
  * unsent_records: per-CPU count of drops not sent as records because this
@@ -334,13 +317,12 @@ static __always_inline int handle_drop(struct sk_buff *skb, __u64 location, __u3
 	}
 	out = bpf_ringbuf_reserve(&events, sizeof(*out), 0);
 	if (!out) {
-		count_percpu(&lost_records);
+		count_lost();
 		return 0;
 	}
 	e.time_ns = now;
 	__builtin_memcpy(out, &e, sizeof(e));
-	bpf_ringbuf_submit(out, bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ?
-				       BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	submit_record(out);
 	return 0;
 }
 

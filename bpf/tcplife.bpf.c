@@ -34,6 +34,8 @@
 #include <bpf/bpf_endian.h>
 #include "conntracer.h"
 #include "sockstate.h"
+#include "records.h"
+#include "filter.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -43,39 +45,7 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-/* Configuration, set by the loader before load. Zero means "no filter". */
-const volatile __u32 filter_netns = 0;
-const volatile __u32 filter_tgid = 0;
-const volatile __u16 filter_port = 0;
-const volatile __u8 filter_family = 0;
-const volatile __u8 filter_comm_set = 0;
-const volatile __u8 filter_comm[TASK_COMM_LEN] = {};
-const volatile __u64 filter_cgroup_id = 0;
-const volatile __u32 filter_cgroup_level = 0;
-/* Wake the reader once this many bytes are waiting; below it, it polls. */
-const volatile __u64 wakeup_bytes = 64 * 1024;
 
-/*
- * events: the ring buffer all of the tracer's programs write to. The loader
- * creates it once and hands it to every object, so its size here is only a
- * placeholder.
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 22);
-} events SEC(".maps");
-
-/*
- * lost_records: per-CPU count of records that did not fit in the ring
- * buffer (bpf_ringbuf_reserve failed). Only incremented here; user space
- * sums the CPUs and reports the total as lost events.
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} lost_records SEC(".maps");
 
 /*
  * The record struct and enums of conntracer.h are only used through casts and
@@ -124,25 +94,7 @@ struct {
 	__type(value, struct listener_owner);
 } listeners SEC(".maps");
 
-static __always_inline bool comm_matches(const __u8 *comm)
-{
-	for (int i = 0; i < TASK_COMM_LEN; i++) {
-		if (comm[i] != filter_comm[i])
-			return false;
-		if (comm[i] == 0)
-			return true;
-	}
-	return true;
-}
 
-static __always_inline void count_lost(void)
-{
-	__u32 zero = 0;
-	__u64 *n = bpf_map_lookup_elem(&lost_records, &zero);
-
-	if (n)
-		*n += 1;
-}
 
 /* Classify the end of a connection from the state it left for CLOSE. */
 static __always_inline __u8 end_state(int oldstate, int err, bool fin_in, bool fin_acked,

@@ -132,10 +132,7 @@ static __always_inline void FN(emit_close)(struct tcp_sock *tp, struct sock_stat
 	}
 	__builtin_memcpy(e->comm, st->owner.comm, sizeof(e->comm));
 
-	__u64 wake = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ?
-			     BPF_RB_FORCE_WAKEUP :
-			     BPF_RB_NO_WAKEUP;
-	bpf_ringbuf_submit(e, wake);
+	submit_record(e);
 }
 
 /*

@@ -486,7 +486,7 @@ func (a *Aggregator) sockOpen(ev *Event) {
 
 	// A socket on the 4-tuple of a TIME_WAIT entry reused it.
 	if c.Local.Port() != 0 && a.tw.len() > 0 {
-		a.tw.reused(a, c)
+		a.tw.reused(a, c, ev.Sample.TimeNs)
 	}
 	if !passive(c) && (c.Local.Port() == 0 || a.ports.ephemeral(c.NetNS, c.Local.Port())) {
 		a.roundPort[portKeyOf(c)]++

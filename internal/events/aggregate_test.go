@@ -249,7 +249,9 @@ func TestTimeWaitReconciliation(t *testing.T) {
 		t.Errorf("after an empty dump that started before the last close: %d TIME_WAIT, want 1", got)
 	}
 
-	// Reuse of the 4-tuple by a new connection removes the entry.
+	// Reuse of the 4-tuple by a new connection (necessarily later than
+	// the close) removes the entry.
+	w.advance(time.Millisecond)
 	reuse := w.open(cl, "10.0.0.1:41009", "10.0.0.2:80", RoleActive)
 	w.sample(map[*sock]TCPState{reuse: TCPEstablished})
 	if got := w.agg.Snapshot().TimeWait.Total; got != 0 {
@@ -378,5 +380,26 @@ func TestTimeWaitInSubstateFinWait2(t *testing.T) {
 	}
 	if p := findProc(snap, 401); p == nil || p.TimeWait != 1 {
 		t.Errorf("early closer's TIME_WAIT: %+v", p)
+	}
+}
+
+// TestStaleSampleDoesNotEndTimeWait: a socket-table round read just before
+// a connection closed lists the socket that is now the timewait socket; if
+// the close record is applied first, that round must not read as 4-tuple
+// reuse (it made one TIME_WAIT socket count as unattributed).
+func TestStaleSampleDoesNotEndTimeWait(t *testing.T) {
+	w := newFakeWorld(t, DefaultThresholds())
+	cl := proc(402, "churner")
+	s := w.open(cl, "10.0.0.1:43000", "10.0.0.2:80", RoleActive)
+	readAt := w.bootNs // the round reads the map now, the socket still in it
+	w.advance(time.Millisecond)
+	w.close(s, EndTimeWait)
+	ev := Event{Kind: KindSockOpen, Conn: w.conn(s), Sample: Sample{TimeNs: readAt}}
+	ev.Conn.LastState = TCPFinWait2
+	w.agg.Apply(&ev, w.wall)
+	w.agg.Apply(&Event{Kind: KindSockSampleDone, Sample: Sample{TimeNs: readAt}}, w.wall)
+	snap := w.agg.Snapshot()
+	if p := findProc(snap, 402); snap.TimeWait.Total != 1 || p == nil || p.TimeWait != 1 {
+		t.Errorf("TIME_WAIT %+v, churner %+v: want its one socket kept", snap.TimeWait, p)
 	}
 }

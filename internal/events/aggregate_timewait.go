@@ -153,10 +153,13 @@ func (t *timeWaitTable) seenFor(ns uint64) uint32 {
 }
 
 // reused removes the entry on the tuple of an open socket: the kernel
-// holds one socket per 4-tuple, so the timewait socket is gone.
-func (t *timeWaitTable) reused(a *Aggregator, c *Conn) {
+// holds one socket per 4-tuple, so the timewait socket is gone. Only a
+// socket sampled after the entry's close counts: a round read before the
+// close record arrived still lists the socket that is now this very
+// timewait socket.
+func (t *timeWaitTable) reused(a *Aggregator, c *Conn, sampledNs uint64) {
 	k := tupleOf(c)
-	if e, ok := t.m[k]; ok {
+	if e, ok := t.m[k]; ok && e.closeNs < sampledNs {
 		t.remove(a, k, e)
 	}
 }

@@ -71,7 +71,7 @@ type ConnSnapshot struct {
 	TxBytes  uint64
 	RxBytes  uint64
 	// Ends counts closes by EndState.
-	Ends [6]uint64
+	Ends [NumEndStates]uint64
 }
 
 // RateWindows are the windows of OpenRate and CloseRate, in seconds.

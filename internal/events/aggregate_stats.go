@@ -138,9 +138,9 @@ type stateCount struct {
 // connStats are the counters kept both per process and per process x
 // remote endpoint.
 type connStats struct {
-	opened     [3]uint64 // by Role
-	closed     [3]uint64 // by Role
-	ends       [6]uint64 // closes by EndState
+	opened     [3]uint64            // by Role
+	closed     [3]uint64            // by Role
+	ends       [NumEndStates]uint64 // closes by EndState
 	opens      rateWindow
 	closes     rateWindow
 	life       lifeHist

@@ -139,8 +139,14 @@ func (t *timeWaitTable) remove(a *Aggregator, k tuple, e twEntry) {
 // (tcp_fin_timeout) defaults to the TIME_WAIT length.
 func (t *timeWaitTable) closed(a *Aggregator, c *Conn, r *remoteStats) {
 	k := tupleOf(c)
+	pending := c.EndState == EndFinWait2
+	if old, ok := t.m[k]; ok && !old.pending && old.remote == nil {
+		// A dump applied before this record already listed the socket
+		// in TIME_WAIT: the peer's FIN has come.
+		pending = false
+	}
 	t.insert(a, k, twEntry{remote: r, closeNs: c.CloseNs, ttlMs: TimeWaitLen / 1_000_000,
-		seen: t.seenFor(c.CloseNs), pending: c.EndState == EndFinWait2})
+		seen: t.seenFor(c.CloseNs), pending: pending})
 }
 
 // seenFor marks an entry created during a dump that started before it:

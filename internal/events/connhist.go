@@ -13,7 +13,7 @@ import "math"
 type ConnHistograms struct {
 	// Lifetime of connections whose open the tracer saw, by Role and
 	// EndState.
-	Lifetime [3][6]Log2Hist
+	Lifetime [3][NumEndStates]Log2Hist
 	// ConnectLatency is SYN_SENT -> ESTABLISHED of active opens.
 	ConnectLatency Log2Hist
 	// TxBytes and RxBytes are payload bytes per connection, by Role.

@@ -137,6 +137,9 @@ const (
 	EndFinWait2
 )
 
+// NumEndStates sizes arrays indexed by EndState.
+const NumEndStates = int(EndFinWait2) + 1
+
 // String returns the stable name used in output.
 func (e EndState) String() string {
 	switch e {

@@ -114,8 +114,15 @@ type Server struct {
 // StartServer starts a server named comm in ns. It stops with the test.
 func StartServer(t testing.TB, ns *NetNS, comm string) *Server {
 	t.Helper()
+	return startServer(t, ns, comm, "server")
+}
+
+// startServer starts the helper role (a server that prints its ports) and
+// reads its ports.
+func startServer(t testing.TB, ns *NetNS, comm, role string) *Server {
+	t.Helper()
 	cmd := ns.Command(helperBinary(t, comm), "-test.run=^$")
-	cmd.Env = append(os.Environ(), helperEnv+"=server")
+	cmd.Env = append(os.Environ(), helperEnv+"="+role)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -132,10 +139,10 @@ func StartServer(t testing.TB, ns *NetNS, comm string) *Server {
 	t.Cleanup(func() { s.Stop(t) })
 	line, err := bufio.NewReader(stdout).ReadString('\n')
 	if err != nil {
-		t.Fatalf("server did not start: %v", err)
+		t.Fatalf("%s did not start: %v", role, err)
 	}
 	if _, err := fmt.Sscanf(line, "ports %d %d", &s.Port4, &s.Port6); err != nil {
-		t.Fatalf("server said %q: %v", line, err)
+		t.Fatalf("%s said %q: %v", role, line, err)
 	}
 	return s
 }

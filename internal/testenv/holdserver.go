@@ -1,7 +1,6 @@
 package testenv
 
 import (
-	"bufio"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -18,30 +17,7 @@ import (
 // that forgets to close.
 func StartHoldServer(t testing.TB, ns *NetNS, comm string) *Server {
 	t.Helper()
-	cmd := ns.Command(helperBinary(t, comm), "-test.run=^$")
-	cmd.Env = append(os.Environ(), helperEnv+"=hold-server")
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	s := &Server{PID: cmd.Process.Pid, cmd: cmd, stdin: stdin}
-	t.Cleanup(func() { s.Stop(t) })
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	if err != nil {
-		t.Fatalf("hold server did not start: %v", err)
-	}
-	if _, err := fmt.Sscanf(line, "ports %d %d", &s.Port4, &s.Port6); err != nil {
-		t.Fatalf("hold server said %q: %v", line, err)
-	}
-	return s
+	return startServer(t, ns, comm, "hold-server")
 }
 
 func runHoldServer() error {

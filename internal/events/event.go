@@ -55,6 +55,14 @@ func (k Kind) String() string {
 		return "conntrack_stats"
 	case KindConntrackOwner:
 		return "conntrack_owner"
+	case KindConntrackNew:
+		return "conntrack_new"
+	case KindConntrackDestroy:
+		return "conntrack_destroy"
+	case KindConntrackAllocFailed:
+		return "conntrack_alloc_failed"
+	case KindConntrackResync:
+		return "conntrack_resync"
 	}
 	return sampleKindString(k)
 }
@@ -324,6 +332,9 @@ type Event struct {
 	Drop Drop
 	// Conntrack: KindConntrackStats, KindConntrackOwner.
 	Conntrack Conntrack
+	// ConntrackEntry: KindConntrackNew, KindConntrackDestroy,
+	// KindConntrackAllocFailed, KindConntrackResync (ctentry.go).
+	ConntrackEntry ConntrackEntry
 	// Sample holds the extra fields of sampler events (sample.go).
 	Sample Sample
 	// Counters: KindKernelCounters, KindTracerCounters (kcounters.go).

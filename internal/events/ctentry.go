@@ -1,0 +1,60 @@
+package events
+
+import "net/netip"
+
+// Kinds of the conntrack entry lifecycle. Two sources produce them, and the
+// aggregator cannot tell which did (Conntrack entries are the same facts
+// either way): ctnetlink's NEW/DESTROY event groups with a resynchronising
+// dump after a loss (every kernel), or BPF programs on the kernel's own
+// conntrack functions where the kernel allows fentry or kprobes. Their
+// values are fixed (56..63) so that kinds added elsewhere by iota never
+// collide with them.
+const (
+	// KindConntrackNew is a conntrack entry confirmed into a namespace's
+	// table (ctnetlink IPCTNL_MSG_CT_NEW event, or __nf_conntrack_confirm).
+	KindConntrackNew Kind = 56 + iota
+	// KindConntrackDestroy is an entry removed from the table (ctnetlink
+	// IPCTNL_MSG_CT_DELETE event, or nf_ct_delete).
+	KindConntrackDestroy
+	// KindConntrackAllocFailed is an entry the kernel refused to create
+	// because the namespace's table was full (a failed
+	// __nf_conntrack_alloc): the refused flow's tuple, when it is known.
+	KindConntrackAllocFailed
+	// KindConntrackResync marks a complete dump of one namespace's table
+	// after events were lost (ENOBUFS) or at start-up: the entries of that
+	// namespace that the dump did not list are gone. It precedes the
+	// dump's KindConntrackNew events (with ConntrackEntry.Dump set) and
+	// carries ConntrackEntry.Generation; ConntrackEntry.Lost counts the
+	// events the kernel dropped before it.
+	KindConntrackResync
+)
+
+// ConntrackEntry is the payload of the conntrack entry lifecycle kinds
+// (KindConntrackNew, KindConntrackDestroy, KindConntrackAllocFailed,
+// KindConntrackResync).
+type ConntrackEntry struct {
+	NetNS  uint32
+	TimeNs uint64 // CLOCK_BOOTTIME ns of the event (or of the dump)
+	// ID is the kernel's entry id (ctnetlink CTA_ID); 0 from sources that
+	// do not know it. With NetNS and the original tuple it identifies an
+	// entry.
+	ID     uint32
+	Family Family
+	Proto  uint8 // IPPROTO_TCP (6), IPPROTO_UDP (17), IPPROTO_ICMP (1)...
+	// Orig is the original direction's tuple (the side that sent the first
+	// packet: for a local client, its own address and port first); Reply
+	// the reply direction's (differs from Orig reversed under NAT).
+	OrigSrc, OrigDst   netip.AddrPort
+	ReplySrc, ReplyDst netip.AddrPort
+	// TCPState is conntrack's own TCP state (TCP_CONNTRACK_*: 1 SYN_SENT,
+	// 2 SYN_RECV, 3 ESTABLISHED, 4 FIN_WAIT, 5 CLOSE_WAIT, 6 LAST_ACK,
+	// 7 TIME_WAIT, 8 CLOSE, 9 SYN_SENT2); 0 for other protocols or unknown.
+	TCPState uint8
+	// Timeout is the entry's remaining lifetime in seconds when known.
+	Timeout uint32
+	// Dump: this KindConntrackNew came from a resynchronising dump, not
+	// from a live event.
+	Dump       bool
+	Generation uint64 // KindConntrackResync and its dump's entries
+	Lost       uint64 // KindConntrackResync: events lost before it
+}

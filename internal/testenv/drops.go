@@ -1,14 +1,11 @@
 package testenv
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -32,9 +29,7 @@ type BurstResult struct {
 // until Release.
 type Burst struct {
 	BurstResult
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	done  bool
+	proc *helperProc
 }
 
 // StartBurst runs a process named comm in ns that starts count
@@ -43,25 +38,12 @@ type Burst struct {
 // entries stay). It returns once the connects are done.
 func StartBurst(t testing.TB, ns *NetNS, comm, addr string, count int, timeout time.Duration) *Burst {
 	t.Helper()
-	cmd := ns.Command(helperBinary(t, comm), "-test.run=^$")
-	cmd.Env = append(os.Environ(), helperEnv+"=burst",
+	proc := startHelperProc(t, ns.Command(helperBinary(t, comm), "-test.run=^$"), "burst",
 		fmt.Sprintf("%s=%s %d %d", burstEnv, addr, count, timeout.Milliseconds()))
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	b := &Burst{cmd: cmd, stdin: stdin}
-	b.PID = cmd.Process.Pid
+	b := &Burst{proc: proc}
+	b.PID = proc.PID
 	t.Cleanup(func() { b.Release(t) })
-	line, err := bufio.NewReader(stdout).ReadString('\n')
+	line, err := proc.readLine()
 	if err != nil {
 		t.Fatalf("burst did not report: %v", err)
 	}
@@ -74,13 +56,10 @@ func StartBurst(t testing.TB, ns *NetNS, comm, addr string, count int, timeout t
 // Release closes the burst's connections and waits for it to exit.
 func (b *Burst) Release(t testing.TB) {
 	t.Helper()
-	if b.done {
-		return
-	}
-	b.done = true
-	b.stdin.Close()
-	if err := b.cmd.Wait(); err != nil {
-		t.Errorf("burst exited: %v", err)
+	if !b.proc.released {
+		if err := b.proc.release(); err != nil {
+			t.Errorf("burst exited: %v", err)
+		}
 	}
 }
 
@@ -145,39 +124,21 @@ func runBurst() error {
 // Listener is a helper process listening on 127.0.0.1 with a given
 // backlog that never accepts.
 type Listener struct {
-	PID   int
-	Port  uint16
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	once  sync.Once
+	PID  int
+	Port uint16
+	proc *helperProc
 }
 
 // StartListener starts a process named comm in ns that listens with the
 // given backlog and never accepts.
 func StartListener(t testing.TB, ns *NetNS, comm string, backlog int) *Listener {
 	t.Helper()
-	cmd := ns.Command(helperBinary(t, comm), "-test.run=^$")
-	cmd.Env = append(os.Environ(), helperEnv+"=listener", burstEnv+"="+strconv.Itoa(backlog))
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	l := &Listener{PID: cmd.Process.Pid, cmd: cmd, stdin: stdin}
-	t.Cleanup(func() {
-		l.once.Do(func() {
-			stdin.Close()
-			_ = cmd.Wait()
-		})
-	})
-	line, err := bufio.NewReader(stdout).ReadString('\n')
+	proc := startHelperProc(t, ns.Command(helperBinary(t, comm), "-test.run=^$"), "listener",
+		burstEnv+"="+strconv.Itoa(backlog))
+	l := &Listener{PID: proc.PID, proc: proc}
+	// The listener never accepts: how it exits says nothing about the test.
+	t.Cleanup(func() { _ = proc.release() })
+	line, err := proc.readLine()
 	if err != nil {
 		t.Fatalf("listener did not start: %v", err)
 	}

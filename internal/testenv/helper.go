@@ -1,7 +1,6 @@
 package testenv
 
 import (
-	"bufio"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -106,9 +105,7 @@ type Server struct {
 	PID   int
 	Port4 uint16 // on 127.0.0.1
 	Port6 uint16 // on ::1
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	done  bool
+	proc  *helperProc
 }
 
 // StartServer starts a server named comm in ns. It stops with the test.
@@ -121,23 +118,10 @@ func StartServer(t testing.TB, ns *NetNS, comm string) *Server {
 // reads its ports.
 func startServer(t testing.TB, ns *NetNS, comm, role string) *Server {
 	t.Helper()
-	cmd := ns.Command(helperBinary(t, comm), "-test.run=^$")
-	cmd.Env = append(os.Environ(), helperEnv+"="+role)
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	s := &Server{PID: cmd.Process.Pid, cmd: cmd, stdin: stdin}
+	proc := startHelperProc(t, ns.Command(helperBinary(t, comm), "-test.run=^$"), role)
+	s := &Server{PID: proc.PID, proc: proc}
 	t.Cleanup(func() { s.Stop(t) })
-	line, err := bufio.NewReader(stdout).ReadString('\n')
+	line, err := proc.readLine()
 	if err != nil {
 		t.Fatalf("%s did not start: %v", role, err)
 	}
@@ -157,13 +141,10 @@ func (s *Server) Addr6() string { return fmt.Sprintf("[::1]:%d", s.Port6) }
 // progress and exit, and waits for it.
 func (s *Server) Stop(t testing.TB) {
 	t.Helper()
-	if s.done {
-		return
-	}
-	s.done = true
-	s.stdin.Close()
-	if err := s.cmd.Wait(); err != nil {
-		t.Errorf("server exited: %v", err)
+	if !s.proc.released {
+		if err := s.proc.release(); err != nil {
+			t.Errorf("server exited: %v", err)
+		}
 	}
 }
 
@@ -171,9 +152,7 @@ func (s *Server) Stop(t testing.TB) {
 type Client struct {
 	PID     int
 	Results []Result
-	cmd     *exec.Cmd
-	stdin   io.WriteCloser
-	waited  bool
+	proc    *helperProc
 }
 
 // StartClient runs a client named comm in ns and returns once every
@@ -204,22 +183,10 @@ func startClient(t testing.TB, ns *NetNS, comm, cgroupDir string, plan []Conn) *
 		args := append([]string{"-c", `echo $$ > "$0/cgroup.procs" && exec "$@"`, cgroupDir}, cmd.Args...)
 		cmd = exec.Command("sh", args...)
 	}
-	cmd.Env = append(os.Environ(), helperEnv+"=client", planEnv+"="+string(js))
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	c := &Client{PID: cmd.Process.Pid, cmd: cmd, stdin: stdin}
+	proc := startHelperProc(t, cmd, "client", planEnv+"="+string(js))
+	c := &Client{PID: proc.PID, proc: proc}
 	t.Cleanup(func() { c.Release(t) })
-	dec := json.NewDecoder(stdout)
+	dec := json.NewDecoder(proc.out)
 	for range plan {
 		var r Result
 		if err := dec.Decode(&r); err != nil {
@@ -241,26 +208,18 @@ func RunClient(t testing.TB, ns *NetNS, comm string, plan []Conn) *Client {
 // Release lets the client close its held connections, and waits for it.
 func (c *Client) Release(t testing.TB) {
 	t.Helper()
-	if c.waited {
-		return
-	}
-	c.waited = true
-	c.stdin.Close()
-	if err := c.cmd.Wait(); err != nil {
-		t.Errorf("client exited: %v", err)
+	if !c.proc.released {
+		if err := c.proc.release(); err != nil {
+			t.Errorf("client exited: %v", err)
+		}
 	}
 }
 
 func runServer() error {
-	l4, err := net.Listen("tcp4", "127.0.0.1:0")
+	l4, l6, err := listenLoopback()
 	if err != nil {
 		return err
 	}
-	l6, err := net.Listen("tcp6", "[::1]:0")
-	if err != nil {
-		return err
-	}
-	fmt.Printf("ports %d %d\n", l4.Addr().(*net.TCPAddr).Port, l6.Addr().(*net.TCPAddr).Port)
 
 	var wg sync.WaitGroup
 	serve := func(l net.Listener) {

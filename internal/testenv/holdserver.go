@@ -2,7 +2,6 @@ package testenv
 
 import (
 	"encoding/binary"
-	"fmt"
 	"io"
 	"net"
 	"os"
@@ -21,15 +20,10 @@ func StartHoldServer(t testing.TB, ns *NetNS, comm string) *Server {
 }
 
 func runHoldServer() error {
-	l4, err := net.Listen("tcp4", "127.0.0.1:0")
+	l4, l6, err := listenLoopback()
 	if err != nil {
 		return err
 	}
-	l6, err := net.Listen("tcp6", "[::1]:0")
-	if err != nil {
-		return err
-	}
-	fmt.Printf("ports %d %d\n", l4.Addr().(*net.TCPAddr).Port, l6.Addr().(*net.TCPAddr).Port)
 	var (
 		mu   sync.Mutex
 		held []net.Conn

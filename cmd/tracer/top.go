@@ -138,7 +138,7 @@ func (l *topLoop) apply(ev *events.Event, now time.Time) {
 	l.owners.Apply(ev)
 	// Events about one namespace are filtered; those ending a round of
 	// every namespace (namespace 0) always pass.
-	if ns := eventNetNS(ev); l.netns != 0 && ns != 0 && ns != l.netns {
+	if ns := ev.NetNS(); l.netns != 0 && ns != 0 && ns != l.netns {
 		return
 	}
 	l.agg.Apply(ev, now)
@@ -203,19 +203,3 @@ func (l *topLoop) updateHealth() {
 }
 
 var _ conntracer.Handler = (*topLoop)(nil)
-
-// eventNetNS is the namespace an event is about, whichever payload holds
-// it; 0 when it is about none (or every) namespace.
-func eventNetNS(ev *events.Event) uint32 {
-	switch ev.Kind {
-	case events.KindConnect, events.KindUnixListener:
-		return ev.Connect.NetNS
-	case events.KindDrop, events.KindDropCount, events.KindListenOverflow:
-		return ev.Drop.NetNS
-	case events.KindConntrackStats, events.KindConntrackOwner:
-		return ev.Conntrack.NetNS
-	case events.KindKernelCounters, events.KindTracerCounters:
-		return ev.Counters.NetNS
-	}
-	return ev.Conn.NetNS
-}

@@ -376,3 +376,22 @@ func itoa(v int) string {
 	}
 	return string(b[i:])
 }
+
+// NetNS is the network namespace (inode number) an event is about,
+// whichever payload holds it; 0 when it is about none or every namespace
+// (the ends of sampler rounds). Filters by namespace use it.
+func (ev *Event) NetNS() uint32 {
+	switch ev.Kind {
+	case KindConnect, KindUnixListener:
+		return ev.Connect.NetNS
+	case KindDrop, KindDropCount, KindListenOverflow:
+		return ev.Drop.NetNS
+	case KindConntrackStats, KindConntrackOwner:
+		return ev.Conntrack.NetNS
+	case KindConntrackNew, KindConntrackDestroy, KindConntrackAllocFailed, KindConntrackResync:
+		return ev.ConntrackEntry.NetNS
+	case KindKernelCounters, KindTracerCounters:
+		return ev.Counters.NetNS
+	}
+	return ev.Conn.NetNS
+}

@@ -133,3 +133,22 @@ func TestOwnersTakesTheSYNOutOfActiveOpensSeenLate(t *testing.T) {
 		}
 	}
 }
+
+func TestEventNetNS(t *testing.T) {
+	cases := []Event{
+		{Kind: KindConnClosed, Conn: Conn{NetNS: 1}},
+		{Kind: KindConnect, Connect: Connect{NetNS: 1}},
+		{Kind: KindUnixListener, Connect: Connect{NetNS: 1}},
+		{Kind: KindDrop, Drop: Drop{NetNS: 1}},
+		{Kind: KindListenOverflow, Drop: Drop{NetNS: 1}},
+		{Kind: KindConntrackStats, Conntrack: Conntrack{NetNS: 1}},
+		{Kind: KindConntrackNew, ConntrackEntry: ConntrackEntry{NetNS: 1}},
+		{Kind: KindConntrackResync, ConntrackEntry: ConntrackEntry{NetNS: 1}},
+		{Kind: KindKernelCounters, Counters: Counters{NetNS: 1}},
+	}
+	for _, ev := range cases {
+		if got := ev.NetNS(); got != 1 {
+			t.Errorf("%s: NetNS() = %d, want the payload's 1", ev.Kind, got)
+		}
+	}
+}

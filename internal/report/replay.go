@@ -98,7 +98,7 @@ func Replay(paths []string, o Options) (*Report, error) {
 			if (!o.Since.IsZero() && now.Before(o.Since)) || (!o.Until.IsZero() && now.After(o.Until)) {
 				continue
 			}
-			if ns := EventNetNS(&ev); o.NetNS != 0 && ns != 0 && ns != o.NetNS {
+			if ns := ev.NetNS(); o.NetNS != 0 && ns != 0 && ns != o.NetNS {
 				continue
 			}
 			m := now.Truncate(time.Minute)
@@ -164,20 +164,4 @@ func mergeFindings(spans map[string]*events.Finding, fs []events.Finding) {
 		}
 		spans[k] = &f
 	}
-}
-
-// EventNetNS is the namespace an event is about, 0 when it is about every
-// namespace (the ends of sampler rounds), as the live loop filters.
-func EventNetNS(ev *events.Event) uint32 {
-	switch ev.Kind {
-	case events.KindConnect, events.KindUnixListener:
-		return ev.Connect.NetNS
-	case events.KindDrop, events.KindDropCount, events.KindListenOverflow:
-		return ev.Drop.NetNS
-	case events.KindConntrackStats, events.KindConntrackOwner:
-		return ev.Conntrack.NetNS
-	case events.KindKernelCounters, events.KindTracerCounters:
-		return ev.Counters.NetNS
-	}
-	return ev.Conn.NetNS
 }

@@ -208,7 +208,7 @@ var _ conntracer.Handler = (*topLoop)(nil)
 // it; 0 when it is about none (or every) namespace.
 func eventNetNS(ev *events.Event) uint32 {
 	switch ev.Kind {
-	case events.KindConnect, events.KindUnixListener:
+	case events.KindConnect, events.KindUnixListener, events.KindUnixDgramSend:
 		return ev.Connect.NetNS
 	case events.KindDrop, events.KindDropCount, events.KindListenOverflow:
 		return ev.Drop.NetNS

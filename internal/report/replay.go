@@ -170,7 +170,7 @@ func mergeFindings(spans map[string]*events.Finding, fs []events.Finding) {
 // namespace (the ends of sampler rounds), as the live loop filters.
 func EventNetNS(ev *events.Event) uint32 {
 	switch ev.Kind {
-	case events.KindConnect, events.KindUnixListener:
+	case events.KindConnect, events.KindUnixListener, events.KindUnixDgramSend:
 		return ev.Connect.NetNS
 	case events.KindDrop, events.KindDropCount, events.KindListenOverflow:
 		return ev.Drop.NetNS

@@ -84,16 +84,22 @@ func (p *Probe) openConnect() error {
 
 // unixDgramSyscalls are the system calls a Unix datagram socket sends
 // with; ct_unix_send_exit is attached to the exit tracepoint of each.
-var unixDgramSyscalls = []string{"sendto", "sendmsg", "sendmmsg", "write"}
+// write comes last: Options.UnixDgramNoWrite leaves it out.
+var unixDgramSyscalls = [...]string{"sendto", "sendmsg", "sendmmsg", "write"}
 
 // attachUnixDgram attaches the counting of failed Unix datagram sends. If
 // any of its tracepoints cannot be attached it is off as a whole (a
 // partial view would undercount without saying so) and the start-up line
 // says why; connect() tracing stays on.
 func (p *Probe) attachUnixDgram(coll *ebpf.Collection) {
-	const hook = "syscalls/sys_exit_{sendto,sendmsg,sendmmsg,write} (unix dgram)"
+	hook := "syscalls/sys_exit_{sendto,sendmsg,sendmmsg,write} (unix dgram)"
+	calls := unixDgramSyscalls[:]
+	if p.opts.UnixDgramNoWrite {
+		hook = "syscalls/sys_exit_{sendto,sendmsg,sendmmsg} (unix dgram, write off)"
+		calls = calls[:3]
+	}
 	var links []link.Link
-	for _, sc := range unixDgramSyscalls {
+	for _, sc := range calls {
 		l, err := link.Tracepoint("syscalls", "sys_exit_"+sc, coll.Programs[connectProgCtUnixSendExit], nil)
 		if err != nil {
 			for _, l := range links {

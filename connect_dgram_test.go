@@ -171,3 +171,33 @@ func checkDgramStats(t *testing.T, tr *tracing, res testenv.ConnectResult, addr 
 		t.Errorf("unix_dgram_queue_full for %s: %+v", addr, f)
 	}
 }
+
+// With UnixDgramNoWrite, write(2) is not hooked: a connected sender's
+// failing write() calls go unseen while its send() calls are counted.
+func TestUnixDgramNoWrite(t *testing.T) {
+	testenv.RequireRoot(t)
+	opts := DefaultOptions()
+	opts.UnixDgramNoWrite = true
+	tr := startTracing(t, opts)
+	if a := findAttachment(tr.probe.Attachments(), "write off"); a == nil || a.Mode == "" {
+		t.Fatalf("unix dgram hooks: %v", tr.probe.Attachments())
+	}
+	dir := t.TempDir()
+	// Both from one process, write first: once its send() failures are
+	// reported, any write() failure would have been too.
+	wpath, spath := filepath.Join(dir, "write.sock"), filepath.Join(dir, "send.sock")
+	testenv.BindUnixDgram(t, wpath)
+	testenv.BindUnixDgram(t, spath)
+	wres := testenv.RunDgramSends(t, "ctr-dgram-cli", testenv.DgramPlan{Addr: wpath, Call: "write", Count: 50})
+	sres := testenv.RunDgramSends(t, "ctr-dgram-cli", testenv.DgramPlan{Addr: spath, Call: "send", Count: 50})
+	if wres.Errnos["EAGAIN"] == 0 || sres.Errnos["EAGAIN"] == 0 {
+		t.Fatalf("clients saw %v and %v", wres.Errnos, sres.Errnos)
+	}
+	got, _ := tr.col.dgramFailuresOf(sres.PID, sres.Errnos["EAGAIN"])
+	if !sameCounts(got[spath], failuresSeen(sres)) {
+		t.Errorf("send: tracer counted %v, client saw %v", got[spath], sres.Errnos)
+	}
+	if got, _ := tr.col.dgramFailuresOf(wres.PID, 0); len(got) != 0 {
+		t.Errorf("write: tracer counted %v with write(2) unhooked", got)
+	}
+}

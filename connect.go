@@ -25,6 +25,10 @@ type ConnectCounters struct {
 	// UnixFull counts Unix connects sent as a record each because the
 	// kernel's table of counted callers was full.
 	UnixFull uint64
+	// DgramFails counts failed Unix datagram sends (EAGAIN, ECONNREFUSED,
+	// ENOENT) the kernel counted per sender and destination; DgramFull
+	// those it could not count because that table was full (lost).
+	DgramFails, DgramFull uint64
 }
 
 // openConnect loads the connect object and attaches its two syscall
@@ -58,7 +62,7 @@ func (p *Probe) openConnect() error {
 		return err
 	}
 	p.connectCounters = coll.Maps[connectMapCounters]
-	p.unixPoller = newUnixPoller(coll.Maps[connectMapUnixConnects])
+	p.unixPoller = newUnixPoller(coll.Maps[connectMapUnixConnects], events.KindConnect)
 	// Exit first: an entry stashed with no exit hook would sit in the
 	// pending map until evicted.
 	for _, sc := range []struct{ name, prog string }{
@@ -72,7 +76,43 @@ func (p *Probe) openConnect() error {
 		p.links = append(p.links, l)
 	}
 	p.attachments = append(p.attachments, Attachment{Hook: hook, Mode: AttachTracepoint})
+	if !p.opts.NoUnixDgram {
+		p.attachUnixDgram(coll)
+	}
 	return nil
+}
+
+// unixDgramSyscalls are the system calls a Unix datagram socket sends
+// with; ct_unix_send_exit is attached to the exit tracepoint of each.
+// write comes last: only Options.UnixDgramWrite adds it.
+var unixDgramSyscalls = [...]string{"sendto", "sendmsg", "sendmmsg", "write"}
+
+// attachUnixDgram attaches the counting of failed Unix datagram sends. If
+// any of its tracepoints cannot be attached it is off as a whole (a
+// partial view would undercount without saying so) and the start-up line
+// says why; connect() tracing stays on.
+func (p *Probe) attachUnixDgram(coll *ebpf.Collection) {
+	hook := "syscalls/sys_exit_{sendto,sendmsg,sendmmsg,write} (unix dgram)"
+	calls := unixDgramSyscalls[:]
+	if !p.opts.UnixDgramWrite {
+		hook = "syscalls/sys_exit_{sendto,sendmsg,sendmmsg} (unix dgram, write off)"
+		calls = calls[:3]
+	}
+	var links []link.Link
+	for _, sc := range calls {
+		l, err := link.Tracepoint("syscalls", "sys_exit_"+sc, coll.Programs[connectProgCtUnixSendExit], nil)
+		if err != nil {
+			for _, l := range links {
+				l.Close()
+			}
+			p.attachments = append(p.attachments, Attachment{Hook: hook, Err: fmt.Errorf("attach syscalls/sys_exit_%s: %w", sc, err)})
+			return
+		}
+		links = append(links, l)
+	}
+	p.links = append(p.links, links...)
+	p.dgramPoller = newUnixPoller(coll.Maps[connectMapUnixDgramSends], events.KindUnixDgramSend)
+	p.attachments = append(p.attachments, Attachment{Hook: hook, Mode: AttachTracepoint})
 }
 
 // ConnectCounters sums the connect object's per-CPU counters. It returns
@@ -88,6 +128,8 @@ func (p *Probe) ConnectCounters() (ConnectCounters, error) {
 		connectConnectCounterCONNECT_NO_ENTER:    &c.NoEnter,
 		connectConnectCounterCONNECT_IN_PROGRESS: &c.InProgress,
 		connectConnectCounterCONNECT_UNIX_FULL:   &c.UnixFull,
+		connectConnectCounterUNIX_DGRAM_FAILS:    &c.DgramFails,
+		connectConnectCounterUNIX_DGRAM_FULL:     &c.DgramFull,
 	} {
 		var perCPU []uint64
 		if err := p.connectCounters.Lookup(uint32(slot), &perCPU); err != nil {
@@ -100,11 +142,17 @@ func (p *Probe) ConnectCounters() (ConnectCounters, error) {
 	return c, nil
 }
 
-// pollConnects hands the event loop's handler the Unix connects the
-// kernel counted since the last poll. Called by Run on the event loop.
+// pollConnects hands the event loop's handler the Unix connects and the
+// failed Unix datagram sends the kernel counted since the last poll.
+// Called by Run on the event loop.
 func (p *Probe) pollConnects(ev *events.Event, h Handler, final bool) error {
-	if p.unixPoller == nil {
-		return nil
+	for _, u := range []*unixPoller{p.unixPoller, p.dgramPoller} {
+		if u == nil {
+			continue
+		}
+		if err := u.poll(ev, h, final); err != nil {
+			return err
+		}
 	}
-	return p.unixPoller.poll(ev, h, final)
+	return nil
 }

@@ -21,7 +21,9 @@ const (
 	connectConnectCounterCONNECT_NO_ENTER    connectConnectCounter = 2
 	connectConnectCounterCONNECT_IN_PROGRESS connectConnectCounter = 3
 	connectConnectCounterCONNECT_UNIX_FULL   connectConnectCounter = 4
-	connectConnectCounterCONNECT_COUNTERS    connectConnectCounter = 5
+	connectConnectCounterUNIX_DGRAM_FULL     connectConnectCounter = 5
+	connectConnectCounterUNIX_DGRAM_FAILS    connectConnectCounter = 6
+	connectConnectCounterCONNECT_COUNTERS    connectConnectCounter = 7
 )
 
 type connectConnectEvent struct {
@@ -53,6 +55,7 @@ const (
 	connectConnectFlagsCONNECT_FD_SOCKET  connectConnectFlags = 1
 	connectConnectFlagsCONNECT_NONBLOCK   connectConnectFlags = 2
 	connectConnectFlagsCONNECT_ADDR_FAULT connectConnectFlags = 4
+	connectConnectFlagsCONNECT_PEER       connectConnectFlags = 8
 )
 
 type connectPendingConnect struct {
@@ -99,8 +102,10 @@ const (
 	connectMapLostRecords            = "lost_records"
 	connectMapPending                = "pending"
 	connectMapUnixConnects           = "unix_connects"
+	connectMapUnixDgramSends         = "unix_dgram_sends"
 	connectProgCtConnectEnter        = "ct_connect_enter"
 	connectProgCtConnectExit         = "ct_connect_exit"
+	connectProgCtUnixSendExit        = "ct_unix_send_exit"
 	connectVarEmitInProgress         = "emit_in_progress"
 	connectVarFilterCgroupId         = "filter_cgroup_id"
 	connectVarFilterCgroupLevel      = "filter_cgroup_level"
@@ -162,17 +167,19 @@ type connectSpecs struct {
 type connectProgramSpecs struct {
 	CtConnectEnter *ebpf.ProgramSpec `ebpf:"ct_connect_enter"`
 	CtConnectExit  *ebpf.ProgramSpec `ebpf:"ct_connect_exit"`
+	CtUnixSendExit *ebpf.ProgramSpec `ebpf:"ct_unix_send_exit"`
 }
 
 // connectMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type connectMapSpecs struct {
-	Counters     *ebpf.MapSpec `ebpf:"counters"`
-	Events       *ebpf.MapSpec `ebpf:"events"`
-	LostRecords  *ebpf.MapSpec `ebpf:"lost_records"`
-	Pending      *ebpf.MapSpec `ebpf:"pending"`
-	UnixConnects *ebpf.MapSpec `ebpf:"unix_connects"`
+	Counters       *ebpf.MapSpec `ebpf:"counters"`
+	Events         *ebpf.MapSpec `ebpf:"events"`
+	LostRecords    *ebpf.MapSpec `ebpf:"lost_records"`
+	Pending        *ebpf.MapSpec `ebpf:"pending"`
+	UnixConnects   *ebpf.MapSpec `ebpf:"unix_connects"`
+	UnixDgramSends *ebpf.MapSpec `ebpf:"unix_dgram_sends"`
 }
 
 // connectVariableSpecs contains global variables before they are loaded into the kernel.
@@ -216,11 +223,12 @@ func (o *connectObjects) Close() error {
 //
 // It can be passed to loadConnectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type connectMaps struct {
-	Counters     *ebpf.Map `ebpf:"counters"`
-	Events       *ebpf.Map `ebpf:"events"`
-	LostRecords  *ebpf.Map `ebpf:"lost_records"`
-	Pending      *ebpf.Map `ebpf:"pending"`
-	UnixConnects *ebpf.Map `ebpf:"unix_connects"`
+	Counters       *ebpf.Map `ebpf:"counters"`
+	Events         *ebpf.Map `ebpf:"events"`
+	LostRecords    *ebpf.Map `ebpf:"lost_records"`
+	Pending        *ebpf.Map `ebpf:"pending"`
+	UnixConnects   *ebpf.Map `ebpf:"unix_connects"`
+	UnixDgramSends *ebpf.Map `ebpf:"unix_dgram_sends"`
 }
 
 func (m *connectMaps) Close() error {
@@ -230,6 +238,7 @@ func (m *connectMaps) Close() error {
 		m.LostRecords,
 		m.Pending,
 		m.UnixConnects,
+		m.UnixDgramSends,
 	)
 }
 
@@ -260,12 +269,14 @@ type connectVariables struct {
 type connectPrograms struct {
 	CtConnectEnter *ebpf.Program `ebpf:"ct_connect_enter"`
 	CtConnectExit  *ebpf.Program `ebpf:"ct_connect_exit"`
+	CtUnixSendExit *ebpf.Program `ebpf:"ct_unix_send_exit"`
 }
 
 func (p *connectPrograms) Close() error {
 	return _ConnectClose(
 		p.CtConnectEnter,
 		p.CtConnectExit,
+		p.CtUnixSendExit,
 	)
 }
 

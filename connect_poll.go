@@ -27,11 +27,13 @@ type unixSeen struct {
 	changed           time.Time
 }
 
-// unixPoller turns the kernel's per-key counts of Unix connects into
-// events carrying the calls made since the previous poll. It belongs to
-// the event loop goroutine.
+// unixPoller turns the kernel's per-key counts of Unix connects (or of
+// failed Unix datagram sends: same key and value) into events carrying the
+// calls made since the previous poll. It belongs to the event loop
+// goroutine.
 type unixPoller struct {
 	m    *ebpf.Map
+	kind events.Kind // KindConnect or KindUnixDgramSend
 	last time.Time
 	seen map[connectUnixConnectKey]unixSeen
 	// Reused across polls so that polling does not allocate per key.
@@ -40,12 +42,12 @@ type unixPoller struct {
 	idle []connectUnixConnectKey
 }
 
-func newUnixPoller(m *ebpf.Map) *unixPoller {
-	return &unixPoller{m: m, seen: map[connectUnixConnectKey]unixSeen{}}
+func newUnixPoller(m *ebpf.Map, kind events.Kind) *unixPoller {
+	return &unixPoller{m: m, kind: kind, seen: map[connectUnixConnectKey]unixSeen{}}
 }
 
 // poll reads the map if the interval has passed (always when final) and
-// hands one KindConnect event per changed key to h, through ev.
+// hands one event of u.kind per changed key to h, through ev.
 func (u *unixPoller) poll(ev *events.Event, h Handler, final bool) error {
 	now := time.Now()
 	if !final && now.Sub(u.last) < unixPollInterval {
@@ -90,7 +92,7 @@ func (u *unixPoller) poll(ev *events.Event, h Handler, final bool) error {
 func (u *unixPoller) emit(ev *events.Event, h Handler, k *connectUnixConnectKey, v *connectUnixConnectStats, prev unixSeen) {
 	flags := connectConnectFlags(v.Flags)
 	c := &ev.Connect
-	ev.Kind = events.KindConnect
+	ev.Kind = u.kind
 	*c = events.Connect{
 		Owner: events.Process{
 			PID: k.Tgid, TID: v.Tid, Comm: v.Comm, CgroupID: v.CgroupId, StartNs: k.ProcStartNs,
@@ -105,6 +107,8 @@ func (u *unixPoller) emit(ev *events.Event, h Handler, k *connectUnixConnectKey,
 		EndNs:        v.LastNs,
 		LatencySumNs: v.LatencySumNs - prev.latencySum,
 		NonBlocking:  flags&connectConnectFlagsCONNECT_NONBLOCK != 0,
+		AddrFault:    flags&connectConnectFlagsCONNECT_ADDR_FAULT != 0,
+		PeerAddr:     flags&connectConnectFlagsCONNECT_PEER != 0,
 	}
 	n := min(int(k.PathLen), len(k.Path))
 	c.Path.Set(k.Path[:n])

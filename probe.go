@@ -75,6 +75,17 @@ type Options struct {
 	// EINPROGRESS, not only a count (doubles the records of non-blocking
 	// clients).
 	ConnectInProgress bool
+	// NoUnixDgram leaves off the counting of failed Unix datagram sends
+	// (exit tracepoints of write, sendto, sendmsg, sendmmsg: a cost on
+	// every such call of the machine, see README).
+	NoUnixDgram bool
+	// UnixDgramWrite adds write(2) to those hooks, for datagram senders
+	// that use write() on a connected socket (Go's log/syslog). Off by
+	// default: its exit tracepoint costs every write() on the machine about
+	// 100 ns (measured), and write() is the busiest system call of most
+	// servers, while glibc's syslog() and journald clients use send(),
+	// sendto() or sendmsg(), which are hooked.
+	UnixDgramWrite bool
 	// Drops attaches skb:kfree_skb (off by default: `tracer` enables it
 	// with --drops, `tracer top` always).
 	Drops bool
@@ -143,6 +154,7 @@ type Probe struct {
 	// when the connect hooks are off.
 	connectCounters *ebpf.Map
 	unixPoller      *unixPoller // nil when the connect hooks are off
+	dgramPoller     *unixPoller // nil when the Unix datagram send hooks are off
 	drops           *dropState  // nil when the drops hook is off
 }
 
@@ -368,7 +380,7 @@ func (p *Probe) Close() error {
 		c.Close()
 	}
 	p.colls, p.lost, p.lostNames = nil, nil, nil
-	p.connectCounters, p.unixPoller = nil, nil
+	p.connectCounters, p.unixPoller, p.dgramPoller = nil, nil, nil
 	if p.ring != nil {
 		errs = append(errs, p.ring.Close())
 		p.ring = nil

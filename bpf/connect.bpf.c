@@ -23,6 +23,15 @@
  * records of every outbound connection; emit_in_progress turns them on.
  * Connected UDP sockets (resolvers) would likewise flood the buffer.
  *
+ * Unix datagram sends that fail because the receiver's queue is full
+ * (EAGAIN: net.unix.max_dgram_qlen datagrams wait unread) or the receiver
+ * is gone (ECONNREFUSED, ENOENT) are counted per sender, destination and
+ * errno in unix_dgram_sends by ct_unix_send_exit, on the exit tracepoints
+ * of write, sendto, sendmsg and sendmmsg. It has no entry hook: the
+ * arguments are read from the caller's saved registers, and only after
+ * the return value says the call failed that way, so successful sends pay
+ * the tracepoint and a few comparisons.
+ *
  * Cost. The overload pattern this exists for (a proxy's non-blocking Unix
  * connects failing with EAGAIN) runs at tens of thousands of calls per
  * second: the records are submitted without waking the reader, and nothing
@@ -39,7 +48,17 @@
 #define AF_UNIX 1
 #define AF_INET 2
 #define AF_INET6 10
+#define ENOENT 2
+#define EAGAIN 11
+#define ECONNREFUSED 111
 #define EINPROGRESS 115
+#define SOCK_DGRAM 2
+#define MSG_DONTWAIT 0x40
+/* x86-64 system call numbers of the datagram send paths (sys_exit_* ctx->nr) */
+#define NR_write 1
+#define NR_sendto 44
+#define NR_sendmsg 46
+#define NR_sendmmsg 307
 #define O_NONBLOCK 04000
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
@@ -59,7 +78,9 @@ enum connect_counter {
 	CONNECT_NO_ENTER = 2,  /* exits without a stash (attached mid-call, or evicted) */
 	CONNECT_IN_PROGRESS = 3, /* EINPROGRESS: counted; sent only if emit_in_progress */
 	CONNECT_UNIX_FULL = 4,   /* Unix connects sent as records: unix_connects was full */
-	CONNECT_COUNTERS = 5,
+	UNIX_DGRAM_FULL = 5,     /* Unix datagram send failures lost: unix_dgram_sends was full */
+	UNIX_DGRAM_FAILS = 6,    /* Unix datagram send failures counted (filters passed) */
+	CONNECT_COUNTERS = 7,
 };
 
 /*
@@ -115,6 +136,26 @@ struct {
 	__type(key, struct unix_connect_key);
 	__type(value, struct unix_connect_stats);
 } unix_connects SEC(".maps");
+
+/*
+ * unix_dgram_sends: failed sends on Unix datagram sockets, counted per
+ * sender process, destination address and errno, with the same key and
+ * value as unix_connects (latency_sum_ns stays 0: there is no entry hook).
+ * Only EAGAIN (the receiver's queue is full), ECONNREFUSED and ENOENT (the
+ * receiver is gone) are counted: a syslog or journald client that cannot
+ * keep up fails thousands of times a second, so counting in place is the
+ * only affordable form. Inserted at a key's first failure by
+ * ct_unix_send_exit; user space reads it on the same timer as
+ * unix_connects and deletes keys idle for a minute. Plain hash, not LRU:
+ * eviction would lose counts silently; when it is full, a new key's
+ * failures are only counted in UNIX_DGRAM_FULL.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct unix_connect_key);
+	__type(value, struct unix_connect_stats);
+} unix_dgram_sends SEC(".maps");
 
 /* See tcplife.bpf.c: puts the record's types into BTF for bpf2go -type. */
 const struct connect_event *unused_connect_event __attribute__((unused));
@@ -405,4 +446,160 @@ int ct_connect_exit(struct sys_exit_ctx *ctx)
 
 	submit_record(e);
 	return 0;
+}
+
+/*
+ * read_peer_addr copies the bound address of sk's connected peer into the
+ * key's family and path: a datagram socket that was connect()ed sends
+ * without an address. The peer is unix_sk(sk)->peer, its address
+ * unix_sk(peer)->addr (struct unix_address: len bytes of sockaddr_un).
+ * Runs on failures only, so probe reads are fine here. Returns the bytes
+ * copied (0: no peer, e.g. after ECONNREFUSED cleared it, or an unbound
+ * peer).
+ */
+static __always_inline __u64 read_peer_addr(struct sock *sk, struct unix_connect_key *k)
+{
+	struct unix_sock *peer = (struct unix_sock *)BPF_CORE_READ((struct unix_sock *)sk, peer);
+	struct unix_address *a;
+	__u64 n;
+
+	if (!peer)
+		return 0;
+	a = BPF_CORE_READ(peer, addr);
+	if (!a)
+		return 0;
+	n = (__u32)BPF_CORE_READ(a, len);
+	asm volatile("" : "+r"(n));
+	if (n > sizeof(k->family) + sizeof(k->path))
+		n = sizeof(k->family) + sizeof(k->path);
+	if (n < sizeof(k->family) ||
+	    bpf_probe_read_kernel(&k->family, n, &a->name[0]) != 0)
+		return 0;
+	return n;
+}
+
+/*
+ * unix_send_failed counts one failed send on a Unix datagram socket in
+ * unix_dgram_sends. nr is the system call (write, sendto, sendmsg,
+ * sendmmsg); its arguments are still in the caller's saved registers at
+ * exit (x86-64: di, si, dx, r10, r8, r9), so no entry hook is needed and a
+ * successful send pays only ct_unix_send_exit's first comparison.
+ */
+static __always_inline int unix_send_failed(long nr, long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+
+	if (filter_tgid && (id >> 32) != filter_tgid)
+		return 0;
+	/* A port filter keeps IPv4/IPv6 only, as for connects. */
+	if ((filter_family && filter_family != AF_UNIX) || filter_port)
+		return 0;
+	if (filter_cgroup_id &&
+	    bpf_get_current_ancestor_cgroup_id(filter_cgroup_level) != filter_cgroup_id)
+		return 0;
+
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	__u8 flags = 0;
+	struct socket *sock = socket_of(task, (__u32)BPF_CORE_READ(regs, di), &flags);
+	struct sock *sk;
+
+	if (!sock || BPF_CORE_READ(sock, type) != SOCK_DGRAM)
+		return 0;
+	sk = BPF_CORE_READ(sock, sk);
+	if (!sk || BPF_CORE_READ(sk, __sk_common.skc_family) != AF_UNIX)
+		return 0;
+
+	struct unix_connect_key k;
+	__u64 uaddr = 0, n = 0, msgflags = 0;
+
+	__builtin_memset(&k, 0, sizeof(k));
+	switch (nr) {
+	case NR_sendto:
+		uaddr = BPF_CORE_READ(regs, r8);
+		n = (__u32)BPF_CORE_READ(regs, r9);
+		msgflags = BPF_CORE_READ(regs, r10);
+		break;
+	case NR_sendmsg:
+	case NR_sendmmsg: {
+		/* sendmmsg fails only when its first message does: that
+		 * message's header starts the vector. */
+		struct user_msghdr mh;
+
+		if (bpf_probe_read_user(&mh, sizeof(mh), (void *)BPF_CORE_READ(regs, si)) == 0) {
+			uaddr = (__u64)mh.msg_name;
+			n = (__u32)mh.msg_namelen;
+		} else {
+			flags |= CONNECT_ADDR_FAULT;
+		}
+		msgflags = nr == NR_sendmsg ? BPF_CORE_READ(regs, dx) : BPF_CORE_READ(regs, r10);
+		break;
+	}
+	}
+	if (msgflags & MSG_DONTWAIT)
+		flags |= CONNECT_NONBLOCK;
+	if (uaddr) {
+		asm volatile("" : "+r"(n));
+		if (n > sizeof(k.family) + sizeof(k.path))
+			n = sizeof(k.family) + sizeof(k.path);
+		if (n < sizeof(k.family) ||
+		    bpf_probe_read_user(&k.family, n, (void *)uaddr) != 0) {
+			flags |= CONNECT_ADDR_FAULT;
+			n = 0;
+		}
+	} else {
+		flags |= CONNECT_PEER;
+		n = read_peer_addr(sk, &k);
+		k.family = AF_UNIX;
+	}
+
+	k.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	if (filter_netns && k.netns != filter_netns)
+		return 0;
+	if (filter_comm_set && !comm_matches((const __u8 *)task->group_leader->comm))
+		return 0;
+	k.tgid = id >> 32;
+	k.proc_start_ns = task->group_leader->start_boottime;
+	k.errno = -ret;
+	k.path_len = n > SUN_PATH_OFFSET ? n - SUN_PATH_OFFSET : 0;
+
+	__u64 now = bpf_ktime_get_boot_ns();
+	struct unix_connect_stats *st = bpf_map_lookup_elem(&unix_dgram_sends, &k);
+
+	if (!st) {
+		struct unix_connect_stats v = {};
+
+		v.sock_type = SOCK_DGRAM;
+		v.flags = flags | CONNECT_FD_SOCKET;
+		v.first_ns = now;
+		v.cgroup_id = bpf_get_current_cgroup_id();
+		v.tid = (__u32)id;
+		__builtin_memcpy(v.comm, task->group_leader->comm, sizeof(v.comm));
+		bpf_map_update_elem(&unix_dgram_sends, &k, &v, BPF_NOEXIST);
+		st = bpf_map_lookup_elem(&unix_dgram_sends, &k);
+		if (!st) {
+			count(UNIX_DGRAM_FULL);
+			return 0;
+		}
+	}
+	count(UNIX_DGRAM_FAILS);
+	__sync_fetch_and_add(&st->calls, 1);
+	st->last_ns = now;
+	return 0;
+}
+
+/*
+ * ct_unix_send_exit is attached to the exit tracepoints of write, sendto,
+ * sendmsg and sendmmsg. The return value is tested first: a successful
+ * send, or any other error, costs three comparisons here; only the failures
+ * that mean a full or vanished receiver go on to look at the fd.
+ */
+SEC("tracepoint/syscalls/sys_exit_sendto")
+int ct_unix_send_exit(struct sys_exit_ctx *ctx)
+{
+	long ret = ctx->ret;
+
+	if (ret != -EAGAIN && ret != -ECONNREFUSED && ret != -ENOENT)
+		return 0;
+	return unix_send_failed(ctx->nr, ret);
 }

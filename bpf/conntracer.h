@@ -93,6 +93,7 @@ enum connect_flags {
 	CONNECT_FD_SOCKET = 1 << 0,  /* the fd was a socket: sock_type and netns are set */
 	CONNECT_NONBLOCK = 1 << 1,   /* the socket was non-blocking (O_NONBLOCK) */
 	CONNECT_ADDR_FAULT = 1 << 2, /* the address could not be read from user memory */
+	CONNECT_PEER = 1 << 3,       /* Unix datagram send: the address is the connected peer's */
 };
 
 /*

@@ -56,6 +56,8 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 		pollEvery   = fs.Duration("poll-interval", defaults.PollInterval, "how often the reader checks the ring buffer when the kernel has not woken it")
 		wakeupBytes = fs.Uint64("wakeup-bytes", defaults.WakeupBytes, "the kernel wakes the reader once this many bytes are waiting")
 		connect     = fs.Bool("connect", true, "trace connect() calls (syscall tracepoints): failed connects, Unix sockets included, are printed")
+		unixDgram   = fs.Bool("unix-dgram", true, "count Unix datagram sends failing on a full or vanished receiver (exit tracepoints of write, sendto, sendmsg, sendmmsg; needs --connect)")
+		dgramWrite  = fs.Bool("unix-dgram-write", false, "with --unix-dgram, also hook write(2) (connected datagram senders such as Go's log/syslog); costs every write() on the machine about 100 ns")
 		inProgress  = fs.Bool("connect-in-progress", false, "also send a record per non-blocking connect() that returns EINPROGRESS (otherwise counted only; its outcome is the connection's line)")
 		drops       = fs.Bool("drops", false, "also trace dropped packets (skb:kfree_skb) with their reason, location, tuple and owner")
 		keepNormal  = fs.Bool("drops-keep-normal", false, "also count frees with reason NOT_SPECIFIED or CONSUMED, which are mostly not drops")
@@ -100,6 +102,8 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	cfg.probe.WakeupBytes = *wakeupBytes
 	cfg.probe.NoConnect = !*connect
 	cfg.probe.ConnectInProgress = *inProgress
+	cfg.probe.NoUnixDgram = !*unixDgram
+	cfg.probe.UnixDgramWrite = *dgramWrite
 	cfg.probe.Drops = *drops
 	cfg.probe.DropsKeepNormal = *keepNormal
 	cfg.probe.DropRecordsPerSec = *dropRate

@@ -9,7 +9,8 @@ import (
 // Apply (the event loop live, a reader of recordings on replay) drives them
 // all and one Snapshot carries every section:
 //   - connect: failed connects, Unix socket paths and connect latency
-//     (ConnectStats: KindConnect, KindUnixListener, KindConnClosed);
+//     (ConnectStats: KindConnect, KindUnixListener, KindUnixDgramSend,
+//     KindConnClosed);
 //   - drops: drop counts by reason and listen-queue overflows (DropStats:
 //     KindDrop, KindDropCount, KindListenOverflow);
 //   - conntrack: per-namespace table statistics and table-full drops
@@ -37,7 +38,7 @@ func (a *Aggregator) SetConnectRules(r ConnectRules, ports PortInfoFunc) {
 // matters for KindDrop: names first, then drops, then conntrack.
 func (a *Aggregator) applyParts(ev *Event) {
 	switch ev.Kind {
-	case KindConnect, KindUnixListener, KindConnClosed:
+	case KindConnect, KindUnixListener, KindUnixDgramSend, KindConnClosed:
 		a.connect.Apply(ev, a.now)
 		a.hists.apply(ev)
 	case KindDrop, KindDropCount, KindListenOverflow:

@@ -17,6 +17,13 @@ const (
 	ErrnoEINPROGRESS   uint8 = 115
 )
 
+// KindUnixDgramSend reports failed sends on a Unix datagram socket
+// (Event.Connect: the sender in Owner, the destination in Path, SockDgram,
+// Errno EAGAIN when the receiver's queue was full, ECONNREFUSED or ENOENT
+// when the receiver was gone, and Count failures since the last event for
+// this sender, destination and errno: the kernel counts them in place).
+const KindUnixDgramSend Kind = 64
+
 // SockType is a socket's type as the kernel numbers it (SOCK_STREAM...).
 type SockType uint8
 
@@ -109,6 +116,10 @@ type Connect struct {
 	LatencySumNs uint64 // total time spent in these Count calls
 	NonBlocking  bool   // the socket was O_NONBLOCK (for counted calls: the first one's)
 	AddrFault    bool   // the address could not be read from the caller's memory
+	// PeerAddr: a datagram send without an address, on a connected
+	// socket; Path is the peer's bound address (empty if the peer was
+	// gone by then: its ECONNREFUSED clears the connection).
+	PeerAddr bool
 	// Listener samples (KindUnixListener) only.
 	Backlog   uint32 // the listen() backlog in effect (already capped by net.core.somaxconn)
 	Queue     uint32 // connections waiting to be accepted

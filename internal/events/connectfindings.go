@@ -21,12 +21,15 @@ type ConnectRules struct {
 	// MinRefused, MinTimeouts: per destination, all processes together.
 	MinRefused  uint64
 	MinTimeouts uint64
+	// MinDgramQueueFull: datagram sends to one Unix path failing with
+	// EAGAIN, all senders together.
+	MinDgramQueueFull uint64
 }
 
 // DefaultConnectRules: one overflow or exhausted port range is already a
 // user-visible failure; refusals and timeouts are only a storm in numbers.
 func DefaultConnectRules() ConnectRules {
-	return ConnectRules{Window: 5 * time.Minute, MinBacklogOverflows: 1, MinExhaustion: 1, MinRefused: 20, MinTimeouts: 5}
+	return ConnectRules{Window: 5 * time.Minute, MinBacklogOverflows: 1, MinExhaustion: 1, MinRefused: 20, MinTimeouts: 5, MinDgramQueueFull: 1}
 }
 
 // PortInfo is what the kernel says about ephemeral ports in a namespace:
@@ -45,6 +48,7 @@ type PortInfoFunc func(netns uint32) (PortInfo, bool)
 func (s *ConnectStats) ConnectFindings(now time.Time, r ConnectRules, ports PortInfoFunc) []Finding {
 	var out []Finding
 	out = append(out, s.unixBacklogFindings(now, r)...)
+	out = append(out, s.unixDgramFindings(now, r)...)
 	out = append(out, s.portExhaustionFindings(now, r, ports)...)
 	out = append(out, s.stormFindings(now, r, ErrnoECONNREFUSED, r.MinRefused, "connect_refused",
 		"connections to %s are refused (%d times): nothing listens there, or its accept queue overflowed",
@@ -105,6 +109,52 @@ func (s *ConnectStats) unixBacklogFindings(now time.Time, r ConnectRules) []Find
 		f.Message = fmt.Sprintf("%d connects to %s failed with EAGAIN: its accept backlog is full (%s); %d caller(s), most from %s (pid %d)",
 			total, path, listener, len(u.callers), f.Comm, f.PID)
 		f.Remedy = "the listener accepts too slowly: add workers, or raise its backlog (PHP-FPM listen.backlog, nginx listen ... backlog=) and net.core.somaxconn, which caps it"
+		out = append(out, f)
+	}
+	return out
+}
+
+// unixDgramFindings: datagrams to a Unix path failing with EAGAIN, the
+// receiver's queue being full (a syslog or journald socket under a burst
+// of logging, a metrics agent that stalls).
+func (s *ConnectStats) unixDgramFindings(now time.Time, r ConnectRules) []Finding {
+	var out []Finding
+	for k, u := range s.unix {
+		if len(u.dgram) == 0 || !s.recent(u.dgramLast, now, r) {
+			continue
+		}
+		var total uint64
+		var top procKey
+		var topN uint64
+		ev := map[string]float64{}
+		for pk, c := range u.dgram {
+			n := c.counts.get(ErrnoEAGAIN)
+			total += n
+			if n > topN {
+				top, topN = pk, n
+			}
+			if n > 0 {
+				ev[fmt.Sprintf("sender_%d_%s_eagain", pk.PID, commString(&c.comm))] = float64(n)
+			}
+		}
+		if total < max(r.MinDgramQueueFull, 1) {
+			continue
+		}
+		path := k.Path.String()
+		if k.Path.Len == 0 {
+			path = "(the connected peer, gone)"
+		}
+		ev["eagain"] = float64(total)
+		ev["senders"] = float64(len(u.dgram))
+		f := Finding{
+			Kind: "unix_dgram_queue_full", PID: top.PID, Comm: commString(&u.dgram[top].comm),
+			Path: k.Path.String(), NetNS: k.NetNS, Last: u.dgramLast, Since: u.dgramFirst, Evidence: ev,
+		}
+		f.Message = fmt.Sprintf("%d datagrams to %s failed with EAGAIN: the receiver's queue is full; %d sender(s), most from %s (pid %d)",
+			total, path, len(u.dgram), f.Comm, f.PID)
+		f.Remedy = "the receiver reads too slowly (journald or rsyslog under a burst of logging, say): make it keep up, " +
+			"or raise net.unix.max_dgram_qlen (datagrams a receiving socket may queue, default 10; " +
+			"read when the socket is created, so restart the receiver) and the senders' SO_SNDBUF, which also holds unread datagrams"
 		out = append(out, f)
 	}
 	return out

@@ -16,6 +16,8 @@ import (
 // Sources, so that each failure is counted once:
 //   - KindConnect: failures that connect() itself returned, and Unix
 //     connects (counted by the kernel, Count calls per event);
+//   - KindUnixDgramSend: failed sends on Unix datagram sockets, per path
+//     and sender (counted by the kernel too);
 //   - KindConnClosed, active side, EndConnectFailed: a TCP connect that
 //     reached SYN_SENT and failed there (refused, timed out, unreachable),
 //     which is how a non-blocking connect's EINPROGRESS ends. A blocking
@@ -117,6 +119,10 @@ type unixAgg struct {
 	callers     map[procKey]*unixCaller
 	sockType    SockType
 	first, last time.Time
+	// dgram: failed datagram sends to this path per sender
+	// (KindUnixDgramSend), and when they were first and last seen.
+	dgram                 map[procKey]*unixCaller
+	dgramFirst, dgramLast time.Time
 }
 
 type unixCaller struct {
@@ -173,6 +179,8 @@ func (s *ConnectStats) Apply(ev *Event, now time.Time) {
 		s.applyConnect(&ev.Connect, now)
 	case KindConnClosed:
 		s.applyClosed(&ev.Conn, now)
+	case KindUnixDgramSend:
+		s.applyDgram(&ev.Connect, now)
 	case KindUnixListener:
 		c := &ev.Connect
 		k := unixKeyOf(c)
@@ -207,16 +215,45 @@ func (s *ConnectStats) applyConnect(c *Connect, now time.Time) {
 	s.countFailure(procDest{procOf(&c.Owner), destOfConnect(c)}, &c.Owner, c.NetNS, c.Errno, c.Count, now)
 }
 
-func (s *ConnectStats) applyUnix(c *Connect, now time.Time) {
-	k := unixKeyOf(c)
+// unixAggOf returns the path's aggregate, creating it; nil when the table
+// is full (counted in Overflow).
+func (s *ConnectStats) unixAggOf(k unixKey, now time.Time) *unixAgg {
 	u := s.unix[k]
 	if u == nil {
 		if len(s.unix) >= s.MaxKeys {
 			s.Overflow++
-			return
+			return nil
 		}
 		u = &unixAgg{callers: map[procKey]*unixCaller{}, first: now}
 		s.unix[k] = u
+	}
+	return u
+}
+
+func (s *ConnectStats) applyDgram(c *Connect, now time.Time) {
+	u := s.unixAggOf(unixKeyOf(c), now)
+	if u == nil {
+		return
+	}
+	if u.dgram == nil {
+		u.dgram = map[procKey]*unixCaller{}
+		u.dgramFirst = now
+	}
+	u.dgramLast = now
+	u.sockType = SockDgram
+	pk := procOf(&c.Owner)
+	cl := u.dgram[pk]
+	if cl == nil {
+		cl = &unixCaller{comm: c.Owner.Comm}
+		u.dgram[pk] = cl
+	}
+	cl.counts.add(c.Errno, c.Count)
+}
+
+func (s *ConnectStats) applyUnix(c *Connect, now time.Time) {
+	u := s.unixAggOf(unixKeyOf(c), now)
+	if u == nil {
+		return
 	}
 	u.last = now
 	if c.SockType != SockUnknown {
@@ -325,7 +362,11 @@ type UnixPathStats struct {
 	Queue        uint32       `json:"queue"`     // waiting to be accepted
 	Somaxconn    uint32       `json:"somaxconn"` // net.core.somaxconn
 	Callers      []UnixCaller `json:"callers"`
-	Last         time.Time    `json:"last"`
+	// DgramSendFailures are the senders whose datagrams to this path
+	// failed: EAGAIN (the receiver's queue was full), ECONNREFUSED or
+	// ENOENT (no receiver).
+	DgramSendFailures []UnixCaller `json:"dgram_send_failures"`
+	Last              time.Time    `json:"last"`
 }
 
 // UnixCaller is one process connecting to a Unix path.
@@ -374,6 +415,17 @@ func countsByName(c *errnoCounts, okName string) (map[string]uint64, uint64) {
 	return m, total
 }
 
+// unixCallers lists callers by pid.
+func unixCallers(m map[procKey]*unixCaller) []UnixCaller {
+	out := []UnixCaller{}
+	for pk, c := range m {
+		counts, _ := countsByName(&c.counts, "OK")
+		out = append(out, UnixCaller{PID: pk.PID, Comm: commString(&c.comm), Counts: counts})
+	}
+	slices.SortFunc(out, func(a, b UnixCaller) int { return cmp.Compare(a.PID, b.PID) })
+	return out
+}
+
 func commString(c *[16]byte) string {
 	p := Process{Comm: *c}
 	return string(p.CommBytes())
@@ -416,15 +468,18 @@ func (s *ConnectStats) Snapshot() ConnectSnapshot {
 		paths[k] = true
 	}
 	for k := range paths {
-		st := UnixPathStats{Path: k.Path.String(), NetNS: k.NetNS, SockType: SockUnknown.String(), Callers: []UnixCaller{}}
+		st := UnixPathStats{
+			Path: k.Path.String(), NetNS: k.NetNS, SockType: SockUnknown.String(),
+			Callers: []UnixCaller{}, DgramSendFailures: []UnixCaller{},
+		}
 		if u := s.unix[k]; u != nil {
 			st.SockType = u.sockType.String()
 			st.Last = u.last
-			for pk, c := range u.callers {
-				counts, _ := countsByName(&c.counts, "OK")
-				st.Callers = append(st.Callers, UnixCaller{PID: pk.PID, Comm: commString(&c.comm), Counts: counts})
+			if u.dgramLast.After(st.Last) {
+				st.Last = u.dgramLast
 			}
-			slices.SortFunc(st.Callers, func(a, b UnixCaller) int { return cmp.Compare(a.PID, b.PID) })
+			st.Callers = unixCallers(u.callers)
+			st.DgramSendFailures = unixCallers(u.dgram)
 		}
 		if l := s.listeners[k]; l != nil {
 			st.ListenerPID = l.owner.PID

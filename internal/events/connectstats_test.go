@@ -208,3 +208,56 @@ func TestConnectStatsApplyDoesNotAllocate(t *testing.T) {
 		t.Errorf("%.1f allocations per round", n)
 	}
 }
+
+func unixDgramSend(p Process, path string, errno uint8, n uint64) Event {
+	ev := unixConnect(p, path, errno, n)
+	ev.Kind = KindUnixDgramSend
+	ev.Connect.SockType = SockDgram
+	return ev
+}
+
+// Failed datagram sends are listed per path and sender, apart from the
+// path's connect callers, and are never counted as failed connects; EAGAIN
+// makes a unix_dgram_queue_full finding, a vanished receiver does not.
+func TestConnectStatsUnixDgram(t *testing.T) {
+	s := NewConnectStats()
+	now := time.Unix(1000, 0)
+	app, cron := proc(30, "app"), proc(31, "cron")
+	for _, ev := range []Event{
+		unixDgramSend(app, "/dev/log", ErrnoEAGAIN, 700),
+		unixDgramSend(app, "/dev/log", ErrnoEAGAIN, 100),
+		unixDgramSend(cron, "/dev/log", ErrnoEAGAIN, 12),
+		unixDgramSend(cron, "/dev/log", ErrnoECONNREFUSED, 1),
+		unixDgramSend(app, "/run/gone.sock", ErrnoENOENT, 4),
+	} {
+		s.Apply(&ev, now)
+	}
+	snap := s.Snapshot()
+	if len(snap.ConnectFailures) != 0 {
+		t.Errorf("datagram sends counted as connect failures: %+v", snap.ConnectFailures)
+	}
+	if len(snap.Unix) != 2 || snap.Unix[0].Path != "/dev/log" || snap.Unix[0].SockType != "dgram" || len(snap.Unix[0].Callers) != 0 {
+		t.Fatalf("unix: %+v", snap.Unix)
+	}
+	got := snap.Unix[0].DgramSendFailures
+	if len(got) != 2 || got[0].PID != 30 || got[0].Counts["EAGAIN"] != 800 || len(got[0].Counts) != 1 ||
+		got[1].PID != 31 || got[1].Counts["EAGAIN"] != 12 || got[1].Counts["ECONNREFUSED"] != 1 {
+		t.Errorf("dgram_send_failures: %+v", got)
+	}
+	js, err := json.Marshal(snap.Unix[1])
+	if err != nil || !strings.Contains(string(js), `"dgram_send_failures":[{"pid":30,"comm":"app","counts":{"ENOENT":4}}]`) {
+		t.Errorf("JSON %s, %v", js, err)
+	}
+	fs := s.ConnectFindings(now, DefaultConnectRules(), nil)
+	if len(fs) != 1 {
+		t.Fatalf("findings: %+v", fs)
+	}
+	f := fs[0]
+	if f.Kind != "unix_dgram_queue_full" || f.Path != "/dev/log" || f.PID != 30 || f.Comm != "app" ||
+		f.Evidence["eagain"] != 812 || f.Evidence["senders"] != 2 || !strings.Contains(f.Remedy, "net.unix.max_dgram_qlen") {
+		t.Errorf("finding: %+v", f)
+	}
+	if fs := s.ConnectFindings(now.Add(time.Hour), DefaultConnectRules(), nil); len(fs) != 0 {
+		t.Errorf("stale finding: %+v", fs)
+	}
+}

@@ -45,6 +45,8 @@ func (k Kind) String() string {
 		return "connect"
 	case KindUnixListener:
 		return "unix_listener"
+	case KindUnixDgramSend:
+		return "unix_dgram_send"
 	case KindDrop:
 		return "drop"
 	case KindDropCount:
@@ -326,7 +328,8 @@ func (c *Conn) LifetimeNs() uint64 {
 type Event struct {
 	Kind Kind
 	Conn Conn
-	// Connect is set for KindConnect and KindUnixListener.
+	// Connect is set for KindConnect, KindUnixListener and
+	// KindUnixDgramSend.
 	Connect Connect
 	// Drop: KindDrop, KindDropCount, KindListenOverflow.
 	Drop Drop
@@ -382,7 +385,7 @@ func itoa(v int) string {
 // (the ends of sampler rounds). Filters by namespace use it.
 func (ev *Event) NetNS() uint32 {
 	switch ev.Kind {
-	case KindConnect, KindUnixListener:
+	case KindConnect, KindUnixListener, KindUnixDgramSend:
 		return ev.Connect.NetNS
 	case KindDrop, KindDropCount, KindListenOverflow:
 		return ev.Drop.NetNS

@@ -139,6 +139,7 @@ func TestEventNetNS(t *testing.T) {
 		{Kind: KindConnClosed, Conn: Conn{NetNS: 1}},
 		{Kind: KindConnect, Connect: Connect{NetNS: 1}},
 		{Kind: KindUnixListener, Connect: Connect{NetNS: 1}},
+		{Kind: KindUnixDgramSend, Connect: Connect{NetNS: 1}},
 		{Kind: KindDrop, Drop: Drop{NetNS: 1}},
 		{Kind: KindListenOverflow, Drop: Drop{NetNS: 1}},
 		{Kind: KindConntrackStats, Conntrack: Conntrack{NetNS: 1}},

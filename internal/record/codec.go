@@ -221,7 +221,9 @@ func (e *encoder) connect(c *events.Connect) {
 	e.buf = append(e.buf, c.Path.Bytes[:min(int(c.Path.Len), len(c.Path.Bytes))]...)
 	e.b(c.Errno)
 	e.u(c.Count)
-	e.b(e.flag(c.NonBlocking) | e.flag(c.AddrFault)<<1 | e.flag(c.StartNs != 0)<<2 | e.flag(c.EndNs != 0)<<3)
+	// Bit 4 (PeerAddr) came with Unix datagram sends: older readers
+	// ignore it.
+	e.b(e.flag(c.NonBlocking) | e.flag(c.AddrFault)<<1 | e.flag(c.StartNs != 0)<<2 | e.flag(c.EndNs != 0)<<3 | e.flag(c.PeerAddr)<<4)
 	if c.StartNs != 0 {
 		e.ts(c.StartNs)
 	}
@@ -540,7 +542,7 @@ func (d *decoder) connect(c *events.Connect) {
 	c.Errno = d.b()
 	c.Count = d.u()
 	f := d.b()
-	c.NonBlocking, c.AddrFault = f&1 != 0, f&2 != 0
+	c.NonBlocking, c.AddrFault, c.PeerAddr = f&1 != 0, f&2 != 0, f&16 != 0
 	if f&4 != 0 {
 		c.StartNs = d.ts()
 	}

@@ -37,6 +37,8 @@ func MaybeRunHelper() {
 		err = runChurn()
 	case "connects":
 		err = runConnects()
+	case "dgram-sends":
+		err = runDgramSends()
 	case "burst":
 		err = runBurst()
 	case "listener":

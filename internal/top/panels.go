@@ -16,7 +16,7 @@ const panelRows = 3
 
 // panels renders the compact panels of the other concerns, each only when
 // it has something to show: conntrack fill per namespace, drops by reason,
-// failed connects, Unix socket backlogs.
+// failed connects, Unix socket backlogs and failed datagram sends.
 func panels(s *events.Snapshot) []string {
 	var out []string
 	add := func(title string, items []string, total int) {
@@ -62,10 +62,12 @@ func panels(s *events.Snapshot) []string {
 	unixPaths := slices.Clone(s.Unix)
 	failed := func(u *events.UnixPathStats) uint64 {
 		var n uint64
-		for _, c := range u.Callers {
-			for k, v := range c.Counts {
-				if k != "OK" {
-					n += v
+		for _, cs := range [][]events.UnixCaller{u.Callers, u.DgramSendFailures} {
+			for _, c := range cs {
+				for k, v := range c.Counts {
+					if k != "OK" {
+						n += v
+					}
 				}
 			}
 		}
@@ -75,10 +77,37 @@ func panels(s *events.Snapshot) []string {
 	var ux []string
 	for i := range unixPaths[:min(len(unixPaths), panelRows)] {
 		u := &unixPaths[i]
+		if len(u.DgramSendFailures) > 0 {
+			ux = append(ux, dgramText(u))
+			continue
+		}
 		ux = append(ux, fmt.Sprintf("%s queue %d/%d (%d/%s) failed %d", u.Path, u.Queue, u.Backlog, u.ListenerPID, u.ListenerComm, failed(u)))
 	}
 	add("UNIX", ux, len(unixPaths))
 	return out
+}
+
+// dgramText renders a datagram path's failed sends: "/dev/log dgram sends
+// failed EAGAIN 812 (3 senders, most 4242/app)".
+func dgramText(u *events.UnixPathStats) string {
+	sum := map[string]uint64{}
+	var top events.UnixCaller
+	var topN uint64
+	for _, c := range u.DgramSendFailures {
+		var n uint64
+		for k, v := range c.Counts {
+			sum[k] += v
+			n += v
+		}
+		if n > topN {
+			top, topN = c, n
+		}
+	}
+	path := u.Path
+	if path == "" {
+		path = "(gone peer)"
+	}
+	return fmt.Sprintf("%s dgram sends failed %s (%d senders, most %d/%s)", path, countsText(sum), len(u.DgramSendFailures), top.PID, top.Comm)
 }
 
 // countsText renders counts by errno name, largest first: "ECONNREFUSED 20 ETIMEDOUT 1".

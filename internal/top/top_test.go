@@ -185,16 +185,24 @@ func TestRenderShowsPanels(t *testing.T) {
 		}},
 		ConnectFailures: []events.ConnectFailures{{PID: 43, Comm: "curl", Destination: "127.0.0.1:9", Counts: map[string]uint64{"ECONNREFUSED": 20}}},
 		Unix: []events.UnixPathStats{{Path: "/run/php/fpm.sock", ListenerPID: 44, ListenerComm: "php-fpm", Backlog: 1, Queue: 2,
-			Callers: []events.UnixCaller{{PID: 45, Comm: "nginx", Counts: map[string]uint64{"OK": 2, "EAGAIN": 198}}}}},
-		Findings: []events.Finding{{Kind: "unix_backlog_overflow", PID: 45, Comm: "nginx", Path: "/run/php/fpm.sock", Message: "connects to /run/php/fpm.sock fail"}},
+			Callers: []events.UnixCaller{{PID: 45, Comm: "nginx", Counts: map[string]uint64{"OK": 2, "EAGAIN": 198}}}},
+			{Path: "/dev/log", SockType: "dgram", DgramSendFailures: []events.UnixCaller{
+				{PID: 46, Comm: "app", Counts: map[string]uint64{"EAGAIN": 800}},
+				{PID: 47, Comm: "cron", Counts: map[string]uint64{"EAGAIN": 12}},
+			}}},
+		Findings: []events.Finding{
+			{Kind: "unix_backlog_overflow", PID: 45, Comm: "nginx", Path: "/run/php/fpm.sock", Message: "connects to /run/php/fpm.sock fail"},
+			{Kind: "unix_dgram_queue_full", PID: 46, Comm: "app", Path: "/dev/log", Message: "812 datagrams to /dev/log failed with EAGAIN"},
+		},
 	}
 	out := RenderText(s, ViewOptions{Sort: ColOpens, Width: 200})
 	for _, want := range []string{
 		"CONNTRACK  netns 4026532001 240/256 (94%) drop 288",
 		"DROPS  NETFILTER_DROP 9 (netns 4026532001 42/ctr-dropped)  |  NO_SOCKET 3 (netns 7)",
 		"CONNECT FAILED  43/curl -> 127.0.0.1:9 ECONNREFUSED 20",
-		"UNIX  /run/php/fpm.sock queue 2/1 (44/php-fpm) failed 198",
+		"UNIX  /dev/log dgram sends failed EAGAIN 812 (2 senders, most 46/app)  |  /run/php/fpm.sock queue 2/1 (44/php-fpm) failed 198",
 		"unix_backlog_overflow 45 nginx  connects to /run/php/fpm.sock fail",
+		"unix_dgram_queue_full 46 app  812 datagrams to /dev/log failed with EAGAIN",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("view lacks %q:\n%s", want, out)

@@ -63,6 +63,8 @@ func (k Kind) String() string {
 		return "conntrack_alloc_failed"
 	case KindConntrackResync:
 		return "conntrack_resync"
+	case KindConntrackUpdate:
+		return "conntrack_update"
 	}
 	return sampleKindString(k)
 }

@@ -28,8 +28,22 @@ import (
 type NetNSSampler struct {
 	// OnlyNetNS restricts sampling to one namespace (inode); 0: all.
 	OnlyNetNS uint32
+	// Watcher, if set, is told about every namespace where conntrack is
+	// active, each sample (a new one is subscribed when first seen), and
+	// which namespaces still exist.
+	Watcher ConntrackNSWatcher
 	prevOver  map[uint32]uint64
 	procDir   string
+}
+
+// ConntrackNSWatcher follows the conntrack tables of the namespaces the
+// NetNSSampler finds active (CtEvents does, through ctnetlink).
+type ConntrackNSWatcher interface {
+	// Watch starts following namespace ino, open at nsFD for the call's
+	// duration; a namespace followed already is left as it is.
+	Watch(ino uint32, nsFD int) error
+	// Retain stops following the namespaces not in seen (gone).
+	Retain(seen map[uint32]bool)
 }
 
 // NewNetNSSampler returns a sampler of every namespace. The first Sample
@@ -61,6 +75,9 @@ func (s *NetNSSampler) Sample(bootNs uint64) ([]events.Event, []error) {
 		ns.Close()
 		evs = append(evs, e...)
 		warnings = append(warnings, w...)
+	}
+	if s.Watcher != nil {
+		s.Watcher.Retain(seen)
 	}
 	for ino := range s.prevOver {
 		if !seen[ino] {
@@ -96,6 +113,11 @@ func (s *NetNSSampler) sampleOne(fd int, ino uint32, bootNs uint64) ([]events.Ev
 			ct.TimeoutCloseWait = proc.TimeoutCloseWait
 			ct.TimeoutSynSent = proc.TimeoutSynSent
 			evs = append(evs, events.Event{Kind: events.KindConntrackStats, Conntrack: ct})
+			if s.Watcher != nil {
+				if err := s.Watcher.Watch(ino, fd); err != nil {
+					warnings = append(warnings, err)
+				}
+			}
 		}
 	}
 

@@ -176,6 +176,9 @@ func EventNetNS(ev *events.Event) uint32 {
 		return ev.Drop.NetNS
 	case events.KindConntrackStats, events.KindConntrackOwner:
 		return ev.Conntrack.NetNS
+	case events.KindConntrackNew, events.KindConntrackUpdate, events.KindConntrackDestroy,
+		events.KindConntrackResync, events.KindConntrackAllocFailed:
+		return ev.ConntrackEntry.NetNS
 	case events.KindKernelCounters, events.KindTracerCounters:
 		return ev.Counters.NetNS
 	}

@@ -31,9 +31,9 @@ type NetNSSampler struct {
 	// Watcher, if set, is told about every namespace where conntrack is
 	// active, each sample (a new one is subscribed when first seen), and
 	// which namespaces still exist.
-	Watcher ConntrackNSWatcher
-	prevOver  map[uint32]uint64
-	procDir   string
+	Watcher  ConntrackNSWatcher
+	prevOver map[uint32]uint64
+	procDir  string
 }
 
 // ConntrackNSWatcher follows the conntrack tables of the namespaces the

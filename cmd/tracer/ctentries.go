@@ -42,7 +42,7 @@ func chooseConntrackSource(cfg *topConfig, out chan<- []events.Event) (conntrack
 		return nil, nil
 	case ctEntriesAuto, ctEntriesCtnetlink:
 		w := kernel.NewCtEvents(out)
-		w.ReadBuffer = cfg.ctReadBuffer
+		w.ReadBuffer, w.RefreshEvery = cfg.ctReadBuffer, cfg.ctRefresh
 		return w, nil
 	}
 	return nil, fmt.Errorf("--conntrack-entries %q: use auto, ctnetlink or off", cfg.ctEntries)

@@ -80,14 +80,17 @@ type ConntrackNSSnapshot struct {
 	// when nothing was lost), TCP entries ByState (conntrack's state
 	// names), all ByProto, Unattributed (no local TCP socket known:
 	// UDP, ICMP, forwarded flows); Lost event overruns (each at least one
-	// event), Resyncs (table dumps, the start-up one included) and the
-	// entries the dumps after a loss Corrected.
+	// event) and the Resyncs (dumps) that followed them; Dumps of every
+	// cause (the start-up one, refreshes of entries older than the
+	// subscription, which report no events, and resyncs), and the entries
+	// the dumps after the first Corrected (added or removed).
 	Tracked      uint64            `json:"tracked,omitempty"`
 	Unattributed uint64            `json:"unattributed,omitempty"`
 	ByState      map[string]uint64 `json:"by_state,omitempty"`
 	ByProto      map[string]uint64 `json:"by_proto,omitempty"`
 	Lost         uint64            `json:"lost,omitempty"`
 	Resyncs      uint64            `json:"resyncs,omitempty"`
+	Dumps        uint64            `json:"dumps,omitempty"`
 	Corrected    uint64            `json:"corrected,omitempty"`
 	Since        time.Time         `json:"-"`
 	Last         time.Time         `json:"-"`
@@ -156,16 +159,17 @@ func (s *ConntrackStats) Apply(ev *Event, now time.Time) {
 			s.tables[ns] = t
 		}
 		t.applyEntry(ev, &s.socks)
+	// Sockets are indexed only in namespaces whose table holds entries;
+	// those open before tracing always (they come before any table, and
+	// are forgotten when they close).
 	case KindSockOpen:
-		if s.tables[ev.Conn.NetNS] != nil {
+		if t := s.tables[ev.Conn.NetNS]; t != nil && len(t.entries) > 0 {
 			s.socks.sock(&ev.Conn, false)
 		}
 	case KindConnExisting:
-		if s.tables[ev.Conn.NetNS] != nil {
-			s.socks.sock(&ev.Conn, true)
-		}
+		s.socks.sock(&ev.Conn, true)
 	case KindConnClosed:
-		if len(s.tables) > 0 && s.tables[ev.Conn.NetNS] != nil {
+		if t := s.tables[ev.Conn.NetNS]; (t != nil && len(t.entries) > 0) || s.socks.has(&ev.Conn) {
 			s.socks.closed(&ev.Conn)
 		}
 	case KindSockSampleDone:
@@ -212,14 +216,14 @@ func (n *conntrackNS) confirm(f RefusedFlow) {
 // fullest first.
 func (s *ConntrackStats) Snapshot() []ConntrackNSSnapshot {
 	var out []ConntrackNSSnapshot
-	for ino := range s.tables {
-		if s.ns[ino] == nil {
+	for ino, t := range s.tables {
+		if s.ns[ino] == nil && len(t.entries) > 0 {
 			s.get(ino) // entries known before the first statistics sample
 		}
 	}
 	for ino, n := range s.ns {
 		t := s.tables[ino]
-		if n.lastAt.IsZero() && t == nil {
+		if n.lastAt.IsZero() && (t == nil || len(t.entries) == 0) {
 			continue
 		}
 		c, f := n.last, n.first

@@ -89,7 +89,7 @@ type ctTable struct {
 	// many of its entries are still to come.
 	resyncGen, resyncLeft uint64
 	resyncing             bool
-	lost, resyncs         uint64
+	lost, resyncs, dumps  uint64
 	corrected             uint64 // entries the resyncs added or removed
 	pending               []ctKey
 }
@@ -144,6 +144,15 @@ func (x *ctSockets) closed(c *Conn) {
 	x.sock(c, false)
 }
 
+// has reports whether c's local address is indexed.
+func (x *ctSockets) has(c *Conn) bool {
+	if len(x.m) == 0 {
+		return false
+	}
+	_, ok := x.m[ctSockKey{c.NetNS, unmapAddrPort(c.Local)}]
+	return ok
+}
+
 // roundDone sweeps the sockets no round saw lately.
 func (x *ctSockets) roundDone() {
 	for k, s := range x.m {
@@ -191,7 +200,10 @@ func (t *ctTable) applyEntry(ev *Event, socks *ctSockets) {
 	e := &ev.ConntrackEntry
 	switch ev.Kind {
 	case KindConntrackResync:
-		t.resyncs++
+		t.dumps++
+		if e.Lost > 0 {
+			t.resyncs++
+		}
 		t.lost += e.Lost
 		t.resyncGen, t.resyncLeft, t.resyncing = e.Generation, e.DumpEntries, true
 		if e.DumpEntries == 0 {
@@ -241,8 +253,8 @@ func (t *ctTable) upsert(e *ConntrackEntry, socks *ctSockets) {
 	n := ctEntry{proto: e.Proto, state: e.TCPState}
 	if e.Dump {
 		n.gen = e.Generation
-		if t.resyncing && t.resyncs > 1 {
-			t.corrected++ // a dump after a loss found an entry the events missed
+		if t.resyncing && t.dumps > 1 {
+			t.corrected++ // a later dump found an entry the events missed
 		}
 	}
 	if s, ok := socks.lookup(e.NetNS, e.OrigSrc); ok {
@@ -308,7 +320,7 @@ func (t *ctTable) sweep() {
 		if e.gen != t.resyncGen {
 			t.uncount(&e)
 			delete(t.entries, k)
-			if t.resyncs > 1 {
+			if t.dumps > 1 {
 				t.corrected++
 			}
 		}
@@ -355,7 +367,7 @@ func (t *ctTable) resolve(netns uint32, socks *ctSockets) {
 func (t *ctTable) snapshot(sn *ConntrackNSSnapshot) {
 	sn.Tracked = uint64(len(t.entries))
 	sn.Unattributed = t.unowned
-	sn.Lost, sn.Resyncs, sn.Corrected = t.lost, t.resyncs, t.corrected
+	sn.Lost, sn.Resyncs, sn.Dumps, sn.Corrected = t.lost, t.resyncs, t.dumps, t.corrected
 	sn.ByState = map[string]uint64{}
 	for st, n := range t.byState {
 		if n > 0 {

@@ -69,12 +69,8 @@ func TestConntrackEntriesPerProcessAndState(t *testing.T) {
 	r := &ctRun{t: t, agg: NewAggregator(DefaultThresholds()), now: time.Unix(1_700_000_000, 0)}
 	// The start-up dump of an empty table makes the table exist.
 	r.apply(Event{Kind: KindConntrackResync, ConntrackEntry: ConntrackEntry{NetNS: ctTestNS, Generation: 1}})
-	r.apply(
-		sockEv(100, "client", "127.0.0.1:40000", "127.0.0.1:80", TCPEstablished),
-		sockEv(100, "client", "127.0.0.1:40001", "127.0.0.1:80", TCPEstablished),
-		sockEv(200, "server", "127.0.0.1:80", "127.0.0.1:40000", TCPEstablished),
-		Event{Kind: KindSockSampleDone},
-	)
+	// The entries come first (the socket round that sees their sockets
+	// is up to a second away), and are attributed when the round ends.
 	r.apply(
 		ctEv(KindConntrackNew, 1, 6, "127.0.0.1:40000", "127.0.0.1:80", ctSynSent),
 		ctEv(KindConntrackNew, 2, 6, "127.0.0.1:40001", "127.0.0.1:80", ctSynSent),
@@ -82,6 +78,15 @@ func TestConntrackEntriesPerProcessAndState(t *testing.T) {
 		ctEv(KindConntrackNew, 4, 17, "127.0.0.1:5353", "127.0.0.1:53", 0),
 		ctEv(KindConntrackUpdate, 1, 6, "127.0.0.1:40000", "127.0.0.1:80", ctEstablished),
 		ctEv(KindConntrackUpdate, 2, 6, "127.0.0.1:40001", "127.0.0.1:80", ctEstablished),
+	)
+	if ns := r.ns(); ns.Unattributed != 4 {
+		t.Fatalf("attributed before any socket round: %+v", ns)
+	}
+	r.apply(
+		sockEv(100, "client", "127.0.0.1:40000", "127.0.0.1:80", TCPEstablished),
+		sockEv(100, "client", "127.0.0.1:40001", "127.0.0.1:80", TCPEstablished),
+		sockEv(200, "server", "127.0.0.1:80", "127.0.0.1:40000", TCPEstablished),
+		Event{Kind: KindSockSampleDone},
 	)
 	ns := r.ns()
 	if ns.Tracked != 4 || ns.Unattributed != 1 || !maps.Equal(ns.ByState, map[string]uint64{"ESTABLISHED": 2, "SYN_SENT": 1}) ||
@@ -139,11 +144,11 @@ func TestConntrackEntryAttributedLater(t *testing.T) {
 func TestConntrackResyncReplacesTheSet(t *testing.T) {
 	r := &ctRun{t: t, agg: NewAggregator(DefaultThresholds()), now: time.Unix(1_700_000_000, 0)}
 	r.apply(Event{Kind: KindConntrackResync, ConntrackEntry: ConntrackEntry{NetNS: ctTestNS, Generation: 1}})
-	r.apply(sockEv(100, "client", "127.0.0.1:40000", "127.0.0.1:80", TCPEstablished), Event{Kind: KindSockSampleDone})
 	r.apply(
 		ctEv(KindConntrackNew, 1, 6, "127.0.0.1:40000", "127.0.0.1:80", ctEstablished),
 		ctEv(KindConntrackNew, 2, 6, "127.0.0.1:40009", "127.0.0.1:80", ctEstablished),
 	)
+	r.apply(sockEv(100, "client", "127.0.0.1:40000", "127.0.0.1:80", TCPEstablished), Event{Kind: KindSockSampleDone})
 	// Sockets age out of the index; entry 1 keeps its owner through the dump.
 	r.apply(Event{Kind: KindSockSampleDone}, Event{Kind: KindSockSampleDone}, Event{Kind: KindSockSampleDone})
 	dump := func(id uint32, src string, state uint8) Event {
@@ -159,7 +164,7 @@ func TestConntrackResyncReplacesTheSet(t *testing.T) {
 	r.apply(dump(3, "127.0.0.1:40003", ctEstablished))
 	ns := r.ns()
 	p := r.procs()
-	if ns.Tracked != 2 || ns.Lost != 3 || ns.Resyncs != 2 || ns.Corrected != 2 ||
+	if ns.Tracked != 2 || ns.Lost != 3 || ns.Resyncs != 1 || ns.Dumps != 2 || ns.Corrected != 2 ||
 		!maps.Equal(ns.ByState, map[string]uint64{"TIME_WAIT": 1, "ESTABLISHED": 1}) ||
 		p[100].Entries != 1 || !maps.Equal(p[100].ByState, map[string]uint64{"TIME_WAIT": 1}) {
 		t.Errorf("after the resync: %+v", ns)

@@ -197,8 +197,8 @@ func (c *Collector) collectNode(ch chan<- prometheus.Metric, s *events.Snapshot)
 		for _, st := range sortedKeys(ct.ByState) {
 			gauge(d.ctByState, float64(ct.ByState[st]), ns, st)
 		}
-		if ct.Resyncs > 0 {
-			counter(d.ctResyncs, ct.Resyncs, ns)
+		if ct.Dumps > 0 {
+			counter(d.ctDumps, ct.Dumps, ns)
 		}
 	}
 	byComm := map[string]uint64{}

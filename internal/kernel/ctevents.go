@@ -32,6 +32,15 @@ import (
 // events, before the events queued meanwhile: those are applied after the
 // dump, so a DESTROY of an entry the dump listed is never overtaken by it.
 //
+// Entries older than the subscription: since Linux 5.19
+// (nf_conntrack_events=2, the default) an entry carries the event
+// extension only if a ctnetlink listener existed in its namespace when it
+// was created; the others never report a state change or their
+// destruction. The first dump lists them among the rest; the watcher keeps
+// their ids and dumps the namespace again every RefreshEvery for as long
+// as one of them is still listed and has reported nothing (an event of an
+// entry proves it reports).
+//
 // Goroutines: Run owns one reader goroutine per watched namespace. Watch
 // and Retain are called by the namespace sampler's goroutine; Lost from
 // anywhere.
@@ -42,6 +51,9 @@ type CtEvents struct {
 	// BatchWait is how long a reader gathers events before handing them
 	// over. 0: 20 ms.
 	BatchWait time.Duration
+	// RefreshEvery is how often a namespace is dumped again while entries
+	// older than its subscription remain. 0: DefaultCtRefresh.
+	RefreshEvery time.Duration
 
 	out chan<- []events.Event
 
@@ -57,6 +69,9 @@ type CtEvents struct {
 // about 10,000 events waiting for the reader.
 const DefaultCtReadBuffer = 4 << 20
 
+// DefaultCtRefresh is the default RefreshEvery.
+const DefaultCtRefresh = 10 * time.Second
+
 // maxCtBatch bounds the events handed over in one batch.
 const maxCtBatch = 1024
 
@@ -68,6 +83,11 @@ type ctSock struct {
 	stopped   atomic.Bool
 	closeOnce sync.Once
 	done      chan struct{} // closed by close
+	// legacy: ids of entries of the first dump that have reported no
+	// event yet (nil when none is left); refresh: when to dump again.
+	legacy  map[uint32]struct{}
+	dumped  bool
+	refresh time.Time
 }
 
 // NewCtEvents returns a watcher that sends its batches on out. It starts
@@ -253,11 +273,14 @@ func (w *CtEvents) read(ctx context.Context, s *ctSock) {
 	}
 	var ev events.Event
 	for !s.stopped.Load() {
+		var dl time.Time
 		if len(batch) > 0 {
-			_ = s.events.SetReadDeadline(time.Now().Add(wait))
-		} else {
-			_ = s.events.SetReadDeadline(time.Time{})
+			dl = time.Now().Add(wait)
 		}
+		if !s.refresh.IsZero() && (dl.IsZero() || s.refresh.Before(dl)) {
+			dl = s.refresh
+		}
+		_ = s.events.SetReadDeadline(dl)
 		var rerr error
 		for m, err := range s.events.ReceiveIter() {
 			if err != nil {
@@ -271,6 +294,9 @@ func (w *CtEvents) read(ctx context.Context, s *ctSock) {
 			now, _ := BootTimeNs()
 			ev.ConntrackEntry.TimeNs = now
 			batch = append(batch, ev)
+			if s.legacy != nil {
+				delete(s.legacy, ev.ConntrackEntry.ID)
+			}
 		}
 		switch {
 		case rerr == nil:
@@ -279,6 +305,9 @@ func (w *CtEvents) read(ctx context.Context, s *ctSock) {
 			}
 		case errors.Is(rerr, os.ErrDeadlineExceeded):
 			if !flush() {
+				return
+			}
+			if !s.refresh.IsZero() && !time.Now().Before(s.refresh) && !w.resync(ctx, s) {
 				return
 			}
 		case errors.Is(rerr, unix.ENOBUFS):
@@ -309,10 +338,33 @@ func (w *CtEvents) resync(ctx context.Context, s *ctSock) bool {
 	}}
 	n := 0
 	var ev events.Event
+	listed := make(map[uint32]struct{}, len(msgs))
 	for i := range msgs {
 		if ok, err := decodeCtEntry(&msgs[i], s.ino, &ev); err == nil && ok && ev.Kind == events.KindConntrackNew {
 			n++
+			listed[ev.ConntrackEntry.ID] = struct{}{}
 		}
+	}
+	// Entries older than the subscription: all of the first dump's, then
+	// those of them each dump still lists.
+	if !s.dumped {
+		s.dumped, s.legacy = true, listed
+	} else {
+		for id := range s.legacy {
+			if _, ok := listed[id]; !ok {
+				delete(s.legacy, id)
+			}
+		}
+	}
+	s.refresh = time.Time{}
+	if len(s.legacy) == 0 {
+		s.legacy = nil
+	} else {
+		every := w.RefreshEvery
+		if every <= 0 {
+			every = DefaultCtRefresh
+		}
+		s.refresh = time.Now().Add(every)
 	}
 	evs[0].ConntrackEntry.DumpEntries = uint64(n)
 	s.lost = 0

@@ -47,6 +47,7 @@ func watchCt(t *testing.T, ns *testenv.NetNS, readBuffer int) *ctWatch {
 	out := make(chan []events.Event) // unbuffered: the test decides when events flow
 	w := kernel.NewCtEvents(out)
 	w.ReadBuffer = readBuffer
+	w.RefreshEvery = 300 * time.Millisecond
 	h, err := netns.GetFromName(ns.Name)
 	if err != nil {
 		t.Fatal(err)
@@ -165,8 +166,8 @@ func TestCtEventsLossResync(t *testing.T) {
 	if c.w.Lost() == 0 || tab.Lost == 0 {
 		t.Fatalf("no loss counted (watcher %d, table %d) with a 4 KiB buffer", c.w.Lost(), tab.Lost)
 	}
-	if tab.Resyncs < 2 || c.kinds[events.KindConntrackResync] < 2 {
-		t.Fatalf("no resync after the loss: %d resyncs, kinds %v", tab.Resyncs, c.kinds)
+	if tab.Resyncs < 1 || tab.Dumps < 2 || c.kinds[events.KindConntrackResync] < 2 {
+		t.Fatalf("no resync after the loss: %d resyncs, %d dumps, kinds %v", tab.Resyncs, tab.Dumps, c.kinds)
 	}
 	if tab.ByState["ESTABLISHED"] != 20 || tab.ByProto["udp"] != uint64(udp) {
 		t.Errorf("table: %v by state, %v by proto; want the 20 held connections and %d UDP flows", tab.ByState, tab.ByProto, udp)
@@ -194,4 +195,66 @@ func udpBurst(t *testing.T) int {
 		t.Logf("nf_conntrack_max is %d: a burst of %d UDP flows", max, n)
 	}
 	return n
+}
+
+func holdPlan(addr string, n int) []testenv.Conn {
+	plan := make([]testenv.Conn, n)
+	for i := range plan {
+		plan[i] = testenv.Conn{Addr: addr, Req: 10, Resp: 10, Mode: testenv.ClientCloses, Hold: true}
+	}
+	return plan
+}
+
+// Entries created while the namespace is followed report their whole
+// life: NEW, UPDATEs through the TCP states, DESTROY once TIME_WAIT (1 s
+// here) expires; no dump but the first is needed. Entries older than the
+// subscription report nothing (nf_conntrack_events=2): they are listed
+// by the first dump and followed by refresh dumps until they are gone.
+// Either way the table equals conntrack -L.
+func TestCtEventsLifecycle(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireTool(t, "nft")
+	testenv.RequireTool(t, "conntrack")
+	ns := testenv.NewNetNS(t)
+	testenv.NFT(t, ns, ctRule)
+	ns.Output(t, "sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1")
+	srv := testenv.StartServer(t, ns, "ctr-ct-srv")
+	old := testenv.StartClient(t, ns, "ctr-ct-old", holdPlan(srv.Addr4(), 4))
+
+	c := watchCt(t, ns, 0)
+	c.drain(300 * time.Millisecond)
+	if tab := c.table(); tab.ByState["ESTABLISHED"] != 4 || tab.Dumps != 1 {
+		t.Fatalf("first dump: %+v, want the 4 connections open before", tab)
+	}
+	live := testenv.StartClient(t, ns, "ctr-ct-live", holdPlan(srv.Addr4(), 3))
+	tab := c.matchKernel()
+	if tab.ByState["ESTABLISHED"] != 7 || c.kinds[events.KindConntrackNew] < 4+3 {
+		t.Fatalf("with the live connections: %+v, kinds %v", tab, c.kinds)
+	}
+
+	live.Release(t)
+	old.Release(t)
+	// The entries pass TIME_WAIT (1 s) and are reaped; conntrack -L
+	// reaps expired ones too: matchKernel waits until the table agrees.
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		c.drain(300 * time.Millisecond)
+		if len(testenv.ConntrackList(t, ns)) == 0 {
+			break
+		}
+	}
+	tab = c.matchKernel()
+	if tab.Tracked != 0 || c.kinds[events.KindConntrackDestroy] < 3 {
+		t.Errorf("after the close: %+v, kinds %v: want an empty table and the live entries' 3 DESTROY events", tab, c.kinds)
+	}
+	if c.w.Lost() != 0 || c.kinds[events.KindConntrackResync] < 2 {
+		t.Errorf("lost %d, kinds %v: want no loss, and refresh dumps for the 4 older entries", c.w.Lost(), c.kinds)
+	}
+	// Once the older entries are gone, refreshing stops.
+	n := c.kinds[events.KindConntrackResync]
+	c.drain(time.Second)
+	if c.kinds[events.KindConntrackResync] != n {
+		t.Errorf("still refreshing with no older entry left: %v", c.kinds)
+	}
+	t.Logf("kinds %v", c.kinds)
 }

@@ -29,7 +29,7 @@ type NetNSSampler struct {
 	// OnlyNetNS restricts sampling to one namespace (inode); 0: all.
 	OnlyNetNS uint32
 	// Watcher, if set, is told about every namespace where conntrack is
-	// active, each sample (a new one is subscribed when first seen), and
+	// loaded, each sample (a new one is subscribed when first seen), and
 	// which namespaces still exist.
 	Watcher  ConntrackNSWatcher
 	prevOver map[uint32]uint64
@@ -100,6 +100,16 @@ func (s *NetNSSampler) sampleOne(fd int, ino uint32, bootNs uint64) ([]events.Ev
 	// used it (a table that never held an entry and counted nothing is
 	// not worth a line per namespace).
 	if proc.ProcStat != nil {
+		// Followed from the first sample on, active or not: since 5.19
+		// (nf_conntrack_events=2, the default) an entry carries the event
+		// extension only if a ctnetlink listener existed in its namespace
+		// when it was created; entries made before the subscription never
+		// report an update or their destruction.
+		if s.Watcher != nil {
+			if err := s.Watcher.Watch(ino, fd); err != nil {
+				warnings = append(warnings, err)
+			}
+		}
 		ct, err := ConntrackStats(fd)
 		ct.Entries, ct.Max = proc.ConntrackCount, proc.ConntrackMax
 		switch {
@@ -113,11 +123,6 @@ func (s *NetNSSampler) sampleOne(fd int, ino uint32, bootNs uint64) ([]events.Ev
 			ct.TimeoutCloseWait = proc.TimeoutCloseWait
 			ct.TimeoutSynSent = proc.TimeoutSynSent
 			evs = append(evs, events.Event{Kind: events.KindConntrackStats, Conntrack: ct})
-			if s.Watcher != nil {
-				if err := s.Watcher.Watch(ino, fd); err != nil {
-					warnings = append(warnings, err)
-				}
-			}
 		}
 	}
 

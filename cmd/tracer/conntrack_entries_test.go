@@ -2,7 +2,9 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"maps"
+	"net/http"
 	"net/netip"
 	"strings"
 	"testing"
@@ -74,23 +76,16 @@ func holdPlan(addr string, n int) []testenv.Conn {
 // nowhere. `tracer top` (conntrack entries: ctnetlink events) counts each
 // client's entries, by conntrack TCP state, exactly as `conntrack -L` run
 // in the namespace shows for that client's tuples, and the namespace's
-// entries by state and protocol as the whole listing shows them. Then, in
-// a second run that finds the connections open at start-up (its first
-// dump), the clients close: their entries pass TIME_WAIT (1 s in this
-// namespace), the kernel destroys them, and the DESTROY events bring both
-// clients to zero, as conntrack -L agrees, with no event lost and no
-// resync but the start-up one.
+// entries by state and protocol as the whole listing shows them.
 func TestConntrackEntriesPerProcess(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireTool(t, "nft")
 	testenv.RequireTool(t, "conntrack")
 	ns := testenv.NewNetNS(t)
 	testenv.NFT(t, ns, ctEntriesRule)
-	ns.Output(t, "sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1")
 	srv := testenv.StartServer(t, ns, "ctr-ct-server")
-	netnsArg := fmt.Sprint(ns.Inode)
 
-	r := startTop(t, "--interval", "4s", "--sample-interval", "500ms", "--netns-interval", "500ms", "--netns", netnsArg)
+	r := startTop(t, "--interval", "4s", "--sample-interval", "500ms", "--netns-interval", "500ms", "--netns", fmt.Sprint(ns.Inode))
 	if !strings.Contains(r.stderr.String(), "tracer: conntrack entries: ctnetlink events") {
 		t.Errorf("start-up notes do not say the conntrack entry path:\n%s", r.stderr)
 	}
@@ -133,40 +128,81 @@ func TestConntrackEntriesPerProcess(t *testing.T) {
 	if ct.Unattributed != kProto["udp"] {
 		t.Errorf("%d entries unattributed, want the %d UDP flows", ct.Unattributed, kProto["udp"])
 	}
+}
 
-	t.Run("destroy", func(t *testing.T) {
-		r := startTop(t, "--interval", "5s", "--sample-interval", "500ms", "--netns-interval", "500ms", "--netns", netnsArg)
-		a.Release(t)
-		b.Release(t)
-		// Expired entries are reaped by the kernel's garbage collector,
-		// or by a listing: either way a DESTROY event each.
-		deadline := time.Now().Add(3 * time.Second)
-		var left map[string]uint64
-		for time.Now().Before(deadline) {
-			list := testenv.ConntrackList(t, ns)
-			left = kernelEntriesOf(list, a)
-			maps.Copy(left, kernelEntriesOf(list, b))
-			if len(left) == 0 {
-				break
+// The same counts come down with DESTROY events, seen on /metrics of a
+// running `tracer serve`: two clients hold 7 and 3 connections in a fresh
+// namespace (followed from the tracer's start: every entry reports its
+// life), /metrics shows their entries by comm and the namespace's
+// ESTABLISHED entries as conntrack -L counts them; the clients close,
+// TIME_WAIT (1 s in this namespace) expires, the kernel destroys the
+// entries, and /metrics shows none left, as conntrack -L agrees, with no
+// event lost and no table dump but the first.
+func TestConntrackEntriesDestroyed(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireTool(t, "nft")
+	testenv.RequireTool(t, "conntrack")
+	ns := testenv.NewNetNS(t)
+	testenv.NFT(t, ns, ctEntriesRule)
+	ns.Output(t, "sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1")
+	srv := testenv.StartServer(t, ns, "ctr-ct-server")
+	nsLabel := fmt.Sprint(ns.Inode)
+	r := startServe(t, "--sample-interval", "500ms", "--netns-interval", "500ms", "--netns", nsLabel)
+	metrics := func() string {
+		resp, err := http.Get("http://" + r.addr + "/metrics")
+		if err != nil {
+			return err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	a := testenv.StartClient(t, ns, "ctr-ct-seven", holdPlan(srv.Addr4(), 7))
+	b := testenv.StartClient(t, ns, "ctr-ct-three", holdPlan(srv.Addr4(), 3))
+
+	list := testenv.ConntrackList(t, ns)
+	wantA, wantB := kernelEntriesOf(list, a), kernelEntriesOf(list, b)
+	if !maps.Equal(wantA, map[string]uint64{"ESTABLISHED": 7}) || !maps.Equal(wantB, map[string]uint64{"ESTABLISHED": 3}) {
+		t.Fatalf("conntrack -L: %v and %v for the clients' tuples, want 7 and 3 ESTABLISHED", wantA, wantB)
+	}
+	up := []string{
+		`conntracer_conntrack_process_entries{comm="ctr-ct-seven"} 7`,
+		`conntracer_conntrack_process_entries{comm="ctr-ct-three"} 3`,
+		fmt.Sprintf(`conntracer_conntrack_entries_by_state{netns="%s",state="ESTABLISHED"} 10`, nsLabel),
+	}
+	waitFor(t, 15*time.Second, "entries per process on /metrics", func() (bool, string) {
+		m := metrics()
+		for _, w := range up {
+			if !strings.Contains(m, w+"\n") {
+				return false, w + " missing in:\n" + string(metricLines([]byte(m), "conntracer_conntrack"))
 			}
-			time.Sleep(200 * time.Millisecond)
 		}
-		if len(left) != 0 {
-			t.Fatalf("conntrack -L still lists the clients' entries: %v", left)
-		}
-		d := r.wait(t)
-		ct := ctNS(t, d, ns.Inode)
-		for _, p := range ct.TopProcesses {
-			if (p.PID == uint32(a.PID) || p.PID == uint32(b.PID)) && p.Entries != 0 {
-				t.Errorf("after the clients closed, the tracer still counts %+v; conntrack -L lists none", p)
-			}
-		}
-		if ct.Lost != 0 || ct.Resyncs != 1 {
-			t.Errorf("lost %d, %d resyncs: the counts came down through a dump, not DESTROY events", ct.Lost, ct.Resyncs)
-		}
-		list := testenv.ConntrackList(t, ns)
-		if ct.Tracked != uint64(len(list)) {
-			t.Errorf("namespace: tracer %d entries, conntrack -L %d", ct.Tracked, len(list))
-		}
+		return true, ""
 	})
+
+	a.Release(t)
+	b.Release(t)
+	// Expired entries are reaped by the kernel's garbage collector or by
+	// a listing: a DESTROY event each either way.
+	waitFor(t, 15*time.Second, "conntrack -L without the clients' entries", func() (bool, string) {
+		list := testenv.ConntrackList(t, ns)
+		n := sum(kernelEntriesOf(list, a)) + sum(kernelEntriesOf(list, b))
+		return n == 0, fmt.Sprintf("%d left", n)
+	})
+	waitFor(t, 15*time.Second, "no entries left on /metrics", func() (bool, string) {
+		m := metrics()
+		lines := string(metricLines([]byte(m), "conntracer_conntrack"))
+		return !strings.Contains(lines, "ctr-ct-") && !strings.Contains(lines, `state="ESTABLISHED"`) &&
+			!strings.Contains(lines, `state="TIME_WAIT"`), lines
+	})
+	m := metrics()
+	for _, w := range []string{
+		fmt.Sprintf(`conntracer_conntrack_table_dumps_total{netns="%s"} 1`, nsLabel),
+		`conntracer_events_lost_total{stage="ctnetlink"} 0`,
+	} {
+		if !strings.Contains(m, w+"\n") {
+			t.Errorf("want %s: the counts came down through events, not dumps:\n%s%s", w,
+				metricLines([]byte(m), "conntracer_conntrack"), metricLines([]byte(m), "conntracer_events_lost"))
+		}
+	}
 }

@@ -40,7 +40,7 @@ func chooseConntrackSource(cfg *topConfig, out chan<- []events.Event) (conntrack
 	switch cfg.ctEntries {
 	case ctEntriesOff:
 		return nil, nil
-	case ctEntriesAuto, ctEntriesCtnetlink:
+	case ctEntriesAuto, ctEntriesCtnetlink, "":
 		w := kernel.NewCtEvents(out)
 		w.ReadBuffer, w.RefreshEvery = cfg.ctReadBuffer, cfg.ctRefresh
 		return w, nil

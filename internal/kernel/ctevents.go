@@ -27,10 +27,12 @@ import (
 // Losses: the kernel drops events when a socket's receive buffer is full
 // and says so by failing the next read with ENOBUFS (NETLINK_NO_ENOBUFS
 // stays off). The watcher counts each such overrun (Lost: at least one
-// event each; the kernel does not say how many) and resynchronises that
-// namespace with a dump. The dump is read by the goroutine that reads the
-// events, before the events queued meanwhile: those are applied after the
-// dump, so a DESTROY of an entry the dump listed is never overtaken by it.
+// event each; the kernel does not say how many), discards the events
+// still queued (older than what follows, with gaps), and resynchronises
+// that namespace with a dump. The dump is read by the goroutine that reads
+// the events, before the events queued meanwhile: those are applied after
+// the dump, so a DESTROY of an entry the dump listed is never overtaken by
+// it.
 //
 // Entries older than the subscription: since Linux 5.19
 // (nf_conntrack_events=2, the default) an entry carries the event
@@ -57,12 +59,13 @@ type CtEvents struct {
 
 	out chan<- []events.Event
 
-	mu     sync.Mutex
-	socks  map[uint32]*ctSock // by namespace inode
-	queued []*ctSock          // watched, not yet read by Run
-	wake   chan struct{}      // cap 1: something was queued
-	gen    atomic.Uint64
-	lost   atomic.Uint64
+	mu         sync.Mutex
+	socks      map[uint32]*ctSock // by namespace inode
+	queued     []*ctSock          // watched, not yet read by Run
+	wake       chan struct{}      // cap 1: something was queued
+	gen        atomic.Uint64
+	lost       atomic.Uint64
+	dumpErrors atomic.Uint64
 }
 
 // DefaultCtReadBuffer is the receive buffer of an event socket: room for
@@ -101,6 +104,9 @@ func (w *CtEvents) Name() string { return "ctnetlink events" }
 
 // Lost returns the overruns (ENOBUFS) counted so far, every namespace.
 func (w *CtEvents) Lost() uint64 { return w.lost.Load() }
+
+// DumpErrors returns the table dumps that failed (each tried again).
+func (w *CtEvents) DumpErrors() uint64 { return w.dumpErrors.Load() }
 
 // Watch subscribes to the conntrack events of the namespace ino, open at
 // nsFD, unless it is watched already. Its first dump and its events are
@@ -313,7 +319,7 @@ func (w *CtEvents) read(ctx context.Context, s *ctSock) {
 		case errors.Is(rerr, unix.ENOBUFS):
 			s.lost++
 			w.lost.Add(1)
-			if !flush() || !w.resync(ctx, s) {
+			if !flush() || !w.discardQueued(s) || !w.resync(ctx, s) {
 				return
 			}
 		default:
@@ -322,13 +328,47 @@ func (w *CtEvents) read(ctx context.Context, s *ctSock) {
 	}
 }
 
+// discardQueued reads and drops the events still queued on the socket
+// after an overrun: they are older than the dump that follows, and with
+// some of their successors lost (the overrun), applying them after it
+// would leave an entry in a state it has left (measured: an entry's NEW
+// queued before the overrun, its UPDATE to ESTABLISHED dropped, showed
+// SYN_SENT after the dump said ESTABLISHED). Events queued after the
+// socket is drained are all applied, in order, after the dump. It returns
+// false when the socket is closed.
+func (w *CtEvents) discardQueued(s *ctSock) bool {
+	for {
+		_ = s.events.SetReadDeadline(time.Now().Add(time.Millisecond))
+		var rerr error
+		for _, err := range s.events.ReceiveIter() {
+			if err != nil {
+				rerr = err
+			}
+		}
+		switch {
+		case rerr == nil:
+		case errors.Is(rerr, os.ErrDeadlineExceeded):
+			return true
+		case errors.Is(rerr, unix.ENOBUFS):
+			s.lost++
+			w.lost.Add(1)
+		default:
+			return false
+		}
+	}
+}
+
 // resync dumps the namespace's table: one KindConntrackResync carrying the
 // overruns since the last one and the number of entries that follow, then
-// the entries as KindConntrackNew with Dump set, in batches.
+// the entries as KindConntrackNew with Dump set, in batches. A dump that
+// fails is tried again a second later (the overruns wait for it); false
+// means ctx is done.
 func (w *CtEvents) resync(ctx context.Context, s *ctSock) bool {
 	msgs, err := s.dump.Execute(ctRequest(ipctnlMsgCtGet, netlink.Request|netlink.Dump))
 	if err != nil {
-		return false // the namespace or the module is gone; its sampler warns
+		w.dumpErrors.Add(1)
+		s.refresh = time.Now().Add(time.Second)
+		return ctx.Err() == nil
 	}
 	now, _ := BootTimeNs()
 	gen := w.gen.Add(1)

@@ -127,8 +127,8 @@ func (c *ctWatch) matchKernel() events.ConntrackNSSnapshot {
 			return tab
 		}
 	}
-	c.t.Fatalf("tracer's table: %d entries, by state %v, by proto %v; conntrack -L: %d, %v, %v",
-		tab.Tracked, tab.ByState, tab.ByProto, total, byState, byProto)
+	c.t.Fatalf("tracer's table: %d entries, by state %v, by proto %v; conntrack -L: %d, %v, %v (events %v, lost %d, dump errors %d)",
+		tab.Tracked, tab.ByState, tab.ByProto, total, byState, byProto, c.kinds, c.w.Lost(), c.w.DumpErrors())
 	return tab
 }
 

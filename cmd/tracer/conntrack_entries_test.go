@@ -91,7 +91,7 @@ func TestConntrackEntriesPerProcess(t *testing.T) {
 	}
 	a := testenv.StartClient(t, ns, "ctr-ct-seven", holdPlan(srv.Addr4(), 7))
 	b := testenv.StartClient(t, ns, "ctr-ct-three", holdPlan(srv.Addr4(), 3))
-	testenv.SendUDP(t, ns, 30000, 10)
+	udp := 10 - testenv.SendUDP(t, ns, 30000, 10)
 	d := r.wait(t)
 	list := testenv.ConntrackList(t, ns)
 
@@ -121,7 +121,7 @@ func TestConntrackEntriesPerProcess(t *testing.T) {
 			kState[e.State]++
 		}
 	}
-	if ct.Tracked != uint64(len(list)) || !maps.Equal(ct.ByState, kState) || !maps.Equal(ct.ByProto, kProto) || kProto["udp"] != 10 {
+	if ct.Tracked != uint64(len(list)) || !maps.Equal(ct.ByState, kState) || !maps.Equal(ct.ByProto, kProto) || kProto["udp"] != uint64(udp) {
 		t.Errorf("namespace: tracer %d entries %v %v; conntrack -L %d entries %v %v",
 			ct.Tracked, ct.ByState, ct.ByProto, len(list), kState, kProto)
 	}

@@ -160,7 +160,7 @@ func TestCtEventsLossResync(t *testing.T) {
 	}
 	testenv.StartClient(t, ns, "ctr-ct-hold", plan)
 	udp := udpBurst(t)
-	testenv.SendUDP(t, ns, 20000, udp)
+	udp -= testenv.SendUDP(t, ns, 20000, udp)
 
 	tab := c.matchKernel()
 	if c.w.Lost() == 0 || tab.Lost == 0 {

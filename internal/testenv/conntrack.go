@@ -97,11 +97,19 @@ func parseCtLine(line string) (CtEntry, error) {
 // SendUDP sends one datagram from a fresh socket to each of count ports
 // from firstPort on 127.0.0.1 inside ns (bash's /dev/udp): one UDP
 // conntrack entry each, unreplied, owned by no process that is still
-// there.
-func SendUDP(t testing.TB, ns *NetNS, firstPort, count int) {
+// there. It returns how many sends failed (EPERM: the conntrack table
+// was full, which a test lowering the global nf_conntrack_max beside
+// this one can cause): compare with conntrack -L, not with count.
+func SendUDP(t testing.TB, ns *NetNS, firstPort, count int) (failed int) {
 	t.Helper()
-	script := fmt.Sprintf(`for p in $(seq %d %d); do echo x > /dev/udp/127.0.0.1/$p; done`, firstPort, firstPort+count-1)
-	if out, err := ns.Command("bash", "-c", script).CombinedOutput(); err != nil {
+	script := fmt.Sprintf(`n=0; for p in $(seq %d %d); do echo x 2>/dev/null > /dev/udp/127.0.0.1/$p || n=$((n+1)); done; echo $n`,
+		firstPort, firstPort+count-1)
+	out, err := ns.Command("bash", "-c", script).Output()
+	if err != nil {
 		t.Fatalf("send UDP in %s: %v: %s", ns.Name, err, out)
 	}
+	if _, err := fmt.Sscan(string(out), &failed); err != nil {
+		t.Fatalf("send UDP in %s: %q: %v", ns.Name, out, err)
+	}
+	return failed
 }

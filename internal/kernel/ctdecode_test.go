@@ -98,3 +98,16 @@ func TestDecodeCtEntry(t *testing.T) {
 		t.Error("a stats reply decoded as an entry")
 	}
 }
+
+// BenchmarkDecodeCtEntry: decoding one ctnetlink event into a reused Event.
+func BenchmarkDecodeCtEntry(b *testing.B) {
+	t := &testing.T{}
+	m := ctMessage(t, ipctnlMsgCtNew, netlink.Create, netip.MustParseAddrPort("10.0.0.1:40000"), netip.MustParseAddrPort("10.0.0.2:80"), 3)
+	var ev events.Event
+	b.ReportAllocs()
+	for b.Loop() {
+		if ok, err := decodeCtEntry(&m, 7, &ev); !ok || err != nil {
+			b.Fatal(ok, err)
+		}
+	}
+}

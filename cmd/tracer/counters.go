@@ -28,6 +28,12 @@ func (l *topLoop) tracerCounters(now time.Time, force bool) {
 		ev.Counters.Values[tcLost] = o.Lost
 		l.apply(&ev, now)
 	}
+	if l.ct != nil {
+		// The entry source's losses, as one more object.
+		ev.Counters = events.Counters{Object: l.ct.Name()}
+		ev.Counters.Values[tcLost] = l.ct.Lost()
+		l.apply(&ev, now)
+	}
 	st := l.probe.Stats()
 	ev.Counters = events.Counters{}
 	ev.Counters.Values[tcRecords] = st.Records

@@ -26,8 +26,11 @@ type session struct {
 	loop     *topLoop
 	samplers []*topSampler
 	existing int
-	metrics  *metricsServer // nil without --web.listen-address
-	stderr   io.Writer
+	// ct produces the conntrack entry events (nil: off); chosen at
+	// start-up (ctentries.go).
+	ct      conntrackEntrySource
+	metrics *metricsServer // nil without --web.listen-address
+	stderr  io.Writer
 	// handler is what the event loop calls: the loop itself, or the
 	// stream's pipeline teed with it (streamWithMetrics).
 	handler conntracer.Handler
@@ -57,8 +60,13 @@ func newSession(cfg *topConfig, probe *conntracer.Probe, stderr io.Writer) (_ *s
 	if err != nil {
 		return nil, err
 	}
-	s.samplers = topSamplers(cfg, socks)
 	s.loop = newTopLoop(cfg, stderr)
+	if s.ct, err = chooseConntrackSource(cfg, s.loop.batches); err != nil {
+		return nil, err
+	}
+	s.loop.ct = s.ct
+	fmt.Fprintf(stderr, "tracer: conntrack entries: %s\n", conntrackSourceName(s.ct))
+	s.samplers = topSamplers(cfg, socks, s.ct)
 	s.loop.probe = probe // the tracer's loss counters (counters.go)
 	s.handler = s.loop
 	// The recorder sees every event the aggregator applies, the start-up
@@ -146,6 +154,15 @@ func (s *session) run(ctx context.Context, stderr io.Writer) error {
 		defer wg.Done()
 		runSamplers(ctx, s.samplers, s.loop.batches, stderr)
 	}()
+	if s.ct != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.ct.Run(ctx); err != nil {
+				fmt.Fprintf(stderr, "tracer: warning: conntrack entries: %v\n", err)
+			}
+		}()
+	}
 	var serveErr error
 	if s.metrics != nil {
 		wg.Add(1)

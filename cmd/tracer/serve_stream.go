@@ -20,6 +20,7 @@ func streamWithMetrics(cfg *config, probe *conntracer.Probe, p *pipeline, stderr
 		unixEvery:  2 * time.Second,
 
 		countersEvery: 10 * time.Second,
+		ctEntries:     ctEntriesAuto,
 		netns:         cfg.filter.NetNS,
 		th:            events.DefaultThresholds(),
 		probe:         cfg.probe,

@@ -77,9 +77,11 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return nil
 	}
 
-	// The event loop has returned: this goroutine may apply events now.
-	// A last round of each sampler makes the document current to the
-	// moment it is printed.
+	// The event loop has returned: this goroutine may apply events now,
+	// the batches still waiting first (conntrack entry events). A last
+	// round of each sampler makes the document current to the moment it
+	// is printed.
+	loop.Drained()
 	if err := loop.sampleAll(sess.samplers, stderr); err != nil {
 		return err
 	}
@@ -99,7 +101,8 @@ type topLoop struct {
 	agg     *events.Aggregator
 	batches chan []events.Event
 	snap    atomic.Pointer[events.Snapshot]
-	rec     *loopRecorder // nil unless recording (record_hook.go)
+	rec     *loopRecorder        // nil unless recording (record_hook.go)
+	ct      conntrackEntrySource // nil: off; its losses (counters.go)
 
 	// Self-metrics, when /metrics is served (session.openMetrics).
 	health      *export.Health
@@ -195,7 +198,11 @@ func (l *topLoop) updateHealth() {
 		lost = st.Lost
 	}
 	used, size := l.probe.RingBufferUse()
-	l.health.Set(export.HealthCounts{
+	var ctLost uint64
+	if l.ct != nil {
+		ctLost = l.ct.Lost()
+	}
+	l.health.Set(export.HealthCounts{ConntrackLost: ctLost,
 		Records: st.Records, BadRecords: st.BadRecords, Lost: lost, SampledEvents: l.sampled,
 		RingUsedBytes: used, RingSizeBytes: size,
 		SockEntries: l.sockEntries, SockMaxEntries: l.probe.MaxSockets(),

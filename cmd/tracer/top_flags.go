@@ -26,10 +26,15 @@ type topConfig struct {
 	// counters (0: never).
 	countersEvery time.Duration
 	existing      bool
-	netns         uint32
-	sortBy        top.Column
-	th            events.Thresholds
-	probe         conntracer.Options
+	// ctEntries picks the conntrack entry source (ctentries.go);
+	// ctReadBuffer sizes its ctnetlink event sockets (0: the default).
+	ctEntries    string
+	ctReadBuffer int
+	ctRefresh    time.Duration
+	netns        uint32
+	sortBy       top.Column
+	th           events.Thresholds
+	probe        conntracer.Options
 	recordFlags
 	web webConfig // /metrics, when a listen address is set
 }
@@ -103,6 +108,9 @@ func addLoopFlags(fs *pflag.FlagSet, cfg *topConfig) func() error {
 	fs.DurationVar(&cfg.netnsEvery, "netns-interval", time.Second, "how often every namespace's conntrack statistics and listen overflows are read (0: never)")
 	fs.DurationVar(&cfg.countersEvery, "counters-interval", 10*time.Second, "how often the kernel's TCP counters (nstat), sockstat and the tracer's loss counters are read and recorded (0: never)")
 	fs.DurationVar(&cfg.unixEvery, "unix-interval", 2*time.Second, "how often listening Unix sockets (backlog, queue, owner) are read (0: never)")
+	fs.StringVar(&cfg.ctEntries, "conntrack-entries", ctEntriesAuto, "where conntrack entries (per process, by state) come from: auto, ctnetlink (NEW/UPDATE/DESTROY events per namespace) or off")
+	fs.IntVar(&cfg.ctReadBuffer, "conntrack-events-buffer", 0, "receive buffer of each ctnetlink event socket in bytes (0: 4 MiB); events beyond it are lost, counted and resynchronised with a dump")
+	fs.DurationVar(&cfg.ctRefresh, "conntrack-refresh-interval", 10*time.Second, "how often a namespace's conntrack table is dumped again while entries older than the tracer remain (they report no events)")
 	fs.BoolVar(&cfg.existing, "existing", true, "find connections open before start-up (sock_diag) and their owners")
 	fs.Uint32Var(&cfg.probe.MaxSockets, "max-sockets", defaults.MaxSockets, "connections tracked at once in the kernel (LRU beyond that)")
 	fs.IntVar(&cfg.probe.RingBufferBytes, "ring-buffer-bytes", defaults.RingBufferBytes, "size of the kernel-to-user ring buffer, a power of two")
@@ -130,6 +138,14 @@ func addLoopFlags(fs *pflag.FlagSet, cfg *topConfig) func() error {
 		}
 		if r := cfg.probe.RingBufferBytes; r < 4096 || r&(r-1) != 0 {
 			return usagef("--ring-buffer-bytes %d: must be a power of two of at least 4096", r)
+		}
+		switch cfg.ctEntries {
+		case ctEntriesAuto, ctEntriesCtnetlink, ctEntriesOff:
+		default:
+			return usagef("--conntrack-entries %q: use auto, ctnetlink or off", cfg.ctEntries)
+		}
+		if cfg.ctReadBuffer < 0 || cfg.ctRefresh <= 0 {
+			return usagef("--conntrack-events-buffer must not be negative, --conntrack-refresh-interval must be positive")
 		}
 		if cfg.probe.MaxSockets == 0 {
 			return usagef("--max-sockets must be at least 1")

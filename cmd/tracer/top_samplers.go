@@ -71,9 +71,12 @@ func (l *topLoop) sampleAll(samplers []*topSampler, stderr io.Writer) error {
 // round ends with KindSockSampleDone, on which the aggregator evaluates the
 // findings and the loop publishes a snapshot, so the other tables read in
 // the same pass are already in.
-func topSamplers(cfg *topConfig, socks *conntracer.SocketSampler) []*topSampler {
+func topSamplers(cfg *topConfig, socks *conntracer.SocketSampler, ct conntrackEntrySource) []*topSampler {
 	nsSampler := kernel.NewNetNSSampler()
 	nsSampler.OnlyNetNS = cfg.netns
+	if w, ok := ct.(kernel.ConntrackNSWatcher); ok {
+		nsSampler.Watcher = w // a namespace is followed from its first sample on
+	}
 	last := 0 // size of the previous socket round: rounds change little
 	return []*topSampler{
 		{name: "conntrack and listen overflows", every: cfg.netnsEvery, read: func() ([]events.Event, error) {

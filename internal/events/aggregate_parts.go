@@ -14,7 +14,9 @@ import (
 //   - drops: drop counts by reason and listen-queue overflows (DropStats:
 //     KindDrop, KindDropCount, KindListenOverflow);
 //   - conntrack: per-namespace table statistics and table-full drops
-//     (ConntrackStats: KindConntrackStats, KindConntrackOwner, KindDrop).
+//     (ConntrackStats: KindConntrackStats, KindConntrackOwner, KindDrop),
+//     and the entry table (the entry lifecycle kinds, joined with the
+//     sockets of KindSockOpen, KindConnExisting and KindConnClosed).
 //
 // Drop events are named (reason, kernel location) before the sub-aggregates
 // see them, by the DropNames given to SetDropNames: names come from the
@@ -38,16 +40,23 @@ func (a *Aggregator) SetConnectRules(r ConnectRules, ports PortInfoFunc) {
 // matters for KindDrop: names first, then drops, then conntrack.
 func (a *Aggregator) applyParts(ev *Event) {
 	switch ev.Kind {
-	case KindConnect, KindUnixListener, KindUnixDgramSend, KindConnClosed:
+	case KindConnect, KindUnixListener, KindUnixDgramSend:
 		a.connect.Apply(ev, a.now)
 		a.hists.apply(ev)
+	case KindConnClosed:
+		a.connect.Apply(ev, a.now)
+		a.hists.apply(ev)
+		a.conntrack.Apply(ev, a.now) // the entry table's socket index
+	case KindSockOpen, KindSockSampleDone, KindConnExisting:
+		a.conntrack.Apply(ev, a.now)
 	case KindDrop, KindDropCount, KindListenOverflow:
 		if a.dropNames != nil {
 			a.dropNames.Apply(ev)
 		}
 		a.drops.Apply(ev, a.now)
 		a.conntrack.Apply(ev, a.now)
-	case KindConntrackStats, KindConntrackOwner:
+	case KindConntrackStats, KindConntrackOwner, KindConntrackNew, KindConntrackUpdate,
+		KindConntrackDestroy, KindConntrackResync:
 		a.conntrack.Apply(ev, a.now)
 	case KindKernelCounters, KindTracerCounters:
 		a.counters.Apply(ev, a.now)

@@ -22,6 +22,10 @@ const maxRefusedFlows = 32
 // did not move. The count itself is the kernel's statistic, exact.
 type ConntrackStats struct {
 	ns map[uint32]*conntrackNS
+	// The entry tables (ctentries.go), per namespace whose entry
+	// lifecycle is reported, and the socket index they are joined with.
+	tables map[uint32]*ctTable
+	socks  ctSockets
 }
 
 type conntrackNS struct {
@@ -48,8 +52,10 @@ type RefusedFlow struct {
 type ProcessCount struct {
 	PID     uint32 `json:"pid"`
 	Comm    string `json:"comm"`
-	Entries uint64 `json:"entries"` // entries its flows hold (from table dumps)
+	Entries uint64 `json:"entries"` // entries its flows hold (entry table, or table dumps)
 	Refused uint64 `json:"refused"` // its packets refused because the table was full
+	// ByState: its TCP entries by conntrack TCP state (entry table).
+	ByState map[string]uint64 `json:"by_state,omitempty"`
 }
 
 // ConntrackNSSnapshot is one namespace's object in the `conntrack` list.
@@ -69,12 +75,31 @@ type ConntrackNSSnapshot struct {
 	TimeoutTimeWait    uint32         `json:"timeout_time_wait"`
 	TopProcesses       []ProcessCount `json:"top_processes"`
 	RefusedFlows       []RefusedFlow  `json:"refused_flows"`
-	Since              time.Time      `json:"-"`
-	Last               time.Time      `json:"-"`
+	// The entry table, where the entry lifecycle is followed (ctnetlink
+	// events or the in-kernel hooks): Tracked entries (equal to Entries
+	// when nothing was lost), TCP entries ByState (conntrack's state
+	// names), all ByProto, Unattributed (no local TCP socket known:
+	// UDP, ICMP, forwarded flows); Lost event overruns (each at least one
+	// event) and the Resyncs (dumps) that followed them; Dumps of every
+	// cause (the start-up one, refreshes of entries older than the
+	// subscription, which report no events, and resyncs), and the entries
+	// the dumps after the first Corrected (added or removed).
+	Tracked      uint64            `json:"tracked,omitempty"`
+	Unattributed uint64            `json:"unattributed,omitempty"`
+	ByState      map[string]uint64 `json:"by_state,omitempty"`
+	ByProto      map[string]uint64 `json:"by_proto,omitempty"`
+	Lost         uint64            `json:"lost,omitempty"`
+	Resyncs      uint64            `json:"resyncs,omitempty"`
+	Dumps        uint64            `json:"dumps,omitempty"`
+	Corrected    uint64            `json:"corrected,omitempty"`
+	Since        time.Time         `json:"-"`
+	Last         time.Time         `json:"-"`
 }
 
 // NewConntrackStats returns an empty aggregate.
-func NewConntrackStats() *ConntrackStats { return &ConntrackStats{ns: map[uint32]*conntrackNS{}} }
+func NewConntrackStats() *ConntrackStats {
+	return &ConntrackStats{ns: map[uint32]*conntrackNS{}, tables: map[uint32]*ctTable{}}
+}
 
 func (s *ConntrackStats) get(netns uint32) *conntrackNS {
 	n := s.ns[netns]
@@ -123,6 +148,38 @@ func (s *ConntrackStats) Apply(ev *Event, now time.Time) {
 			n.owners[c.Owner.PID] = p
 		}
 		p.Entries += c.Entries
+	case KindConntrackNew, KindConntrackUpdate, KindConntrackDestroy, KindConntrackResync:
+		ns := ev.ConntrackEntry.NetNS
+		if ns == 0 {
+			return
+		}
+		t := s.tables[ns]
+		if t == nil {
+			t = newCtTable()
+			s.tables[ns] = t
+		}
+		t.applyEntry(ev, &s.socks)
+	// Sockets are indexed only in namespaces whose table holds entries;
+	// those open before tracing always (they come before any table, and
+	// are forgotten when they close).
+	case KindSockOpen:
+		if t := s.tables[ev.Conn.NetNS]; t != nil && len(t.entries) > 0 {
+			s.socks.sock(&ev.Conn, false)
+		}
+	case KindConnExisting:
+		s.socks.sock(&ev.Conn, true)
+	case KindConnClosed:
+		if t := s.tables[ev.Conn.NetNS]; (t != nil && len(t.entries) > 0) || s.socks.has(&ev.Conn) {
+			s.socks.closed(&ev.Conn)
+		}
+	case KindSockSampleDone:
+		if len(s.tables) == 0 {
+			return
+		}
+		for ns, t := range s.tables {
+			t.resolve(ns, &s.socks)
+		}
+		s.socks.roundDone()
 	case KindDrop:
 		d := &ev.Drop
 		if !d.NoCT || d.ReasonName != "NETFILTER_DROP" {
@@ -159,8 +216,14 @@ func (n *conntrackNS) confirm(f RefusedFlow) {
 // fullest first.
 func (s *ConntrackStats) Snapshot() []ConntrackNSSnapshot {
 	var out []ConntrackNSSnapshot
+	for ino, t := range s.tables {
+		if s.ns[ino] == nil && len(t.entries) > 0 {
+			s.get(ino) // entries known before the first statistics sample
+		}
+	}
 	for ino, n := range s.ns {
-		if n.lastAt.IsZero() {
+		t := s.tables[ino]
+		if n.lastAt.IsZero() && (t == nil || len(t.entries) == 0) {
 			continue
 		}
 		c, f := n.last, n.first
@@ -176,12 +239,33 @@ func (s *ConntrackStats) Snapshot() []ConntrackNSSnapshot {
 			sn.Fill = float64(c.Entries) / float64(c.Max)
 		}
 		procs := map[uint32]ProcessCount{}
-		for pid, p := range n.owners {
-			procs[pid] = *p
+		if t != nil {
+			t.snapshot(&sn)
+			for _, o := range t.owners {
+				q := procs[o.key.PID]
+				q.PID, q.Comm = o.key.PID, string(o.comm[:clen(o.comm[:])])
+				q.Entries += o.entries
+				for st, k := range o.byState {
+					if k > 0 {
+						if q.ByState == nil {
+							q.ByState = map[string]uint64{}
+						}
+						q.ByState[conntrackTCPStateNames[st]] += k
+					}
+				}
+				procs[o.key.PID] = q
+			}
+		} else {
+			for pid, p := range n.owners {
+				procs[pid] = *p
+			}
 		}
 		for pid, p := range n.refusedBy {
 			q := procs[pid]
-			q.PID, q.Comm, q.Refused = pid, p.Comm, p.Refused
+			q.PID, q.Refused = pid, p.Refused
+			if q.Comm == "" {
+				q.Comm = p.Comm
+			}
 			procs[pid] = q
 		}
 		for _, p := range procs {
@@ -199,4 +283,14 @@ func (s *ConntrackStats) Snapshot() []ConntrackNSSnapshot {
 		return cmp.Or(cmp.Compare(b.Fill, a.Fill), cmp.Compare(a.NetNS, b.NetNS))
 	})
 	return out
+}
+
+// clen is the length of a NUL-padded comm.
+func clen(b []byte) int {
+	for i, c := range b {
+		if c == 0 {
+			return i
+		}
+	}
+	return len(b)
 }

@@ -27,11 +27,16 @@ const (
 	// carries ConntrackEntry.Generation; ConntrackEntry.Lost counts the
 	// events the kernel dropped before it.
 	KindConntrackResync
+	// KindConntrackUpdate is a change of an entry already in the table (a
+	// ctnetlink IPCTNL_MSG_CT_NEW event without NLM_F_CREATE: its TCP
+	// state moved, its status changed). It is not a new entry; an update
+	// of an entry the table does not know (its NEW was lost) adds it.
+	KindConntrackUpdate
 )
 
 // ConntrackEntry is the payload of the conntrack entry lifecycle kinds
 // (KindConntrackNew, KindConntrackDestroy, KindConntrackAllocFailed,
-// KindConntrackResync).
+// KindConntrackResync, KindConntrackUpdate).
 type ConntrackEntry struct {
 	NetNS  uint32
 	TimeNs uint64 // CLOCK_BOOTTIME ns of the event (or of the dump)
@@ -57,4 +62,10 @@ type ConntrackEntry struct {
 	Dump       bool
 	Generation uint64 // KindConntrackResync and its dump's entries
 	Lost       uint64 // KindConntrackResync: events lost before it
+	// DumpEntries is, for KindConntrackResync, how many KindConntrackNew
+	// of its dump follow it: the aggregator replaces the namespace's set
+	// once they are in, so entries the dump lists keep their owners. 0:
+	// the set is emptied at once (an empty table, or a source that does
+	// not count: its dump's entries then refill the set).
+	DumpEntries uint64
 }

@@ -65,6 +65,8 @@ func (k Kind) String() string {
 		return "conntrack_alloc_failed"
 	case KindConntrackResync:
 		return "conntrack_resync"
+	case KindConntrackUpdate:
+		return "conntrack_update"
 	}
 	return sampleKindString(k)
 }
@@ -391,7 +393,7 @@ func (ev *Event) NetNS() uint32 {
 		return ev.Drop.NetNS
 	case KindConntrackStats, KindConntrackOwner:
 		return ev.Conntrack.NetNS
-	case KindConntrackNew, KindConntrackDestroy, KindConntrackAllocFailed, KindConntrackResync:
+	case KindConntrackNew, KindConntrackUpdate, KindConntrackDestroy, KindConntrackAllocFailed, KindConntrackResync:
 		return ev.ConntrackEntry.NetNS
 	case KindKernelCounters, KindTracerCounters:
 		return ev.Counters.NetNS

@@ -194,6 +194,23 @@ func (c *Collector) collectNode(ch chan<- prometheus.Metric, s *events.Snapshot)
 		counter(d.ctInsertFailed, ct.InsertFailed, ns)
 		counter(d.ctDrops, ct.ConntrackDrops, ns)
 		counter(d.ctEarlyDrops, ct.EarlyDrops, ns)
+		for _, st := range sortedKeys(ct.ByState) {
+			gauge(d.ctByState, float64(ct.ByState[st]), ns, st)
+		}
+		if ct.Dumps > 0 {
+			counter(d.ctDumps, ct.Dumps, ns)
+		}
+	}
+	byComm := map[string]uint64{}
+	for i := range s.Conntrack {
+		for _, p := range s.Conntrack[i].TopProcesses {
+			if p.Entries > 0 {
+				byComm[p.Comm] += p.Entries
+			}
+		}
+	}
+	for _, comm := range sortedKeys(byComm) {
+		gauge(d.ctByComm, float64(byComm[comm]), comm)
 	}
 
 	// Active findings by kind.

@@ -19,6 +19,7 @@ type metricDescs struct {
 	connectFailures, drops, listenOverflows, unixOverflows *prometheus.Desc
 	ctEntries, ctMax, ctInserts, ctInsertFailed            *prometheus.Desc
 	ctDrops, ctEarlyDrops, findings                        *prometheus.Desc
+	ctByState, ctByComm, ctDumps                           *prometheus.Desc
 }
 
 func newMetricDescs() metricDescs {
@@ -55,6 +56,9 @@ func newMetricDescs() metricDescs {
 		ctInsertFailed:  n("conntrack_insert_failed_total", "Conntrack insertions that failed, per network namespace.", ns...),
 		ctDrops:         n("conntrack_drops_total", "Packets dropped because a conntrack entry could not be created (table full), per network namespace.", ns...),
 		ctEarlyDrops:    n("conntrack_early_drops_total", "Conntrack entries evicted early to make room, per network namespace.", ns...),
+		ctByState:       n("conntrack_entries_by_state", "TCP conntrack entries by conntrack TCP state, per network namespace (from the entry events: ctnetlink or in-kernel).", "netns", "state"),
+		ctByComm:        n("conntrack_process_entries", "Conntrack entries held by the flows of the processes of a command (the top processes of each namespace, summed by comm).", "comm"),
+		ctDumps:         n("conntrack_table_dumps_total", "Dumps of a namespace's conntrack table replacing the tracer's view of it (one at start-up, one after each event loss, refreshes while entries older than the subscription remain), per network namespace.", ns...),
 		findings:        n("findings", "Active findings, by kind (pool_leak, time_wait_pileup, conntrack_table_full...).", "kind"),
 	}
 }
@@ -66,6 +70,7 @@ func (d *metricDescs) each(f func(*prometheus.Desc)) {
 		d.timeWait, d.portUseMax, d.destPorts, d.destRange,
 		d.connectFailures, d.drops, d.listenOverflows, d.unixOverflows,
 		d.ctEntries, d.ctMax, d.ctInserts, d.ctInsertFailed, d.ctDrops, d.ctEarlyDrops, d.findings,
+		d.ctByState, d.ctByComm, d.ctDumps,
 	} {
 		f(desc)
 	}

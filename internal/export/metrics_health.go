@@ -17,6 +17,9 @@ type HealthCounts struct {
 	RingSizeBytes  int
 	SockEntries    int // entries of the socks map at the last socket-table round
 	SockMaxEntries int
+	// ConntrackLost: ctnetlink event overruns (ENOBUFS), each resynchronised
+	// with a dump of the namespace's table.
+	ConntrackLost uint64
 }
 
 // Health is the tracer's self-instrumentation on the exporter's registry:
@@ -24,7 +27,7 @@ type HealthCounts struct {
 // mode, map fill. The event loop stores counts with Set; scrapes read
 // them through atomics, so neither waits for the other.
 type Health struct {
-	c [8]atomic.Int64
+	c [9]atomic.Int64
 }
 
 // NewHealth registers the tracer's own metrics on reg; attached lists the
@@ -39,12 +42,13 @@ func NewHealth(reg prometheus.Registerer, attached map[string]string) (*Health, 
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "conntracer_" + name, Help: help, ConstLabels: labels}, read(i))
 	}
 	const readHelp = "Events read by the tracer, by stage (ring_buffer: records from the kernel; sampler: events from the kernel's tables)."
-	const lostHelp = "Events lost, by stage (kernel: ring buffer full at reserve; decoder: records that failed to decode)."
+	const lostHelp = "Events lost, by stage (kernel: ring buffer full at reserve; decoder: records that failed to decode; ctnetlink: conntrack event socket overruns, each at least one event, each followed by a table dump)."
 	cs := []prometheus.Collector{
 		counter("events_read_total", readHelp, prometheus.Labels{"stage": "ring_buffer"}, 0),
 		counter("events_read_total", readHelp, prometheus.Labels{"stage": "sampler"}, 3),
 		counter("events_lost_total", lostHelp, prometheus.Labels{"stage": "kernel"}, 2),
 		counter("events_lost_total", lostHelp, prometheus.Labels{"stage": "decoder"}, 1),
+		counter("events_lost_total", lostHelp, prometheus.Labels{"stage": "ctnetlink"}, 8),
 		gauge("ring_buffer_used_bytes", "Bytes waiting in the kernel-to-user ring buffer at the last drain.", nil, 4),
 		gauge("ring_buffer_size_bytes", "Size of the kernel-to-user ring buffer.", nil, 5),
 		gauge("map_entries", "Entries of a BPF map (socks: connections tracked in the kernel).", prometheus.Labels{"map": "socks"}, 6),
@@ -72,8 +76,8 @@ func NewHealth(reg prometheus.Registerer, attached map[string]string) (*Health, 
 
 // Set stores the latest counts; safe from any goroutine.
 func (h *Health) Set(c HealthCounts) {
-	for i, v := range [8]int64{int64(c.Records), int64(c.BadRecords), int64(c.Lost), int64(c.SampledEvents),
-		int64(c.RingUsedBytes), int64(c.RingSizeBytes), int64(c.SockEntries), int64(c.SockMaxEntries)} {
+	for i, v := range [9]int64{int64(c.Records), int64(c.BadRecords), int64(c.Lost), int64(c.SampledEvents),
+		int64(c.RingUsedBytes), int64(c.RingSizeBytes), int64(c.SockEntries), int64(c.SockMaxEntries), int64(c.ConntrackLost)} {
 		h.c[i].Store(v)
 	}
 }

@@ -28,8 +28,22 @@ import (
 type NetNSSampler struct {
 	// OnlyNetNS restricts sampling to one namespace (inode); 0: all.
 	OnlyNetNS uint32
-	prevOver  map[uint32]uint64
-	procDir   string
+	// Watcher, if set, is told about every namespace where conntrack is
+	// loaded, each sample (a new one is subscribed when first seen), and
+	// which namespaces still exist.
+	Watcher  ConntrackNSWatcher
+	prevOver map[uint32]uint64
+	procDir  string
+}
+
+// ConntrackNSWatcher follows the conntrack tables of the namespaces the
+// NetNSSampler finds active (CtEvents does, through ctnetlink).
+type ConntrackNSWatcher interface {
+	// Watch starts following namespace ino, open at nsFD for the call's
+	// duration; a namespace followed already is left as it is.
+	Watch(ino uint32, nsFD int) error
+	// Retain stops following the namespaces not in seen (gone).
+	Retain(seen map[uint32]bool)
 }
 
 // NewNetNSSampler returns a sampler of every namespace. The first Sample
@@ -62,6 +76,9 @@ func (s *NetNSSampler) Sample(bootNs uint64) ([]events.Event, []error) {
 		evs = append(evs, e...)
 		warnings = append(warnings, w...)
 	}
+	if s.Watcher != nil {
+		s.Watcher.Retain(seen)
+	}
 	for ino := range s.prevOver {
 		if !seen[ino] {
 			delete(s.prevOver, ino) // namespace gone: nothing can leak
@@ -83,6 +100,16 @@ func (s *NetNSSampler) sampleOne(fd int, ino uint32, bootNs uint64) ([]events.Ev
 	// used it (a table that never held an entry and counted nothing is
 	// not worth a line per namespace).
 	if proc.ProcStat != nil {
+		// Followed from the first sample on, active or not: since 5.19
+		// (nf_conntrack_events=2, the default) an entry carries the event
+		// extension only if a ctnetlink listener existed in its namespace
+		// when it was created; entries made before the subscription never
+		// report an update or their destruction.
+		if s.Watcher != nil {
+			if err := s.Watcher.Watch(ino, fd); err != nil {
+				warnings = append(warnings, err)
+			}
+		}
 		ct, err := ConntrackStats(fd)
 		ct.Entries, ct.Max = proc.ConntrackCount, proc.ConntrackMax
 		switch {

@@ -33,7 +33,7 @@ func panels(s *events.Snapshot) []string {
 	var ct []string
 	for _, c := range s.Conntrack[:min(len(s.Conntrack), panelRows)] {
 		ct = append(ct, fmt.Sprintf("netns %d %d/%d (%.0f%%) drop %d early %d ins_fail %d",
-			c.NetNS, c.Entries, c.Max, 100*c.Fill, c.ConntrackDrops, c.EarlyDrops, c.InsertFailed))
+			c.NetNS, c.Entries, c.Max, 100*c.Fill, c.ConntrackDrops, c.EarlyDrops, c.InsertFailed)+conntrackEntriesText(&c))
 	}
 	add("CONNTRACK", ct, len(s.Conntrack))
 
@@ -120,6 +120,31 @@ func countsText(m map[string]uint64) string {
 			b.WriteByte(' ')
 		}
 		fmt.Fprintf(&b, "%s %d", k, m[k])
+	}
+	return b.String()
+}
+
+// conntrackEntriesText renders a namespace's entry table, when the entry
+// events are followed: TCP entries by conntrack state, the processes whose
+// flows hold most entries, and event losses.
+func conntrackEntriesText(c *events.ConntrackNSSnapshot) string {
+	var b strings.Builder
+	if len(c.ByState) > 0 {
+		b.WriteString("; " + countsText(c.ByState))
+	}
+	n := 0
+	for _, p := range c.TopProcesses {
+		if p.Entries == 0 || n == panelRows {
+			continue
+		}
+		if n == 0 {
+			b.WriteString("; top")
+		}
+		fmt.Fprintf(&b, " %d/%s %d", p.PID, p.Comm, p.Entries)
+		n++
+	}
+	if c.Lost > 0 {
+		fmt.Fprintf(&b, "; lost %d, resynced", c.Lost)
 	}
 	return b.String()
 }

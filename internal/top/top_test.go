@@ -178,7 +178,9 @@ func BenchmarkRender10kProcesses(b *testing.B) {
 // every kind in the findings panel, with the Unix path in the message.
 func TestRenderShowsPanels(t *testing.T) {
 	s := &events.Snapshot{
-		Conntrack: []events.ConntrackNSSnapshot{{NetNS: 4026532001, Entries: 240, Max: 256, Fill: 240.0 / 256, ConntrackDrops: 288}},
+		Conntrack: []events.ConntrackNSSnapshot{{NetNS: 4026532001, Entries: 240, Max: 256, Fill: 240.0 / 256, ConntrackDrops: 288,
+			ByState:      map[string]uint64{"ESTABLISHED": 10, "TIME_WAIT": 200},
+			TopProcesses: []events.ProcessCount{{PID: 42, Comm: "ctr-dropped", Entries: 200}, {PID: 43, Comm: "curl", Refused: 5}}, Lost: 2}},
 		Drops: events.DropSnapshot{ByReason: []events.DropCount{
 			{Reason: "NO_SOCKET", NetNS: 7, Count: 3},
 			{Reason: "NETFILTER_DROP", NetNS: 4026532001, PID: 42, Comm: "ctr-dropped", Count: 9},
@@ -197,7 +199,7 @@ func TestRenderShowsPanels(t *testing.T) {
 	}
 	out := RenderText(s, ViewOptions{Sort: ColOpens, Width: 200})
 	for _, want := range []string{
-		"CONNTRACK  netns 4026532001 240/256 (94%) drop 288",
+		"CONNTRACK  netns 4026532001 240/256 (94%) drop 288 early 0 ins_fail 0; TIME_WAIT 200 ESTABLISHED 10; top 42/ctr-dropped 200; lost 2, resynced",
 		"DROPS  NETFILTER_DROP 9 (netns 4026532001 42/ctr-dropped)  |  NO_SOCKET 3 (netns 7)",
 		"CONNECT FAILED  43/curl -> 127.0.0.1:9 ECONNREFUSED 20",
 		"UNIX  /dev/log dgram sends failed EAGAIN 812 (2 senders, most 46/app)  |  /run/php/fpm.sock queue 2/1 (44/php-fpm) failed 198",

@@ -12,7 +12,7 @@ import (
 //
 //	kind byte | zigzag(now - previous now) | parts mask byte | parts...
 //
-// and each part (Conn, Connect, Drop, Conntrack, Sample, Counters) is a sequence of
+// and each part (Conn, Connect, Drop, Conntrack, Sample, Counters, ConntrackEntry) is a sequence of
 // varints and bytes. What repeats is said once per block: strings (drop
 // reasons, symbols, cgroup paths) and owners (Process) go into block-local
 // tables and are referred to by index afterwards; kernel times are deltas
@@ -39,6 +39,9 @@ const (
 	// partCounters (KindKernelCounters, KindTracerCounters) was added
 	// within version 1: files without it read as before.
 	partCounters
+	// partCtEntry (the conntrack entry lifecycle kinds) was added within
+	// version 1 too.
+	partCtEntry
 )
 
 // errCorrupt is what the decoder reports for bytes it cannot parse.
@@ -162,6 +165,9 @@ func (e *encoder) event(ev *events.Event, now int64) {
 	if ev.Counters != (events.Counters{}) {
 		mask |= partCounters
 	}
+	if ev.ConntrackEntry != (events.ConntrackEntry{}) {
+		mask |= partCtEntry
+	}
 	e.b(mask)
 	if mask&partConn != 0 {
 		e.conn(&ev.Conn)
@@ -180,6 +186,9 @@ func (e *encoder) event(ev *events.Event, now int64) {
 	}
 	if mask&partCounters != 0 {
 		e.counters(&ev.Counters)
+	}
+	if mask&partCtEntry != 0 {
+		e.ctEntry(&ev.ConntrackEntry)
 	}
 }
 
@@ -275,6 +284,26 @@ func (e *encoder) conntrack(c *events.Conntrack) {
 	e.b(c.Proto)
 	e.b(uint8(c.State))
 	e.u(c.Generation)
+}
+
+func (e *encoder) ctEntry(c *events.ConntrackEntry) {
+	e.u(uint64(c.NetNS))
+	e.b(e.flag(c.TimeNs != 0) | e.flag(c.Dump)<<1)
+	if c.TimeNs != 0 {
+		e.ts(c.TimeNs)
+	}
+	e.u(uint64(c.ID))
+	e.b(uint8(c.Family))
+	e.b(c.Proto)
+	e.addrPort(c.OrigSrc)
+	e.addrPort(c.OrigDst)
+	e.addrPort(c.ReplySrc)
+	e.addrPort(c.ReplyDst)
+	e.b(c.TCPState)
+	e.u(uint64(c.Timeout))
+	e.u(c.Generation)
+	e.u(c.Lost)
+	e.u(c.DumpEntries)
 }
 
 func (e *encoder) sample(s *events.Sample) {
@@ -474,7 +503,7 @@ func (d *decoder) event(ev *events.Event) (now int64, kind uint8) {
 	}
 	*ev = events.Event{Kind: events.Kind(kind)}
 	mask := d.b()
-	if mask&^(partConn|partConnect|partDrop|partConntrack|partSample|partCounters) != 0 {
+	if mask&^(partConn|partConnect|partDrop|partConntrack|partSample|partCounters|partCtEntry) != 0 {
 		d.fail()
 	}
 	if mask&partConn != 0 {
@@ -494,6 +523,9 @@ func (d *decoder) event(ev *events.Event) (now int64, kind uint8) {
 	}
 	if mask&partCounters != 0 {
 		d.counters(&ev.Counters)
+	}
+	if mask&partCtEntry != 0 {
+		d.ctEntry(&ev.ConntrackEntry)
 	}
 	return now, kind
 }
@@ -594,6 +626,27 @@ func (d *decoder) conntrack(c *events.Conntrack) {
 	c.Proto = d.b()
 	c.State = events.TCPState(d.b())
 	c.Generation = d.u()
+}
+
+func (d *decoder) ctEntry(c *events.ConntrackEntry) {
+	c.NetNS = uint32(d.u())
+	f := d.b()
+	if f&1 != 0 {
+		c.TimeNs = d.ts()
+	}
+	c.Dump = f&2 != 0
+	c.ID = uint32(d.u())
+	c.Family = events.Family(d.b())
+	c.Proto = d.b()
+	c.OrigSrc = d.addrPort()
+	c.OrigDst = d.addrPort()
+	c.ReplySrc = d.addrPort()
+	c.ReplyDst = d.addrPort()
+	c.TCPState = d.b()
+	c.Timeout = uint32(d.u())
+	c.Generation = d.u()
+	c.Lost = d.u()
+	c.DumpEntries = d.u()
 }
 
 func (d *decoder) sample(s *events.Sample) {

@@ -85,6 +85,19 @@ func everyKind() []stamped {
 	add(tc)
 	tc.Counters = events.Counters{Values: [events.MaxCounters]uint64{0, 1 << 33, 2, 3}}
 	add(tc)
+	add(events.Event{Kind: events.KindConntrackNew, ConntrackEntry: events.ConntrackEntry{
+		NetNS: 9, TimeNs: 1 << 41, ID: 0xdeadbeef, Family: events.FamilyIPv4, Proto: 6,
+		OrigSrc: netip.MustParseAddrPort("10.0.0.1:40000"), OrigDst: netip.MustParseAddrPort("10.0.0.2:80"),
+		ReplySrc: netip.MustParseAddrPort("10.0.0.2:80"), ReplyDst: netip.MustParseAddrPort("10.0.0.1:40000"),
+		TCPState: 3, Timeout: 432000, Dump: true, Generation: 4,
+	}})
+	add(events.Event{Kind: events.KindConntrackResync, ConntrackEntry: events.ConntrackEntry{
+		NetNS: 9, TimeNs: 1 << 41, Generation: 4, Lost: 1234, DumpEntries: 1,
+	}})
+	add(events.Event{Kind: events.KindConntrackAllocFailed, ConntrackEntry: events.ConntrackEntry{
+		NetNS: 9, Family: events.FamilyIPv6, Proto: 17,
+		OrigSrc: netip.MustParseAddrPort("[fd00::1]:53000"), OrigDst: netip.MustParseAddrPort("[fd00::2]:53"),
+	}})
 	// Times going backwards a little, as wall clocks do.
 	out[len(out)-1].now = out[len(out)-1].now.Add(-time.Millisecond)
 	return out

@@ -99,8 +99,17 @@ func (p *Probe) openConntrack() {
 		off(errors.New("nf_conntrack is not loaded (no " + nfConntrackSysctl + ")"))
 		return
 	}
+	modes := []AttachMode{AttachFentry, AttachKprobe}
+	switch p.opts.ConntrackMode {
+	case "", AttachAuto:
+	case AttachFentry, AttachKprobe:
+		modes = []AttachMode{p.opts.ConntrackMode}
+	default:
+		off(fmt.Errorf("unknown conntrack attach mode %q: use auto, fentry or kprobe", p.opts.ConntrackMode))
+		return
+	}
 	var errs []error
-	for _, mode := range []AttachMode{AttachFentry, AttachKprobe} {
+	for _, mode := range modes {
 		if mode == AttachKprobe && runtime.GOARCH != "amd64" {
 			errs = append(errs, fmt.Errorf("%s: the kprobe programs read x86-64 registers", mode))
 			reasons = append(reasons, "kprobe: x86-64 only")

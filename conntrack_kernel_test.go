@@ -143,6 +143,12 @@ func waitCT(t *testing.T, col *collector, netns uint32, kind events.Kind, want i
 // matrix (fentry on 6.1 and 6.12); skips where neither fentry nor kprobes
 // attach.
 func TestConntrackInKernel(t *testing.T) {
+	for _, mode := range []AttachMode{AttachFentry, AttachKprobe} {
+		t.Run(string(mode), func(t *testing.T) { testConntrackInKernel(t, mode) })
+	}
+}
+
+func testConntrackInKernel(t *testing.T, mode AttachMode) {
 	testenv.RequireRoot(t)
 	testenv.RequireTool(t, "nft")
 	testenv.RequireTool(t, "conntrack")
@@ -159,6 +165,7 @@ func TestConntrackInKernel(t *testing.T) {
 	opts.NoConnect = true
 	opts.Drops = true
 	opts.ConntrackInKernel = true
+	opts.ConntrackMode = mode
 	tr := startProbe(t, opts)
 	src, ok := tr.probe.ConntrackInKernel()
 	if !ok {
@@ -166,7 +173,7 @@ func TestConntrackInKernel(t *testing.T) {
 		if k, vm := inVM(); vm {
 			t.Fatalf("kernel %s: in-kernel conntrack path unavailable: %v", k, why)
 		}
-		t.Skipf("neither fentry nor kprobes attach to nf_conntrack on this kernel (%v); run it in the kernel matrix: make test-kernels RUN=TestConntrackInKernel", why)
+		t.Skipf("%s does not attach to nf_conntrack on this kernel (%v); run it in the kernel matrix: make test-kernels RUN=TestConntrackInKernel", mode, why)
 	}
 	t.Logf("conntrack entries: %s", src)
 

@@ -88,6 +88,9 @@ type Options struct {
 	// (conntrack_kernel.go: fentry, else kprobes) when the kernel allows
 	// them; ConntrackInKernel() on the probe says whether it did.
 	ConntrackInKernel bool
+	// ConntrackMode restricts those hooks to one mode (AttachFentry or
+	// AttachKprobe); "" or AttachAuto tries fentry, then kprobes.
+	ConntrackMode AttachMode
 }
 
 // DefaultOptions returns the settings `tracer` runs with by default.

@@ -87,13 +87,13 @@ func (p *Probe) openConntrack() {
 	if !p.opts.ConntrackInKernel {
 		return
 	}
-	var reasons []string // one short reason per mode for the note; Err has the rest
+	var reasons []string // one short reason per mode, for the start-up line
 	off := func(err error) {
-		p.attachments = append(p.attachments, Attachment{Hook: ConntrackHook, Err: err})
-		if len(reasons) == 0 {
-			reasons = []string{err.Error()}
+		if len(reasons) > 0 {
+			err = &shortError{msg: strings.Join(reasons, "; "), err: err}
 		}
-		p.notes = append(p.notes, fmt.Sprintf("conntrack entries: ctnetlink events (in-kernel hooks unavailable: %s)", strings.Join(reasons, "; ")))
+		p.attachments = append(p.attachments, Attachment{Hook: ConntrackHook, Err: err})
+		p.notes = append(p.notes, fmt.Sprintf("conntrack entries: ctnetlink events (in-kernel hooks unavailable: %v)", err))
 	}
 	if _, err := os.Stat(nfConntrackSysctl); err != nil {
 		off(errors.New("nf_conntrack is not loaded (no " + nfConntrackSysctl + ")"))
@@ -133,6 +133,17 @@ func (p *Probe) openConntrack() {
 	}
 	off(errors.Join(errs...))
 }
+
+// shortError reads as a one-line summary and unwraps to the whole error
+// (errors.Is/As still see the cause; %+v of the attachment is not needed to
+// read the start-up line).
+type shortError struct {
+	msg string
+	err error
+}
+
+func (e *shortError) Error() string { return e.msg }
+func (e *shortError) Unwrap() error { return e.err }
 
 // shortReason says in a few words why a mode failed, for the start-up
 // note; the attachment keeps the whole error.

@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
 	"github.com/conntracer/conntracer/internal/events"
 	"github.com/conntracer/conntracer/internal/kernel"
 	"github.com/conntracer/conntracer/internal/testenv"
@@ -166,6 +169,11 @@ func testConntrackInKernel(t *testing.T, mode AttachMode) {
 	opts.Drops = true
 	opts.ConntrackInKernel = true
 	opts.ConntrackMode = mode
+	// The kernel's run-time statistics of BPF programs, for the cost per
+	// call logged at the end (not asserted: timing under emulation).
+	if stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME)); err == nil {
+		t.Cleanup(func() { stats.Close() })
+	}
 	tr := startProbe(t, opts)
 	src, ok := tr.probe.ConntrackInKernel()
 	if !ok {
@@ -265,6 +273,8 @@ func testConntrackInKernel(t *testing.T, mode AttachMode) {
 		t.Errorf("%d distinct refused flows, the client saw %d of its connects fail", len(ports), b.Failed)
 	}
 
+	logProgramStats(t, tr.probe)
+
 	// Through the aggregator: each refusal once, exact, owners lent by the
 	// drops hook's records of the same packets.
 	if err := tr.stop(); err != nil {
@@ -303,4 +313,22 @@ func testConntrackInKernel(t *testing.T, mode AttachMode) {
 	}
 	t.Logf("%s: %d inserts, %d removals; 80 connects with max 32: %d failed, drop +%d, insert_failed +%d, %d refused allocations, %d attributed to ctk-churner",
 		src, len(news), len(want), b.Failed, drops, insertFailed, len(refused), byChurner)
+}
+
+// logProgramStats logs each conntrack program's calls and mean run time
+// (kernel.bpf_stats_enabled, turned on by the test).
+func logProgramStats(t *testing.T, p *Probe) {
+	t.Helper()
+	for _, c := range p.colls {
+		for name, prog := range c.Programs {
+			if !strings.HasPrefix(name, "ct_confirm") && !strings.HasPrefix(name, "ct_delete") && !strings.HasPrefix(name, "ct_alloc") {
+				continue
+			}
+			st, err := prog.Stats()
+			if err != nil || st.RunCount == 0 {
+				continue
+			}
+			t.Logf("%-16s %6d calls, %5d ns per call", name, st.RunCount, st.Runtime.Nanoseconds()/int64(st.RunCount))
+		}
+	}
 }

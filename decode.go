@@ -32,6 +32,8 @@ func Decode(raw []byte, ev *events.Event) error {
 		return decodeConnect(raw, ev)
 	case tcplifeRecordKindRECORD_DROP:
 		return decodeDrop(raw, ev)
+	case tcplifeRecordKindRECORD_CT_NEW, tcplifeRecordKindRECORD_CT_DESTROY, tcplifeRecordKindRECORD_CT_ALLOC_FAILED:
+		return decodeCtEntry(raw, ev)
 	}
 	return fmt.Errorf("%w %d", ErrUnknownRecord, raw[0])
 }
@@ -46,6 +48,8 @@ func recordSize(kind byte) int {
 		return connectEventSize
 	case tcplifeRecordKindRECORD_DROP:
 		return dropEventSize
+	case tcplifeRecordKindRECORD_CT_NEW, tcplifeRecordKindRECORD_CT_DESTROY, tcplifeRecordKindRECORD_CT_ALLOC_FAILED:
+		return ctEntryEventSize
 	}
 	return 0
 }

@@ -95,6 +95,13 @@ type Options struct {
 	// DropRecordsPerSec bounds the individual drop records each CPU sends
 	// per second (0: no bound); every drop is still counted exactly.
 	DropRecordsPerSec uint32
+	// ConntrackInKernel attaches the in-kernel conntrack entry hooks
+	// (conntrack_kernel.go: fentry, else kprobes) when the kernel allows
+	// them; ConntrackInKernel() on the probe says whether it did.
+	ConntrackInKernel bool
+	// ConntrackMode restricts those hooks to one mode (AttachFentry or
+	// AttachKprobe); "" or AttachAuto tries fentry, then kprobes.
+	ConntrackMode AttachMode
 }
 
 // DefaultOptions returns the settings `tracer` runs with by default.
@@ -211,6 +218,7 @@ func Open(opts Options) (_ *Probe, err error) {
 	}
 	// After tcplife: drops shares its socks and listeners maps.
 	p.openDrops()
+	p.openConntrack()
 
 	p.reader, err = ringbuf.NewReader(p.ring)
 	if err != nil {

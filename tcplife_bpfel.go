@@ -106,9 +106,12 @@ type tcplifeListenerOwner struct {
 type tcplifeRecordKind uint32
 
 const (
-	tcplifeRecordKindRECORD_CONN_CLOSED tcplifeRecordKind = 1
-	tcplifeRecordKindRECORD_CONNECT     tcplifeRecordKind = 2
-	tcplifeRecordKindRECORD_DROP        tcplifeRecordKind = 10
+	tcplifeRecordKindRECORD_CONN_CLOSED     tcplifeRecordKind = 1
+	tcplifeRecordKindRECORD_CONNECT         tcplifeRecordKind = 2
+	tcplifeRecordKindRECORD_DROP            tcplifeRecordKind = 10
+	tcplifeRecordKindRECORD_CT_NEW          tcplifeRecordKind = 20
+	tcplifeRecordKindRECORD_CT_DESTROY      tcplifeRecordKind = 21
+	tcplifeRecordKindRECORD_CT_ALLOC_FAILED tcplifeRecordKind = 22
 )
 
 type tcplifeSockState struct {

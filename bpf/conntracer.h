@@ -17,6 +17,10 @@ enum record_kind {
 	RECORD_CONN_CLOSED = 1,
 	RECORD_CONNECT = 2, /* struct connect_event (connect.bpf.c); 3..9 reserved for it */
 	RECORD_DROP = 10,   /* struct drop_event (drops.bpf.c); 11..19 reserved for it */
+	/* struct ct_entry_event (conntrack.bpf.c); 23..29 reserved for it */
+	RECORD_CT_NEW = 20,          /* an entry confirmed into its namespace's table */
+	RECORD_CT_DESTROY = 21,      /* an entry removed from the table */
+	RECORD_CT_ALLOC_FAILED = 22, /* an entry refused: the table was full */
 };
 
 /* enum conn_role: which side opened the connection. */
@@ -210,6 +214,31 @@ struct drop_key {
 	__u32 netns;
 	__u32 tgid;  /* 0 when no owner was found */
 	__u32 flags; /* DROP_NO_CT only: conntrack candidates counted apart */
+};
+
+/*
+ * struct ct_entry_event: one conntrack entry inserted, removed or refused
+ * (conntrack.bpf.c, on the kernel's own conntrack functions). The tuples are
+ * conntrack's: orig_* the original direction (the first packet's source
+ * first), reply_* the reply direction (differs from orig reversed under
+ * NAT). Addresses in network byte order (IPv4 in the first 4 bytes), ports
+ * in host byte order (0 for protocols without ports), time CLOCK_BOOTTIME.
+ */
+struct ct_entry_event {
+	__u8 kind;      /* RECORD_CT_NEW, RECORD_CT_DESTROY, RECORD_CT_ALLOC_FAILED */
+	__u8 family;    /* AF_INET or AF_INET6 (the tuple's l3num) */
+	__u8 proto;     /* IPPROTO_* */
+	__u8 tcp_state; /* conntrack's TCP state (TCP_CONNTRACK_*), 0 if not TCP or refused */
+	__u32 netns;    /* the entry's network namespace inode */
+	__u64 time_ns;
+	__u16 orig_sport;
+	__u16 orig_dport;
+	__u16 reply_sport;
+	__u16 reply_dport;
+	__u8 orig_saddr[16];
+	__u8 orig_daddr[16];
+	__u8 reply_saddr[16];
+	__u8 reply_daddr[16];
 };
 
 #endif /* CONNTRACER_H */

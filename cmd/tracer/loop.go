@@ -44,6 +44,10 @@ func openSession(cfg *topConfig, stderr io.Writer) (*session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start tracing: %w", err)
 	}
+	// What Open chose and why, e.g. "conntrack entries: in-kernel (fentry)".
+	for _, n := range probe.Notes() {
+		fmt.Fprintf(stderr, "tracer: note: %s\n", n)
+	}
 	s, err := newSession(cfg, probe, stderr)
 	if err != nil {
 		probe.Close()

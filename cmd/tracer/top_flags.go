@@ -98,6 +98,10 @@ func addLoopFlags(fs *pflag.FlagSet, cfg *topConfig) func() error {
 	th := events.DefaultThresholds()
 	// The drop hook is on: the drops and conntrack sections need it.
 	defaults.Drops = true
+	// Conntrack entries from the kernel's own functions where it allows
+	// (probe.ConntrackInKernel says which source is in use; the ctnetlink
+	// event source is the fallback).
+	defaults.ConntrackInKernel = true
 	cfg.probe = defaults
 	var (
 		netns      = fs.String("netns", "", "only this network namespace: its inode number or a name in /run/netns")

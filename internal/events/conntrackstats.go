@@ -20,6 +20,17 @@ const maxRefusedFlows = 32
 // whose conntrack `drop` statistic rose in the same sampling window; such
 // records wait for the next sample, and are discarded when the statistic
 // did not move. The count itself is the kernel's statistic, exact.
+//
+// Where the in-kernel conntrack hooks run, KindConntrackAllocFailed names
+// each refusal exactly (a failed __nf_conntrack_alloc: the refused tuple,
+// no guessing): such a flow is confirmed at once. The same packet then also
+// arrives as a NO_CT NETFILTER_DROP record (its alloc failure is written to
+// the ring buffer first, on the same CPU, before the kernel drops it), so
+// once a namespace has had an alloc failure its NO_CT drops are no longer
+// refused flows of their own: a drop whose tuple matches a recent exact
+// refusal without an owner lends it the owner (the drop record knows the
+// socket's process, the alloc hook does not) and is otherwise ignored. One
+// refusal is counted once either way.
 type ConntrackStats struct {
 	ns map[uint32]*conntrackNS
 	// The entry tables (ctentries.go), per namespace whose entry
@@ -36,6 +47,9 @@ type conntrackNS struct {
 	refusedBy   map[uint32]*ProcessCount
 	owners      map[uint32]*ProcessCount // from KindConntrackOwner, latest generation
 	ownersGen   uint64
+	// exact: the in-kernel path reported an alloc failure here, so NO_CT
+	// drops only name owners of its refusals (see ConntrackStats).
+	exact bool
 }
 
 // RefusedFlow is a flow conntrack refused because its table was full.
@@ -46,6 +60,10 @@ type RefusedFlow struct {
 	Dst   string    `json:"dst"`
 	PID   uint32    `json:"pid,omitempty"`
 	Comm  string    `json:"comm,omitempty"`
+	// Exact: reported by the kernel's failed conntrack allocation itself
+	// (KindConntrackAllocFailed), not inferred from a drop and the
+	// namespace's `drop` statistic.
+	Exact bool `json:"exact,omitempty"`
 }
 
 // ProcessCount is a process's share of a namespace's table.
@@ -180,12 +198,24 @@ func (s *ConntrackStats) Apply(ev *Event, now time.Time) {
 			t.resolve(ns, &s.socks)
 		}
 		s.socks.roundDone()
+	case KindConntrackAllocFailed:
+		c := &ev.ConntrackEntry
+		n := s.get(c.NetNS)
+		n.exact = true
+		n.pending = n.pending[:0] // NO_CT drops from before are these refusals too
+		n.confirm(RefusedFlow{
+			Time: now, Proto: ProtoName(c.Proto), Src: c.OrigSrc.String(), Dst: c.OrigDst.String(), Exact: true,
+		})
 	case KindDrop:
 		d := &ev.Drop
 		if !d.NoCT || d.ReasonName != "NETFILTER_DROP" {
 			return
 		}
 		n := s.get(d.NetNS)
+		if n.exact {
+			n.lendOwner(d)
+			return
+		}
 		if len(n.pending) >= 4*maxRefusedFlows {
 			return // bounded: more than this per second is shown as a count
 		}
@@ -193,6 +223,29 @@ func (s *ConntrackStats) Apply(ev *Event, now time.Time) {
 			Time: now, Proto: ProtoName(d.L4Proto), Src: d.Src.String(), Dst: d.Dst.String(),
 			PID: d.Owner.PID, Comm: string(d.Owner.CommBytes()),
 		})
+	}
+}
+
+// lendOwner gives a NO_CT drop's owner to the newest exact refusal of the
+// same flow that has none yet; the drop is not a refusal of its own.
+func (n *conntrackNS) lendOwner(d *Drop) {
+	if d.Owner.PID == 0 {
+		return
+	}
+	proto, src, dst := ProtoName(d.L4Proto), d.Src.String(), d.Dst.String()
+	for i := len(n.refused) - 1; i >= 0; i-- {
+		f := &n.refused[i]
+		if !f.Exact || f.PID != 0 || f.Proto != proto || f.Src != src || f.Dst != dst {
+			continue
+		}
+		f.PID, f.Comm = d.Owner.PID, string(d.Owner.CommBytes())
+		p := n.refusedBy[f.PID]
+		if p == nil {
+			p = &ProcessCount{PID: f.PID, Comm: f.Comm}
+			n.refusedBy[f.PID] = p
+		}
+		p.Refused++
+		return
 	}
 }
 

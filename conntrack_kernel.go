@@ -93,7 +93,7 @@ func (p *Probe) openConntrack() {
 			err = &shortError{msg: strings.Join(reasons, "; "), err: err}
 		}
 		p.attachments = append(p.attachments, Attachment{Hook: ConntrackHook, Err: err})
-		p.notes = append(p.notes, fmt.Sprintf("conntrack entries: ctnetlink events (in-kernel hooks unavailable: %v)", err))
+		p.notes = append(p.notes, fmt.Sprintf("conntrack hooks: unavailable, conntrack entries need ctnetlink (%v)", err))
 	}
 	if _, err := os.Stat(nfConntrackSysctl); err != nil {
 		off(errors.New("nf_conntrack is not loaded (no " + nfConntrackSysctl + ")"))
@@ -128,7 +128,7 @@ func (p *Probe) openConntrack() {
 		}
 		p.links = append(p.links, links...)
 		p.attachments = append(p.attachments, Attachment{Hook: ConntrackHook, Mode: mode, Err: errors.Join(errs...)})
-		p.notes = append(p.notes, fmt.Sprintf("conntrack entries: in-kernel (%s)", mode))
+		p.notes = append(p.notes, fmt.Sprintf("conntrack hooks: in-kernel (%s)", mode))
 		return
 	}
 	off(errors.Join(errs...))

@@ -78,7 +78,7 @@ func TestConntrackInKernelSource(t *testing.T) {
 	}
 	var note string
 	for _, n := range p.Notes() {
-		if strings.HasPrefix(n, "conntrack entries: ") {
+		if strings.HasPrefix(n, "conntrack hooks: ") {
 			note = n
 		}
 	}
@@ -88,7 +88,7 @@ func TestConntrackInKernelSource(t *testing.T) {
 		t.Errorf("ConntrackInKernel() = %q, %v; attachment %v", src, ok, *hook)
 	}
 	if ok {
-		if want := "conntrack entries: in-kernel (" + string(hook.Mode) + ")"; note != want || src != "in-kernel ("+string(hook.Mode)+")" {
+		if want := "conntrack hooks: in-kernel (" + string(hook.Mode) + ")"; note != want || src != "in-kernel ("+string(hook.Mode)+")" {
 			t.Errorf("note %q, source %q; want %q", note, src, want)
 		}
 		if k, vm := inVM(); vm && hook.Mode != AttachFentry {
@@ -99,7 +99,7 @@ func TestConntrackInKernelSource(t *testing.T) {
 	if k, vm := inVM(); vm {
 		t.Fatalf("kernel %s: in-kernel conntrack path unavailable: %v", k, hook.Err)
 	}
-	if src != "ctnetlink events" || !strings.HasPrefix(note, "conntrack entries: ctnetlink events (in-kernel hooks unavailable: ") {
+	if src != "ctnetlink events" || !strings.HasPrefix(note, "conntrack hooks: unavailable, conntrack entries need ctnetlink (") {
 		t.Errorf("fallback: source %q, note %q", src, note)
 	}
 	// The reason names each mode tried (or that nf_conntrack is absent).

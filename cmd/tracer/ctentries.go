@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/conntracer/conntracer"
 	"github.com/conntracer/conntracer/internal/events"
 	"github.com/conntracer/conntracer/internal/kernel"
 )
@@ -32,21 +33,41 @@ const (
 	ctEntriesOff       = "off"
 )
 
-// chooseConntrackSource picks the entry source: ctnetlink events on every
-// kernel. An in-kernel source (BPF programs on the conntrack functions,
-// where the kernel lets them attach) takes precedence under "auto" when
-// the probe has one. nil: off.
-func chooseConntrackSource(cfg *topConfig, out chan<- []events.Event) (conntrackEntrySource, error) {
+// chooseConntrackSource picks the entry source. Under "auto", where the
+// probe's in-kernel conntrack hooks attached (fentry or kprobes on
+// nf_conntrack), they report inserts and removals through the ring buffer,
+// and a ctnetlink dumper adds what they cannot see: the TCP state of each
+// entry (conntrack's state changes have no hook) and the entries older
+// than the tracer; otherwise, and with "ctnetlink", ctnetlink's event
+// groups report everything. nil: off.
+func chooseConntrackSource(cfg *topConfig, probe *conntracer.Probe, out chan<- []events.Event) (conntrackEntrySource, error) {
 	switch cfg.ctEntries {
 	case ctEntriesOff:
 		return nil, nil
-	case ctEntriesAuto, ctEntriesCtnetlink, "":
+	case ctEntriesAuto, "":
+		if hooks, ok := probe.ConntrackInKernel(); ok {
+			w := kernel.NewCtEvents(out)
+			w.DumpEvery = cfg.ctRefresh
+			return inKernelCtSource{w, hooks + ", TCP states from " + w.Name()}, nil
+		}
+		fallthrough
+	case ctEntriesCtnetlink:
 		w := kernel.NewCtEvents(out)
 		w.ReadBuffer, w.RefreshEvery = cfg.ctReadBuffer, cfg.ctRefresh
 		return w, nil
 	}
 	return nil, fmt.Errorf("--conntrack-entries %q: use auto, ctnetlink or off", cfg.ctEntries)
 }
+
+// inKernelCtSource is the ctnetlink dumper that completes the in-kernel
+// hooks, named after both.
+type inKernelCtSource struct {
+	*kernel.CtEvents
+	name string
+}
+
+// Name says "in-kernel (fentry), TCP states from ctnetlink dumps every 10s".
+func (s inKernelCtSource) Name() string { return s.name }
 
 // conntrackSourceName is the start-up note's wording for src.
 func conntrackSourceName(src conntrackEntrySource) string {

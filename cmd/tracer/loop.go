@@ -44,7 +44,7 @@ func openSession(cfg *topConfig, stderr io.Writer) (*session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("start tracing: %w", err)
 	}
-	// What Open chose and why, e.g. "conntrack entries: in-kernel (fentry)".
+	// What Open chose and why, e.g. "conntrack hooks: in-kernel (fentry)".
 	for _, n := range probe.Notes() {
 		fmt.Fprintf(stderr, "tracer: note: %s\n", n)
 	}
@@ -65,7 +65,7 @@ func newSession(cfg *topConfig, probe *conntracer.Probe, stderr io.Writer) (_ *s
 		return nil, err
 	}
 	s.loop = newTopLoop(cfg, stderr)
-	if s.ct, err = chooseConntrackSource(cfg, s.loop.batches); err != nil {
+	if s.ct, err = chooseConntrackSource(cfg, probe, s.loop.batches); err != nil {
 		return nil, err
 	}
 	s.loop.ct = s.ct

@@ -112,9 +112,9 @@ func addLoopFlags(fs *pflag.FlagSet, cfg *topConfig) func() error {
 	fs.DurationVar(&cfg.netnsEvery, "netns-interval", time.Second, "how often every namespace's conntrack statistics and listen overflows are read (0: never)")
 	fs.DurationVar(&cfg.countersEvery, "counters-interval", 10*time.Second, "how often the kernel's TCP counters (nstat), sockstat and the tracer's loss counters are read and recorded (0: never)")
 	fs.DurationVar(&cfg.unixEvery, "unix-interval", 2*time.Second, "how often listening Unix sockets (backlog, queue, owner) are read (0: never)")
-	fs.StringVar(&cfg.ctEntries, "conntrack-entries", ctEntriesAuto, "where conntrack entries (per process, by state) come from: auto, ctnetlink (NEW/UPDATE/DESTROY events per namespace) or off")
+	fs.StringVar(&cfg.ctEntries, "conntrack-entries", ctEntriesAuto, "where conntrack entries (per process, by state) come from: auto (the in-kernel hooks where the kernel allows fentry or kprobes, else ctnetlink), ctnetlink (NEW/UPDATE/DESTROY events per namespace) or off")
 	fs.IntVar(&cfg.ctReadBuffer, "conntrack-events-buffer", 0, "receive buffer of each ctnetlink event socket in bytes (0: 4 MiB); events beyond it are lost, counted and resynchronised with a dump")
-	fs.DurationVar(&cfg.ctRefresh, "conntrack-refresh-interval", 10*time.Second, "how often a namespace's conntrack table is dumped again while entries older than the tracer remain (they report no events)")
+	fs.DurationVar(&cfg.ctRefresh, "conntrack-refresh-interval", 10*time.Second, "how often a namespace's conntrack table is dumped again: with ctnetlink events, while entries older than the tracer remain (they report no events); with the in-kernel hooks, always (for the TCP states)")
 	fs.BoolVar(&cfg.existing, "existing", true, "find connections open before start-up (sock_diag) and their owners")
 	fs.Uint32Var(&cfg.probe.MaxSockets, "max-sockets", defaults.MaxSockets, "connections tracked at once in the kernel (LRU beyond that)")
 	fs.IntVar(&cfg.probe.RingBufferBytes, "ring-buffer-bytes", defaults.RingBufferBytes, "size of the kernel-to-user ring buffer, a power of two")
@@ -144,7 +144,9 @@ func addLoopFlags(fs *pflag.FlagSet, cfg *topConfig) func() error {
 			return usagef("--ring-buffer-bytes %d: must be a power of two of at least 4096", r)
 		}
 		switch cfg.ctEntries {
-		case ctEntriesAuto, ctEntriesCtnetlink, ctEntriesOff:
+		case ctEntriesAuto:
+		case ctEntriesCtnetlink, ctEntriesOff:
+			cfg.probe.ConntrackInKernel = false
 		default:
 			return usagef("--conntrack-entries %q: use auto, ctnetlink or off", cfg.ctEntries)
 		}

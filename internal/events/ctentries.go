@@ -52,11 +52,11 @@ func ConntrackTCPStateName(s uint8) string {
 	return "UNKNOWN"
 }
 
-// ctKey identifies an entry within its namespace: the kernel's id and the
-// original tuple (a source that knows no id uses the tuple alone, which
-// the kernel's table keeps unique).
+// ctKey identifies an entry within its namespace: its original tuple,
+// which the kernel's table keeps unique (within a conntrack zone). Not the
+// kernel's id: the in-kernel source does not know it, and a dump (which
+// does) must match the entries that source reported.
 type ctKey struct {
-	id       uint32
 	proto    uint8
 	src, dst netip.AddrPort
 }
@@ -192,7 +192,7 @@ func newCtTable() *ctTable {
 }
 
 func ctKeyOf(e *ConntrackEntry) ctKey {
-	return ctKey{id: e.ID, proto: e.Proto, src: e.OrigSrc, dst: e.OrigDst}
+	return ctKey{proto: e.Proto, src: e.OrigSrc, dst: e.OrigDst}
 }
 
 // applyEntry folds one lifecycle event into t.

@@ -56,6 +56,13 @@ type CtEvents struct {
 	// RefreshEvery is how often a namespace is dumped again while entries
 	// older than its subscription remain. 0: DefaultCtRefresh.
 	RefreshEvery time.Duration
+	// DumpEvery > 0 makes the watcher a dumper only: it joins no event
+	// group and dumps each namespace at first sight and then every
+	// DumpEvery. For when another source reports the entries' lifecycle
+	// (the in-kernel conntrack hooks, which see inserts and removals but
+	// not TCP state changes): the dumps bring the states and correct what
+	// that source could not see (entries older than the tracer).
+	DumpEvery time.Duration
 
 	out chan<- []events.Event
 
@@ -100,7 +107,12 @@ func NewCtEvents(out chan<- []events.Event) *CtEvents {
 }
 
 // Name says which conntrack entry path this is, for the start-up notes.
-func (w *CtEvents) Name() string { return "ctnetlink events" }
+func (w *CtEvents) Name() string {
+	if w.DumpEvery > 0 {
+		return fmt.Sprintf("ctnetlink dumps every %s", w.DumpEvery)
+	}
+	return "ctnetlink events"
+}
 
 // Lost returns the overruns (ENOBUFS) counted so far, every namespace.
 func (w *CtEvents) Lost() uint64 { return w.lost.Load() }
@@ -169,6 +181,9 @@ func (w *CtEvents) dial(ino uint32, nsFD int) (*ctSock, error) {
 		return fail("clear NETLINK_NO_ENOBUFS", err)
 	}
 	for _, g := range []uint32{nfnlgrpConntrackNew, nfnlgrpConntrackUpdate, nfnlgrpConntrackDestroy} {
+		if w.DumpEvery > 0 {
+			break // a dumper only: the socket stays silent
+		}
 		if err := ev.JoinGroup(g); err != nil {
 			return fail(fmt.Sprintf("join ctnetlink group %d", g), err)
 		}
@@ -405,6 +420,9 @@ func (w *CtEvents) resync(ctx context.Context, s *ctSock) bool {
 			every = DefaultCtRefresh
 		}
 		s.refresh = time.Now().Add(every)
+	}
+	if w.DumpEvery > 0 {
+		s.refresh = time.Now().Add(w.DumpEvery)
 	}
 	evs[0].ConntrackEntry.DumpEntries = uint64(n)
 	s.lost = 0

@@ -93,11 +93,11 @@ func TestTargets(t *testing.T) {
 	}
 	for target, want := range map[string]string{
 		// Paired ratios 0.95, 0.96, 0.97: median 0.96, one point short.
-		"churn, 1 client(s): `tracer serve` >= 0.97x baseline conn/s":  "**missed** by 1.0 points",
-		"churn, 1 client(s): `tracer serve` <= 1.05x baseline CPU/conn": "met",
-		"churn, 2 client(s): better than the bpftrace peer on both":     "met",
-		"zero lost events at the churn's maximum rate":                  "met",
-		"zero lost events in a 2x burst":                                "met",
+		"churn, 1 client(s): `tracer serve` >= 0.97x baseline conn/s":    "**missed** by 1.0 points",
+		"churn, 1 client(s): `tracer serve` <= 1.05x baseline CPU/conn":  "met",
+		"churn, 2 client(s): better than the bpftrace peer on both":      "met",
+		"zero lost events at the churn's maximum rate":                   "met",
+		"zero lost events in a 2x burst":                                 "met",
 		"decode + aggregate >= 2 M events/s on one core, 0 allocs/event": "met",
 		"RSS idle <= 32 MiB with a 4 MiB ring buffer":                    "met",
 		// 200 kernel + 150 user space.

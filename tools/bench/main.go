@@ -179,6 +179,9 @@ func (b *bench) command(line string) {
 
 func run(ctx context.Context, args []string, stderr io.Writer) error {
 	cfg, err := parseFlags(args, stderr)
+	if errors.Is(err, pflag.ErrHelp) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -206,7 +209,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			return errors.New("bpftrace not found: `make bench` installs Debian's bpftrace, or apt-get install bpftrace")
 		}
 	}
-	b := &bench{cfg: cfg, log: stderr, res: &Results{Quick: cfg.quick, Started: time.Now().UTC(), Errors: map[string]string{}}}
+	b := &bench{cfg: cfg, log: stderr, res: &Results{Quick: cfg.quick, Started: time.Now().UTC(), Errors: map[string]string{}, SectionSeconds: map[string]float64{}}}
 	deleteStale()
 	if b.dir, err = os.MkdirTemp("", fmt.Sprintf("%s%d-", scratchPrefix, os.Getpid())); err != nil {
 		return err
@@ -246,7 +249,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			continue
 		}
 		b.logf("section %s (%.0f s so far)", name, time.Since(start).Seconds())
-		if err := sections[name](ctx); err != nil {
+		t0 := time.Now()
+		err := sections[name](ctx)
+		b.res.SectionSeconds[name] = time.Since(t0).Seconds()
+		if err != nil {
 			if ctx.Err() != nil {
 				return fmt.Errorf("interrupted during %s: nothing written", name)
 			}

@@ -63,6 +63,15 @@ func renderMachine(w *strings.Builder, r *Results) {
 	row("load average at start", m.Load)
 	row("TCP sockets at start", "`"+m.Sockets+"`")
 	fmt.Fprintf(w, "\n## Commands\n\n```\nsudo make bench                  # everything below, writes this file\nBENCH_QUICK=1 sudo make bench    # small counts, to debug the harness\n```\n\n")
+	if len(r.SectionSeconds) > 0 {
+		var parts []string
+		for _, k := range allSections {
+			if v, ok := r.SectionSeconds[k]; ok {
+				parts = append(parts, fmt.Sprintf("%s %.0f s", k, v))
+			}
+		}
+		fmt.Fprintf(w, "Time per section: %s.\n\n", strings.Join(parts, ", "))
+	}
 	if len(r.Commands) > 0 {
 		fmt.Fprintf(w, "What it ran (PORT, FILE, NETNS and TRACER stand for what it picked):\n\n```\n")
 		for _, c := range r.Commands {

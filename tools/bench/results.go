@@ -9,6 +9,8 @@ type Results struct {
 	Quick   bool      `json:"quick"`   // BENCH_QUICK=1: small counts, not for conclusions
 	Started time.Time `json:"started"` // UTC
 	Elapsed float64   `json:"elapsed_seconds"`
+	// SectionSeconds is how long each section took.
+	SectionSeconds map[string]float64 `json:"section_seconds,omitempty"`
 	// IdleSeconds is how long `tracer serve` idled before its memory
 	// was read.
 	IdleSeconds float64 `json:"idle_seconds"`

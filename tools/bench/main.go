@@ -23,6 +23,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -133,6 +134,9 @@ func contains(xs []string, x string) bool {
 	return false
 }
 
+// nsName matches the harness's namespace names (netns.go).
+var nsName = regexp.MustCompile(nsPrefix + `[0-9]+-[0-9]+`)
+
 // bench is one run of the harness: configuration, results so far, and
 // the undo list that cleanup runs whatever happens.
 type bench struct {
@@ -169,8 +173,10 @@ func (b *bench) logf(format string, args ...any) {
 	fmt.Fprintf(b.log, "bench: "+format+"\n", args...)
 }
 
-// command notes a command line for the report, once.
+// command notes a command line for the report, once, with the names of
+// this run's namespaces replaced by NETNS.
 func (b *bench) command(line string) {
+	line = nsName.ReplaceAllString(line, "NETNS")
 	b.logf("$ %s", line)
 	if !contains(b.res.Commands, line) {
 		b.res.Commands = append(b.res.Commands, line)

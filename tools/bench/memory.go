@@ -54,7 +54,7 @@ func (b *bench) memorySection(ctx context.Context) error {
 				continue
 			}
 			if m.Churn == nil || r.HWM > m.Churn.HWM {
-				m.Churn = &ProcMemory{Label: fmt.Sprintf("churn, %d clients (peak of the serve runs)", c.Clients), RSS: r.RSS, HWM: r.HWM}
+				m.Churn = &ProcMemory{Label: fmt.Sprintf("under churn, %d client(s): end of the serve run with the highest peak", c.Clients), RSS: r.RSS, HWM: r.HWM}
 			}
 		}
 	}

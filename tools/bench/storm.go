@@ -63,7 +63,7 @@ func (b *bench) stormSection(ctx context.Context) error {
 		procs   int
 		stalled bool
 	}
-	steps := []step{{s.ChurnRecords, 1, false}, {2 * s.ChurnRecords, 1, false}, {4 * s.ChurnRecords, 2, false}, {8 * s.ChurnRecords, 2, false}, {0, 2, false}, {0, 2, true}}
+	steps := []step{{s.ChurnRecords, 1, false}, {2 * s.ChurnRecords, 2, false}, {4 * s.ChurnRecords, 2, false}, {8 * s.ChurnRecords, 2, false}, {0, 2, false}, {0, 2, true}}
 	for _, st := range steps {
 		if ctx.Err() != nil {
 			return ctx.Err()

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -92,6 +93,7 @@ func (b *bench) serveMemory(ctx context.Context, label string, extra ...any) (Pr
 		return pm, err
 	}
 	pm.RSS, pm.HWM, pm.Anon, pm.File = st["VmRSS"], st["VmHWM"], st["RssAnon"], st["RssFile"]
+	pm.Context = machineContext()
 	if pm.RingRSS, err = bpfMapRSS(t.PID()); err != nil {
 		return pm, err
 	}
@@ -104,6 +106,15 @@ func (b *bench) serveMemory(ctx context.Context, label string, extra ...any) (Pr
 	}
 	if mt, err := scrape(t.addr); err == nil {
 		pm.GoHeap = uint64(mt.get("go_memstats_heap_inuse_bytes"))
+		// Idle is the tracer's idea: what the rest of the machine did
+		// meanwhile reached it too.
+		var drops float64
+		for k, v := range mt {
+			if strings.HasPrefix(k, "conntracer_drops_total{") {
+				drops += v
+			}
+		}
+		pm.Context += fmt.Sprintf("; meanwhile %.0f records read, %.0f drops counted", mt.get(`conntracer_events_read_total{stage="ring_buffer"}`), drops)
 	}
 	if inspect != nil {
 		inspect(t.PID())

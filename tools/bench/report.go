@@ -347,7 +347,7 @@ func renderMemory(w *strings.Builder, r *Results) {
 		"includes ring, the resident pages of the ring buffer's mapping, which count twice because the\n"+
 		"kernel maps its data pages twice; Go heap from `/metrics`; BPF maps is the memlock of every map in\n"+
 		"`/proc/PID/fdinfo`: kernel memory, not part of RSS.\n\n", r.IdleSeconds)
-	fmt.Fprintf(w, "| | RSS MiB | peak (HWM) MiB | anon | file | ring | Go heap in use | BPF maps MiB |\n|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(w, "| | RSS MiB | peak (HWM) MiB | anon | file | ring | Go heap in use | BPF maps MiB | the machine then |\n|---|---:|---:|---:|---:|---:|---:|---:|---|\n")
 	for _, pm := range []*ProcMemory{&m.Idle, &m.Idle4MiB, m.Churn, &m.Million} {
 		if pm == nil || pm.Label == "" {
 			continue
@@ -358,8 +358,13 @@ func renderMemory(w *strings.Builder, r *Results) {
 			}
 			return fmt.Sprintf("%.1f", mib(v))
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", pm.Label, cell(pm.RSS), cell(pm.HWM), cell(pm.Anon), cell(pm.File), cell(pm.RingRSS), cell(pm.GoHeap), cell(pm.MapBytes))
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", pm.Label, cell(pm.RSS), cell(pm.HWM), cell(pm.Anon), cell(pm.File), cell(pm.RingRSS), cell(pm.GoHeap), cell(pm.MapBytes), pm.Context)
 	}
+	fmt.Fprintf(w, "\nThe idle figures depend on the machine: `tracer serve` watches every namespace, so \"idle\"\n"+
+		"is the tracer's, not the machine's; the last column says what reached it meanwhile (records\n"+
+		"read, packet drops counted). On the shared development machine the same row has varied\n"+
+		"between runs from about 45 MiB to over 200 MiB (Go heap in use up to 150 MiB) while other\n"+
+		"tests ran; only a quiet machine gives the idle figure the target means.\n")
 	if m.SocksMax > 0 {
 		fmt.Fprintf(w, "\n**1 million tracked connections.** Opening a million sockets is not needed to size them: the\n"+
 			"kernel's `socks` map is an LRU hash, preallocated, so at `--max-sockets %d` its memory is fixed:\n"+

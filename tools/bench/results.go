@@ -198,6 +198,10 @@ type ProcMemory struct {
 	RingRSS  uint64 `json:"ring_rss"`  // resident pages of the bpf-map mappings (the ring buffer)
 	GoHeap   uint64 `json:"go_heap"`   // go_memstats_heap_inuse_bytes
 	MapBytes uint64 `json:"map_bytes"` // memlock of every BPF map the process holds
+	// Context is what the tracer had to read at the time: network
+	// namespaces on the machine, TCP sockets of the initial one. Its
+	// start-up and sampling cost grow with both.
+	Context string `json:"context,omitempty"`
 }
 
 // MemorySummary is the memory section.

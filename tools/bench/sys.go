@@ -247,3 +247,27 @@ func machine() Machine {
 	}
 	return m
 }
+
+// machineContext counts the network namespaces in use (distinct
+// /proc/*/ns/net) and quotes the initial namespace's TCP sockstat line.
+func machineContext() string {
+	ents, _ := os.ReadDir("/proc")
+	seen := map[string]bool{}
+	for _, e := range ents {
+		if e.Name()[0] < '0' || e.Name()[0] > '9' {
+			continue
+		}
+		if l, err := os.Readlink("/proc/" + e.Name() + "/ns/net"); err == nil {
+			seen[l] = true
+		}
+	}
+	tcp := ""
+	if raw, err := os.ReadFile("/proc/net/sockstat"); err == nil {
+		for _, l := range strings.Split(string(raw), "\n") {
+			if rest, ok := strings.CutPrefix(l, "TCP: "); ok {
+				tcp = rest
+			}
+		}
+	}
+	return fmt.Sprintf("%d netns; TCP %s", len(seen), tcp)
+}

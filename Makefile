@@ -39,8 +39,20 @@ fuzz: ## fuzz the ring buffer record decoder for $(FUZZTIME)
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) .
 	$(GO) test -run '^$$' -fuzz '^FuzzReader$$' -fuzztime $(FUZZTIME) ./internal/record
 
+# `make bench` writes BENCHMARKS.md (tools/bench); BENCH_QUICK=1 for small
+# counts, BENCH_ARGS for its flags (e.g. --sections churn,storm).
+BENCH_BIN  ?= /tmp/conntracer-bench
+BENCH_ARGS ?=
+BENCH_TOOLS := bpftrace=bpftrace ip=iproute2
+
 .PHONY: bench
-bench: ## micro-benchmarks of the per-record path
+bench: ## measure the tracer's cost (micro, churn A/B vs bpftrace, overload, storm, memory) into BENCHMARKS.md (as root; BENCH_QUICK=1: small counts)
+	$(call ensure_tools,$(BENCH_TOOLS))
+	$(GO) build -o $(BENCH_BIN) ./tools/bench
+	$(BENCH_BIN) $(BENCH_ARGS)
+
+.PHONY: bench-go
+bench-go: ## every Go benchmark of every package, as go test prints them
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
 .PHONY: generate

@@ -32,7 +32,7 @@ func (r ChurnResult) Rate() float64 { return float64(r.Conns) / r.Seconds }
 func RunChurn(t testing.TB, ns *NetNS, clients, total int) ChurnResult {
 	t.Helper()
 	cmd := ns.Command(helperBinary(t, "ctr-churn"), "-test.run=^$")
-	cmd.Env = append(os.Environ(), helperEnv+"=churn", planEnv+"="+fmt.Sprintf("%d %d", clients, total))
+	cmd.Env = append(os.Environ(), ChurnEnv(clients, total)...)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()
 	if err != nil {
@@ -46,6 +46,14 @@ func RunChurn(t testing.TB, ns *NetNS, clients, total int) ChurnResult {
 		t.Fatalf("churn: %d of %d connections failed", r.Failed, r.Conns)
 	}
 	return r
+}
+
+// ChurnEnv is the environment that makes a binary calling MaybeRunHelper
+// run the churn workload (clients, total as for RunChurn) and print its
+// ChurnResult as JSON: how tools/bench runs the same workload outside a
+// test.
+func ChurnEnv(clients, total int) []string {
+	return []string{helperEnv + "=churn", planEnv + "=" + fmt.Sprintf("%d %d", clients, total)}
 }
 
 func runChurn() error {

@@ -29,6 +29,9 @@ type ConnectPlan struct {
 	// Loop ignores Count and connects for this long as fast as it can
 	// (the benchmark's workload).
 	Loop time.Duration
+	// PerSecond paces the calls at about this many per second (0: as
+	// fast as possible): the steps of tools/bench's event storm.
+	PerSecond int
 }
 
 // ConnectResult is what the helper saw: calls by errno name ("OK" for
@@ -54,7 +57,7 @@ func (r ConnectResult) Rate() float64 { return float64(r.Calls) / r.Seconds }
 // is not nil, and returns what it saw.
 func RunConnects(t testing.TB, ns *NetNS, comm string, plan ConnectPlan) ConnectResult {
 	t.Helper()
-	js, err := json.Marshal(plan)
+	env, err := ConnectsEnv(plan)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +67,7 @@ func RunConnects(t testing.TB, ns *NetNS, comm string, plan ConnectPlan) Connect
 	} else {
 		cmd = exec.Command(helperBinary(t, comm), "-test.run=^$")
 	}
-	cmd.Env = append(os.Environ(), helperEnv+"=connects", planEnv+"="+string(js))
+	cmd.Env = append(os.Environ(), env...)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()
 	if err != nil {
@@ -75,6 +78,17 @@ func RunConnects(t testing.TB, ns *NetNS, comm string, plan ConnectPlan) Connect
 		t.Fatalf("connect helper output %q: %v", out, err)
 	}
 	return r
+}
+
+// ConnectsEnv is the environment that makes a binary calling
+// MaybeRunHelper run the plan and print its ConnectResult as JSON: how
+// tools/bench runs the same workload outside a test.
+func ConnectsEnv(plan ConnectPlan) ([]string, error) {
+	js, err := json.Marshal(plan)
+	if err != nil {
+		return nil, fmt.Errorf("connect plan: %w", err)
+	}
+	return []string{helperEnv + "=connects", planEnv + "=" + string(js)}, nil
 }
 
 func runConnects() error {
@@ -113,6 +127,12 @@ func runConnects() error {
 	for i := 0; plan.Loop > 0 || i < plan.Count; i++ {
 		if plan.Loop > 0 && i%256 == 0 && time.Now().After(deadline) {
 			break
+		}
+		if plan.PerSecond > 0 && i%64 == 0 {
+			// Sleep until call i is due: bursts of 64 at most.
+			if ahead := time.Duration(i)*time.Second/time.Duration(plan.PerSecond) - time.Since(start); ahead > 0 {
+				time.Sleep(ahead)
+			}
 		}
 		fd, err := unix.Socket(family, typ, 0)
 		if err != nil {

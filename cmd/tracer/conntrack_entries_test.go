@@ -63,14 +63,6 @@ func sum(m map[string]uint64) uint64 {
 	return n
 }
 
-func holdPlan(addr string, n int) []testenv.Conn {
-	plan := make([]testenv.Conn, n)
-	for i := range plan {
-		plan[i] = testenv.Conn{Addr: addr, Req: 10, Resp: 10, Mode: testenv.ClientCloses, Hold: true}
-	}
-	return plan
-}
-
 // Conntrack entries per process, from ctnetlink events: in a fresh
 // namespace where an nft ct rule makes conntrack track the traffic, two
 // clients hold 7 and 3 connections to a server there, and UDP flows go
@@ -113,8 +105,8 @@ func testConntrackEntriesPerProcess(t *testing.T, sourceArgs []string, sourceLin
 	} else {
 		t.Logf("%s", strings.TrimSpace(m))
 	}
-	a := testenv.StartClient(t, ns, "ctr-ct-seven", holdPlan(srv.Addr4(), 7))
-	b := testenv.StartClient(t, ns, "ctr-ct-three", holdPlan(srv.Addr4(), 3))
+	a := testenv.StartClient(t, ns, "ctr-ct-seven", testenv.HoldPlan(srv.Addr4(), 7))
+	b := testenv.StartClient(t, ns, "ctr-ct-three", testenv.HoldPlan(srv.Addr4(), 3))
 	udp := 10 - testenv.SendUDP(t, ns, 30000, 10)
 	d := r.wait(t)
 	list := testenv.ConntrackList(t, ns)
@@ -184,8 +176,8 @@ func TestConntrackEntriesDestroyed(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return string(b)
 	}
-	a := testenv.StartClient(t, ns, "ctr-ct-seven", holdPlan(srv.Addr4(), 7))
-	b := testenv.StartClient(t, ns, "ctr-ct-three", holdPlan(srv.Addr4(), 3))
+	a := testenv.StartClient(t, ns, "ctr-ct-seven", testenv.HoldPlan(srv.Addr4(), 7))
+	b := testenv.StartClient(t, ns, "ctr-ct-three", testenv.HoldPlan(srv.Addr4(), 3))
 
 	list := testenv.ConntrackList(t, ns)
 	wantA, wantB := kernelEntriesOf(list, a), kernelEntriesOf(list, b)

@@ -257,12 +257,19 @@ func (t *ctTable) upsert(e *ConntrackEntry, socks *ctSockets) {
 			t.corrected++ // a later dump found an entry the events missed
 		}
 	}
+	// The original source is the client that created the flow. A TCP
+	// entry whose client socket is not indexed yet (its NEW came before
+	// the socket round that will show it) waits for that round rather
+	// than going to the reply source at once: for a local client and
+	// server, the reply source is the server's listening address, which
+	// is always indexed, and would take every such entry (measured in the
+	// kernel matrix, where the hooks report inserts within microseconds).
 	if s, ok := socks.lookup(e.NetNS, e.OrigSrc); ok {
-		n.owner = t.owner(s)
-	} else if s, ok := socks.lookup(e.NetNS, e.ReplySrc); ok {
 		n.owner = t.owner(s)
 	} else if e.Proto == 6 {
 		t.pending = append(t.pending, k)
+	} else if s, ok := socks.lookup(e.NetNS, e.ReplySrc); ok {
+		n.owner = t.owner(s)
 	}
 	t.count(&n)
 	t.entries[k] = n
@@ -343,9 +350,11 @@ func (t *ctTable) resolve(netns uint32, socks *ctSockets) {
 		}
 		// The tuple is the key's; the reply source is not, so only the
 		// original source (a local client) and the original destination
-		// (a local server without NAT) are tried here.
+		// (a local server without NAT) are tried here, the destination
+		// only once a whole round has passed without the client's socket:
+		// the flow came from elsewhere.
 		s, found := socks.lookup(netns, k.src)
-		if !found {
+		if !found && e.tries > 0 {
 			s, found = socks.lookup(netns, k.dst)
 		}
 		if found {

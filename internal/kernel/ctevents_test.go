@@ -197,14 +197,6 @@ func udpBurst(t *testing.T) int {
 	return n
 }
 
-func holdPlan(addr string, n int) []testenv.Conn {
-	plan := make([]testenv.Conn, n)
-	for i := range plan {
-		plan[i] = testenv.Conn{Addr: addr, Req: 10, Resp: 10, Mode: testenv.ClientCloses, Hold: true}
-	}
-	return plan
-}
-
 // Entries created while the namespace is followed report their whole
 // life: NEW, UPDATEs through the TCP states, DESTROY once TIME_WAIT (1 s
 // here) expires; no dump but the first is needed. Entries older than the
@@ -219,14 +211,14 @@ func TestCtEventsLifecycle(t *testing.T) {
 	testenv.NFT(t, ns, ctRule)
 	ns.Output(t, "sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_timeout_time_wait=1")
 	srv := testenv.StartServer(t, ns, "ctr-ct-srv")
-	old := testenv.StartClient(t, ns, "ctr-ct-old", holdPlan(srv.Addr4(), 4))
+	old := testenv.StartClient(t, ns, "ctr-ct-old", testenv.HoldPlan(srv.Addr4(), 4))
 
 	c := watchCt(t, ns, 0)
 	c.drain(300 * time.Millisecond)
 	if tab := c.table(); tab.ByState["ESTABLISHED"] != 4 || tab.Dumps != 1 {
 		t.Fatalf("first dump: %+v, want the 4 connections open before", tab)
 	}
-	live := testenv.StartClient(t, ns, "ctr-ct-live", holdPlan(srv.Addr4(), 3))
+	live := testenv.StartClient(t, ns, "ctr-ct-live", testenv.HoldPlan(srv.Addr4(), 3))
 	tab := c.matchKernel()
 	if tab.ByState["ESTABLISHED"] != 7 || c.kinds[events.KindConntrackNew] < 4+3 {
 		t.Fatalf("with the live connections: %+v, kinds %v", tab, c.kinds)

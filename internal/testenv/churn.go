@@ -31,17 +31,8 @@ func (r ChurnResult) Rate() float64 { return float64(r.Conns) / r.Seconds }
 // lands on its side and the clients never run out of ephemeral ports.
 func RunChurn(t testing.TB, ns *NetNS, clients, total int) ChurnResult {
 	t.Helper()
-	cmd := ns.Command(helperBinary(t, "ctr-churn"), "-test.run=^$")
-	cmd.Env = append(os.Environ(), ChurnEnv(clients, total)...)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("churn workload: %v", err)
-	}
 	var r ChurnResult
-	if err := json.Unmarshal(out, &r); err != nil {
-		t.Fatalf("churn output %q: %v", out, err)
-	}
+	runHelperJSON(t, ns.Command(helperBinary(t, "ctr-churn"), "-test.run=^$"), "churn workload", ChurnEnv(clients, total), &r)
 	if r.Failed > 0 {
 		t.Fatalf("churn: %d of %d connections failed", r.Failed, r.Conns)
 	}

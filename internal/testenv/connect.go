@@ -67,16 +67,8 @@ func RunConnects(t testing.TB, ns *NetNS, comm string, plan ConnectPlan) Connect
 	} else {
 		cmd = exec.Command(helperBinary(t, comm), "-test.run=^$")
 	}
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("connect helper: %v", err)
-	}
 	var r ConnectResult
-	if err := json.Unmarshal(out, &r); err != nil {
-		t.Fatalf("connect helper output %q: %v", out, err)
-	}
+	runHelperJSON(t, cmd, "connect helper", env, &r)
 	return r
 }
 
@@ -115,6 +107,24 @@ func runConnects() error {
 	}
 	typ |= unix.SOCK_CLOEXEC
 
+	return callLoop(plan.Count, plan.Loop, plan.PerSecond, "connect", func() (error, error) {
+		fd, err := unix.Socket(family, typ, 0)
+		if err != nil {
+			return nil, fmt.Errorf("socket: %w", err)
+		}
+		err = unix.Connect(fd, sa)
+		unix.Close(fd)
+		return err, nil
+	})
+}
+
+// callLoop is the body of the helpers that make one system call in a
+// loop (connects, datagram sends): count calls, or for loop (when > 0),
+// paced at perSecond (when > 0, in bursts of 64 at most), counting the
+// results by errno, and prints the ConnectResult as JSON with the
+// helper's wall and CPU time. call returns the call's own error (an
+// unix.Errno, counted) and a fatal error that ends the loop.
+func callLoop(count int, loop time.Duration, perSecond int, what string, call func() (callErr, fatal error)) error {
 	r := ConnectResult{PID: os.Getpid(), Errnos: map[string]int{}}
 	// Counted by errno number in the loop: no allocation per call.
 	var byErrno [256]int
@@ -123,23 +133,21 @@ func runConnects() error {
 		return err
 	}
 	start := time.Now()
-	deadline := start.Add(plan.Loop)
-	for i := 0; plan.Loop > 0 || i < plan.Count; i++ {
-		if plan.Loop > 0 && i%256 == 0 && time.Now().After(deadline) {
+	deadline := start.Add(loop)
+	for i := 0; loop > 0 || i < count; i++ {
+		if loop > 0 && i%256 == 0 && time.Now().After(deadline) {
 			break
 		}
-		if plan.PerSecond > 0 && i%64 == 0 {
-			// Sleep until call i is due: bursts of 64 at most.
-			if ahead := time.Duration(i)*time.Second/time.Duration(plan.PerSecond) - time.Since(start); ahead > 0 {
+		if perSecond > 0 && i%64 == 0 {
+			// Sleep until call i is due.
+			if ahead := time.Duration(i)*time.Second/time.Duration(perSecond) - time.Since(start); ahead > 0 {
 				time.Sleep(ahead)
 			}
 		}
-		fd, err := unix.Socket(family, typ, 0)
-		if err != nil {
-			return fmt.Errorf("socket: %w", err)
+		err, fatal := call()
+		if fatal != nil {
+			return fatal
 		}
-		err = unix.Connect(fd, sa)
-		unix.Close(fd)
 		r.Calls++
 		var errno unix.Errno
 		switch {
@@ -148,7 +156,7 @@ func runConnects() error {
 		case errors.As(err, &errno) && errno < 256:
 			byErrno[errno]++
 		default:
-			return fmt.Errorf("connect: %w", err)
+			return fmt.Errorf("%s: %w", what, err)
 		}
 	}
 	r.Seconds = time.Since(start).Seconds()

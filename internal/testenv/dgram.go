@@ -2,7 +2,6 @@ package testenv
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -44,17 +43,9 @@ func RunDgramSends(t testing.TB, comm string, plan DgramPlan) ConnectResult {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(helperBinary(t, comm), "-test.run=^$")
-	cmd.Env = append(os.Environ(), helperEnv+"=dgram-sends", planEnv+"="+string(js))
-	cmd.Stderr = os.Stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("dgram send helper: %v", err)
-	}
 	var r ConnectResult
-	if err := json.Unmarshal(out, &r); err != nil {
-		t.Fatalf("dgram send helper output %q: %v", out, err)
-	}
+	runHelperJSON(t, exec.Command(helperBinary(t, comm), "-test.run=^$"), "dgram send helper",
+		[]string{helperEnv + "=dgram-sends", planEnv + "=" + string(js)}, &r)
 	return r
 }
 
@@ -81,47 +72,7 @@ func runDgramSends() error {
 	if err != nil {
 		return err
 	}
-	r := ConnectResult{PID: os.Getpid(), Errnos: map[string]int{}}
-	var byErrno [256]int
-	cpu0, err := cpuTime()
-	if err != nil {
-		return err
-	}
-	start := time.Now()
-	deadline := start.Add(plan.Loop)
-	for i := 0; plan.Loop > 0 || i < plan.Count; i++ {
-		if plan.Loop > 0 && i%256 == 0 && time.Now().After(deadline) {
-			break
-		}
-		err := send()
-		r.Calls++
-		var errno unix.Errno
-		switch {
-		case err == nil:
-			byErrno[0]++
-		case errors.As(err, &errno) && errno < 256:
-			byErrno[errno]++
-		default:
-			return fmt.Errorf("%s: %w", plan.Call, err)
-		}
-	}
-	r.Seconds = time.Since(start).Seconds()
-	cpu1, err := cpuTime()
-	if err != nil {
-		return err
-	}
-	r.CPUSeconds = cpu1 - cpu0
-	for e, n := range byErrno {
-		if n == 0 {
-			continue
-		}
-		name := "OK"
-		if e != 0 {
-			name = unix.ErrnoName(unix.Errno(e))
-		}
-		r.Errnos[name] = n
-	}
-	return json.NewEncoder(os.Stdout).Encode(r)
+	return callLoop(plan.Count, plan.Loop, 0, plan.Call, func() (error, error) { return send(), nil })
 }
 
 // dgramSender returns the plan's send call on fd: one system call each,

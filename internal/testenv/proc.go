@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -75,4 +76,30 @@ func listenLoopback() (l4, l6 net.Listener, err error) {
 	}
 	_, err = fmt.Printf("ports %d %d\n", l4.Addr().(*net.TCPAddr).Port, l6.Addr().(*net.TCPAddr).Port)
 	return l4, l6, err
+}
+
+// runHelperJSON runs cmd (the helper binary) to completion with env added
+// to its environment (the role and its plan) and decodes the JSON it
+// printed into result. what names the helper in failures.
+func runHelperJSON(t testing.TB, cmd *exec.Cmd, what string, env []string, result any) {
+	t.Helper()
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	if err := json.Unmarshal(out, result); err != nil {
+		t.Fatalf("%s output %q: %v", what, out, err)
+	}
+}
+
+// HoldPlan is n connections to addr, each exchanging 10 bytes both ways
+// and then held open until Client.Release.
+func HoldPlan(addr string, n int) []Conn {
+	plan := make([]Conn, n)
+	for i := range plan {
+		plan[i] = Conn{Addr: addr, Req: 10, Resp: 10, Mode: ClientCloses, Hold: true}
+	}
+	return plan
 }

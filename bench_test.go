@@ -162,7 +162,13 @@ func churnOnce(b *testing.B, clients, total int, traced bool, lost *uint64) chur
 }
 
 func startChurnProbe(b *testing.B) (*Probe, chan error, context.CancelFunc) {
-	p, err := Open(DefaultOptions())
+	return startChurnProbeWith(b, DefaultOptions())
+}
+
+// startChurnProbeWith opens a probe with opts and runs its event loop with
+// the per-record stages of the stream (attribution, JSON formatting).
+func startChurnProbeWith(b *testing.B, opts Options) (*Probe, chan error, context.CancelFunc) {
+	p, err := Open(opts)
 	if err != nil {
 		b.Fatalf("open probe: %v", err)
 	}

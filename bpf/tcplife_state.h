@@ -13,6 +13,7 @@
  *   RD2(tp, path, p2)  read p2 through the pointer at path
  *   RD_INTO(dst, tp, path)  copy a field into dst
  *   CURRENT_TASK()     the current task, as a pointer RD can read through
+ *   COMM_INTO(dst, task)  copy task->comm into dst (16 bytes)
  * All field paths are CO-RE relocated in both modes.
  */
 
@@ -35,7 +36,7 @@ static __always_inline __u8 FN(owner_from_current)(struct owner *o)
 	/* The process's identity is its leader's start time, as in /proc/PID/stat. */
 	o->start_ns = RD(leader, start_boottime);
 	/* The leader's comm names the process; a thread may have renamed itself. */
-	bpf_probe_read_kernel_str(o->comm, sizeof(o->comm), &leader->comm);
+	COMM_INTO(o->comm, leader);
 
 	if (filter_cgroup_id &&
 	    bpf_get_current_ancestor_cgroup_id(filter_cgroup_level) == filter_cgroup_id)

@@ -305,6 +305,15 @@ int ct_connect_exit(struct sys_exit_ctx *ctx)
 	p = *pp;
 	pp->start_ns = 0;
 	count(CONNECT_CALLS);
+	/* Every outbound TCP connection of an event-loop client ends here. A
+	 * Unix connect never returns EINPROGRESS (af_unix completes or fails
+	 * at once: EAGAIN), so the address is not needed to count it: count
+	 * before reading the caller's memory, which was half of this
+	 * program's time on such a connect (measured). */
+	if (ret == -EINPROGRESS && !emit_in_progress) {
+		count(CONNECT_IN_PROGRESS);
+		return 0;
+	}
 
 	/*
 	 * One copy from the caller's memory of what the address needs,

@@ -13,6 +13,12 @@
  *   RD2(tp, path, p2)  read p2 through the pointer at path
  *   RD_INTO(dst, tp, path)  copy a field into dst
  *   CURRENT_TASK()     the current task, as a pointer RD can read through
+ *   COMM_INTO(dst, task)  copy task->comm into dst (16 bytes)
+ *   TCP_SK(tp)         tp as a pointer through which the fields that only
+ *                      struct tcp_sock has can be read, or NULL: the caller
+ *                      passes a struct sock * known to be TCP, and in tp_btf
+ *                      mode the verifier only lets struct sock's own fields
+ *                      be read through it
  * All field paths are CO-RE relocated in both modes.
  */
 
@@ -35,7 +41,7 @@ static __always_inline __u8 FN(owner_from_current)(struct owner *o)
 	/* The process's identity is its leader's start time, as in /proc/PID/stat. */
 	o->start_ns = RD(leader, start_boottime);
 	/* The leader's comm names the process; a thread may have renamed itself. */
-	bpf_probe_read_kernel_str(o->comm, sizeof(o->comm), &leader->comm);
+	COMM_INTO(o->comm, leader);
 
 	if (filter_cgroup_id &&
 	    bpf_get_current_ancestor_cgroup_id(filter_cgroup_level) == filter_cgroup_id)
@@ -60,8 +66,11 @@ static __always_inline unsigned long FN(sock_flags)(struct tcp_sock *tp)
 static __always_inline void FN(emit_close)(struct tcp_sock *tp, struct sock_state *st,
 					   int oldstate, __u16 family)
 {
+	struct tcp_sock *tcp = TCP_SK(tp);
 	__u32 netns = FN(sock_netns)(tp);
-	__u16 sport = bpf_ntohs(RD(tp, INET.inet_sport));
+	/* inet_sport, not skc_num: by the time the tracepoint reports CLOSE,
+	 * inet_put_port() has zeroed inet_num. */
+	__u16 sport = tcp ? bpf_ntohs(RD(tcp, INET.inet_sport)) : 0;
 	__u16 dport = bpf_ntohs(RD(tp, SKC.skc_dport));
 	__u8 flags = st->flags;
 
@@ -92,9 +101,14 @@ static __always_inline void FN(emit_close)(struct tcp_sock *tp, struct sock_stat
 	bool fin_in = FN(sock_flags)(tp) & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE));
 	/* Our FIN counts in bytes_acked once acked: the whole send sequence,
 	 * FIN included, is acked when snd_una reached write_seq. */
-	bool fin_acked = (flags & CONN_FIN_SENT) && RD(tp, snd_una) == RD(tp, write_seq);
-	__u64 acked = RD(tp, bytes_acked);
-	__u64 received = RD(tp, bytes_received);
+	bool fin_acked = false;
+	__u64 acked = 0, received = 0;
+
+	if (tcp) {
+		fin_acked = (flags & CONN_FIN_SENT) && RD(tcp, snd_una) == RD(tcp, write_seq);
+		acked = RD(tcp, bytes_acked);
+		received = RD(tcp, bytes_received);
+	}
 	__u64 tx_sub = st->tx_base + fin_acked;
 	__u64 rx_sub = st->rx_base + fin_in;
 	__u8 closed_by = st->closed_by;
@@ -156,7 +170,11 @@ static __always_inline void FN(fill_tuple)(struct tcp_sock *tp, struct sock_stat
 	}
 }
 
-/* handle_state: the caller has checked that tp is a TCP socket. */
+/*
+ * handle_state: the caller has checked that tp is a TCP socket (its
+ * sk_protocol); the fields of struct tcp_sock proper are read through
+ * TCP_SK only where they are needed (ESTABLISHED and CLOSE).
+ */
 static __always_inline int FN(handle_state)(struct tcp_sock *tp, int oldstate, int newstate)
 {
 	__u16 family = RD(tp, SKC.skc_family);
@@ -246,8 +264,12 @@ static __always_inline int FN(handle_state)(struct tcp_sock *tp, int oldstate, i
 		 * after SYN_SENT, and on older kernels (6.1, 6.12) a passive
 		 * child's peer address is written after its SYN_RECV. */
 		FN(fill_tuple)(tp, st, family);
-		st->tx_base = RD(tp, bytes_acked);
-		st->rx_base = RD(tp, bytes_received);
+		struct tcp_sock *tcp = TCP_SK(tp);
+
+		if (tcp) {
+			st->tx_base = RD(tcp, bytes_acked);
+			st->rx_base = RD(tcp, bytes_received);
+		}
 		break;
 	case TCP_FIN_WAIT1:
 		st->flags |= CONN_FIN_SENT;

@@ -46,6 +46,8 @@ type Stream struct {
 	header bool
 	// scratch holds a field while it is escaped into buf.
 	scratch []byte
+	// times formats the JSON lines' RFC 3339 times (timefmt.go).
+	times rfc3339Cache
 }
 
 // NewStream writes lines in the given format to w.
@@ -165,7 +167,7 @@ func (s *Stream) appendText(b []byte, ev *events.Event) []byte {
 func (s *Stream) appendJSON(b []byte, ev *events.Event) []byte {
 	c := &ev.Conn
 	b = append(b, `{"time":"`...)
-	b = s.clock(c.CloseNs).UTC().AppendFormat(b, time.RFC3339Nano)
+	b = s.times.appendTime(b, s.clock(c.CloseNs))
 	b = append(b, `","type":"`...)
 	b = append(b, ev.Kind.String()...)
 	b = append(b, `","pid":`...)

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -19,7 +20,16 @@ type ChurnResult struct {
 	Conns   int     `json:"conns"`
 	Seconds float64 `json:"seconds"`
 	Failed  int     `json:"failed"`
+	// CPUNs is the CPU time (user and system) the workload's process
+	// spent, including the kernel's work on its behalf (syscalls, and the
+	// loopback's softirq processing, which runs in the sender's context)
+	// and so the BPF programs it triggered: unlike the machine's busy
+	// time, other processes on a shared machine do not count in it.
+	CPUNs int64 `json:"cpu_ns"`
 }
+
+// CPUPerConn is the workload process's CPU ns per connection.
+func (r ChurnResult) CPUPerConn() float64 { return float64(r.CPUNs) / float64(r.Conns) }
 
 // Rate is connections per second.
 func (r ChurnResult) Rate() float64 { return float64(r.Conns) / r.Seconds }
@@ -97,7 +107,13 @@ func runChurn() error {
 		}()
 	}
 	wg.Wait()
+	elapsed := time.Since(start).Seconds()
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return fmt.Errorf("getrusage: %w", err)
+	}
 	return json.NewEncoder(os.Stdout).Encode(ChurnResult{
-		Conns: total, Seconds: time.Since(start).Seconds(), Failed: int(failed.Load()),
+		Conns: total, Seconds: elapsed, Failed: int(failed.Load()),
+		CPUNs: ru.Utime.Nano() + ru.Stime.Nano(),
 	})
 }

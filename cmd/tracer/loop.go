@@ -53,6 +53,7 @@ func openSession(cfg *topConfig, stderr io.Writer) (*session, error) {
 		probe.Close()
 		return nil, err
 	}
+	releaseStartupMemory()
 	return s, nil
 }
 

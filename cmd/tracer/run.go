@@ -87,6 +87,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 
 	fmt.Fprintf(stderr, "tracer: tracing TCP connections [%s]; %d already open; Ctrl-C to stop\n",
 		attachSummary(probe.Attachments()), existing)
+	releaseStartupMemory()
 
 	var runErr error
 	if cfg.web.listen != "" {

@@ -71,7 +71,7 @@ func newSession(cfg *topConfig, probe *conntracer.Probe, stderr io.Writer) (_ *s
 	}
 	s.loop.ct = s.ct
 	fmt.Fprintf(stderr, "tracer: conntrack entries: %s\n", conntrackSourceName(s.ct))
-	s.samplers = topSamplers(cfg, socks, s.ct)
+	s.samplers = topSamplers(cfg, socks, s.ct, s.loop.spare)
 	s.loop.probe = probe // the tracer's loss counters (counters.go)
 	s.handler = s.loop
 	// The recorder sees every event the aggregator applies, the start-up

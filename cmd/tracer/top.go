@@ -100,9 +100,12 @@ type topLoop struct {
 	netns   uint32
 	agg     *events.Aggregator
 	batches chan []events.Event
-	snap    atomic.Pointer[events.Snapshot]
-	rec     *loopRecorder        // nil unless recording (record_hook.go)
-	ct      conntrackEntrySource // nil: off; its losses (counters.go)
+	// spare takes back the big batches once applied, for the samplers to
+	// fill again (reuseBatch): nothing here keeps a reference to them.
+	spare chan []events.Event
+	snap  atomic.Pointer[events.Snapshot]
+	rec   *loopRecorder        // nil unless recording (record_hook.go)
+	ct    conntrackEntrySource // nil: off; its losses (counters.go)
 
 	// Self-metrics, when /metrics is served (session.openMetrics).
 	health      *export.Health
@@ -124,6 +127,7 @@ func newTopLoop(cfg *topConfig, stderr io.Writer) *topLoop {
 		netns:   cfg.netns,
 		agg:     events.NewAggregator(cfg.th),
 		batches: make(chan []events.Event, 4),
+		spare:   make(chan []events.Event, 2),
 
 		countersEvery: cfg.countersEvery,
 	}
@@ -172,6 +176,12 @@ func (l *topLoop) Drained() {
 				l.sockEntries = socks
 				l.snap.Store(l.agg.Snapshot())
 			}
+			if cap(b) >= minSpareBatch {
+				select {
+				case l.spare <- b[:0]:
+				default:
+				}
+			}
 		default:
 			l.tracerCounters(time.Now(), false)
 			l.rec.Tick(time.Now(), l.snap.Load())
@@ -210,3 +220,6 @@ func (l *topLoop) updateHealth() {
 }
 
 var _ conntracer.Handler = (*topLoop)(nil)
+
+// minSpareBatch is the smallest batch worth recycling (reuseBatch).
+const minSpareBatch = 256

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"slices"
 	"syscall"
 	"time"
 
@@ -24,12 +26,15 @@ import (
 //
 // A namespace that cannot be read is left out (no Done for it, so the
 // aggregator keeps what it knew there) and reported in warnings. err is
-// set only when no namespace could be read at all.
+// set only when no namespace could be read at all. The events are appended
+// to buf[:0]: a caller that dumps periodically passes the previous batch
+// back (tens of thousands of events under churn).
 //
 // The sock_diag request asks for TIME_WAIT alone (idiag_states), so the
 // kernel walks the hash tables but sends only the timewait sockets: the
 // cost grows with the sockets in the table, the traffic with TIME_WAIT.
-func TimeWaitDump() (evs []events.Event, warnings []error, err error) {
+func TimeWaitDump(buf []events.Event) (evs []events.Event, warnings []error, err error) {
+	evs = buf[:0]
 	start, err := BootTimeNs()
 	if err != nil {
 		return nil, nil, err
@@ -66,7 +71,7 @@ func dumpTimeWaitNetNS(ino uint32, paths []string, start uint64, evs *[]events.E
 	if err != nil {
 		return 0, fmt.Errorf("open netns %d: %w", ino, err)
 	}
-	sock, lo, hi, err := openDiagInNetNS(ns, ino)
+	sock, lo, hi, tw, err := openDiagInNetNS(ns, ino)
 	ns.Close()
 	if err != nil {
 		return 0, fmt.Errorf("netns %d: %w", ino, err)
@@ -75,6 +80,10 @@ func dumpTimeWaitNetNS(ino uint32, paths []string, start uint64, evs *[]events.E
 	if err := sock.SetReceiveTimeout(&unix.Timeval{Sec: int64(diagTimeout / time.Second)}); err != nil {
 		return 0, fmt.Errorf("netns %d: set sock_diag timeout: %w", ino, err)
 	}
+	// Room for the namespace's timewait sockets at once: the events are
+	// big, and growing the slice while tens of thousands arrive copied
+	// them over and over (measured: most of the dump's CPU under churn).
+	*evs = slices.Grow(*evs, tw+tw/8+16)
 	*evs = append(*evs, events.Event{Kind: events.KindPortRange, Conn: events.Conn{NetNS: ino},
 		Sample: events.Sample{TimeNs: start, PortLow: lo, PortHigh: hi}})
 	mark := len(*evs)
@@ -98,18 +107,26 @@ func dumpTimeWaitNetNS(ino uint32, paths []string, start uint64, evs *[]events.E
 }
 
 // openDiagInNetNS opens a sock_diag socket inside namespace ns and reads
-// its ephemeral port range there: a socket belongs to the namespace of the
-// thread that creates it, and /proc/sys/net answers for the namespace of
-// the thread that opens the file.
-func openDiagInNetNS(ns netns.NsHandle, ino uint32) (*nl.NetlinkSocket, uint16, uint16, error) {
+// its ephemeral port range there, and how many timewait sockets its
+// sockstat counts (a size hint, 0 when unreadable): a socket belongs to
+// the namespace of the thread that creates it, and /proc/sys/net and
+// /proc/thread-self/net answer for the namespace of the thread that opens
+// the file.
+func openDiagInNetNS(ns netns.NsHandle, ino uint32) (*nl.NetlinkSocket, uint16, uint16, int, error) {
 	var (
 		s      *nl.NetlinkSocket
 		lo, hi uint16
+		tw     int
 	)
 	err := inNetNS(int(ns), ino, func() error {
 		var err error
 		if s, err = nl.Subscribe(unix.NETLINK_INET_DIAG); err != nil {
 			return err
+		}
+		if b, err := os.ReadFile("/proc/thread-self/net/sockstat"); err == nil {
+			vals := map[string]uint64{}
+			parseSockstat(b, vals)
+			tw = int(min(vals["SockstatTCPTw"], 1<<22))
 		}
 		lo, hi, err = readPortRange()
 		return err
@@ -118,7 +135,7 @@ func openDiagInNetNS(ns netns.NsHandle, ino uint32) (*nl.NetlinkSocket, uint16, 
 		s.Close()
 		s = nil
 	}
-	return s, lo, hi, err
+	return s, lo, hi, tw, err
 }
 
 // inetDiagReq is struct inet_diag_req_v2 asking for TIME_WAIT sockets.
@@ -180,17 +197,21 @@ func dumpTimeWait(s *nl.NetlinkSocket, family uint8, ino uint32, start uint64, e
 				}
 				return nil
 			}
-			if ev, ok := timeWaitEvent(m.Data, ino, start); ok {
-				*evs = append(*evs, ev)
+			// Parsed in place: an Event is over a kilobyte, and a
+			// dump under churn has tens of thousands.
+			*evs = append(*evs, events.Event{})
+			if !timeWaitEvent(&(*evs)[len(*evs)-1], m.Data, ino, start) {
+				*evs = (*evs)[:len(*evs)-1]
 			}
 		}
 	}
 }
 
-// timeWaitEvent parses one struct inet_diag_msg.
-func timeWaitEvent(b []byte, ino uint32, start uint64) (events.Event, bool) {
+// timeWaitEvent parses one struct inet_diag_msg into ev, which is zero,
+// and reports whether it was a timewait socket.
+func timeWaitEvent(ev *events.Event, b []byte, ino uint32, start uint64) bool {
 	if len(b) < inetDiagMsgLen {
-		return events.Event{}, false
+		return false
 	}
 	// A timewait socket reports its substate (inet_twsk_diag_fill) and
 	// timer 3. Substate FIN_WAIT2 is an orphan that closed before its
@@ -201,7 +222,7 @@ func timeWaitEvent(b []byte, ino uint32, start uint64) (events.Event, bool) {
 	state := events.TCPState(b[1])
 	const twTimer = 3
 	if state != events.TCPTimeWait && !(state == events.TCPFinWait2 && b[2] == twTimer) {
-		return events.Event{}, false
+		return false
 	}
 	family := b[0]
 	sport := binary.BigEndian.Uint16(b[4:])
@@ -220,15 +241,13 @@ func timeWaitEvent(b []byte, ino uint32, start uint64) (events.Event, bool) {
 		local, remote = local.Unmap(), remote.Unmap()
 	}
 	expiresMs := binary.NativeEndian.Uint32(b[52:])
-	return events.Event{
-		Kind: events.KindTimeWait,
-		Conn: events.Conn{
-			Cookie: uint64(binary.NativeEndian.Uint32(b[44:])) | uint64(binary.NativeEndian.Uint32(b[48:]))<<32,
-			NetNS:  ino, Family: fam,
-			Local:     netip.AddrPortFrom(local, sport),
-			Remote:    netip.AddrPortFrom(remote, dport),
-			LastState: state,
-		},
-		Sample: events.Sample{TimeNs: start, ExpiresNs: uint64(expiresMs) * 1_000_000},
-	}, true
+	ev.Kind = events.KindTimeWait
+	c := &ev.Conn
+	c.Cookie = uint64(binary.NativeEndian.Uint32(b[44:])) | uint64(binary.NativeEndian.Uint32(b[48:]))<<32
+	c.NetNS, c.Family = ino, fam
+	c.Local = netip.AddrPortFrom(local, sport)
+	c.Remote = netip.AddrPortFrom(remote, dport)
+	c.LastState = state
+	ev.Sample.TimeNs, ev.Sample.ExpiresNs = start, uint64(expiresMs)*1_000_000
+	return true
 }

@@ -52,8 +52,13 @@ func diagMsg(family, state uint8, src, dst netip.Addr, sport, dport uint16, expi
 }
 
 func TestTimeWaitEvent(t *testing.T) {
+	parse := func(b []byte) (events.Event, bool) {
+		var ev events.Event
+		ok := timeWaitEvent(&ev, b, 7, 1000)
+		return ev, ok
+	}
 	a4, b4 := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2")
-	ev, ok := timeWaitEvent(diagMsg(unix.AF_INET, uint8(events.TCPTimeWait), a4, b4, 40000, 80, 59_500), 7, 1000)
+	ev, ok := parse(diagMsg(unix.AF_INET, uint8(events.TCPTimeWait), a4, b4, 40000, 80, 59_500))
 	if !ok || ev.Kind != events.KindTimeWait || ev.Conn.NetNS != 7 || ev.Conn.Family != events.FamilyIPv4 ||
 		ev.Conn.Local != netip.AddrPortFrom(a4, 40000) || ev.Conn.Remote != netip.AddrPortFrom(b4, 80) ||
 		ev.Sample.TimeNs != 1000 || ev.Sample.ExpiresNs != 59_500_000_000 || ev.Conn.Cookie != 0x1_0000_1234 {
@@ -62,20 +67,20 @@ func TestTimeWaitEvent(t *testing.T) {
 	// An AF_INET6 socket talking IPv4 is reported as IPv4, like the
 	// BPF side does.
 	m4, n4 := netip.MustParseAddr("::ffff:10.0.0.1"), netip.MustParseAddr("::ffff:10.0.0.2")
-	ev, ok = timeWaitEvent(diagMsg(unix.AF_INET6, uint8(events.TCPTimeWait), m4, n4, 40001, 80, 1), 7, 1000)
+	ev, ok = parse(diagMsg(unix.AF_INET6, uint8(events.TCPTimeWait), m4, n4, 40001, 80, 1))
 	if !ok || ev.Conn.Family != events.FamilyIPv4 || ev.Conn.Local != netip.AddrPortFrom(a4, 40001) {
 		t.Errorf("mapped: %+v %v", ev, ok)
 	}
 	a6, b6 := netip.MustParseAddr("fd00::1"), netip.MustParseAddr("fd00::2")
-	ev, ok = timeWaitEvent(diagMsg(unix.AF_INET6, uint8(events.TCPTimeWait), a6, b6, 40002, 443, 1), 7, 1000)
+	ev, ok = parse(diagMsg(unix.AF_INET6, uint8(events.TCPTimeWait), a6, b6, 40002, 443, 1))
 	if !ok || ev.Conn.Family != events.FamilyIPv6 || ev.Conn.Remote != netip.AddrPortFrom(b6, 443) {
 		t.Errorf("IPv6: %+v %v", ev, ok)
 	}
 	// A timewait socket in its FIN_WAIT2 substate is not TIME_WAIT.
-	if _, ok := timeWaitEvent(diagMsg(unix.AF_INET, uint8(events.TCPFinWait2), a4, b4, 1, 2, 1), 7, 1000); ok {
+	if _, ok := parse(diagMsg(unix.AF_INET, uint8(events.TCPFinWait2), a4, b4, 1, 2, 1)); ok {
 		t.Errorf("FIN_WAIT2 substate reported as TIME_WAIT")
 	}
-	if _, ok := timeWaitEvent(make([]byte, 10), 7, 1000); ok {
+	if _, ok := parse(make([]byte, 10)); ok {
 		t.Errorf("short message accepted")
 	}
 }

@@ -14,7 +14,7 @@ import (
 //   - drops: drop counts by reason and listen-queue overflows (DropStats:
 //     KindDrop, KindDropCount, KindListenOverflow);
 //   - conntrack: per-namespace table statistics and table-full drops
-//     (ConntrackStats: KindConntrackStats, KindConntrackOwner, KindDrop),
+//     (ConntrackStats: KindConntrackStats, the entry lifecycle kinds, KindDrop),
 //     and the entry table (the entry lifecycle kinds, joined with the
 //     sockets of KindSockOpen, KindConnExisting and KindConnClosed).
 //
@@ -55,7 +55,7 @@ func (a *Aggregator) applyParts(ev *Event) {
 		}
 		a.drops.Apply(ev, a.now)
 		a.conntrack.Apply(ev, a.now)
-	case KindConntrackStats, KindConntrackOwner, KindConntrackNew, KindConntrackUpdate,
+	case KindConntrackStats, KindConntrackNew, KindConntrackUpdate,
 		KindConntrackDestroy, KindConntrackResync:
 		a.conntrack.Apply(ev, a.now)
 	case KindKernelCounters, KindTracerCounters:

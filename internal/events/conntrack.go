@@ -1,6 +1,7 @@
 package events
 
-// Conntrack is the payload of KindConntrackStats and KindConntrackOwner.
+// Conntrack is the payload of KindConntrackStats. (Entries per owning
+// process come from the entry table: ctentry.go, ctentries.go.)
 type Conntrack struct {
 	NetNS  uint32
 	TimeNs uint64 // CLOCK_BOOTTIME ns of the sample
@@ -23,11 +24,4 @@ type Conntrack struct {
 	TimeoutTimeWait    uint32
 	TimeoutCloseWait   uint32
 	TimeoutSynSent     uint32
-
-	// KindConntrackOwner: Entries is the number of entries of Owner's
-	// flows in State (0 for non-TCP entries) as of dump Generation.
-	Owner      Process
-	Proto      uint8
-	State      TCPState
-	Generation uint64
 }

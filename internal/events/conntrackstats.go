@@ -45,8 +45,6 @@ type conntrackNS struct {
 	pending     []RefusedFlow // NoCT drops since the last sample
 	refused     []RefusedFlow // confirmed table-full drops, newest last
 	refusedBy   map[uint32]*ProcessCount
-	owners      map[uint32]*ProcessCount // from KindConntrackOwner, latest generation
-	ownersGen   uint64
 	// exact: the in-kernel path reported an alloc failure here, so NO_CT
 	// drops only name owners of its refusals (see ConntrackStats).
 	exact bool
@@ -122,7 +120,7 @@ func NewConntrackStats() *ConntrackStats {
 func (s *ConntrackStats) get(netns uint32) *conntrackNS {
 	n := s.ns[netns]
 	if n == nil {
-		n = &conntrackNS{refusedBy: map[uint32]*ProcessCount{}, owners: map[uint32]*ProcessCount{}}
+		n = &conntrackNS{refusedBy: map[uint32]*ProcessCount{}}
 		s.ns[netns] = n
 	}
 	return n
@@ -153,19 +151,6 @@ func (s *ConntrackStats) Apply(ev *Event, now time.Time) {
 		}
 		n.pending = n.pending[:0]
 		n.last, n.lastAt = c, now
-	case KindConntrackOwner:
-		c := ev.Conntrack
-		n := s.get(c.NetNS)
-		if c.Generation != n.ownersGen {
-			n.ownersGen = c.Generation
-			clear(n.owners)
-		}
-		p := n.owners[c.Owner.PID]
-		if p == nil {
-			p = &ProcessCount{PID: c.Owner.PID, Comm: string(c.Owner.CommBytes())}
-			n.owners[c.Owner.PID] = p
-		}
-		p.Entries += c.Entries
 	case KindConntrackNew, KindConntrackUpdate, KindConntrackDestroy, KindConntrackResync:
 		ns := ev.ConntrackEntry.NetNS
 		if ns == 0 {
@@ -307,10 +292,6 @@ func (s *ConntrackStats) Snapshot() []ConntrackNSSnapshot {
 					}
 				}
 				procs[o.key.PID] = q
-			}
-		} else {
-			for pid, p := range n.owners {
-				procs[pid] = *p
 			}
 		}
 		for pid, p := range n.refusedBy {

@@ -21,11 +21,6 @@ const (
 	// KindConntrackStats is one namespace's conntrack statistics, sampled
 	// through ctnetlink (cumulative kernel counters summed over CPUs).
 	KindConntrackStats
-	// KindConntrackOwner counts a namespace's conntrack entries owned by
-	// one process in one TCP state, from a table dump joined with the
-	// socket table. One batch per dump; Conntrack.Generation tells the
-	// batches apart.
-	KindConntrackOwner
 )
 
 // OwnerSocket: the owner of the socket a dropped packet belonged to (its

@@ -55,8 +55,6 @@ func (k Kind) String() string {
 		return "listen_overflow"
 	case KindConntrackStats:
 		return "conntrack_stats"
-	case KindConntrackOwner:
-		return "conntrack_owner"
 	case KindConntrackNew:
 		return "conntrack_new"
 	case KindConntrackDestroy:
@@ -335,7 +333,7 @@ type Event struct {
 	Connect Connect
 	// Drop: KindDrop, KindDropCount, KindListenOverflow.
 	Drop Drop
-	// Conntrack: KindConntrackStats, KindConntrackOwner.
+	// Conntrack: KindConntrackStats.
 	Conntrack Conntrack
 	// ConntrackEntry: KindConntrackNew, KindConntrackDestroy,
 	// KindConntrackAllocFailed, KindConntrackResync (ctentry.go).
@@ -391,7 +389,7 @@ func (ev *Event) NetNS() uint32 {
 		return ev.Connect.NetNS
 	case KindDrop, KindDropCount, KindListenOverflow:
 		return ev.Drop.NetNS
-	case KindConntrackStats, KindConntrackOwner:
+	case KindConntrackStats:
 		return ev.Conntrack.NetNS
 	case KindConntrackNew, KindConntrackUpdate, KindConntrackDestroy, KindConntrackAllocFailed, KindConntrackResync:
 		return ev.ConntrackEntry.NetNS

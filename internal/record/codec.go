@@ -280,10 +280,14 @@ func (e *encoder) conntrack(c *events.Conntrack) {
 	for _, v := range [...]uint32{c.TimeoutEstablished, c.TimeoutTimeWait, c.TimeoutCloseWait, c.TimeoutSynSent} {
 		e.u(uint64(v))
 	}
-	e.owner(&c.Owner)
-	e.b(c.Proto)
-	e.b(uint8(c.State))
-	e.u(c.Generation)
+	// Fields of a per-owner conntrack count no tracer produced (owner,
+	// protocol, state, generation): written empty, so that the part's
+	// layout stays that of version 1.
+	var none events.Process
+	e.owner(&none)
+	e.b(0)
+	e.b(0)
+	e.u(0)
 }
 
 func (e *encoder) ctEntry(c *events.ConntrackEntry) {
@@ -622,10 +626,12 @@ func (d *decoder) conntrack(c *events.Conntrack) {
 	for _, p := range [...]*uint32{&c.TimeoutEstablished, &c.TimeoutTimeWait, &c.TimeoutCloseWait, &c.TimeoutSynSent} {
 		*p = uint32(d.u())
 	}
-	d.owner(&c.Owner)
-	c.Proto = d.b()
-	c.State = events.TCPState(d.b())
-	c.Generation = d.u()
+	// The empty per-owner fields of version 1's layout (see the encoder).
+	var none events.Process
+	d.owner(&none)
+	d.b()
+	d.b()
+	d.u()
 }
 
 func (d *decoder) ctEntry(c *events.ConntrackEntry) {

@@ -71,7 +71,7 @@ func everyKind() []stamped {
 	add(events.Event{Kind: events.KindConntrackStats, Conntrack: events.Conntrack{
 		NetNS: 9, TimeNs: 12, Entries: 100, Max: 262144, Found: 1, Invalid: 2, Insert: 3, InsertFailed: 4,
 		Drop: 5, EarlyDrop: 6, Error: 7, SearchRestart: 8, TimeoutEstablished: 432000, TimeoutTimeWait: 120,
-		TimeoutCloseWait: 60, TimeoutSynSent: 120, Owner: owner(8, "y"), Proto: 6, State: events.TCPTimeWait, Generation: 3,
+		TimeoutCloseWait: 60, TimeoutSynSent: 120,
 	}})
 	add(events.Event{Kind: events.KindTimeWait, Conn: closeEvent(3).Conn, Sample: events.Sample{TimeNs: 5, ExpiresNs: 6e10}})
 	add(events.Event{Kind: events.KindPortRange, Conn: events.Conn{NetNS: 9}, Sample: events.Sample{PortLow: 32768, PortHigh: 60999}})

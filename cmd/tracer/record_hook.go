@@ -7,6 +7,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -93,11 +94,15 @@ func (r *loopRecorder) Tick(now time.Time, snap *events.Snapshot) {
 	default:
 	}
 	if snap != nil {
+		var kinds []string // new kinds of finding: one dump names them all
 		for i := range snap.Findings {
 			if k := snap.Findings[i].Kind; !r.seen[k] {
 				r.seen[k] = true
-				why = "finding " + k
+				kinds = append(kinds, k)
 			}
+		}
+		if len(kinds) > 0 {
+			why = "finding " + strings.Join(kinds, ", ")
 		}
 	}
 	if why != "" {

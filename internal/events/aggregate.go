@@ -34,7 +34,11 @@ type Aggregator struct {
 	now      time.Time
 	kernelNs uint64 // the latest kernel time seen in any event (boot ns)
 
-	procs    map[ProcKey]*procStats
+	procs map[ProcKey]*procStats
+	// lastProc is the process of the previous close: closes come in runs
+	// from one process, and the map lookup was a sixth of the per-record
+	// cost. Reset where processes are deleted (the end of a round).
+	lastProc *procStats
 	existing map[uint64]existingConn // by cookie: sockets open before tracing
 
 	// Sample rounds of the kernel's socket table.
@@ -108,11 +112,13 @@ const startTick = 10_000_000
 
 type procStats struct {
 	connStats
-	key      ProcKey
-	comm     [16]byte
-	cgroupID uint64
-	source   OwnerSource
-	remotes  map[RemoteKey]*remoteStats
+	key ProcKey
+	// lastRemote is the remote of its previous close (see Aggregator.lastProc).
+	lastRemote *remoteStats
+	comm       [16]byte
+	cgroupID   uint64
+	source     OwnerSource
+	remotes    map[RemoteKey]*remoteStats
 	// moved are the counters banked under the groups (comm, cgroup) it
 	// left (aggregate_departed.go).
 	moved ConnTotals
@@ -263,10 +269,14 @@ func (a *Aggregator) proc(o *Process) *procStats {
 	if o.Known() {
 		k = ProcKey{PID: o.PID, StartNs: o.StartNs - o.StartNs%startTick}
 	}
-	p, ok := a.procs[k]
-	if !ok {
-		p = &procStats{key: k, remotes: make(map[RemoteKey]*remoteStats)}
-		a.procs[k] = p
+	p := a.lastProc
+	if p == nil || p.key != k {
+		var ok bool
+		if p, ok = a.procs[k]; !ok {
+			p = &procStats{key: k, remotes: make(map[RemoteKey]*remoteStats)}
+			a.procs[k] = p
+		}
+		a.lastProc = p
 	}
 	if o.Known() {
 		if p.comm != o.Comm || (o.CgroupID != 0 && o.CgroupID != p.cgroupID) {
@@ -309,6 +319,11 @@ func passive(c *Conn) bool {
 }
 
 func (p *procStats) remote(k RemoteKey, a *Aggregator) *remoteStats {
+	// The previous remote of this process first, as lastProc.
+	if r := p.lastRemote; r != nil && r.key == k {
+		r.lastSeen = a.now
+		return r
+	}
 	r, ok := p.remotes[k]
 	if !ok {
 		r = &remoteStats{key: k, proc: p}
@@ -320,6 +335,7 @@ func (p *procStats) remote(k RemoteKey, a *Aggregator) *remoteStats {
 		}
 		p.remotes[k] = r
 	}
+	p.lastRemote = r
 	r.lastSeen = a.now
 	return r
 }
@@ -514,7 +530,9 @@ func (a *Aggregator) sampleDone(ns uint64) {
 			a.roundPort[portKey{netns: ex.remote.key.NetNS, local: ex.local.Addr(), remote: ex.remote.key.Addr}]++
 		}
 	}
+	a.lastProc = nil // processes and remotes may go below
 	for k, p := range a.procs {
+		p.lastRemote = nil
 		p.publish(round, a.roundNs)
 		for rk, r := range p.remotes {
 			r.publish(round, a.roundNs)

@@ -398,23 +398,23 @@ func renderLimits(w *strings.Builder, r *Results) {
 	var notes []string
 	if m := micro(r, "DecodeAggregate"); m != nil && (m.Metrics["events/s"] < targetEventsPerS || m.Metrics["allocs/op"] > 0) {
 		notes = append(notes, "**Decode + aggregate.** The profile of `BenchmarkDecodeAggregate` is two thirds "+
-			"`Aggregator.closed`: several map lookups with struct keys holding `netip.Addr` (hashed with "+
-			"`aeshashbody`), the TIME_WAIT table's remove, and `Log2Hist.Observe` through `math.Frexp`. "+
-			"What would close the gap: cache the last process and remote (closes come in runs from one "+
-			"process), key the maps by compact integers computed once per record, compute log2 buckets "+
-			"with `bits.Len64`, and skip the TIME_WAIT table for closes that did not end in TIME_WAIT.")
+			"`Aggregator.closed`: map lookups with struct keys holding `netip.Addr` (hashed with "+
+			"`aeshashbody`) and, for closes that end in TIME_WAIT, the TIME_WAIT table's insert and the "+
+			"removal of the entry it evicts (about a quarter of the time). The last process and remote are "+
+			"already kept at hand (closes come in runs from one process). What would close the gap: key the "+
+			"TIME_WAIT and port tables by compact integers computed once per record instead of address "+
+			"structs, and keep the TIME_WAIT entries in a ring ordered by expiry rather than a map.")
 	}
 	if m := r.Memory; m != nil && m.Idle4MiB.RSS > targetIdleRSS {
 		i := m.Idle4MiB
 		notes = append(notes, fmt.Sprintf("**Idle RSS.** Of %.1f MiB: %.1f MiB the ring buffer's mapping (its data "+
 			"pages are mapped twice and count twice), %.1f MiB other file-backed pages (the binary's own), "+
 			"%.1f MiB Go heap in use, and %.1f MiB other anonymous memory (heap the Go runtime freed but has "+
-			"not returned, stacks, runtime); the peak since start was %.1f MiB. What the Go heap holds has not "+
-			"been profiled here; what would close the gap, in the order to try: a heap profile of an idle "+
-			"`tracer serve` to find what start-up keeps (parsed kernel BTF is the first suspect: "+
-			"`btf.FlushKernelSpec` after load releases cilium/ebpf's cached copy), returning freed memory "+
-			"after start-up (`debug.FreeOSMemory`) and bounding the heap (`GOMEMLIMIT`), a smaller ring "+
-			"buffer (2 MiB saves 4 MiB of RSS) and a smaller binary.",
+			"not returned, stacks, runtime); the peak since start was %.1f MiB. The tracer already returns "+
+			"start-up's heap (the parsed kernel BTF, the start-up scan) to the kernel once tracing runs "+
+			"(`debug.FreeOSMemory`) and keeps kernel symbols compact. What would close the rest, in the "+
+			"order to try: a heap profile of an idle `tracer serve` to find what else it keeps, bounding "+
+			"the heap (`GOMEMLIMIT`), a smaller ring buffer (2 MiB saves 4 MiB of RSS) and a smaller binary.",
 			mib(i.RSS), mib(i.RingRSS), mib(i.File)-mib(i.RingRSS), mib(i.GoHeap), mib(i.Anon)-mib(i.GoHeap), mib(i.HWM)))
 	}
 	if m := r.Memory; m != nil && m.SocksMax > 0 && m.PerConn() > targetPerConn {

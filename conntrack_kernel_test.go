@@ -1,8 +1,6 @@
 package conntracer
 
 import (
-	"context"
-	"fmt"
 	"net/netip"
 	"os"
 	"strings"
@@ -20,38 +18,6 @@ import (
 // inVM reports whether the test runs in a kernel booted by tools/vmtest,
 // where fentry and kprobes work: there a missing hook is a failure.
 func inVM() (string, bool) { return os.LookupEnv("VMTEST_KERNEL") }
-
-// startProbe opens a probe whose optional hooks may be off and runs it into
-// a collector until the test ends.
-func startProbe(t *testing.T, opts Options) *tracing {
-	t.Helper()
-	p, err := Open(opts)
-	if err != nil {
-		t.Fatalf("open probe: %+v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	col := &collector{}
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx, col) }()
-	tr := &tracing{probe: p, col: col}
-	stopped := false
-	var runErr error
-	tr.stop = func() error {
-		if !stopped {
-			stopped = true
-			cancel()
-			select {
-			case runErr = <-done:
-			case <-time.After(10 * time.Second):
-				runErr = fmt.Errorf("Run did not return 10s after cancel")
-			}
-			p.Close()
-		}
-		return runErr
-	}
-	t.Cleanup(func() { tr.stop() })
-	return tr
-}
 
 // The in-kernel conntrack path is chosen where it attaches and otherwise
 // falls back cleanly: Open succeeds, the note and ConntrackInKernel say which

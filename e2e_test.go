@@ -59,19 +59,26 @@ type tracing struct {
 	stop  func() error
 }
 
+// startTracing is startProbe for tests whose every hook must attach on the
+// kernels we test on: one that is off would make a test pass vacuously.
 func startTracing(t *testing.T, opts Options) *tracing {
+	t.Helper()
+	tr := startProbe(t, opts)
+	for _, a := range tr.probe.Attachments() {
+		if a.Mode == "" {
+			t.Fatalf("hook %v", a)
+		}
+	}
+	return tr
+}
+
+// startProbe opens a probe (its optional hooks may be off) and runs it into
+// a collector until the test ends or tr.stop is called.
+func startProbe(t *testing.T, opts Options) *tracing {
 	t.Helper()
 	p, err := Open(opts)
 	if err != nil {
 		t.Fatalf("open probe: %+v", err)
-	}
-	// Every hook asked for exists on the kernels we test on: one that
-	// is off would make a test pass vacuously.
-	for _, a := range p.Attachments() {
-		if a.Mode == "" {
-			p.Close()
-			t.Fatalf("hook %v", a)
-		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	col := &collector{}

@@ -74,20 +74,7 @@ func (s *ConnectStats) unixBacklogFindings(now time.Time, r ConnectRules) []Find
 		if !s.recent(u.last, now, r) {
 			continue
 		}
-		var total uint64
-		var top procKey
-		var topN uint64
-		ev := map[string]float64{}
-		for pk, c := range u.callers {
-			n := c.counts.get(ErrnoEAGAIN)
-			total += n
-			if n > topN {
-				top, topN = pk, n
-			}
-			if n > 0 {
-				ev[fmt.Sprintf("caller_%d_%s_eagain", pk.PID, commString(&c.comm))] = float64(n)
-			}
-		}
+		total, top, ev := eagainByCaller(u.callers, "caller")
 		if total < max(r.MinBacklogOverflows, 1) {
 			continue
 		}
@@ -123,20 +110,7 @@ func (s *ConnectStats) unixDgramFindings(now time.Time, r ConnectRules) []Findin
 		if len(u.dgram) == 0 || !s.recent(u.dgramLast, now, r) {
 			continue
 		}
-		var total uint64
-		var top procKey
-		var topN uint64
-		ev := map[string]float64{}
-		for pk, c := range u.dgram {
-			n := c.counts.get(ErrnoEAGAIN)
-			total += n
-			if n > topN {
-				top, topN = pk, n
-			}
-			if n > 0 {
-				ev[fmt.Sprintf("sender_%d_%s_eagain", pk.PID, commString(&c.comm))] = float64(n)
-			}
-		}
+		total, top, ev := eagainByCaller(u.dgram, "sender")
 		if total < max(r.MinDgramQueueFull, 1) {
 			continue
 		}
@@ -246,4 +220,23 @@ func (s *ConnectStats) stormFindings(now time.Time, r ConnectRules, errno uint8,
 		out = append(out, f)
 	}
 	return out
+}
+
+// eagainByCaller sums the EAGAIN failures of a Unix path's callers (or
+// datagram senders) and names the one with the most; the evidence holds
+// each one's count as "<role>_<pid>_<comm>_eagain".
+func eagainByCaller(callers map[procKey]*unixCaller, role string) (total uint64, top procKey, ev map[string]float64) {
+	ev = map[string]float64{}
+	var topN uint64
+	for pk, c := range callers {
+		n := c.counts.get(ErrnoEAGAIN)
+		total += n
+		if n > topN {
+			top, topN = pk, n
+		}
+		if n > 0 {
+			ev[fmt.Sprintf("%s_%d_%s_eagain", role, pk.PID, commString(&c.comm))] = float64(n)
+		}
+	}
+	return total, top, ev
 }

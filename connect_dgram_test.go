@@ -135,16 +135,8 @@ func TestUnixDgramSendFailuresCountedExactly(t *testing.T) {
 func checkDgramStats(t *testing.T, tr *tracing, res testenv.ConnectResult, addr string, want map[string]int) {
 	t.Helper()
 	s := tr.col.connectStats()
-	var path *events.UnixPathStats
 	snap := s.Snapshot()
-	for i := range snap.Unix {
-		if snap.Unix[i].Path == addr {
-			path = &snap.Unix[i]
-		}
-	}
-	if path == nil {
-		t.Fatalf("no unix entry for %s", addr)
-	}
+	path := unixPathOf(t, snap, addr)
 	if len(path.DgramSendFailures) != 1 || path.SockType != "dgram" {
 		t.Fatalf("unix %s: type %s, senders %+v", addr, path.SockType, path.DgramSendFailures)
 	}

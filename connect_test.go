@@ -152,16 +152,8 @@ func checkUnixStats(t *testing.T, tr *tracing, res testenv.ConnectResult, addr s
 			}
 		}
 	}
-	var path *events.UnixPathStats
 	snap := s.Snapshot()
-	for i := range snap.Unix {
-		if snap.Unix[i].Path == addr {
-			path = &snap.Unix[i]
-		}
-	}
-	if path == nil {
-		t.Fatalf("no unix entry for %s", addr)
-	}
+	path := unixPathOf(t, snap, addr)
 	var caller *events.UnixCaller
 	for i := range path.Callers {
 		if path.Callers[i].PID == uint32(res.PID) {
@@ -196,4 +188,17 @@ func checkUnixStats(t *testing.T, tr *tracing, res testenv.ConnectResult, addr s
 		f.Evidence["listener_pid"] != float64(os.Getpid()) || f.Evidence["backlog"] != float64(path.Backlog) {
 		t.Errorf("unix_backlog_overflow for %s: %+v", addr, f)
 	}
+}
+
+// unixPathOf returns the snapshot's entry for the Unix socket path addr,
+// failing the test when there is none.
+func unixPathOf(t *testing.T, snap events.ConnectSnapshot, addr string) *events.UnixPathStats {
+	t.Helper()
+	for i := range snap.Unix {
+		if snap.Unix[i].Path == addr {
+			return &snap.Unix[i]
+		}
+	}
+	t.Fatalf("no unix entry for %s", addr)
+	return nil
 }

@@ -15,9 +15,9 @@ import (
 // ConnectCounters are the connect() calls the kernel counted without
 // sending a record each.
 type ConnectCounters struct {
-	Calls   uint64 // connect() calls seen from entry to exit (after the pid filter)
+	Calls   uint64 // connect() calls seen at their exit (after the pid filter)
 	OKInet  uint64 // successful IPv4/IPv6 connects: counted only (their conn_event follows)
-	NoEnter uint64 // exits without a matching entry (attached mid-call): not reported
+	NoEnter uint64 // with Options.ConnectLatency, exits without a matching entry (attached mid-call): not reported
 	// InProgress counts non-blocking connects that returned EINPROGRESS;
 	// their outcome is their connection's conn_event. Sent as records
 	// too only with Options.ConnectInProgress.
@@ -31,11 +31,15 @@ type ConnectCounters struct {
 	DgramFails, DgramFull uint64
 }
 
-// openConnect loads the connect object and attaches its two syscall
-// tracepoints. Without them the tracer still runs: connect failures are
-// then missing and the start-up line says why.
+// openConnect loads the connect object and attaches its syscall
+// tracepoints: the exit of connect(), and its entry with
+// Options.ConnectLatency. Without them the tracer still runs: connect
+// failures are then missing and the start-up line says why.
 func (p *Probe) openConnect() error {
-	const hook = "syscalls/sys_{enter,exit}_connect"
+	hook := "syscalls/sys_exit_connect"
+	if p.opts.ConnectLatency {
+		hook = "syscalls/sys_{enter,exit}_connect"
+	}
 	off := func(err error) error {
 		p.attachments = append(p.attachments, Attachment{Hook: hook, Err: err})
 		return nil
@@ -49,6 +53,7 @@ func (p *Probe) openConnect() error {
 	}
 	if err := p.prepare(spec, "connect", p.opts.Filter.variables(), map[string]any{
 		connectVarEmitInProgress: boolByte(p.opts.ConnectInProgress),
+		connectVarConnectLatency: boolByte(p.opts.ConnectLatency),
 	}); err != nil {
 		return err
 	}
@@ -65,10 +70,14 @@ func (p *Probe) openConnect() error {
 	p.unixPoller = newUnixPoller(coll.Maps[connectMapUnixConnects], events.KindConnect)
 	// Exit first: an entry stashed with no exit hook would sit in the
 	// pending map until evicted.
-	for _, sc := range []struct{ name, prog string }{
+	calls := []struct{ name, prog string }{
 		{"sys_exit_connect", connectProgCtConnectExit},
 		{"sys_enter_connect", connectProgCtConnectEnter},
-	} {
+	}
+	if !p.opts.ConnectLatency {
+		calls = calls[:1]
+	}
+	for _, sc := range calls {
 		l, err := link.Tracepoint("syscalls", sc.name, coll.Programs[sc.prog], nil)
 		if err != nil {
 			return off(fmt.Errorf("attach syscalls/%s: %w", sc.name, err))

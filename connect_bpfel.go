@@ -56,6 +56,7 @@ const (
 	connectConnectFlagsCONNECT_NONBLOCK   connectConnectFlags = 2
 	connectConnectFlagsCONNECT_ADDR_FAULT connectConnectFlags = 4
 	connectConnectFlagsCONNECT_PEER       connectConnectFlags = 8
+	connectConnectFlagsCONNECT_NO_LATENCY connectConnectFlags = 16
 )
 
 type connectPendingConnect struct {
@@ -106,6 +107,7 @@ const (
 	connectProgCtConnectEnter        = "ct_connect_enter"
 	connectProgCtConnectExit         = "ct_connect_exit"
 	connectProgCtUnixSendExit        = "ct_unix_send_exit"
+	connectVarConnectLatency         = "connect_latency"
 	connectVarEmitInProgress         = "emit_in_progress"
 	connectVarFilterCgroupId         = "filter_cgroup_id"
 	connectVarFilterCgroupLevel      = "filter_cgroup_level"
@@ -186,6 +188,7 @@ type connectMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type connectVariableSpecs struct {
+	ConnectLatency         *ebpf.VariableSpec `ebpf:"connect_latency"`
 	EmitInProgress         *ebpf.VariableSpec `ebpf:"emit_in_progress"`
 	FilterCgroupId         *ebpf.VariableSpec `ebpf:"filter_cgroup_id"`
 	FilterCgroupLevel      *ebpf.VariableSpec `ebpf:"filter_cgroup_level"`
@@ -246,6 +249,7 @@ func (m *connectMaps) Close() error {
 //
 // It can be passed to loadConnectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type connectVariables struct {
+	ConnectLatency         *ebpf.Variable `ebpf:"connect_latency"`
 	EmitInProgress         *ebpf.Variable `ebpf:"emit_in_progress"`
 	FilterCgroupId         *ebpf.Variable `ebpf:"filter_cgroup_id"`
 	FilterCgroupLevel      *ebpf.Variable `ebpf:"filter_cgroup_level"`

@@ -56,11 +56,13 @@ func decodeConnect(raw []byte, ev *events.Event) error {
 	c.StartNs = r.StartNs
 	c.EndNs = r.EndNs
 	c.LatencySumNs = 0
-	if r.EndNs > r.StartNs {
+	c.NoLatency = flags&connectConnectFlagsCONNECT_NO_LATENCY != 0 || r.StartNs == 0
+	if !c.NoLatency && r.EndNs > r.StartNs {
 		c.LatencySumNs = r.EndNs - r.StartNs
 	}
 	c.NonBlocking = flags&connectConnectFlagsCONNECT_NONBLOCK != 0
 	c.AddrFault = flags&connectConnectFlagsCONNECT_ADDR_FAULT != 0
+	c.PeerAddr = false
 	c.Backlog, c.Queue, c.Somaxconn = 0, 0, 0
 	return nil
 }

@@ -74,6 +74,18 @@ func TestDecodeConnect(t *testing.T) {
 			}
 		})
 	}
+	// Without the entry hook (the default) the call's start is 0 and the
+	// record says so: no latency, rather than the whole uptime.
+	r := connectConnectEvent{Kind: kind, Family: 2, Ret: -99, Daddr: ipv4("10.0.0.2"), Dport: 80, EndNs: 4000,
+		Flags: uint8(connectConnectFlagsCONNECT_NO_LATENCY)}
+	var ev events.Event
+	ev.Connect.LatencySumNs = 5 // stale
+	if err := Decode(encodeConnect(t, &r), &ev); err != nil {
+		t.Fatal(err)
+	}
+	if c := &ev.Connect; !c.NoLatency || c.LatencyNs() != 0 || c.StartNs != 0 || c.EndNs != 4000 {
+		t.Errorf("no-latency record decoded as %+v", *c)
+	}
 	raw := make([]byte, connectEventSize-1)
 	raw[0] = kind
 	if err := Decode(raw, &events.Event{}); !errors.Is(err, ErrShortRecord) {

@@ -109,6 +109,7 @@ func (u *unixPoller) emit(ev *events.Event, h Handler, k *connectUnixConnectKey,
 		NonBlocking:  flags&connectConnectFlagsCONNECT_NONBLOCK != 0,
 		AddrFault:    flags&connectConnectFlagsCONNECT_ADDR_FAULT != 0,
 		PeerAddr:     flags&connectConnectFlagsCONNECT_PEER != 0,
+		NoLatency:    flags&connectConnectFlagsCONNECT_NO_LATENCY != 0,
 	}
 	n := min(int(k.PathLen), len(k.Path))
 	c.Path.Set(k.Path[:n])

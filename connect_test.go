@@ -70,9 +70,26 @@ func sameCounts(a, b map[string]int) bool {
 
 func TestConnectUnixFailuresCountedExactly(t *testing.T) {
 	testenv.RequireRoot(t)
-	tr := startTracing(t, DefaultOptions())
-	if a := findAttachment(tr.probe.Attachments(), "connect"); a == nil || a.Mode == "" {
-		t.Fatalf("connect hooks not attached: %v", tr.probe.Attachments())
+	// By default only the exit of connect() is hooked and latencies are
+	// not measured; --connect-latency adds the entry hook. Both must count
+	// every call exactly.
+	for _, latency := range []bool{false, true} {
+		t.Run(fmt.Sprintf("latency=%v", latency), func(t *testing.T) {
+			opts := DefaultOptions()
+			opts.ConnectLatency = latency
+			testUnixConnectFailures(t, opts)
+		})
+	}
+}
+
+func testUnixConnectFailures(t *testing.T, opts Options) {
+	tr := startTracing(t, opts)
+	wantHook := "syscalls/sys_exit_connect"
+	if opts.ConnectLatency {
+		wantHook = "syscalls/sys_{enter,exit}_connect"
+	}
+	if a := findAttachment(tr.probe.Attachments(), "connect"); a == nil || a.Mode == "" || a.Hook != wantHook {
+		t.Fatalf("connect hooks not attached as %s: %v", wantHook, tr.probe.Attachments())
 	}
 	dir := t.TempDir()
 	abstract := fmt.Sprintf("@ctr-test-%d-%d", time.Now().UnixNano(), 1)
@@ -109,9 +126,10 @@ func TestConnectUnixFailuresCountedExactly(t *testing.T) {
 			for i := range cs {
 				c := &cs[i]
 				if string(c.Owner.CommBytes()) != "ctr-unix-cli" || c.SockType.String() != tc.typ || !c.NonBlocking ||
-					c.Family != events.FamilyUnix || c.NetNS == 0 || c.Owner.StartNs == 0 || c.LatencyNs() == 0 {
-					t.Errorf("connect event %d: comm %q type %s nonblock %v family %s netns %d start %d latency %d",
-						i, c.Owner.CommBytes(), c.SockType, c.NonBlocking, c.Family, c.NetNS, c.Owner.StartNs, c.LatencyNs())
+					c.Family != events.FamilyUnix || c.NetNS == 0 || c.Owner.StartNs == 0 ||
+					c.NoLatency == opts.ConnectLatency || (c.LatencyNs() == 0) == opts.ConnectLatency {
+					t.Errorf("connect event %d: comm %q type %s nonblock %v family %s netns %d start %d latency %d (measured: %v, want %v)",
+						i, c.Owner.CommBytes(), c.SockType, c.NonBlocking, c.Family, c.NetNS, c.Owner.StartNs, c.LatencyNs(), !c.NoLatency, opts.ConnectLatency)
 					break
 				}
 			}

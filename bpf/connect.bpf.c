@@ -5,15 +5,22 @@
  * Design. A connect() that fails never creates a TCP state change worth a
  * conn_event (EADDRNOTAVAIL fails before SYN_SENT), and a Unix socket has no
  * TCP state at all: the only place that sees both the caller and the result
- * is the syscall itself. The classic syscall tracepoints give both ends:
- *   - sys_enter_connect stashes, per thread, the entry time, the fd and the
- *     user pointer to the address (pending map);
- *   - sys_exit_connect takes the stash back and, for every failure (and
- *     every Unix connect, failed or not), writes a connect_event: result,
- *     latency, caller, the address read from the caller's memory (still
+ * is the syscall itself, and its exit tracepoint is enough:
+ *   - sys_exit_connect reads the call's arguments (fd, address pointer,
+ *     length) from the caller's saved registers and, for every failure
+ *     (and every Unix connect, failed or not), writes a connect_event:
+ *     result, caller, the address read from the caller's memory (still
  *     mapped and unchanged: the caller is blocked in the syscall), and the
  *     socket's type and namespace found by walking the fd to its struct
- *     socket as tcplife's accept hook does.
+ *     socket as tcplife's accept hook does;
+ *   - with connect_latency (--connect-latency), sys_enter_connect also
+ *     stashes, per thread, the entry time (pending map), and the records
+ *     carry the call's latency. It is off by default: an entry hook on any
+ *     system call sends every system call of every process on the machine
+ *     through the tracepoint's dispatch (perf_syscall_enter), measured at
+ *     0.5% of all CPU time under a connection churn, for a number that
+ *     only blocking connects make interesting; a failed TCP connect's
+ *     duration is in its connection's record anyway (SYN_SENT -> CLOSE).
  * Successful IPv4/IPv6 connects and EINPROGRESS are only counted (counters
  * map): TCP's own conn_event reports those connections, with the SYN_SENT
  * -> ESTABLISHED latency, and the real outcome of a non-blocking connect is
@@ -69,6 +76,9 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* Send a record for each EINPROGRESS too (otherwise only counted). */
 const volatile __u8 emit_in_progress = 0;
+/* sys_enter_connect is attached and stashes each call's start: records and
+ * Unix counts carry latencies. Otherwise they are flagged CONNECT_NO_LATENCY. */
+const volatile __u8 connect_latency = 0;
 
 
 /* enum connect_counter: slots of the counters map. */
@@ -140,7 +150,8 @@ struct {
 /*
  * unix_dgram_sends: failed sends on Unix datagram sockets, counted per
  * sender process, destination address and errno, with the same key and
- * value as unix_connects (latency_sum_ns stays 0: there is no entry hook).
+ * value as unix_connects (latency_sum_ns stays 0 and the flags say
+ * CONNECT_NO_LATENCY: there is no entry hook).
  * Only EAGAIN (the receiver's queue is full), ECONNREFUSED and ENOENT (the
  * receiver is gone) are counted: a syslog or journald client that cannot
  * keep up fails thousands of times a second, so counting in place is the
@@ -265,7 +276,8 @@ static __always_inline bool count_unix(struct task_struct *task, __u64 id, long 
 
 		if (sock)
 			v.sock_type = BPF_CORE_READ(sock, type);
-		v.flags = flags | (sock ? CONNECT_FD_SOCKET : 0);
+		v.flags = flags | (sock ? CONNECT_FD_SOCKET : 0) |
+			  (p->start_ns ? 0 : CONNECT_NO_LATENCY);
 		v.first_ns = now;
 		v.cgroup_id = bpf_get_current_cgroup_id();
 		v.tid = (__u32)id;
@@ -280,7 +292,8 @@ static __always_inline bool count_unix(struct task_struct *task, __u64 id, long 
 			return false;
 	}
 	__sync_fetch_and_add(&st->calls, 1);
-	__sync_fetch_and_add(&st->latency_sum_ns, now - p->start_ns);
+	if (p->start_ns)
+		__sync_fetch_and_add(&st->latency_sum_ns, now - p->start_ns);
 	st->last_ns = now;
 	return true;
 }
@@ -297,13 +310,26 @@ int ct_connect_exit(struct sys_exit_ctx *ctx)
 
 	if (filter_tgid && (id >> 32) != filter_tgid)
 		return 0;
-	pp = bpf_task_storage_get(&pending, bpf_get_current_task_btf(), NULL, 0);
-	if (!pp || !pp->start_ns) {
-		count(CONNECT_NO_ENTER);
-		return 0;
+	if (connect_latency) {
+		pp = bpf_task_storage_get(&pending, bpf_get_current_task_btf(), NULL, 0);
+		if (!pp || !pp->start_ns) {
+			count(CONNECT_NO_ENTER);
+			return 0;
+		}
+		p = *pp;
+		pp->start_ns = 0;
+	} else {
+		/* No entry hook: x86-64 passed connect(fd, addr, addrlen) in
+		 * di, si, dx, and the call leaves the saved registers as they
+		 * were. The task's pt_regs are BTF-typed: plain loads. */
+		struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+
+		p.start_ns = 0;
+		p.fd = (__u32)regs->di;
+		p.uaddr = regs->si;
+		p.addrlen = (__u32)regs->dx;
+		flags |= CONNECT_NO_LATENCY;
 	}
-	p = *pp;
-	pp->start_ns = 0;
 	count(CONNECT_CALLS);
 	/* Every outbound TCP connection of an event-loop client ends here. A
 	 * Unix connect never returns EINPROGRESS (af_unix completes or fails
@@ -579,7 +605,7 @@ static __always_inline int unix_send_failed(long nr, long ret)
 		struct unix_connect_stats v = {};
 
 		v.sock_type = SOCK_DGRAM;
-		v.flags = flags | CONNECT_FD_SOCKET;
+		v.flags = flags | CONNECT_FD_SOCKET | CONNECT_NO_LATENCY;
 		v.first_ns = now;
 		v.cgroup_id = bpf_get_current_cgroup_id();
 		v.tid = (__u32)id;

@@ -98,6 +98,7 @@ enum connect_flags {
 	CONNECT_NONBLOCK = 1 << 1,   /* the socket was non-blocking (O_NONBLOCK) */
 	CONNECT_ADDR_FAULT = 1 << 2, /* the address could not be read from user memory */
 	CONNECT_PEER = 1 << 3,       /* Unix datagram send: the address is the connected peer's */
+	CONNECT_NO_LATENCY = 1 << 4, /* the call's start was not taken (no entry hook): no latency */
 };
 
 /*

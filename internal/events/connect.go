@@ -111,11 +111,17 @@ type Connect struct {
 	Count uint64
 	// StartNs and EndNs (CLOCK_BOOTTIME ns) bracket the call; for
 	// counted calls, the first call of this key ever and the last one.
+	// StartNs is 0 for a call sent as a record when its start was not
+	// taken (NoLatency).
 	StartNs      uint64
 	EndNs        uint64
 	LatencySumNs uint64 // total time spent in these Count calls
-	NonBlocking  bool   // the socket was O_NONBLOCK (for counted calls: the first one's)
-	AddrFault    bool   // the address could not be read from the caller's memory
+	// NoLatency: the calls' durations were not measured (the connect()
+	// entry hook is off, the default: `--connect-latency`; datagram sends
+	// never have one). LatencySumNs is 0 and means nothing then.
+	NoLatency   bool
+	NonBlocking bool // the socket was O_NONBLOCK (for counted calls: the first one's)
+	AddrFault   bool // the address could not be read from the caller's memory
 	// PeerAddr: a datagram send without an address, on a connected
 	// socket; Path is the peer's bound address (empty if the peer was
 	// gone by then: its ECONNREFUSED clears the connection).

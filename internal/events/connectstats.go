@@ -207,6 +207,8 @@ func (s *ConnectStats) applyConnect(c *Connect, now time.Time) {
 	if c.Family != FamilyUnix && c.Count == 1 {
 		if p, ok := s.pendingSync[c.Owner.TID]; ok {
 			delete(s.pendingSync, c.Owner.TID)
+			// The thread was blocked in this call from the socket's
+			// open to here (without the entry hook StartNs is 0).
 			if p.remote == c.Remote && c.StartNs <= p.openNs && p.openNs <= c.EndNs {
 				return // counted from the socket's close already
 			}

@@ -9,7 +9,7 @@ import (
 
 // appendConnectText prints a failed connect() in the connection columns:
 // no local address, the destination as remote, "connect" as role, the
-// call's latency as lifetime, and the errno as end, with the number of
+// call's latency as lifetime ("-" when not measured), and the errno as end, with the number of
 // calls when the kernel counted several ("x312").
 func (s *Stream) appendConnectText(b []byte, c *events.Connect) []byte {
 	b = s.clock(c.EndNs).AppendFormat(b, "15:04:05.000")
@@ -30,7 +30,11 @@ func (s *Stream) appendConnectText(b []byte, c *events.Connect) []byte {
 	b = append(b, "connect"...)
 	b = pad(b, start, 8)
 	start = len(b)
-	b = appendDuration(b, c.LatencyNs())
+	if c.NoLatency {
+		b = append(b, '-')
+	} else {
+		b = appendDuration(b, c.LatencyNs())
+	}
 	b = pad(b, start, 11)
 	start = len(b)
 	b = append(b, '-')
@@ -101,7 +105,11 @@ func (s *Stream) appendConnectJSON(b []byte, c *events.Connect) []byte {
 	b = append(b, `","count":`...)
 	b = strconv.AppendUint(b, c.Count, 10)
 	b = append(b, `,"latency_seconds":`...)
-	b = appendSeconds(b, c.LatencyNs())
+	if c.NoLatency {
+		b = append(b, "null"...)
+	} else {
+		b = appendSeconds(b, c.LatencyNs())
+	}
 	b = append(b, `,"nonblocking":`...)
 	b = strconv.AppendBool(b, c.NonBlocking)
 	return append(b, "}\n"...)

@@ -230,9 +230,9 @@ func (e *encoder) connect(c *events.Connect) {
 	e.buf = append(e.buf, c.Path.Bytes[:min(int(c.Path.Len), len(c.Path.Bytes))]...)
 	e.b(c.Errno)
 	e.u(c.Count)
-	// Bit 4 (PeerAddr) came with Unix datagram sends: older readers
-	// ignore it.
-	e.b(e.flag(c.NonBlocking) | e.flag(c.AddrFault)<<1 | e.flag(c.StartNs != 0)<<2 | e.flag(c.EndNs != 0)<<3 | e.flag(c.PeerAddr)<<4)
+	// Bit 4 (PeerAddr) came with Unix datagram sends, bit 5 (NoLatency)
+	// with the optional connect() entry hook: older readers ignore them.
+	e.b(e.flag(c.NonBlocking) | e.flag(c.AddrFault)<<1 | e.flag(c.StartNs != 0)<<2 | e.flag(c.EndNs != 0)<<3 | e.flag(c.PeerAddr)<<4 | e.flag(c.NoLatency)<<5)
 	if c.StartNs != 0 {
 		e.ts(c.StartNs)
 	}
@@ -578,7 +578,7 @@ func (d *decoder) connect(c *events.Connect) {
 	c.Errno = d.b()
 	c.Count = d.u()
 	f := d.b()
-	c.NonBlocking, c.AddrFault, c.PeerAddr = f&1 != 0, f&2 != 0, f&16 != 0
+	c.NonBlocking, c.AddrFault, c.PeerAddr, c.NoLatency = f&1 != 0, f&2 != 0, f&16 != 0, f&32 != 0
 	if f&4 != 0 {
 		c.StartNs = d.ts()
 	}

@@ -219,17 +219,19 @@ func (s *Stream) appendJSON(b []byte, ev *events.Event) []byte {
 	return append(b, "}\n"...)
 }
 
+// spaces is what pad copies from: wider than any column.
+const spaces = "                                                "
+
 // pad appends spaces until the field that began at start is width wide,
-// and always at least one.
+// and always at least one. One append of a slice of spaces instead of a
+// loop of single-byte appends: the loop was a fifth of a text line's cost
+// (BenchmarkPrint/text, interleaved A/B, best of 5: 513 -> 439 ns/op).
 func pad(b []byte, start, width int) []byte {
 	n := width - (len(b) - start)
 	if n < 1 {
 		n = 1
 	}
-	for ; n > 0; n-- {
-		b = append(b, ' ')
-	}
-	return b
+	return append(b, spaces[:n]...) // width <= len(spaces) for every column
 }
 
 // appendDuration prints a lifetime with a unit suited to its size.

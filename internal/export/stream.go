@@ -48,6 +48,8 @@ type Stream struct {
 	scratch []byte
 	// times formats the JSON lines' RFC 3339 times (timefmt.go).
 	times rfc3339Cache
+	// clocks formats the text lines' times of day (timefmt.go).
+	clocks clockCache
 }
 
 // NewStream writes lines in the given format to w.
@@ -115,7 +117,7 @@ func (s *Stream) Flush() error { return s.w.Flush() }
 
 func (s *Stream) appendText(b []byte, ev *events.Event) []byte {
 	c := &ev.Conn
-	b = s.clock(c.CloseNs).AppendFormat(b, "15:04:05.000")
+	b = s.clocks.appendClock(b, s.clock(c.CloseNs))
 	b = append(b, ' ')
 	start := len(b)
 	if c.Owner.Known() {

@@ -12,7 +12,7 @@ import (
 // call's latency as lifetime, and the errno as end, with the number of
 // calls when the kernel counted several ("x312").
 func (s *Stream) appendConnectText(b []byte, c *events.Connect) []byte {
-	b = s.clock(c.EndNs).AppendFormat(b, "15:04:05.000")
+	b = s.clocks.appendClock(b, s.clock(c.EndNs))
 	b = append(b, ' ')
 	start := len(b)
 	b = strconv.AppendUint(b, uint64(c.Owner.PID), 10)

@@ -37,3 +37,26 @@ func (c *rfc3339Cache) appendTime(b []byte, t time.Time) []byte {
 	}
 	return append(b, 'Z')
 }
+
+// clockCache formats times as "15:04:05.000" in their own location, byte
+// for byte as time.Time.AppendFormat does, reusing the time of day while
+// the second and the location do not change: AppendFormat was a third of
+// the cost of a text line (BenchmarkPrint/text, interleaved A/B, best of
+// 5: 422 -> 282 ns/op). A zone's offset changes only on a whole
+// second, so the second and the location decide the prefix.
+// Not safe for concurrent use: it belongs to its Stream.
+type clockCache struct {
+	sec    int64
+	loc    *time.Location
+	prefix []byte // "15:04:05." of sec in loc
+}
+
+// appendClock appends t as t.AppendFormat(b, "15:04:05.000") would.
+func (c *clockCache) appendClock(b []byte, t time.Time) []byte {
+	if sec, loc := t.Unix(), t.Location(); loc != c.loc || sec != c.sec || len(c.prefix) == 0 {
+		c.sec, c.loc = sec, loc
+		c.prefix = t.AppendFormat(c.prefix[:0], "15:04:05.")
+	}
+	ms := t.Nanosecond() / 1e6 // AppendFormat truncates, it does not round
+	return append(append(b, c.prefix...), byte('0'+ms/100), byte('0'+ms/10%10), byte('0'+ms%10))
+}

@@ -75,7 +75,7 @@ func (s *Stream) Print(ev *events.Event) error {
 	if ev.Kind != events.KindConnClosed && !isConnect {
 		return nil
 	}
-	b := s.buf[:0]
+	b, inPlace := s.lineBuf()
 	switch {
 	case s.format == FormatJSON && isConnect:
 		b = s.appendConnectJSON(b, &ev.Connect)
@@ -92,22 +92,47 @@ func (s *Stream) Print(ev *events.Event) error {
 			b = s.appendText(b, ev)
 		}
 	}
-	s.buf = b
+	return s.write(b, inPlace)
+}
+
+// inPlaceRoom is the free space the bufio.Writer must have for a line to
+// be formatted straight into it: more than any line takes (the longest, a
+// JSON line with an escaped comm and two IPv6 addresses, is under 800
+// bytes), so that appending never outgrows it.
+const inPlaceRoom = 1024
+
+// lineBuf returns where to format the next line: the bufio.Writer's free
+// space when it has room (inPlace), so that Write finds the line already
+// in place, instead of copying it from the stream's reused buffer: that
+// copy was a tenth of a JSON line's cost in the profile (BenchmarkPrint/
+// json, 9 interleaved A/B rounds on a loaded machine: median 635 -> 537
+// ns/op, best 564 -> 415).
+func (s *Stream) lineBuf() (b []byte, inPlace bool) {
+	if s.w.Available() >= inPlaceRoom {
+		return s.w.AvailableBuffer(), true
+	}
+	return s.buf[:0], false
+}
+
+// write hands a line from lineBuf to the writer, and keeps the reused
+// buffer, which the line may have grown.
+func (s *Stream) write(b []byte, inPlace bool) error {
+	if !inPlace {
+		s.buf = b
+	}
 	_, err := s.w.Write(b)
 	return err
 }
 
 // printDrop writes a drop or listen-overflow line (dropstream.go).
 func (s *Stream) printDrop(ev *events.Event) error {
-	b := s.buf[:0]
+	b, inPlace := s.lineBuf()
 	if s.format == FormatJSON {
 		b = s.appendDropJSON(b, ev)
 	} else {
 		b = s.appendDropText(b, ev)
 	}
-	s.buf = b
-	_, err := s.w.Write(b)
-	return err
+	return s.write(b, inPlace)
 }
 
 // Flush writes buffered lines out. The event loop calls it whenever the

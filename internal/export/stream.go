@@ -50,6 +50,8 @@ type Stream struct {
 	times rfc3339Cache
 	// clocks formats the text lines' times of day (timefmt.go).
 	clocks clockCache
+	// addrs formats the addresses of recent lines (stream_addr.go).
+	addrs addrCache
 }
 
 // NewStream writes lines in the given format to w.
@@ -159,10 +161,10 @@ func (s *Stream) appendText(b []byte, ev *events.Event) []byte {
 	}
 	b = pad(b, start, 16)
 	start = len(b)
-	b = c.Local.AppendTo(b)
+	b = s.addrs.appendAddrPort(b, c.Local)
 	b = pad(b, start, 40)
 	start = len(b)
-	b = c.Remote.AppendTo(b)
+	b = s.addrs.appendAddrPort(b, c.Remote)
 	b = pad(b, start, 40)
 	start = len(b)
 	b = append(b, c.Role.String()...)
@@ -212,11 +214,11 @@ func (s *Stream) appendJSON(b []byte, ev *events.Event) []byte {
 	b = append(b, `,"family":"`...)
 	b = append(b, c.Family.String()...)
 	b = append(b, `","local_addr":"`...)
-	b = c.Local.Addr().AppendTo(b)
+	b = s.addrs.appendAddr(b, c.Local.Addr())
 	b = append(b, `","local_port":`...)
 	b = strconv.AppendUint(b, uint64(c.Local.Port()), 10)
 	b = append(b, `,"remote_addr":"`...)
-	b = c.Remote.Addr().AppendTo(b)
+	b = s.addrs.appendAddr(b, c.Remote.Addr())
 	b = append(b, `","remote_port":`...)
 	b = strconv.AppendUint(b, uint64(c.Remote.Port()), 10)
 	b = append(b, `,"role":"`...)

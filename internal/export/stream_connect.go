@@ -92,7 +92,7 @@ func (s *Stream) appendConnectJSON(b []byte, c *events.Connect) []byte {
 	b = appendJSONString(b[:start], dest)
 	if c.Family == events.FamilyIPv4 || c.Family == events.FamilyIPv6 {
 		b = append(b, `,"remote_addr":"`...)
-		b = c.Remote.Addr().AppendTo(b)
+		b = s.addrs.appendAddr(b, c.Remote.Addr())
 		b = append(b, `","remote_port":`...)
 		b = strconv.AppendUint(b, uint64(c.Remote.Port()), 10)
 	}

@@ -280,3 +280,28 @@ func BenchmarkPrintMixed(b *testing.B) {
 		})
 	}
 }
+
+// TestAddrCache compares the cached address text with netip's for every
+// kind of address, in orders that hit, miss and evict entries.
+func TestAddrCache(t *testing.T) {
+	var ps []netip.AddrPort
+	for _, a := range equivAddrs {
+		ps = append(ps, netip.MustParseAddrPort(a))
+	}
+	ps = append(ps, netip.AddrPort{}, netip.AddrPortFrom(netip.Addr{}, 80),
+		netip.MustParseAddrPort("[fe80::1%a-rather-long-zone-name-that-does-not-fit-the-cache]:1"))
+	r := rand.New(rand.NewPCG(9, 10))
+	var c addrCache
+	for i := 0; i < 20000; i++ {
+		p := ps[r.IntN(len(ps))]
+		if i%3 == 0 {
+			p = ps[r.IntN(3)] // a few hot addresses
+		}
+		if got, want := c.appendAddrPort([]byte("x"), p), p.AppendTo([]byte("x")); string(got) != string(want) {
+			t.Fatalf("appendAddrPort(%v) = %q, want %q", p, got, want)
+		}
+		if got, want := c.appendAddr([]byte("x"), p.Addr()), p.Addr().AppendTo([]byte("x")); string(got) != string(want) {
+			t.Fatalf("appendAddr(%v) = %q, want %q", p.Addr(), got, want)
+		}
+	}
+}

@@ -52,6 +52,8 @@ type Stream struct {
 	clocks clockCache
 	// addrs formats the addresses of recent lines (stream_addr.go).
 	addrs addrCache
+	// owners formats the owner columns of recent lines (stream_owner.go).
+	owners ownerCache
 }
 
 // NewStream writes lines in the given format to w.
@@ -146,21 +148,8 @@ func (s *Stream) appendText(b []byte, ev *events.Event) []byte {
 	c := &ev.Conn
 	b = s.clocks.appendClock(b, s.clock(c.CloseNs))
 	b = append(b, ' ')
+	b = s.appendTextOwner(b, ev.Kind, &c.Owner, c.Owner.Known())
 	start := len(b)
-	if c.Owner.Known() {
-		b = strconv.AppendUint(b, uint64(c.Owner.PID), 10)
-	} else {
-		b = append(b, '-')
-	}
-	b = pad(b, start, 8)
-	start = len(b)
-	if c.Owner.Known() {
-		b = appendPrintable(b, c.Owner.CommBytes())
-	} else {
-		b = append(b, '?')
-	}
-	b = pad(b, start, 16)
-	start = len(b)
 	b = s.addrs.appendAddrPort(b, c.Local)
 	b = pad(b, start, 40)
 	start = len(b)
@@ -197,23 +186,7 @@ func (s *Stream) appendJSON(b []byte, ev *events.Event) []byte {
 	c := &ev.Conn
 	b = append(b, `{"time":"`...)
 	b = s.times.appendTime(b, s.clock(c.CloseNs))
-	b = append(b, `","type":"`...)
-	b = append(b, ev.Kind.String()...)
-	b = append(b, `","pid":`...)
-	b = strconv.AppendUint(b, uint64(c.Owner.PID), 10)
-	b = append(b, `,"tid":`...)
-	b = strconv.AppendUint(b, uint64(c.Owner.TID), 10)
-	b = append(b, `,"comm":`...)
-	b = appendJSONString(b, c.Owner.CommBytes())
-	b = append(b, `,"owner":"`...)
-	b = append(b, c.Owner.Source.String()...)
-	b = append(b, `","cgroup_id":`...)
-	b = strconv.AppendUint(b, c.Owner.CgroupID, 10)
-	b = append(b, `,"netns":`...)
-	b = strconv.AppendUint(b, uint64(c.NetNS), 10)
-	b = append(b, `,"family":"`...)
-	b = append(b, c.Family.String()...)
-	b = append(b, `","local_addr":"`...)
+	b = s.appendJSONOwner(b, ev) // through `"local_addr":"`
 	b = s.addrs.appendAddr(b, c.Local.Addr())
 	b = append(b, `","local_port":`...)
 	b = strconv.AppendUint(b, uint64(c.Local.Port()), 10)

@@ -54,6 +54,8 @@ type Stream struct {
 	addrs addrCache
 	// owners formats the owner columns of recent lines (stream_owner.go).
 	owners ownerCache
+	// endings formats the JSON lines' end fields (stream_ending.go).
+	endings endingCache
 }
 
 // NewStream writes lines in the given format to w.
@@ -206,17 +208,7 @@ func (s *Stream) appendJSON(b []byte, ev *events.Event) []byte {
 	b = strconv.AppendUint(b, c.TxBytes, 10)
 	b = append(b, `,"rx_bytes":`...)
 	b = strconv.AppendUint(b, c.RxBytes, 10)
-	b = append(b, `,"end_state":"`...)
-	b = append(b, c.EndState.String()...)
-	b = append(b, `","closed_by":"`...)
-	b = append(b, c.ClosedBy.String()...)
-	b = append(b, `","last_state":"`...)
-	b = append(b, c.LastState.String()...)
-	b = append(b, `","error":"`...)
-	b = append(b, events.ErrnoName(c.Error)...)
-	b = append(b, `","seen_open":`...)
-	b = strconv.AppendBool(b, c.SeenOpen)
-	b = append(b, `,"cookie":`...)
+	b = s.appendJSONEnding(b, c) // through `"cookie":`
 	b = strconv.AppendUint(b, c.Cookie, 10)
 	return append(b, "}\n"...)
 }

@@ -69,3 +69,19 @@ func TestClockCache(t *testing.T) {
 		}
 	}
 }
+
+// TestAppendFrac9 compares the fraction with the time package's
+// ".999999999" on every digit position and on random values.
+func TestAppendFrac9(t *testing.T) {
+	vals := []uint32{1, 9, 10, 99, 100, 999_999_999, 500_000_000, 100_000_000, 123_456_789, 120_000}
+	r := rand.New(rand.NewPCG(1, 3))
+	for i := 0; i < 100000; i++ {
+		vals = append(vals, 1+r.Uint32N(999_999_999))
+	}
+	for _, v := range vals {
+		want := time.Unix(0, int64(v)).UTC().AppendFormat(nil, ".999999999")
+		if got := appendFrac9(nil, v); string(got) != string(want) {
+			t.Fatalf("appendFrac9(%d) = %q, want %q", v, got, want)
+		}
+	}
+}

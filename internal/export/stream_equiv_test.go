@@ -305,3 +305,27 @@ func TestAddrCache(t *testing.T) {
 		}
 	}
 }
+
+// TestAppendDuration compares the integer rounding with the float
+// formatting it replaced around every rounding boundary (halves included)
+// and on random lifetimes of every size.
+func TestAppendDuration(t *testing.T) {
+	var vals []uint64
+	for _, step := range []uint64{1e5, 1e6} { // the ms and s rounding units
+		for k := uint64(0); k < 3000; k++ {
+			base := k*step*7 + step/2
+			vals = append(vals, base-1, base, base+1, base+step/2)
+		}
+	}
+	r := rand.New(rand.NewPCG(12, 13))
+	for i := 0; i < 200000; i++ {
+		v := r.Uint64() >> r.IntN(64)
+		vals = append(vals, v, v/1e5*1e5+5e4, v/1e6*1e6+5e5)
+	}
+	vals = append(vals, 1<<52-1, 1<<52, 1<<52+1, 1<<53, math.MaxUint64, 999_950_000, 999_949_999, 999_999_999)
+	for _, v := range vals {
+		if got, want := appendDuration(nil, v), refAppendDuration(nil, v); string(got) != string(want) {
+			t.Fatalf("appendDuration(%d) = %q, want %q", v, got, want)
+		}
+	}
+}

@@ -12,15 +12,10 @@ import (
 // call's latency as lifetime ("-" when not measured), and the errno as end, with the number of
 // calls when the kernel counted several ("x312").
 func (s *Stream) appendConnectText(b []byte, c *events.Connect) []byte {
-	b = s.clock(c.EndNs).AppendFormat(b, "15:04:05.000")
+	b = s.clocks.appendClock(b, s.clock(c.EndNs))
 	b = append(b, ' ')
+	b = s.appendTextOwner(b, events.KindConnect, &c.Owner, true)
 	start := len(b)
-	b = strconv.AppendUint(b, uint64(c.Owner.PID), 10)
-	b = pad(b, start, 8)
-	start = len(b)
-	b = appendPrintable(b, c.Owner.CommBytes())
-	b = pad(b, start, 16)
-	start = len(b)
 	b = append(b, '-')
 	b = pad(b, start, 40)
 	start = len(b)
@@ -96,7 +91,7 @@ func (s *Stream) appendConnectJSON(b []byte, c *events.Connect) []byte {
 	b = appendJSONString(b[:start], dest)
 	if c.Family == events.FamilyIPv4 || c.Family == events.FamilyIPv6 {
 		b = append(b, `,"remote_addr":"`...)
-		b = c.Remote.Addr().AppendTo(b)
+		b = s.addrs.appendAddr(b, c.Remote.Addr())
 		b = append(b, `","remote_port":`...)
 		b = strconv.AppendUint(b, uint64(c.Remote.Port()), 10)
 	}

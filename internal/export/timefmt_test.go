@@ -38,3 +38,50 @@ func TestRFC3339Cache(t *testing.T) {
 		}
 	}
 }
+
+// TestClockCache checks the cached time of day against AppendFormat in
+// several locations, across a daylight saving change, and with runs within
+// one second.
+func TestClockCache(t *testing.T) {
+	ny, err := time.LoadLocation("America/New_York")
+	if err != nil {
+		t.Fatal(err)
+	}
+	locs := []*time.Location{time.UTC, time.Local, ny, time.FixedZone("x", -(3*3600 + 30*60))}
+	base := time.Date(2026, 3, 8, 6, 59, 58, 0, time.UTC) // 2 s before New York's clocks go forward
+	var times []time.Time
+	for i := int64(0); i < 5000; i++ {
+		times = append(times, base.Add(time.Duration(i*1_234_567)), time.Unix(-i*86_399, i*199_999))
+	}
+	r := rand.New(rand.NewPCG(3, 4))
+	for i := 0; i < 10000; i++ {
+		if i%10 == 0 {
+			base = time.Unix(r.Int64N(4e9), 0)
+		}
+		times = append(times, base.Add(time.Duration(r.Int64N(1e9))))
+	}
+	var c clockCache
+	for i, tm := range times {
+		tm = tm.In(locs[i/7%len(locs)]) // runs in one location, then another
+		want := tm.AppendFormat(nil, "15:04:05.000")
+		if got := c.appendClock(nil, tm); string(got) != string(want) {
+			t.Fatalf("appendClock(%v) = %q, want %q", tm, got, want)
+		}
+	}
+}
+
+// TestAppendFrac9 compares the fraction with the time package's
+// ".999999999" on every digit position and on random values.
+func TestAppendFrac9(t *testing.T) {
+	vals := []uint32{1, 9, 10, 99, 100, 999_999_999, 500_000_000, 100_000_000, 123_456_789, 120_000}
+	r := rand.New(rand.NewPCG(1, 3))
+	for i := 0; i < 100000; i++ {
+		vals = append(vals, 1+r.Uint32N(999_999_999))
+	}
+	for _, v := range vals {
+		want := time.Unix(0, int64(v)).UTC().AppendFormat(nil, ".999999999")
+		if got := appendFrac9(nil, v); string(got) != string(want) {
+			t.Fatalf("appendFrac9(%d) = %q, want %q", v, got, want)
+		}
+	}
+}

@@ -35,11 +35,15 @@ type Aggregator struct {
 	kernelNs uint64 // the latest kernel time seen in any event (boot ns)
 
 	procs map[ProcKey]*procStats
-	// lastProc is the process of the previous close: closes come in runs
-	// from one process, and the map lookup was a sixth of the per-record
-	// cost. Reset where processes are deleted (the end of a round).
-	lastProc *procStats
-	existing map[uint64]existingConn // by cookie: sockets open before tracing
+	// procCache holds the processes of recent records, direct-mapped by
+	// pid (procCacheSize slots): the map lookup (ProcKey hashed field by
+	// field) was a sixth of the per-record cost. A single "last process"
+	// missed every time when closes of many processes interleave (a
+	// pool of worker processes, BenchmarkAggregatorApply's 1000
+	// processes). Cleared where processes are deleted (the end of a
+	// round).
+	procCache [procCacheSize]*procStats
+	existing  map[uint64]existingConn // by cookie: sockets open before tracing
 
 	// Sample rounds of the kernel's socket table.
 	round   uint32 // the round being read
@@ -107,13 +111,17 @@ func (k RemoteKey) String() string {
 	return k.Addr.String()
 }
 
+// procCacheSize is the number of slots of Aggregator.procCache (8 KiB).
+const procCacheSize = 1024
+
 // startTick is the resolution of a process start time in /proc (USER_HZ).
 const startTick = 10_000_000
 
 type procStats struct {
 	connStats
 	key ProcKey
-	// lastRemote is the remote of its previous close (see Aggregator.lastProc).
+	// lastRemote is the remote of its previous close: closes of one
+	// process come in runs to one remote (see Aggregator.procCache).
 	lastRemote *remoteStats
 	comm       [16]byte
 	cgroupID   uint64
@@ -269,14 +277,15 @@ func (a *Aggregator) proc(o *Process) *procStats {
 	if o.Known() {
 		k = ProcKey{PID: o.PID, StartNs: o.StartNs - o.StartNs%startTick}
 	}
-	p := a.lastProc
+	slot := &a.procCache[k.PID%procCacheSize]
+	p := *slot
 	if p == nil || p.key != k {
 		var ok bool
 		if p, ok = a.procs[k]; !ok {
 			p = &procStats{key: k, remotes: make(map[RemoteKey]*remoteStats)}
 			a.procs[k] = p
 		}
-		a.lastProc = p
+		*slot = p
 	}
 	if o.Known() {
 		if p.comm != o.Comm || (o.CgroupID != 0 && o.CgroupID != p.cgroupID) {
@@ -319,7 +328,7 @@ func passive(c *Conn) bool {
 }
 
 func (p *procStats) remote(k RemoteKey, a *Aggregator) *remoteStats {
-	// The previous remote of this process first, as lastProc.
+	// The previous remote of this process first (see lastRemote).
 	if r := p.lastRemote; r != nil && r.key == k {
 		r.lastSeen = a.now
 		return r
@@ -530,7 +539,7 @@ func (a *Aggregator) sampleDone(ns uint64) {
 			a.roundPort[portKey{netns: ex.remote.key.NetNS, local: ex.local.Addr(), remote: ex.remote.key.Addr}]++
 		}
 	}
-	a.lastProc = nil // processes and remotes may go below
+	clear(a.procCache[:]) // processes and remotes may go below
 	for k, p := range a.procs {
 		p.lastRemote = nil
 		p.publish(round, a.roundNs)

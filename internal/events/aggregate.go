@@ -117,8 +117,11 @@ const procCacheSize = 1024
 // startTick is the resolution of a process start time in /proc (USER_HZ).
 const startTick = 10_000_000
 
+// procStats and remoteStats put what every close record reads (the key,
+// the owner's name) first, next to connStats's per-close counters: with
+// thousands of them, each line a record touches is a likely cache miss
+// (see connStats).
 type procStats struct {
-	connStats
 	key ProcKey
 	// lastRemote is the remote of its previous close: closes of one
 	// process come in runs to one remote (see Aggregator.procCache).
@@ -126,16 +129,17 @@ type procStats struct {
 	comm       [16]byte
 	cgroupID   uint64
 	source     OwnerSource
-	remotes    map[RemoteKey]*remoteStats
+	connStats
+	remotes map[RemoteKey]*remoteStats
 	// moved are the counters banked under the groups (comm, cgroup) it
 	// left (aggregate_departed.go).
 	moved ConnTotals
 }
 
 type remoteStats struct {
-	connStats
 	key  RemoteKey
 	proc *procStats
+	connStats
 }
 
 // existingConn is a socket the start-up scan found open, with its owner.

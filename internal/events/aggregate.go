@@ -35,14 +35,14 @@ type Aggregator struct {
 	kernelNs uint64 // the latest kernel time seen in any event (boot ns)
 
 	procs map[ProcKey]*procStats
-	// procCache holds the processes of recent records, direct-mapped by
-	// pid (procCacheSize slots): the map lookup (ProcKey hashed field by
-	// field) was a sixth of the per-record cost. A single "last process"
-	// missed every time when closes of many processes interleave (a
-	// pool of worker processes, BenchmarkAggregatorApply's 1000
-	// processes). Cleared where processes are deleted (the end of a
-	// round).
-	procCache [procCacheSize]*procStats
+	// procCache holds the processes of recent records and the remote of
+	// each one's last record, direct-mapped by pid (procCacheSize
+	// slots): the map lookup (ProcKey hashed field by field) was a sixth
+	// of the per-record cost. A single "last process" missed every time
+	// when closes of many processes interleave (a pool of worker
+	// processes, BenchmarkAggregatorApply's 1000 processes). Cleared
+	// where processes and remotes are deleted (the end of a round).
+	procCache [procCacheSize]procSlot
 	existing  map[uint64]existingConn // by cookie: sockets open before tracing
 
 	// Sample rounds of the kernel's socket table.
@@ -111,8 +111,20 @@ func (k RemoteKey) String() string {
 	return k.Addr.String()
 }
 
-// procCacheSize is the number of slots of Aggregator.procCache (8 KiB).
+// procCacheSize is the number of slots of Aggregator.procCache (32 KiB).
 const procCacheSize = 1024
+
+// procSlot is an entry of Aggregator.procCache: a process and the remote
+// of its last record (closes of one process come in runs to one remote).
+// Both pointers sit in the slot, with the process's key, so that the two
+// structs (2.3 KiB each, likely cache misses with thousands of them) are
+// fetched at once; when the remote hung off the process, its fetch waited
+// for the process's.
+type procSlot struct {
+	key ProcKey
+	p   *procStats
+	r   *remoteStats // nil: none yet
+}
 
 // startTick is the resolution of a process start time in /proc (USER_HZ).
 const startTick = 10_000_000
@@ -122,13 +134,10 @@ const startTick = 10_000_000
 // thousands of them, each line a record touches is a likely cache miss
 // (see connStats).
 type procStats struct {
-	key ProcKey
-	// lastRemote is the remote of its previous close: closes of one
-	// process come in runs to one remote (see Aggregator.procCache).
-	lastRemote *remoteStats
-	comm       [16]byte
-	cgroupID   uint64
-	source     OwnerSource
+	key      ProcKey
+	comm     [16]byte
+	cgroupID uint64
+	source   OwnerSource
 	connStats
 	remotes map[RemoteKey]*remoteStats
 	// moved are the counters banked under the groups (comm, cgroup) it
@@ -275,22 +284,23 @@ func (a *Aggregator) kernelTime(ns uint64) {
 	}
 }
 
-// proc returns the stats of the owner o, creating them.
-func (a *Aggregator) proc(o *Process) *procStats {
+// owner returns the stats of the owner o and of its remote rk, creating
+// them.
+func (a *Aggregator) owner(o *Process, rk RemoteKey) (*procStats, *remoteStats) {
 	k := ProcKey{}
 	if o.Known() {
 		k = ProcKey{PID: o.PID, StartNs: o.StartNs - o.StartNs%startTick}
 	}
 	slot := &a.procCache[k.PID%procCacheSize]
-	p := *slot
-	if p == nil || p.key != k {
-		var ok bool
-		if p, ok = a.procs[k]; !ok {
+	if slot.p == nil || slot.key != k {
+		p, ok := a.procs[k]
+		if !ok {
 			p = &procStats{key: k, remotes: make(map[RemoteKey]*remoteStats)}
 			a.procs[k] = p
 		}
-		*slot = p
+		*slot = procSlot{key: k, p: p}
 	}
+	p := slot.p
 	if o.Known() {
 		if p.comm != o.Comm || (o.CgroupID != 0 && o.CgroupID != p.cgroupID) {
 			a.departed.moving(p, a.now) // its counts stay with its old group
@@ -304,7 +314,13 @@ func (a *Aggregator) proc(o *Process) *procStats {
 		p.source = o.Source
 	}
 	p.lastSeen = a.now
-	return p
+	r := slot.r
+	if r == nil || r.key != rk {
+		r = p.remote(rk, a)
+		slot.r = r
+	}
+	r.lastSeen = a.now
+	return p, r
 }
 
 // remoteKey is the remote of a connection; see RemoteKey.
@@ -331,12 +347,8 @@ func passive(c *Conn) bool {
 	return lp != 0 && lp < rp
 }
 
+// remote returns p's stats of remote k, creating them.
 func (p *procStats) remote(k RemoteKey, a *Aggregator) *remoteStats {
-	// The previous remote of this process first (see lastRemote).
-	if r := p.lastRemote; r != nil && r.key == k {
-		r.lastSeen = a.now
-		return r
-	}
 	r, ok := p.remotes[k]
 	if !ok {
 		r = &remoteStats{key: k, proc: p}
@@ -348,8 +360,6 @@ func (p *procStats) remote(k RemoteKey, a *Aggregator) *remoteStats {
 		}
 		p.remotes[k] = r
 	}
-	p.lastRemote = r
-	r.lastSeen = a.now
 	return r
 }
 
@@ -379,8 +389,7 @@ func (a *Aggregator) closed(c *Conn) {
 		p, r = ex.proc, ex.remote
 		p.lastSeen, r.lastSeen = a.now, a.now
 	} else {
-		p = a.proc(&c.Owner)
-		r = p.remote(remoteKey(c), a)
+		p, r = a.owner(&c.Owner, remoteKey(c))
 	}
 	sec := a.now.Unix()
 
@@ -441,8 +450,7 @@ func (a *Aggregator) existingConn(c *Conn) {
 	if c.Cookie == 0 {
 		return
 	}
-	p := a.proc(&c.Owner)
-	r := p.remote(remoteKey(c), a)
+	p, r := a.owner(&c.Owner, remoteKey(c))
 	a.existing[c.Cookie] = existingConn{proc: p, remote: r, state: c.LastState, local: c.Local}
 }
 
@@ -469,8 +477,7 @@ func (a *Aggregator) sockOpen(ev *Event) {
 		}
 	}
 	if p == nil {
-		p = a.proc(&c.Owner)
-		r = p.remote(remoteKey(c), a)
+		p, r = a.owner(&c.Owner, remoteKey(c))
 	} else {
 		p.lastSeen, r.lastSeen = a.now, a.now
 	}
@@ -545,7 +552,6 @@ func (a *Aggregator) sampleDone(ns uint64) {
 	}
 	clear(a.procCache[:]) // processes and remotes may go below
 	for k, p := range a.procs {
-		p.lastRemote = nil
 		p.publish(round, a.roundNs)
 		for rk, r := range p.remotes {
 			r.publish(round, a.roundNs)

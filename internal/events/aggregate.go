@@ -111,7 +111,7 @@ func (k RemoteKey) String() string {
 	return k.Addr.String()
 }
 
-// procCacheSize is the number of slots of Aggregator.procCache (32 KiB).
+// procCacheSize is the number of slots of Aggregator.procCache (64 KiB).
 const procCacheSize = 1024
 
 // procSlot is an entry of Aggregator.procCache: a process and the remote
@@ -119,11 +119,16 @@ const procCacheSize = 1024
 // Both pointers sit in the slot, with the process's key, so that the two
 // structs (2.3 KiB each, likely cache misses with thousands of them) are
 // fetched at once; when the remote hung off the process, its fetch waited
-// for the process's.
+// for the process's. The slot also keeps the process's group (comm,
+// cgroup), which every record compares with its owner's: a copy of p's,
+// kept equal by owner, the one writer of both (a process has one slot,
+// the one its pid picks), so that the comparison does not wait for p.
 type procSlot struct {
-	key ProcKey
-	p   *procStats
-	r   *remoteStats // nil: none yet
+	key      ProcKey
+	p        *procStats
+	r        *remoteStats // nil: none yet
+	comm     [16]byte     // p.comm
+	cgroupID uint64       // p.cgroupID
 }
 
 // startTick is the resolution of a process start time in /proc (USER_HZ).
@@ -298,18 +303,17 @@ func (a *Aggregator) owner(o *Process, rk RemoteKey) (*procStats, *remoteStats) 
 			p = &procStats{key: k, remotes: make(map[RemoteKey]*remoteStats)}
 			a.procs[k] = p
 		}
-		*slot = procSlot{key: k, p: p}
+		*slot = procSlot{key: k, p: p, comm: p.comm, cgroupID: p.cgroupID}
 	}
 	p := slot.p
 	if o.Known() {
-		if p.comm != o.Comm || (o.CgroupID != 0 && o.CgroupID != p.cgroupID) {
+		if slot.comm != o.Comm || (o.CgroupID != 0 && o.CgroupID != slot.cgroupID) {
 			a.departed.moving(p, a.now) // its counts stay with its old group
-		}
-		if p.comm != o.Comm {
 			p.comm = o.Comm
-		}
-		if o.CgroupID != 0 {
-			p.cgroupID = o.CgroupID
+			if o.CgroupID != 0 {
+				p.cgroupID = o.CgroupID
+			}
+			slot.comm, slot.cgroupID = p.comm, p.cgroupID
 		}
 		p.source = o.Source
 	}

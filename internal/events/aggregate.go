@@ -1,9 +1,7 @@
 package events
 
 import (
-	"cmp"
 	"net/netip"
-	"slices"
 	"time"
 )
 
@@ -182,55 +180,6 @@ type liveEntry struct {
 	since uint64 // first seen in its current state, boot ns
 	gen   uint32 // last round that saw it
 	state TCPState
-}
-
-// recentCloses remembers the sockets closed during the last two rounds,
-// in two append-only generations: an append per close is all the hot path
-// pays. The current generation is sorted when a round starts; closes
-// applied in the middle of a round (which a live tracer never does: it
-// applies a round as one batch) are scanned linearly, and sorted in once
-// there are many.
-type recentCloses struct {
-	cur, prev []liveKey
-	sorted    int // cur[:sorted] is sorted
-}
-
-// maxUnsorted bounds the linear scan of closes applied within a round.
-const maxUnsorted = 256
-
-func (r *recentCloses) add(k liveKey) { r.cur = append(r.cur, k) }
-
-// rotate starts a new generation, forgetting the oldest.
-func (r *recentCloses) rotate() {
-	r.sortCur()
-	r.prev, r.cur = r.cur, r.prev[:0]
-	r.sorted = 0
-}
-
-func (r *recentCloses) sortCur() {
-	if r.sorted < len(r.cur) {
-		slices.SortFunc(r.cur, compareLiveKey)
-		r.sorted = len(r.cur)
-	}
-}
-
-func (r *recentCloses) has(k liveKey) bool {
-	if len(r.cur)-r.sorted > maxUnsorted {
-		r.sortCur()
-	}
-	if _, in := slices.BinarySearchFunc(r.cur[:r.sorted], k, compareLiveKey); in {
-		return true
-	}
-	if slices.Contains(r.cur[r.sorted:], k) {
-		return true
-	}
-	_, in := slices.BinarySearchFunc(r.prev, k, compareLiveKey)
-	return in
-}
-
-func compareLiveKey(a, b liveKey) int {
-	return cmp.Or(cmp.Compare(a.openNs, b.openNs), cmp.Compare(a.netns, b.netns),
-		cmp.Compare(a.rport, b.rport), cmp.Compare(a.role, b.role))
 }
 
 // NewAggregator returns an empty aggregator using th.

@@ -1,9 +1,7 @@
 package events
 
 import (
-	"cmp"
 	"net/netip"
-	"slices"
 	"time"
 )
 
@@ -35,11 +33,15 @@ type Aggregator struct {
 	kernelNs uint64 // the latest kernel time seen in any event (boot ns)
 
 	procs map[ProcKey]*procStats
-	// lastProc is the process of the previous close: closes come in runs
-	// from one process, and the map lookup was a sixth of the per-record
-	// cost. Reset where processes are deleted (the end of a round).
-	lastProc *procStats
-	existing map[uint64]existingConn // by cookie: sockets open before tracing
+	// procCache holds the processes of recent records and the remote of
+	// each one's last record, direct-mapped by pid (procCacheSize
+	// slots): the map lookup (ProcKey hashed field by field) was a sixth
+	// of the per-record cost. A single "last process" missed every time
+	// when closes of many processes interleave (a pool of worker
+	// processes, BenchmarkAggregatorApply's 1000 processes). Cleared
+	// where processes and remotes are deleted (the end of a round).
+	procCache [procCacheSize]procSlot
+	existing  map[uint64]existingConn // by cookie: sockets open before tracing
 
 	// Sample rounds of the kernel's socket table.
 	round   uint32 // the round being read
@@ -107,27 +109,49 @@ func (k RemoteKey) String() string {
 	return k.Addr.String()
 }
 
+// procCacheSize is the number of slots of Aggregator.procCache (64 KiB).
+const procCacheSize = 1024
+
+// procSlot is an entry of Aggregator.procCache: a process and the remote
+// of its last record (closes of one process come in runs to one remote).
+// Both pointers sit in the slot, with the process's key, so that the two
+// structs (2.3 KiB each, likely cache misses with thousands of them) are
+// fetched at once; when the remote hung off the process, its fetch waited
+// for the process's. The slot also keeps the process's group (comm,
+// cgroup), which every record compares with its owner's: a copy of p's,
+// kept equal by owner, the one writer of both (a process has one slot,
+// the one its pid picks), so that the comparison does not wait for p.
+type procSlot struct {
+	key      ProcKey
+	p        *procStats
+	r        *remoteStats // nil: none yet
+	comm     [16]byte     // p.comm
+	cgroupID uint64       // p.cgroupID
+}
+
 // startTick is the resolution of a process start time in /proc (USER_HZ).
 const startTick = 10_000_000
 
+// procStats and remoteStats put what every close record reads (the key,
+// the owner's name) first, next to connStats's per-close counters: with
+// thousands of them, each line a record touches is a likely cache miss
+// (see connStats).
 type procStats struct {
+	key      ProcKey
+	comm     [16]byte
+	cgroupID uint64
+	source   OwnerSource
 	connStats
-	key ProcKey
-	// lastRemote is the remote of its previous close (see Aggregator.lastProc).
-	lastRemote *remoteStats
-	comm       [16]byte
-	cgroupID   uint64
-	source     OwnerSource
-	remotes    map[RemoteKey]*remoteStats
+	remotes map[RemoteKey]*remoteStats
 	// moved are the counters banked under the groups (comm, cgroup) it
 	// left (aggregate_departed.go).
 	moved ConnTotals
 }
 
 type remoteStats struct {
-	connStats
 	key  RemoteKey
 	proc *procStats
+	connStats
 }
 
 // existingConn is a socket the start-up scan found open, with its owner.
@@ -156,55 +180,6 @@ type liveEntry struct {
 	since uint64 // first seen in its current state, boot ns
 	gen   uint32 // last round that saw it
 	state TCPState
-}
-
-// recentCloses remembers the sockets closed during the last two rounds,
-// in two append-only generations: an append per close is all the hot path
-// pays. The current generation is sorted when a round starts; closes
-// applied in the middle of a round (which a live tracer never does: it
-// applies a round as one batch) are scanned linearly, and sorted in once
-// there are many.
-type recentCloses struct {
-	cur, prev []liveKey
-	sorted    int // cur[:sorted] is sorted
-}
-
-// maxUnsorted bounds the linear scan of closes applied within a round.
-const maxUnsorted = 256
-
-func (r *recentCloses) add(k liveKey) { r.cur = append(r.cur, k) }
-
-// rotate starts a new generation, forgetting the oldest.
-func (r *recentCloses) rotate() {
-	r.sortCur()
-	r.prev, r.cur = r.cur, r.prev[:0]
-	r.sorted = 0
-}
-
-func (r *recentCloses) sortCur() {
-	if r.sorted < len(r.cur) {
-		slices.SortFunc(r.cur, compareLiveKey)
-		r.sorted = len(r.cur)
-	}
-}
-
-func (r *recentCloses) has(k liveKey) bool {
-	if len(r.cur)-r.sorted > maxUnsorted {
-		r.sortCur()
-	}
-	if _, in := slices.BinarySearchFunc(r.cur[:r.sorted], k, compareLiveKey); in {
-		return true
-	}
-	if slices.Contains(r.cur[r.sorted:], k) {
-		return true
-	}
-	_, in := slices.BinarySearchFunc(r.prev, k, compareLiveKey)
-	return in
-}
-
-func compareLiveKey(a, b liveKey) int {
-	return cmp.Or(cmp.Compare(a.openNs, b.openNs), cmp.Compare(a.netns, b.netns),
-		cmp.Compare(a.rport, b.rport), cmp.Compare(a.role, b.role))
 }
 
 // NewAggregator returns an empty aggregator using th.
@@ -263,35 +238,42 @@ func (a *Aggregator) kernelTime(ns uint64) {
 	}
 }
 
-// proc returns the stats of the owner o, creating them.
-func (a *Aggregator) proc(o *Process) *procStats {
+// owner returns the stats of the owner o and of its remote rk, creating
+// them.
+func (a *Aggregator) owner(o *Process, rk RemoteKey) (*procStats, *remoteStats) {
 	k := ProcKey{}
 	if o.Known() {
 		k = ProcKey{PID: o.PID, StartNs: o.StartNs - o.StartNs%startTick}
 	}
-	p := a.lastProc
-	if p == nil || p.key != k {
-		var ok bool
-		if p, ok = a.procs[k]; !ok {
+	slot := &a.procCache[k.PID%procCacheSize]
+	if slot.p == nil || slot.key != k {
+		p, ok := a.procs[k]
+		if !ok {
 			p = &procStats{key: k, remotes: make(map[RemoteKey]*remoteStats)}
 			a.procs[k] = p
 		}
-		a.lastProc = p
+		*slot = procSlot{key: k, p: p, comm: p.comm, cgroupID: p.cgroupID}
 	}
+	p := slot.p
 	if o.Known() {
-		if p.comm != o.Comm || (o.CgroupID != 0 && o.CgroupID != p.cgroupID) {
+		if slot.comm != o.Comm || (o.CgroupID != 0 && o.CgroupID != slot.cgroupID) {
 			a.departed.moving(p, a.now) // its counts stay with its old group
-		}
-		if p.comm != o.Comm {
 			p.comm = o.Comm
-		}
-		if o.CgroupID != 0 {
-			p.cgroupID = o.CgroupID
+			if o.CgroupID != 0 {
+				p.cgroupID = o.CgroupID
+			}
+			slot.comm, slot.cgroupID = p.comm, p.cgroupID
 		}
 		p.source = o.Source
 	}
 	p.lastSeen = a.now
-	return p
+	r := slot.r
+	if r == nil || r.key != rk {
+		r = p.remote(rk, a)
+		slot.r = r
+	}
+	r.lastSeen = a.now
+	return p, r
 }
 
 // remoteKey is the remote of a connection; see RemoteKey.
@@ -318,12 +300,8 @@ func passive(c *Conn) bool {
 	return lp != 0 && lp < rp
 }
 
+// remote returns p's stats of remote k, creating them.
 func (p *procStats) remote(k RemoteKey, a *Aggregator) *remoteStats {
-	// The previous remote of this process first, as lastProc.
-	if r := p.lastRemote; r != nil && r.key == k {
-		r.lastSeen = a.now
-		return r
-	}
 	r, ok := p.remotes[k]
 	if !ok {
 		r = &remoteStats{key: k, proc: p}
@@ -335,8 +313,6 @@ func (p *procStats) remote(k RemoteKey, a *Aggregator) *remoteStats {
 		}
 		p.remotes[k] = r
 	}
-	p.lastRemote = r
-	r.lastSeen = a.now
 	return r
 }
 
@@ -366,8 +342,7 @@ func (a *Aggregator) closed(c *Conn) {
 		p, r = ex.proc, ex.remote
 		p.lastSeen, r.lastSeen = a.now, a.now
 	} else {
-		p = a.proc(&c.Owner)
-		r = p.remote(remoteKey(c), a)
+		p, r = a.owner(&c.Owner, remoteKey(c))
 	}
 	sec := a.now.Unix()
 
@@ -428,8 +403,7 @@ func (a *Aggregator) existingConn(c *Conn) {
 	if c.Cookie == 0 {
 		return
 	}
-	p := a.proc(&c.Owner)
-	r := p.remote(remoteKey(c), a)
+	p, r := a.owner(&c.Owner, remoteKey(c))
 	a.existing[c.Cookie] = existingConn{proc: p, remote: r, state: c.LastState, local: c.Local}
 }
 
@@ -456,8 +430,7 @@ func (a *Aggregator) sockOpen(ev *Event) {
 		}
 	}
 	if p == nil {
-		p = a.proc(&c.Owner)
-		r = p.remote(remoteKey(c), a)
+		p, r = a.owner(&c.Owner, remoteKey(c))
 	} else {
 		p.lastSeen, r.lastSeen = a.now, a.now
 	}
@@ -530,9 +503,8 @@ func (a *Aggregator) sampleDone(ns uint64) {
 			a.roundPort[portKey{netns: ex.remote.key.NetNS, local: ex.local.Addr(), remote: ex.remote.key.Addr}]++
 		}
 	}
-	a.lastProc = nil // processes and remotes may go below
+	clear(a.procCache[:]) // processes and remotes may go below
 	for k, p := range a.procs {
-		p.lastRemote = nil
 		p.publish(round, a.roundNs)
 		for rk, r := range p.remotes {
 			r.publish(round, a.roundNs)

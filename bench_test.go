@@ -66,38 +66,45 @@ func (h *discardHandler) HandleEvent(ev *events.Event) {
 func (h *discardHandler) Drained() { _ = h.stream.Flush() }
 
 // BenchmarkChurnOverhead measures the tracer's cost on a connection-churn
-// workload: the same workload runs alternately without and with the probe
-// attached (default options, JSON formatting of every record), in a fresh
-// namespace each time, and the benchmark reports, over paired runs, the
-// median ratio of the traced connection rate to the untraced one and of
+// workload: the same workload runs alternately without and with the probe's
+// hooks attached (default options, JSON formatting of every record), in a
+// fresh namespace each time, and the benchmark reports, over paired runs,
+// the median ratio of the traced connection rate to the untraced one, of
 // the whole machine's CPU time per connection (traced over untraced), and
 // of the workload process's own CPU time per connection (which, unlike the
-// machine's, other processes on a shared machine do not inflate). A
-// last traced run with the kernel's BPF run-time statistics on reports the
-// BPF time per connection. The machine is noisy: only ratios of interleaved
-// runs mean anything, and single pairs range 0.7-1.3x on a shared host, so
-// the median needs many pairs: CT_CHURN_PAIRS sets how many (default 15).
+// machine's, other processes on a shared machine do not inflate). A last
+// traced run with the kernel's BPF run-time statistics on reports the BPF
+// time per connection.
+//
+// The machine is noisy: only ratios of interleaved runs mean anything, and
+// on a shared host single pairs range 0.7-1.5x when the two runs of a pair
+// are seconds apart. So the probe is loaded once and its programs are
+// detached and attached again between runs (milliseconds, where a reload
+// takes seconds), runs are short (CT_CHURN_CONNS connections, default
+// 10000: under a second) and many (CT_CHURN_PAIRS pairs, default 31). The
+// reader keeps running in the untraced runs, as an idle tracer would: it
+// reads nothing then but its timer.
 func BenchmarkChurnOverhead(b *testing.B) {
 	testenv.RequireRoot(b)
-	const total = 20000
-	pairs := 15
-	if n, err := strconv.Atoi(os.Getenv("CT_CHURN_PAIRS")); err == nil && n > 0 {
-		pairs = n
-	}
+	pairs, total := envInt(b, "CT_CHURN_PAIRS", 31), envInt(b, "CT_CHURN_CONNS", 10000)
 	for _, clients := range []int{1, 2} {
 		b.Run(fmt.Sprintf("clients=%d", clients), func(b *testing.B) {
 			var rates, cpus, wcpus []float64
-			var lost uint64
+			p, done, stop := startChurnProbe(b)
+			defer p.Close()
+			// Loading left garbage (kernel BTF, specs): collect it now,
+			// as `tracer` does once tracing runs (cmd/tracer/memory.go).
+			runtime.GC()
 			for b.Loop() {
 				for i := 0; i < pairs; i++ {
 					// Alternate which variant goes first within a pair.
 					var base, traced churnRun
 					if i%2 == 0 {
-						base = churnOnce(b, clients, total, false, &lost)
-						traced = churnOnce(b, clients, total, true, &lost)
+						base = churnOnce(b, p, clients, total, false)
+						traced = churnOnce(b, p, clients, total, true)
 					} else {
-						traced = churnOnce(b, clients, total, true, &lost)
-						base = churnOnce(b, clients, total, false, &lost)
+						traced = churnOnce(b, p, clients, total, true)
+						base = churnOnce(b, p, clients, total, false)
 					}
 					rates = append(rates, traced.Rate()/base.Rate())
 					cpus = append(cpus, traced.cpuPerConn/base.cpuPerConn)
@@ -106,19 +113,36 @@ func BenchmarkChurnOverhead(b *testing.B) {
 						i, base.Rate(), base.cpuPerConn/1e3, traced.Rate(), traced.cpuPerConn/1e3, rates[i], cpus[i])
 				}
 			}
+			stop()
+			if err := <-done; err != nil {
+				b.Fatal(err)
+			}
 			sort.Float64s(rates)
 			sort.Float64s(cpus)
 			b.ReportMetric(rates[len(rates)/2], "median-rate-ratio")
-			b.ReportMetric(rates[0], "min-rate-ratio")
-			b.ReportMetric(rates[len(rates)-1], "max-rate-ratio")
+			b.ReportMetric(rates[len(rates)/4], "p25-rate-ratio")
+			b.ReportMetric(rates[len(rates)*3/4], "p75-rate-ratio")
 			b.ReportMetric(cpus[len(cpus)/2], "median-cpu-ratio")
 			b.ReportMetric(median(wcpus), "median-workload-cpu-ratio")
-			b.ReportMetric(bpfNsPerConn(b, clients, total), "bpf-ns/conn")
-			if lost > 0 {
+			if lost := p.Stats().Lost; lost > 0 {
 				b.Errorf("the probe lost %d records", lost)
 			}
+			b.ReportMetric(bpfNsPerConn(b, clients, total), "bpf-ns/conn")
 		})
 	}
+}
+
+// envInt reads a positive integer setting from the environment.
+func envInt(b *testing.B, name string, def int) int {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		b.Fatalf("%s=%q: want a positive integer", name, v)
+	}
+	return n
 }
 
 // churnRun is one run of the churn workload and the CPU the machine spent.
@@ -150,29 +174,26 @@ func busyNs(b *testing.B) float64 {
 	return busy * 1e9 / 100 // USER_HZ is 100 on Linux
 }
 
-func churnOnce(b *testing.B, clients, total int, traced bool, lost *uint64) churnRun {
+// churnOnce runs the workload once in a fresh namespace with p's hooks
+// attached (traced) or detached, and measures the machine's CPU over it.
+func churnOnce(b *testing.B, p *Probe, clients, total int, traced bool) churnRun {
 	ns := testenv.NewNetNS(b)
-	if !traced {
-		before := busyNs(b)
-		r := testenv.RunChurn(b, ns, clients, total)
-		return churnRun{r, (busyNs(b) - before) / float64(r.Conns)}
+	var err error
+	if traced {
+		err = p.reattach()
+	} else {
+		err = p.detach()
 	}
-	p, done, stop := startChurnProbe(b)
-	defer p.Close()
-	// Loading left garbage (kernel BTF, specs): collect it now, as `tracer`
-	// does once tracing runs (cmd/tracer/memory.go), so that a collection
-	// of start-up garbage does not land in the measured window.
-	runtime.GC()
-	before := busyNs(b)
-	r := testenv.RunChurn(b, ns, clients, total)
-	// Let the reader finish the records of this run inside the window.
-	stop()
-	cpu := (busyNs(b) - before) / float64(r.Conns)
-	if err := <-done; err != nil {
+	if err != nil {
 		b.Fatal(err)
 	}
-	*lost += p.Stats().Lost
-	return churnRun{r, cpu}
+	before := busyNs(b)
+	r := testenv.RunChurn(b, ns, clients, total)
+	// The reader polls every PollInterval: let it read the rest of a
+	// traced run's records inside the window (both kinds of run wait, so
+	// that the windows match).
+	time.Sleep(2 * p.opts.PollInterval)
+	return churnRun{r, (busyNs(b) - before) / float64(r.Conns)}
 }
 
 func startChurnProbe(b *testing.B) (*Probe, chan error, context.CancelFunc) {

@@ -78,7 +78,8 @@ func (p *Probe) openConnect() error {
 		calls = calls[:1]
 	}
 	for _, sc := range calls {
-		l, err := link.Tracepoint("syscalls", sc.name, coll.Programs[sc.prog], nil)
+		prog := coll.Programs[sc.prog]
+		l, err := attachHook(func() (link.Link, error) { return link.Tracepoint("syscalls", sc.name, prog, nil) })
 		if err != nil {
 			return off(fmt.Errorf("attach syscalls/%s: %w", sc.name, err))
 		}
@@ -107,13 +108,12 @@ func (p *Probe) attachUnixDgram(coll *ebpf.Collection) {
 		hook = "syscalls/sys_exit_{sendto,sendmsg,sendmmsg} (unix dgram, write off)"
 		calls = calls[:3]
 	}
-	var links []link.Link
+	var links []hookLink
+	prog := coll.Programs[connectProgCtUnixSendExit]
 	for _, sc := range calls {
-		l, err := link.Tracepoint("syscalls", "sys_exit_"+sc, coll.Programs[connectProgCtUnixSendExit], nil)
+		l, err := attachHook(func() (link.Link, error) { return link.Tracepoint("syscalls", "sys_exit_"+sc, prog, nil) })
 		if err != nil {
-			for _, l := range links {
-				l.Close()
-			}
+			closeLinks(links)
 			p.attachments = append(p.attachments, Attachment{Hook: hook, Err: fmt.Errorf("attach syscalls/sys_exit_%s: %w", sc, err)})
 			return
 		}

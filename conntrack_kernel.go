@@ -163,15 +163,9 @@ func shortReason(err error) string {
 	return s
 }
 
-func closeLinks(links []link.Link) {
-	for _, l := range links {
-		l.Close()
-	}
-}
-
 // tryConntrack loads the object with one mode's programs and attaches them
 // all, or nothing.
-func (p *Probe) tryConntrack(mode AttachMode) (*ebpf.Collection, []link.Link, error) {
+func (p *Probe) tryConntrack(mode AttachMode) (*ebpf.Collection, []hookLink, error) {
 	spec, err := loadConntrack()
 	if err != nil {
 		return nil, nil, err
@@ -201,20 +195,21 @@ func (p *Probe) tryConntrack(mode AttachMode) (*ebpf.Collection, []link.Link, er
 		}
 		return nil, nil, fmt.Errorf("load: %w", err)
 	}
-	var links []link.Link
+	var links []hookLink
 	for _, pr := range ctPrograms[mode] {
 		prog := coll.Programs[pr.prog]
-		var l link.Link
-		switch {
-		case mode == AttachFentry:
-			// The target (vmlinux or nf_conntrack's module BTF) was
-			// resolved at load from the program's section name.
-			l, err = link.AttachTracing(link.TracingOptions{Program: prog})
-		case pr.onExit:
-			l, err = link.Kretprobe(pr.fn, prog, nil)
-		default:
-			l, err = link.Kprobe(pr.fn, prog, nil)
-		}
+		l, err := attachHook(func() (link.Link, error) {
+			switch {
+			case mode == AttachFentry:
+				// The target (vmlinux or nf_conntrack's module BTF)
+				// was resolved at load from the program's section name.
+				return link.AttachTracing(link.TracingOptions{Program: prog})
+			case pr.onExit:
+				return link.Kretprobe(pr.fn, prog, nil)
+			default:
+				return link.Kprobe(pr.fn, prog, nil)
+			}
+		})
 		if err != nil {
 			closeLinks(links)
 			coll.Close()

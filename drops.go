@@ -13,7 +13,6 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/conntracer/conntracer/internal/events"
@@ -86,10 +85,10 @@ func (p *Probe) sharedMap(name string) *ebpf.Map {
 	return nil
 }
 
-func (p *Probe) tryDrops(mode AttachMode) (*ebpf.Collection, link.Link, error) {
+func (p *Probe) tryDrops(mode AttachMode) (*ebpf.Collection, hookLink, error) {
 	spec, err := loadDrops()
 	if err != nil {
-		return nil, nil, err
+		return nil, hookLink{}, err
 	}
 	for m, name := range dropProgram {
 		if m != mode {
@@ -101,7 +100,7 @@ func (p *Probe) tryDrops(mode AttachMode) (*ebpf.Collection, link.Link, error) {
 		dropsVarKeepNormal:    boolByte(p.opts.DropsKeepNormal),
 		dropsVarRecordsPerSec: p.opts.DropRecordsPerSec,
 	}); err != nil {
-		return nil, nil, err
+		return nil, hookLink{}, err
 	}
 	repl := map[string]*ebpf.Map{dropsMapEvents: p.ring}
 	// Owners come from tcplife's tables; the declarations in drops.bpf.c
@@ -114,26 +113,17 @@ func (p *Probe) tryDrops(mode AttachMode) (*ebpf.Collection, link.Link, error) {
 	}
 	if mode == AttachTracepoint {
 		if _, err := EnsureTracefs(); err != nil {
-			return nil, nil, err
+			return nil, hookLink{}, err
 		}
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: repl})
 	if err != nil {
-		return nil, nil, fmt.Errorf("load: %w", err)
+		return nil, hookLink{}, fmt.Errorf("load: %w", err)
 	}
-	prog := coll.Programs[dropProgram[mode]]
-	var l link.Link
-	switch mode {
-	case AttachTPBTF:
-		l, err = link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceRawTp})
-	case AttachRawTP:
-		l, err = link.AttachRawTracepoint(link.RawTracepointOptions{Name: "kfree_skb", Program: prog})
-	case AttachTracepoint:
-		l, err = link.Tracepoint("skb", "kfree_skb", prog, nil)
-	}
+	l, err := attachTracepointMode(mode, "skb", "kfree_skb", coll.Programs[dropProgram[mode]])
 	if err != nil {
 		coll.Close()
-		return nil, nil, fmt.Errorf("attach: %w", err)
+		return nil, hookLink{}, fmt.Errorf("attach: %w", err)
 	}
 	return coll, l, nil
 }

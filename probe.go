@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
 
@@ -159,7 +158,7 @@ type Probe struct {
 	colls       []*ebpf.Collection
 	lost        []*ebpf.Map // one lost_records map per object
 	lostNames   []string    // the object of each lost map, for LostByObject
-	links       []link.Link
+	links       []hookLink
 	attachments []Attachment
 	reader      *ringbuf.Reader
 	stats       Stats
@@ -387,9 +386,7 @@ func (p *Probe) Close() error {
 		errs = append(errs, p.reader.Close())
 		p.reader = nil
 	}
-	for _, l := range p.links {
-		errs = append(errs, l.Close())
-	}
+	errs = append(errs, p.detach())
 	p.links = nil
 	for _, c := range p.colls {
 		c.Close()

@@ -44,10 +44,10 @@ func (p *Probe) openTCPLife() error {
 	return fmt.Errorf("attach %s: no attach mode worked: %w", stateHook, errors.Join(errs...))
 }
 
-func (p *Probe) tryState(mode AttachMode) (*ebpf.Collection, link.Link, error) {
+func (p *Probe) tryState(mode AttachMode) (*ebpf.Collection, hookLink, error) {
 	spec, err := loadTcplife()
 	if err != nil {
-		return nil, nil, err
+		return nil, hookLink{}, err
 	}
 	// Load only the state program of this mode (a program type the kernel
 	// refuses would fail the whole collection) plus the accept programs.
@@ -57,32 +57,23 @@ func (p *Probe) tryState(mode AttachMode) (*ebpf.Collection, link.Link, error) {
 		}
 	}
 	if err := p.configure(spec); err != nil {
-		return nil, nil, err
+		return nil, hookLink{}, err
 	}
 	if mode == AttachTracepoint {
 		if err := p.ensureTracefs(); err != nil {
-			return nil, nil, err
+			return nil, hookLink{}, err
 		}
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
 		MapReplacements: map[string]*ebpf.Map{tcplifeMapEvents: p.ring},
 	})
 	if err != nil {
-		return nil, nil, fmt.Errorf("load: %w", err)
+		return nil, hookLink{}, fmt.Errorf("load: %w", err)
 	}
-	prog := coll.Programs[stateProgram[mode]]
-	var l link.Link
-	switch mode {
-	case AttachTPBTF:
-		l, err = link.AttachTracing(link.TracingOptions{Program: prog, AttachType: ebpf.AttachTraceRawTp})
-	case AttachRawTP:
-		l, err = link.AttachRawTracepoint(link.RawTracepointOptions{Name: "inet_sock_set_state", Program: prog})
-	case AttachTracepoint:
-		l, err = link.Tracepoint("sock", "inet_sock_set_state", prog, nil)
-	}
+	l, err := attachTracepointMode(mode, "sock", "inet_sock_set_state", coll.Programs[stateProgram[mode]])
 	if err != nil {
 		coll.Close()
-		return nil, nil, fmt.Errorf("attach: %w", err)
+		return nil, hookLink{}, fmt.Errorf("attach: %w", err)
 	}
 	return coll, l, nil
 }
@@ -110,7 +101,8 @@ func (p *Probe) attachAccept(coll *ebpf.Collection) {
 			p.attachments = append(p.attachments, Attachment{Hook: hook, Err: err})
 			continue
 		}
-		l, err := link.Tracepoint("syscalls", sc.name, coll.Programs[sc.prog], nil)
+		prog := coll.Programs[sc.prog]
+		l, err := attachHook(func() (link.Link, error) { return link.Tracepoint("syscalls", sc.name, prog, nil) })
 		if err != nil {
 			p.attachments = append(p.attachments, Attachment{Hook: hook, Err: err})
 			continue

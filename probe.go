@@ -161,6 +161,7 @@ type Probe struct {
 	links       []hookLink
 	attachments []Attachment
 	reader      *ringbuf.Reader
+	waiter      *ringWaiter // nil: the reader's own blocking wait is used
 	stats       Stats
 	notes       []string
 	// connectCounters is the connect object's per-CPU counters map, nil
@@ -230,6 +231,9 @@ func Open(opts Options) (_ *Probe, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("open ring buffer reader: %w", err)
 	}
+	if p.waiter, err = newRingWaiter(p.ring); err != nil {
+		p.notes = append(p.notes, fmt.Sprintf("ring buffer read with a blocking wait: %v", err))
+	}
 	return p, nil
 }
 
@@ -257,7 +261,18 @@ func (p *Probe) Run(ctx context.Context, h Handler) error {
 		ev  events.Event
 	)
 	draining := false
-	p.reader.SetDeadline(time.Now().Add(p.opts.PollInterval))
+	// wait sleeps until the kernel wakes the readers or PollInterval has
+	// passed, and leaves the reader's deadline such that the next ReadInto
+	// returns what is there without blocking.
+	wait := func() {
+		if p.waiter == nil {
+			p.reader.SetDeadline(time.Now().Add(p.opts.PollInterval))
+			return
+		}
+		p.waiter.wait(time.Now().Add(p.opts.PollInterval))
+		p.reader.SetDeadline(time.Now())
+	}
+	wait()
 	for {
 		err := p.reader.ReadInto(&rec)
 		switch {
@@ -302,7 +317,7 @@ func (p *Probe) Run(ctx context.Context, h Handler) error {
 				p.reader.SetDeadline(time.Now())
 				continue
 			}
-			p.reader.SetDeadline(time.Now().Add(p.opts.PollInterval))
+			wait()
 		default:
 			p.updateLost()
 			return fmt.Errorf("read ring buffer: %w", err)
@@ -382,6 +397,10 @@ func (p *Probe) adopt(name string, coll *ebpf.Collection, lostMap string) error 
 // Close detaches every program and frees the maps. It is idempotent.
 func (p *Probe) Close() error {
 	var errs []error
+	if p.waiter != nil {
+		errs = append(errs, p.waiter.close())
+		p.waiter = nil
+	}
 	if p.reader != nil {
 		errs = append(errs, p.reader.Close())
 		p.reader = nil

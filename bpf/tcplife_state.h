@@ -67,12 +67,17 @@ static __always_inline void FN(emit_close)(struct tcp_sock *tp, struct sock_stat
 					   int oldstate, __u16 family)
 {
 	struct tcp_sock *tcp = TCP_SK(tp);
-	__u32 netns = FN(sock_netns)(tp);
+	__u8 flags = st->flags;
+	/* A connection that reached ESTABLISHED has had its whole tuple
+	 * stored in st (fill_tuple, fill_peer): take it from there, lines
+	 * the map lookup just brought in, rather than from the socket's
+	 * (the namespace alone is two more dependent loads). */
+	bool stored = flags & CONN_ESTABLISHED;
+	__u32 netns = stored ? st->netns : FN(sock_netns)(tp);
 	/* inet_sport, not skc_num: by the time the tracepoint reports CLOSE,
 	 * inet_put_port() has zeroed inet_num. */
-	__u16 sport = tcp ? bpf_ntohs(RD(tcp, INET.inet_sport)) : 0;
-	__u16 dport = bpf_ntohs(RD(tp, SKC.skc_dport));
-	__u8 flags = st->flags;
+	__u16 sport = stored ? st->sport : tcp ? bpf_ntohs(RD(tcp, INET.inet_sport)) : 0;
+	__u16 dport = stored ? st->dport : bpf_ntohs(RD(tp, SKC.skc_dport));
 
 	if (filter_netns && netns != filter_netns)
 		return;
@@ -134,7 +139,12 @@ static __always_inline void FN(emit_close)(struct tcp_sock *tp, struct sock_stat
 	e->tid = st->owner.tid;
 	e->sport = sport;
 	e->dport = dport;
-	if (family == AF_INET) {
+	if (stored) {
+		/* st's arrays hold an IPv4 address in their first 4 bytes
+		 * and zeros after: the inserted value started zeroed. */
+		__builtin_memcpy(e->saddr, st->saddr, sizeof(e->saddr));
+		__builtin_memcpy(e->daddr, st->daddr, sizeof(e->daddr));
+	} else if (family == AF_INET) {
 		/* The record is reserved, not zeroed: clear what IPv4 leaves. */
 		__builtin_memset(e->saddr, 0, sizeof(e->saddr));
 		__builtin_memset(e->daddr, 0, sizeof(e->daddr));
@@ -168,6 +178,22 @@ static __always_inline void FN(fill_tuple)(struct tcp_sock *tp, struct sock_stat
 		RD_INTO(&s->saddr, tp, SKC.skc_v6_rcv_saddr.in6_u.u6_addr8);
 		RD_INTO(&s->daddr, tp, SKC.skc_v6_daddr.in6_u.u6_addr8);
 	}
+}
+
+/*
+ * fill_peer completes the tuple at ESTABLISHED: an active open's local port
+ * is bound after SYN_SENT, and on older kernels (6.1, 6.12) a passive
+ * child's peer address is written after its SYN_RECV. The family, the
+ * namespace and the local address do not change.
+ */
+static __always_inline void FN(fill_peer)(struct tcp_sock *tp, struct sock_state *s, __u16 family)
+{
+	s->sport = RD(tp, SKC.skc_num);
+	s->dport = bpf_ntohs(RD(tp, SKC.skc_dport));
+	if (family == AF_INET)
+		RD_INTO(&s->daddr, tp, SKC.skc_daddr);
+	else
+		RD_INTO(&s->daddr, tp, SKC.skc_v6_daddr.in6_u.u6_addr8);
 }
 
 /*
@@ -260,10 +286,9 @@ static __always_inline int FN(handle_state)(struct tcp_sock *tp, int oldstate, i
 	case TCP_ESTABLISHED:
 		st->flags |= CONN_ESTABLISHED;
 		st->established_ns = bpf_ktime_get_boot_ns();
-		/* Complete the tuple: an active open's local port is bound
-		 * after SYN_SENT, and on older kernels (6.1, 6.12) a passive
-		 * child's peer address is written after its SYN_RECV. */
-		FN(fill_tuple)(tp, st, family);
+		/* Complete the tuple (fill_peer); a socket first seen here
+		 * (open before tracing) got its whole tuple on insert. */
+		FN(fill_peer)(tp, st, family);
 		struct tcp_sock *tcp = TCP_SK(tp);
 
 		if (tcp) {

@@ -3,10 +3,8 @@ package conntracer
 import (
 	"fmt"
 	"io"
-	"os"
 	"runtime"
 	"sort"
-	"strconv"
 	"testing"
 	"time"
 
@@ -39,67 +37,95 @@ type nullHandler struct{ owners *events.Owners }
 func (h *nullHandler) HandleEvent(ev *events.Event) { h.owners.Apply(ev) }
 func (h *nullHandler) Drained()                     {}
 
-// BenchmarkChurnVariants runs the churn workload (one client) without the
-// tracer and with each of churnVariants, rotating the order every round so
-// that each variant is measured next to a baseline, and reports per
-// variant the median ratio of its connection rate to the round's
-// baseline, and the median extra CPU time the workload's own process
-// spent per connection (the kernel-side cost of the hooks it triggers,
-// BPF programs and tracepoint machinery together; see
-// testenv.ChurnResult.CPUNs). It answers "what does each part cost" where
-// BenchmarkChurnOverhead answers "what does the default cost"; on a shared
-// machine read it over many rounds (CT_CHURN_ROUNDS, default 7).
+// BenchmarkChurnVariants answers "what does each part cost" where
+// BenchmarkChurnOverhead answers "what does the default cost". It runs the
+// churn workload (one client) without any hook and under each of these, in
+// an order rotated every round, each run a few hundred milliseconds from
+// the others (the probes are loaded once; their hooks are attached for
+// their run only), and reports per variant the median ratio of its
+// connection rate to the round's untraced run and the median extra CPU
+// time per connection, of the whole machine and of the workload's own
+// process:
+//   - empty-state: an empty tp_btf program on sock:inet_sock_set_state,
+//     where the tracer's state program goes: the price of the hook itself,
+//     10 calls per connection;
+//   - empty-syscall-exits: empty programs on the exit tracepoints of
+//     accept4, accept and connect: the price of the syscall tracepoint
+//     machinery, which every system call of the machine then goes through;
+//   - each of churnVariants (the real programs and event loop).
+//
+// CT_CHURN_PAIRS rounds (default 21), CT_CHURN_CONNS connections a run
+// (default 10000).
 func BenchmarkChurnVariants(b *testing.B) {
 	testenv.RequireRoot(b)
-	const clients, total = 1, 20000
-	rounds := 7
-	if n, err := strconv.Atoi(os.Getenv("CT_CHURN_ROUNDS")); err == nil && n > 0 {
-		rounds = n
+	rounds, total := envInt(b, "CT_CHURN_PAIRS", 21), envInt(b, "CT_CHURN_CONNS", 10000)
+	type variant struct {
+		name           string
+		attach, detach func() error
 	}
-	ratios := make([][]float64, len(churnVariants))
-	cpuDelta := make([][]float64, len(churnVariants)) // workload CPU ns/conn over the baseline
+	var emptyDetach func()
+	vs := []variant{
+		{name: "none", attach: func() error { return nil }, detach: func() error { return nil }},
+		{name: "empty-state", attach: func() error { emptyDetach = attachEmpty(b, true, nil); return nil },
+			detach: func() error { emptyDetach(); return nil }},
+		{name: "empty-syscall-exits", attach: func() error {
+			emptyDetach = attachEmpty(b, false, []tracepointName{{"syscalls", "sys_exit_accept4"}, {"syscalls", "sys_exit_accept"}, {"syscalls", "sys_exit_connect"}})
+			return nil
+		}, detach: func() error { emptyDetach(); return nil }},
+	}
+	for _, cv := range churnVariants {
+		var h Handler = &nullHandler{owners: events.NewOwners()}
+		if !cv.noFormat {
+			h = &discardHandler{owners: events.NewOwners(), stream: export.NewStream(io.Discard, export.FormatJSON, func(ns uint64) time.Time { return time.Unix(0, int64(ns)) })}
+		}
+		p, done, stop := startChurnProbeHandler(b, cv.opts(), h)
+		defer func() {
+			stop()
+			if err := <-done; err != nil {
+				b.Error(err)
+			}
+			p.Close()
+		}()
+		if err := p.detach(); err != nil {
+			b.Fatal(err)
+		}
+		vs = append(vs, variant{name: cv.name, attach: p.reattach, detach: p.detach})
+	}
+	runtime.GC()
+	rate := make([][]float64, len(vs))
+	machine := make([][]float64, len(vs)) // machine CPU ns/conn over the round's untraced run
+	workload := make([][]float64, len(vs))
 	for b.Loop() {
 		for r := 0; r < rounds; r++ {
-			// Slot 0 is the baseline; the rest are the variants,
-			// rotated so that none always runs first or last.
-			order := make([]int, len(churnVariants)+1)
-			for i := range order {
-				order[i] = (i + r) % len(order)
-			}
-			runs := make([]testenv.ChurnResult, len(order))
-			for _, slot := range order {
+			runs := make([]churnRun, len(vs))
+			for k := range vs {
+				slot := (k + r) % len(vs)
 				ns := testenv.NewNetNS(b)
-				if slot == 0 {
-					runs[0] = testenv.RunChurn(b, ns, clients, total)
-					continue
-				}
-				v := churnVariants[slot-1]
-				var h Handler = &nullHandler{owners: events.NewOwners()}
-				if !v.noFormat {
-					h = &discardHandler{owners: events.NewOwners(), stream: export.NewStream(io.Discard, export.FormatJSON, func(ns uint64) time.Time { return time.Unix(0, int64(ns)) })}
-				}
-				p, done, stop := startChurnProbeHandler(b, v.opts(), h)
-				runs[slot] = testenv.RunChurn(b, ns, clients, total)
-				stop()
-				if err := <-done; err != nil {
+				if err := vs[slot].attach(); err != nil {
 					b.Fatal(err)
 				}
-				p.Close()
+				before := busyNs(b)
+				res := testenv.RunChurn(b, ns, 1, total)
+				time.Sleep(100 * time.Millisecond) // the reader's last poll, inside the window
+				runs[slot] = churnRun{res, (busyNs(b) - before) / float64(res.Conns)}
+				if err := vs[slot].detach(); err != nil {
+					b.Fatal(err)
+				}
 			}
-			base := runs[0]
-			line := fmt.Sprintf("round %d: baseline %.0f conn/s %.1f us CPU/conn", r, base.Rate(), base.CPUPerConn()/1e3)
-			for i, v := range churnVariants {
-				run := runs[i+1]
-				ratios[i] = append(ratios[i], run.Rate()/base.Rate())
-				cpuDelta[i] = append(cpuDelta[i], run.CPUPerConn()-base.CPUPerConn())
-				line += fmt.Sprintf("; %s rate %.3f, CPU %+.2f us/conn", v.name, run.Rate()/base.Rate(), (run.CPUPerConn()-base.CPUPerConn())/1e3)
+			line := fmt.Sprintf("round %d: untraced %.0f conn/s %.1f us CPU/conn", r, runs[0].Rate(), runs[0].cpuPerConn/1e3)
+			for i := 1; i < len(vs); i++ {
+				rate[i] = append(rate[i], runs[i].Rate()/runs[0].Rate())
+				machine[i] = append(machine[i], runs[i].cpuPerConn-runs[0].cpuPerConn)
+				workload[i] = append(workload[i], runs[i].CPUPerConn()-runs[0].CPUPerConn())
+				line += fmt.Sprintf("; %s %.3f", vs[i].name, runs[i].Rate()/runs[0].Rate())
 			}
-			fmt.Fprintln(os.Stderr, line)
+			b.Log(line)
 		}
 	}
-	for i, v := range churnVariants {
-		b.ReportMetric(median(ratios[i]), v.name+"-rate-ratio")
-		b.ReportMetric(median(cpuDelta[i]), v.name+"-workload-cpu-ns/conn")
+	for i := 1; i < len(vs); i++ {
+		b.ReportMetric(median(rate[i]), vs[i].name+"-rate-ratio")
+		b.ReportMetric(median(machine[i]), vs[i].name+"-machine-cpu-ns/conn")
+		b.ReportMetric(median(workload[i]), vs[i].name+"-workload-cpu-ns/conn")
 	}
 }
 

@@ -84,6 +84,17 @@ func (c *ctWatch) drain(quiet time.Duration) {
 	}
 }
 
+// waitKind drains until n events of kind have come or timeout has passed
+// (under emulation, in the kernel matrix's VMs, a dump takes far longer
+// than a drain's quiet period), then until the source is quiet.
+func (c *ctWatch) waitKind(kind events.Kind, n int, timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	for c.kinds[kind] < n && time.Now().Before(deadline) {
+		c.drain(50 * time.Millisecond)
+	}
+	c.drain(300 * time.Millisecond)
+}
+
 func (c *ctWatch) table() events.ConntrackNSSnapshot {
 	for _, s := range c.agg.Snapshot().Conntrack {
 		if s.NetNS == c.ns.Inode {
@@ -144,7 +155,7 @@ func TestCtEventsLossResync(t *testing.T) {
 	ns := testenv.NewNetNS(t)
 	testenv.NFT(t, ns, ctRule)
 	c := watchCt(t, ns, 4096)
-	c.drain(300 * time.Millisecond) // the start-up dump: an empty table
+	c.waitKind(events.KindConntrackResync, 1, 15*time.Second) // the start-up dump: an empty table
 	if c.kinds[events.KindConntrackResync] != 1 {
 		t.Fatalf("start-up: %v, want one resync", c.kinds)
 	}
@@ -214,7 +225,7 @@ func TestCtEventsLifecycle(t *testing.T) {
 	old := testenv.StartClient(t, ns, "ctr-ct-old", testenv.HoldPlan(srv.Addr4(), 4))
 
 	c := watchCt(t, ns, 0)
-	c.drain(300 * time.Millisecond)
+	c.waitKind(events.KindConntrackResync, 1, 15*time.Second) // the first dump
 	// A dump that fails (interrupted by a change of the table) is tried
 	// again a second later: more than one dump may have run by now.
 	if tab := c.table(); tab.ByState["ESTABLISHED"] != 4 || tab.Dumps < 1 {

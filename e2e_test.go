@@ -177,7 +177,8 @@ func TestEveryAttachModeTracesEveryConnection(t *testing.T) {
 			s := runScenario(t, ns)
 			evs := tr.col.waitFor(t, s.expectedEvents())
 			now := testenv.BootNs()
-			timeWait := ns.Output(t, "ss", "-Htan", "state", "time-wait")
+			// Before the server stops: its stop closes held connections.
+			checkTimeWaitMatchesSS(t, evs, func() string { return ns.Output(t, "ss", "-Htan", "state", "time-wait") })
 			s.server.Stop(t)
 			if err := tr.stop(); err != nil {
 				t.Fatalf("Run: %v", err)
@@ -190,7 +191,6 @@ func TestEveryAttachModeTracesEveryConnection(t *testing.T) {
 				}
 			}
 			s.check(t, evs, now)
-			checkTimeWaitMatchesSS(t, evs, timeWait)
 
 			st := tr.probe.Stats()
 			if st.Lost != 0 || st.BadRecords != 0 {
@@ -352,20 +352,29 @@ func checkTimes(t *testing.T, name string, ev *events.Event, start, now uint64) 
 
 // checkTimeWaitMatchesSS: the sockets the tracer says entered TIME_WAIT are
 // exactly those `ss state time-wait` lists in the namespace.
-func checkTimeWaitMatchesSS(t *testing.T, evs []events.Event, ssOut string) {
+//
+// A socket the tracer saw handed over in substate FIN_WAIT2 turns TIME_WAIT
+// only when its peer's FIN arrives, which under emulation (the kernel
+// matrix's VMs) can come after the records did: ss is asked again, for up
+// to 5 s, until the kernel's view settles on the tracer's.
+func checkTimeWaitMatchesSS(t *testing.T, evs []events.Event, ss func() string) {
 	t.Helper()
 	var fromSS, fromTracer []string
-	for _, line := range strings.Split(strings.TrimSpace(ssOut), "\n") {
-		f := strings.Fields(line)
-		if len(f) < 4 {
-			continue
+	read := func() {
+		fromSS = fromSS[:0]
+		for _, line := range strings.Split(strings.TrimSpace(ss()), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 4 {
+				continue
+			}
+			l, err1 := netip.ParseAddrPort(f[2])
+			r, err2 := netip.ParseAddrPort(f[3])
+			if err1 != nil || err2 != nil {
+				t.Fatalf("cannot parse ss line %q", line)
+			}
+			fromSS = append(fromSS, l.String()+" "+r.String())
 		}
-		l, err1 := netip.ParseAddrPort(f[2])
-		r, err2 := netip.ParseAddrPort(f[3])
-		if err1 != nil || err2 != nil {
-			t.Fatalf("cannot parse ss line %q", line)
-		}
-		fromSS = append(fromSS, l.String()+" "+r.String())
+		sort.Strings(fromSS)
 	}
 	for _, ev := range evs {
 		// By the time ss looks, every peer has closed: a timewait
@@ -374,8 +383,12 @@ func checkTimeWaitMatchesSS(t *testing.T, evs []events.Event, ssOut string) {
 			fromTracer = append(fromTracer, ev.Conn.Local.String()+" "+ev.Conn.Remote.String())
 		}
 	}
-	sort.Strings(fromSS)
 	sort.Strings(fromTracer)
+	read()
+	for deadline := time.Now().Add(5 * time.Second); strings.Join(fromSS, ",") != strings.Join(fromTracer, ",") && time.Now().Before(deadline); {
+		time.Sleep(100 * time.Millisecond)
+		read()
+	}
 	if strings.Join(fromSS, ",") != strings.Join(fromTracer, ",") {
 		t.Errorf("TIME_WAIT sockets differ\n  ss:     %v\n  tracer: %v", fromSS, fromTracer)
 	}

@@ -69,7 +69,7 @@ static __always_inline void FN(emit_close)(struct tcp_sock *tp, struct sock_stat
 	struct tcp_sock *tcp = TCP_SK(tp);
 	__u8 flags = st->flags;
 	/* A connection that reached ESTABLISHED has had its whole tuple
-	 * stored in st (fill_tuple, fill_peer): take it from there, lines
+	 * stored in st (fill_tuple, again at ESTABLISHED): take it from there, lines
 	 * the map lookup just brought in, rather than from the socket's
 	 * (the namespace alone is two more dependent loads). */
 	bool stored = flags & CONN_ESTABLISHED;
@@ -181,22 +181,6 @@ static __always_inline void FN(fill_tuple)(struct tcp_sock *tp, struct sock_stat
 }
 
 /*
- * fill_peer completes the tuple at ESTABLISHED: an active open's local port
- * is bound after SYN_SENT, and on older kernels (6.1, 6.12) a passive
- * child's peer address is written after its SYN_RECV. The family, the
- * namespace and the local address do not change.
- */
-static __always_inline void FN(fill_peer)(struct tcp_sock *tp, struct sock_state *s, __u16 family)
-{
-	s->sport = RD(tp, SKC.skc_num);
-	s->dport = bpf_ntohs(RD(tp, SKC.skc_dport));
-	if (family == AF_INET)
-		RD_INTO(&s->daddr, tp, SKC.skc_daddr);
-	else
-		RD_INTO(&s->daddr, tp, SKC.skc_v6_daddr.in6_u.u6_addr8);
-}
-
-/*
  * handle_state: the caller has checked that tp is a TCP socket (its
  * sk_protocol); the fields of struct tcp_sock proper are read through
  * TCP_SK only where they are needed (ESTABLISHED and CLOSE).
@@ -286,9 +270,12 @@ static __always_inline int FN(handle_state)(struct tcp_sock *tp, int oldstate, i
 	case TCP_ESTABLISHED:
 		st->flags |= CONN_ESTABLISHED;
 		st->established_ns = bpf_ktime_get_boot_ns();
-		/* Complete the tuple (fill_peer); a socket first seen here
-		 * (open before tracing) got its whole tuple on insert. */
-		FN(fill_peer)(tp, st, family);
+		/* Complete the tuple: an active open's local port is bound
+		 * after SYN_SENT, and on older kernels (6.1, 6.12) a passive
+		 * child's addresses and peer port are written after its
+		 * SYN_RECV (until then it holds the listener's: 0.0.0.0 for
+		 * a wildcard listener). */
+		FN(fill_tuple)(tp, st, family);
 		struct tcp_sock *tcp = TCP_SK(tp);
 
 		if (tcp) {

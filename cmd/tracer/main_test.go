@@ -192,17 +192,18 @@ func TestJSONStreamNamesOwnersOfOldAndNewConnections(t *testing.T) {
 	}
 
 	var lines []jsonConn
+	out := stdout.String() // the decoder drains the buffer: keep it for the messages
 	dec := json.NewDecoder(&stdout)
 	dec.DisallowUnknownFields()
 	for dec.More() {
 		var c jsonConn
 		if err := dec.Decode(&c); err != nil {
-			t.Fatalf("bad JSON line: %v\n%s", err, stdout.String())
+			t.Fatalf("bad JSON line: %v\n%s", err, out)
 		}
 		lines = append(lines, c)
 	}
 	if len(lines) != 4 {
-		t.Fatalf("got %d lines, want 4 (two sides of two connections):\n%s", len(lines), stdout.String())
+		t.Fatalf("got %d lines, want 4 (two sides of two connections):\n%s", len(lines), out)
 	}
 	held := holder.Results[0].LocalAddrPort()
 	newConn := fresh.Results[0].LocalAddrPort()

@@ -48,7 +48,10 @@ func kernelEntriesOf(list []testenv.CtEntry, c *testenv.Client) map[string]uint6
 	}
 	m := map[string]uint64{}
 	for _, e := range list {
-		if locals[e.OrigSrc] {
+		// TCP only: a UDP flow of the test (bash's /dev/udp) may leave
+		// from the same address and port as a TCP client, in its own
+		// port space (seen once in the 6.12 VM).
+		if e.Proto == "tcp" && locals[e.OrigSrc] {
 			m[e.State]++
 		}
 	}

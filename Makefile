@@ -36,7 +36,7 @@ test: test-deps ## run every test; as root the privileged end-to-end tests run t
 
 .PHONY: fuzz
 fuzz: ## fuzz the ring buffer record decoder for $(FUZZTIME)
-	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) .
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./internal/probe
 	$(GO) test -run '^$$' -fuzz '^FuzzReader$$' -fuzztime $(FUZZTIME) ./internal/record
 
 # `make bench` writes BENCHMARKS.md (tools/bench); BENCH_QUICK=1 for small

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/conntracer/conntracer/internal/aggregate"
+
 	"fmt"
 	"io"
 	"maps"
@@ -11,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/conntracer/conntracer/internal/events"
 	"github.com/conntracer/conntracer/internal/testenv"
 	"github.com/conntracer/conntracer/internal/top"
 )
@@ -25,7 +26,7 @@ const ctEntriesRule = `table inet ctrtest {
 }`
 
 // ctNS returns the document's conntrack object of namespace ino.
-func ctNS(t *testing.T, d *top.Document, ino uint32) events.ConntrackNSSnapshot {
+func ctNS(t *testing.T, d *top.Document, ino uint32) aggregate.ConntrackNSSnapshot {
 	t.Helper()
 	for _, c := range d.Conntrack {
 		if c.NetNS == ino {
@@ -33,7 +34,7 @@ func ctNS(t *testing.T, d *top.Document, ino uint32) events.ConntrackNSSnapshot 
 		}
 	}
 	t.Fatalf("no conntrack object for netns %d in %+v", ino, d.Conntrack)
-	return events.ConntrackNSSnapshot{}
+	return aggregate.ConntrackNSSnapshot{}
 }
 
 // kernelEntriesOf counts, by TCP state, the entries of `conntrack -L`
@@ -115,7 +116,7 @@ func testConntrackEntriesPerProcess(t *testing.T, sourceArgs []string, sourceLin
 	list := testenv.ConntrackList(t, ns)
 
 	ct := ctNS(t, d, ns.Inode)
-	procs := map[uint32]events.ProcessCount{}
+	procs := map[uint32]aggregate.ProcessCount{}
 	for _, p := range ct.TopProcesses {
 		procs[p.PID] = p
 	}

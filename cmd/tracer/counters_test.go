@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/conntracer/conntracer/internal/aggregate"
+
 	"bytes"
 	"fmt"
 	"path/filepath"
@@ -96,7 +98,7 @@ func TestKernelCountersMatchNstat(t *testing.T) {
 	}
 
 	// The post-mortem shows the same.
-	rep, err := report.Replay([]string{path}, report.Options{Thresholds: events.DefaultThresholds()})
+	rep, err := report.Replay([]string{path}, report.Options{Thresholds: aggregate.DefaultThresholds()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +127,7 @@ func tws(t *testing.T, ns *testenv.NetNS) int {
 	return strings.Count(ns.Output(t, "ss", "-Htan", "state", "time-wait"), "\n")
 }
 
-func findCounters(t *testing.T, d *top.Document, netns uint32) events.CounterSnapshot {
+func findCounters(t *testing.T, d *top.Document, netns uint32) aggregate.CounterSnapshot {
 	t.Helper()
 	for _, c := range d.KernelCounters {
 		if c.Kind == "kernel_counters" && c.NetNS == netns {
@@ -133,7 +135,7 @@ func findCounters(t *testing.T, d *top.Document, netns uint32) events.CounterSna
 		}
 	}
 	t.Fatalf("no kernel_counters for netns %d in %+v", netns, d.KernelCounters)
-	return events.CounterSnapshot{}
+	return aggregate.CounterSnapshot{}
 }
 
 // containsLine reports whether one line of s holds every part.

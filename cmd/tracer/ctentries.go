@@ -4,9 +4,9 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/conntracer/conntracer"
 	"github.com/conntracer/conntracer/internal/events"
 	"github.com/conntracer/conntracer/internal/kernel"
+	"github.com/conntracer/conntracer/internal/probe"
 )
 
 // conntrackEntrySource produces the conntrack entry lifecycle events
@@ -40,7 +40,7 @@ const (
 // entry (conntrack's state changes have no hook) and the entries older
 // than the tracer; otherwise, and with "ctnetlink", ctnetlink's event
 // groups report everything. nil: off.
-func chooseConntrackSource(cfg *topConfig, probe *conntracer.Probe, out chan<- []events.Event) (conntrackEntrySource, error) {
+func chooseConntrackSource(cfg *topConfig, probe *probe.Probe, out chan<- []events.Event) (conntrackEntrySource, error) {
 	switch cfg.ctEntries {
 	case ctEntriesOff:
 		return nil, nil

@@ -9,10 +9,10 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/conntracer/conntracer"
 	"github.com/conntracer/conntracer/internal/events"
 	"github.com/conntracer/conntracer/internal/export"
 	"github.com/conntracer/conntracer/internal/kernel"
+	"github.com/conntracer/conntracer/internal/probe"
 )
 
 // usageError marks errors caused by the command line (exit code 2).
@@ -29,7 +29,7 @@ type config struct {
 	duration time.Duration
 	existing bool
 	filter   events.Filter
-	probe    conntracer.Options
+	probe    probe.Options
 	web      webConfig // /metrics beside the stream, when a listen address is set
 }
 
@@ -38,7 +38,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs.SetOutput(io.Discard)
 	fs.SortFlags = false
 
-	defaults := conntracer.DefaultOptions()
+	defaults := probe.DefaultOptions()
 	var (
 		help        = fs.BoolP("help", "h", false, "show this help")
 		output      = fs.StringP("output", "o", "text", "output format: text or json (one object per line)")
@@ -85,7 +85,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	if *duration < 0 {
 		return nil, usagef("--duration must not be negative")
 	}
-	if cfg.probe.AttachMode, err = conntracer.ParseAttachMode(*attachMode); err != nil {
+	if cfg.probe.AttachMode, err = probe.ParseAttachMode(*attachMode); err != nil {
 		return nil, usageError{err}
 	}
 	if *ringBytes < 4096 || *ringBytes&(*ringBytes-1) != 0 {

@@ -9,10 +9,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/conntracer/conntracer"
 	"github.com/conntracer/conntracer/internal/events"
 	"github.com/conntracer/conntracer/internal/export"
 	"github.com/conntracer/conntracer/internal/kernel"
+	"github.com/conntracer/conntracer/internal/probe"
 )
 
 // session is what `tracer top` and `tracer serve` share: the probe, the
@@ -22,7 +22,7 @@ import (
 // whatever shows the result.
 type session struct {
 	cfg      *topConfig
-	probe    *conntracer.Probe
+	probe    *probe.Probe
 	loop     *topLoop
 	samplers []*topSampler
 	existing int
@@ -33,24 +33,24 @@ type session struct {
 	stderr  io.Writer
 	// handler is what the event loop calls: the loop itself, or the
 	// stream's pipeline teed with it (streamWithMetrics).
-	handler conntracer.Handler
+	handler probe.Handler
 }
 
 // openSession loads and attaches the probe, feeds the start-up snapshot
 // and a first round of every sampler (the baselines that growth and
 // counter deltas are measured from), and binds the metrics address.
 func openSession(cfg *topConfig, stderr io.Writer) (*session, error) {
-	probe, err := conntracer.Open(cfg.probe)
+	prb, err := probe.Open(cfg.probe)
 	if err != nil {
 		return nil, fmt.Errorf("start tracing: %w", err)
 	}
 	// What Open chose and why, e.g. "conntrack hooks: in-kernel (fentry)".
-	for _, n := range probe.Notes() {
+	for _, n := range prb.Notes() {
 		fmt.Fprintf(stderr, "tracer: note: %s\n", n)
 	}
-	s, err := newSession(cfg, probe, stderr)
+	s, err := newSession(cfg, prb, stderr)
 	if err != nil {
-		probe.Close()
+		prb.Close()
 		return nil, err
 	}
 	releaseStartupMemory()
@@ -59,7 +59,7 @@ func openSession(cfg *topConfig, stderr io.Writer) (*session, error) {
 
 // newSession builds the session around a probe the caller opened and
 // still owns.
-func newSession(cfg *topConfig, probe *conntracer.Probe, stderr io.Writer) (_ *session, err error) {
+func newSession(cfg *topConfig, probe *probe.Probe, stderr io.Writer) (_ *session, err error) {
 	s := &session{cfg: cfg, probe: probe, stderr: stderr}
 	socks, err := s.probe.SocketSampler()
 	if err != nil {

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/conntracer/conntracer/internal/kernel"
+	"github.com/conntracer/conntracer/internal/bootclock"
 	"github.com/conntracer/conntracer/internal/record"
 )
 
@@ -85,8 +85,6 @@ func recordHeader() record.Header {
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		h.Kernel = strings.TrimSpace(string(b))
 	}
-	if boot, err := kernel.BootTimeNs(); err == nil {
-		h.BootTimeNs = time.Now().UnixNano() - int64(boot)
-	}
+	h.BootTimeNs = bootclock.WallOffsetNs()
 	return h
 }

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/conntracer/conntracer/internal/aggregate"
+
 	"fmt"
 	"io"
 	"os"
@@ -76,7 +78,7 @@ func (r *loopRecorder) Record(ev *events.Event, now time.Time) {
 
 // Tick runs when the event loop is idle: seal due blocks, and dump the
 // flight ring on SIGUSR1 or on a finding kind not seen before.
-func (r *loopRecorder) Tick(now time.Time, snap *events.Snapshot) {
+func (r *loopRecorder) Tick(now time.Time, snap *aggregate.Snapshot) {
 	if r == nil {
 		return
 	}

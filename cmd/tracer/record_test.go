@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/conntracer/conntracer/internal/aggregate"
+
 	"encoding/json"
 	"fmt"
 	"os"
@@ -12,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/conntracer/conntracer/internal/events"
 	"github.com/conntracer/conntracer/internal/report"
 	"github.com/conntracer/conntracer/internal/testenv"
 	"github.com/conntracer/conntracer/internal/top"
@@ -66,7 +67,7 @@ func TestRecordReplayGivesLiveNumbers(t *testing.T) {
 	if st.Mode().Perm() != 0o600 {
 		t.Fatalf("recording mode %v, want 0600", st.Mode().Perm())
 	}
-	rep, err := report.Replay([]string{path}, report.Options{Thresholds: events.DefaultThresholds()})
+	rep, err := report.Replay([]string{path}, report.Options{Thresholds: aggregate.DefaultThresholds()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +133,7 @@ func TestRecorderSIGKILL(t *testing.T) {
 	// ten times slower; on a real machine this takes about two seconds.
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		rep, err := report.Replay([]string{path}, report.Options{Thresholds: events.DefaultThresholds()})
+		rep, err := report.Replay([]string{path}, report.Options{Thresholds: aggregate.DefaultThresholds()})
 		got := uint64(0)
 		if err == nil {
 			got = closedBy(rep, "ctr-churner")
@@ -149,7 +150,7 @@ func TestRecorderSIGKILL(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd.Wait()
-	rep, err := report.Replay([]string{path}, report.Options{Thresholds: events.DefaultThresholds()})
+	rep, err := report.Replay([]string{path}, report.Options{Thresholds: aggregate.DefaultThresholds()})
 	if err != nil {
 		t.Fatalf("report after SIGKILL: %v", err)
 	}
@@ -197,7 +198,7 @@ func TestFlightRecorderDumpsOnFinding(t *testing.T) {
 	if filepath.Dir(dumps[0]) != dir {
 		t.Fatalf("dump %s written outside --flight-dir %s", dumps[0], dir)
 	}
-	rep, err := report.Replay(dumps, report.Options{Thresholds: events.DefaultThresholds()})
+	rep, err := report.Replay(dumps, report.Options{Thresholds: aggregate.DefaultThresholds()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,13 +1,14 @@
 package main
 
 import (
+	"github.com/conntracer/conntracer/internal/aggregate"
+
 	"fmt"
 	"io"
 	"time"
 
 	"github.com/spf13/pflag"
 
-	"github.com/conntracer/conntracer/internal/events"
 	"github.com/conntracer/conntracer/internal/report"
 )
 
@@ -24,7 +25,7 @@ func runReport(args []string, stdout, stderr io.Writer) error {
 		until  = fs.String("until", "", "only events at or before this time")
 		netns  = fs.String("netns", "", "only this network namespace: its inode number or a name in /run/netns")
 	)
-	th := events.DefaultThresholds()
+	th := aggregate.DefaultThresholds()
 	if err := fs.Parse(args); err != nil {
 		return usageError{err}
 	}

@@ -5,14 +5,12 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"time"
 
-	"golang.org/x/sys/unix"
-
-	"github.com/conntracer/conntracer"
+	"github.com/conntracer/conntracer/internal/bootclock"
 	"github.com/conntracer/conntracer/internal/events"
 	"github.com/conntracer/conntracer/internal/export"
 	"github.com/conntracer/conntracer/internal/kernel"
+	"github.com/conntracer/conntracer/internal/probe"
 )
 
 // run is the whole program once flags are parsed: load, attach, read until
@@ -46,7 +44,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		defer cancel()
 	}
 
-	probe, err := conntracer.Open(cfg.probe)
+	probe, err := probe.Open(cfg.probe)
 	if err != nil {
 		return fmt.Errorf("start tracing: %w", err)
 	}
@@ -55,10 +53,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stderr, "tracer: note: %s\n", n)
 	}
 
-	clock, err := bootClock()
-	if err != nil {
-		return err
-	}
+	clock := export.Clock(bootclock.ToWall())
 	p := &pipeline{
 		owners: events.NewOwners(),
 		drops:  dropNames(stderr),
@@ -136,22 +131,12 @@ func dropNames(stderr io.Writer) *events.DropNames {
 	return events.NewDropNames(reasons, sym)
 }
 
-func attachSummary(as []conntracer.Attachment) string {
+func attachSummary(as []probe.Attachment) string {
 	parts := make([]string, len(as))
 	for i, a := range as {
 		parts[i] = a.String()
 	}
 	return strings.Join(parts, ", ")
-}
-
-// bootClock maps the kernel's CLOCK_BOOTTIME timestamps to wall time.
-func bootClock() (export.Clock, error) {
-	var boot unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &boot); err != nil {
-		return nil, fmt.Errorf("read CLOCK_BOOTTIME: %w", err)
-	}
-	offset := time.Now().UnixNano() - boot.Nano()
-	return func(ns uint64) time.Time { return time.Unix(0, offset+int64(ns)) }, nil
 }
 
 // pipeline is the event loop's handler: enrich, filter, print. It runs on
@@ -171,7 +156,7 @@ type pipeline struct {
 	dropsPrinted uint64
 }
 
-// HandleEvent implements conntracer.Handler.
+// HandleEvent implements probe.Handler.
 func (p *pipeline) HandleEvent(ev *events.Event) {
 	p.owners.Apply(ev)
 	if ev.Kind == events.KindConnect {
@@ -216,11 +201,11 @@ func (p *pipeline) handleConnect(ev *events.Event) {
 	}
 }
 
-// Drained implements conntracer.Handler: flush lines while the kernel is quiet.
+// Drained implements probe.Handler: flush lines while the kernel is quiet.
 func (p *pipeline) Drained() {
 	if err := p.stream.Flush(); err != nil && p.writeErr == nil {
 		p.writeErr = err
 	}
 }
 
-var _ conntracer.Handler = (*pipeline)(nil)
+var _ probe.Handler = (*pipeline)(nil)

@@ -1,18 +1,20 @@
 package main
 
 import (
+	"github.com/conntracer/conntracer/internal/aggregate"
+
 	"io"
 	"time"
 
-	"github.com/conntracer/conntracer"
 	"github.com/conntracer/conntracer/internal/events"
+	"github.com/conntracer/conntracer/internal/probe"
 )
 
 // streamWithMetrics makes plain `tracer` serve /metrics too: the stream's
 // pipeline and the aggregating loop of `tracer top` see the same events
 // on the same event loop, and the session's samplers and metrics server
 // run beside it. The caller keeps owning probe.
-func streamWithMetrics(cfg *config, probe *conntracer.Probe, p *pipeline, stderr io.Writer) (*session, error) {
+func streamWithMetrics(cfg *config, probe *probe.Probe, p *pipeline, stderr io.Writer) (*session, error) {
 	tcfg := &topConfig{
 		sample:     time.Second,
 		reconcile:  5 * time.Second,
@@ -22,7 +24,7 @@ func streamWithMetrics(cfg *config, probe *conntracer.Probe, p *pipeline, stderr
 		countersEvery: 10 * time.Second,
 		ctEntries:     ctEntriesAuto,
 		netns:         cfg.filter.NetNS,
-		th:            events.DefaultThresholds(),
+		th:            aggregate.DefaultThresholds(),
 		probe:         cfg.probe,
 		web:           cfg.web,
 	}
@@ -40,13 +42,13 @@ type teeHandler struct {
 	agg    *topLoop
 }
 
-// HandleEvent implements conntracer.Handler.
+// HandleEvent implements probe.Handler.
 func (h teeHandler) HandleEvent(ev *events.Event) {
 	h.stream.HandleEvent(ev)
 	h.agg.HandleEvent(ev)
 }
 
-// Drained implements conntracer.Handler.
+// Drained implements probe.Handler.
 func (h teeHandler) Drained() {
 	h.stream.Drained()
 	h.agg.Drained()

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"github.com/conntracer/conntracer/internal/aggregate"
+
 	"context"
 	"fmt"
 	"io"
@@ -8,10 +10,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/conntracer/conntracer"
 	"github.com/conntracer/conntracer/internal/events"
 	"github.com/conntracer/conntracer/internal/export"
 	"github.com/conntracer/conntracer/internal/kernel"
+	"github.com/conntracer/conntracer/internal/probe"
 	"github.com/conntracer/conntracer/internal/top"
 )
 
@@ -98,18 +100,18 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 type topLoop struct {
 	owners  *events.Owners
 	netns   uint32
-	agg     *events.Aggregator
+	agg     *aggregate.Aggregator
 	batches chan []events.Event
 	// spare takes back the big batches once applied, for the samplers to
 	// fill again (reuseBatch): nothing here keeps a reference to them.
 	spare chan []events.Event
-	snap  atomic.Pointer[events.Snapshot]
+	snap  atomic.Pointer[aggregate.Snapshot]
 	rec   *loopRecorder        // nil unless recording (record_hook.go)
 	ct    conntrackEntrySource // nil: off; its losses (counters.go)
 
 	// Self-metrics, when /metrics is served (session.openMetrics).
 	health      *export.Health
-	probe       *conntracer.Probe
+	probe       *probe.Probe
 	healthAt    time.Time
 	sampled     uint64 // events the samplers handed over
 	sockEntries int    // KindSockOpen events of the last socket-table round
@@ -125,7 +127,7 @@ func newTopLoop(cfg *topConfig, stderr io.Writer) *topLoop {
 	l := &topLoop{
 		owners:  events.NewOwners(),
 		netns:   cfg.netns,
-		agg:     events.NewAggregator(cfg.th),
+		agg:     aggregate.NewAggregator(cfg.th),
 		batches: make(chan []events.Event, 4),
 		spare:   make(chan []events.Event, 2),
 
@@ -133,13 +135,13 @@ func newTopLoop(cfg *topConfig, stderr io.Writer) *topLoop {
 	}
 	l.agg.SetDropNames(dropNames(stderr))
 	ports := &kernel.PortInfoCache{TTL: 10 * time.Second}
-	l.agg.SetConnectRules(events.DefaultConnectRules(), ports.Lookup)
+	l.agg.SetConnectRules(aggregate.DefaultConnectRules(), ports.Lookup)
 	l.snap.Store(l.agg.Snapshot())
 	return l
 }
 
 // Snapshot returns the last published snapshot; safe from any goroutine.
-func (l *topLoop) Snapshot() *events.Snapshot { return l.snap.Load() }
+func (l *topLoop) Snapshot() *aggregate.Snapshot { return l.snap.Load() }
 
 func (l *topLoop) apply(ev *events.Event, now time.Time) {
 	l.owners.Apply(ev)
@@ -152,10 +154,10 @@ func (l *topLoop) apply(ev *events.Event, now time.Time) {
 	l.rec.Record(ev, now)
 }
 
-// HandleEvent implements conntracer.Handler.
+// HandleEvent implements probe.Handler.
 func (l *topLoop) HandleEvent(ev *events.Event) { l.apply(ev, time.Now()) }
 
-// Drained implements conntracer.Handler: the ring buffer is empty, a good
+// Drained implements probe.Handler: the ring buffer is empty, a good
 // moment to apply the samplers' batches and publish a snapshot.
 func (l *topLoop) Drained() {
 	for {
@@ -219,7 +221,7 @@ func (l *topLoop) updateHealth() {
 	})
 }
 
-var _ conntracer.Handler = (*topLoop)(nil)
+var _ probe.Handler = (*topLoop)(nil)
 
 // minSpareBatch is the smallest batch worth recycling (reuseBatch).
 const minSpareBatch = 256

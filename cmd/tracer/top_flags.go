@@ -1,14 +1,15 @@
 package main
 
 import (
+	"github.com/conntracer/conntracer/internal/aggregate"
+
 	"fmt"
 	"io"
 	"time"
 
 	"github.com/spf13/pflag"
 
-	"github.com/conntracer/conntracer"
-	"github.com/conntracer/conntracer/internal/events"
+	"github.com/conntracer/conntracer/internal/probe"
 	"github.com/conntracer/conntracer/internal/top"
 )
 
@@ -33,8 +34,8 @@ type topConfig struct {
 	ctRefresh    time.Duration
 	netns        uint32
 	sortBy       top.Column
-	th           events.Thresholds
-	probe        conntracer.Options
+	th           aggregate.Thresholds
+	probe        probe.Options
 	recordFlags
 	web webConfig // /metrics, when a listen address is set
 }
@@ -94,8 +95,8 @@ func parseTopFlags(args []string, stdout io.Writer) (*topConfig, error) {
 // samplers, shared by `tracer top` and `tracer serve`; the returned
 // function validates them after parsing and completes cfg.
 func addLoopFlags(fs *pflag.FlagSet, cfg *topConfig) func() error {
-	defaults := conntracer.DefaultOptions()
-	th := events.DefaultThresholds()
+	defaults := probe.DefaultOptions()
+	th := aggregate.DefaultThresholds()
 	// The drop hook is on: the drops and conntrack sections need it.
 	defaults.Drops = true
 	// Conntrack entries from the kernel's own functions where it allows
@@ -137,7 +138,7 @@ func addLoopFlags(fs *pflag.FlagSet, cfg *topConfig) func() error {
 			return usagef("--sample-interval must be positive, --reconcile-interval, --netns-interval, --unix-interval and --counters-interval not negative")
 		}
 		var err error
-		if cfg.probe.AttachMode, err = conntracer.ParseAttachMode(*attachMode); err != nil {
+		if cfg.probe.AttachMode, err = probe.ParseAttachMode(*attachMode); err != nil {
 			return usageError{err}
 		}
 		if r := cfg.probe.RingBufferBytes; r < 4096 || r&(r-1) != 0 {

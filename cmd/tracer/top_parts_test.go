@@ -1,13 +1,14 @@
 package main
 
 import (
+	"github.com/conntracer/conntracer/internal/aggregate"
+
 	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/conntracer/conntracer/internal/events"
 	"github.com/conntracer/conntracer/internal/testenv"
 	"github.com/conntracer/conntracer/internal/top"
 )
@@ -59,7 +60,7 @@ func TestTopShowsConnectUnixAndDrops(t *testing.T) {
 		if unixRes.Errnos["EAGAIN"] == 0 {
 			t.Fatalf("client saw %v, want EAGAIN failures", unixRes.Errnos)
 		}
-		var path *events.UnixPathStats
+		var path *aggregate.UnixPathStats
 		for i := range d.Unix {
 			if d.Unix[i].Path == sock {
 				path = &d.Unix[i]

@@ -7,9 +7,10 @@ import (
 	"io"
 	"time"
 
-	"github.com/conntracer/conntracer"
+	"github.com/conntracer/conntracer/internal/bootclock"
 	"github.com/conntracer/conntracer/internal/events"
 	"github.com/conntracer/conntracer/internal/kernel"
+	"github.com/conntracer/conntracer/internal/probe"
 )
 
 // topSampler reads one of the kernel's tables and turns it into a round of
@@ -71,7 +72,7 @@ func (l *topLoop) sampleAll(samplers []*topSampler, stderr io.Writer) error {
 // round ends with KindSockSampleDone, on which the aggregator evaluates the
 // findings and the loop publishes a snapshot, so the other tables read in
 // the same pass are already in.
-func topSamplers(cfg *topConfig, socks *conntracer.SocketSampler, ct conntrackEntrySource, spare chan []events.Event) []*topSampler {
+func topSamplers(cfg *topConfig, socks *probe.SocketSampler, ct conntrackEntrySource, spare chan []events.Event) []*topSampler {
 	nsSampler := kernel.NewNetNSSampler()
 	nsSampler.OnlyNetNS = cfg.netns
 	if w, ok := ct.(kernel.ConntrackNSWatcher); ok {
@@ -82,10 +83,7 @@ func topSamplers(cfg *topConfig, socks *conntracer.SocketSampler, ct conntrackEn
 	last, lastTW := 0, 0
 	return []*topSampler{
 		{name: "conntrack and listen overflows", every: cfg.netnsEvery, read: func() ([]events.Event, error) {
-			now, err := kernel.BootTimeNs()
-			if err != nil {
-				return nil, err
-			}
+			now := bootclock.Now()
 			evs, warnings := nsSampler.Sample(now)
 			return evs, errors.Join(warnings...)
 		}},
@@ -99,10 +97,7 @@ func topSamplers(cfg *topConfig, socks *conntracer.SocketSampler, ct conntrackEn
 			return evs, err
 		}},
 		{name: "kernel TCP counters and sockstat", every: cfg.countersEvery, read: func() ([]events.Event, error) {
-			now, err := kernel.BootTimeNs()
-			if err != nil {
-				return nil, err
-			}
+			now := bootclock.Now()
 			evs, warnings := kernel.KernelCounters(cfg.netns, now)
 			return evs, errors.Join(warnings...)
 		}},

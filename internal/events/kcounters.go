@@ -60,8 +60,8 @@ type Counters struct {
 	Values [MaxCounters]uint64
 }
 
-// counterNames returns the names of k's values (nil for other kinds).
-func counterNames(k Kind) []string {
+// CounterNames returns the names of k's values (nil for other kinds).
+func CounterNames(k Kind) []string {
 	switch k {
 	case KindKernelCounters:
 		return KernelCounterNames[:]

@@ -1,6 +1,8 @@
 package export
 
 import (
+	"github.com/conntracer/conntracer/internal/aggregate"
+
 	"cmp"
 	"fmt"
 	"slices"
@@ -37,7 +39,7 @@ func DefaultMetricsOptions() MetricsOptions { return MetricsOptions{TopProcesses
 // advanced once per snapshot, so that no counter goes down when a group
 // moves in or out of comm="other"; scrapes of one snapshot get one answer.
 type Collector struct {
-	snap func() *events.Snapshot
+	snap func() *aggregate.Snapshot
 	opts MetricsOptions
 	d    metricDescs
 	fold folder
@@ -45,7 +47,7 @@ type Collector struct {
 
 // NewCollector returns a collector reading snapshots from snap (for
 // example the event loop's last published one).
-func NewCollector(snap func() *events.Snapshot, opts MetricsOptions) *Collector {
+func NewCollector(snap func() *aggregate.Snapshot, opts MetricsOptions) *Collector {
 	if opts.TopProcesses < 0 {
 		opts.TopProcesses = 0
 	}
@@ -68,7 +70,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	c.collectNode(ch, s)
 }
 
-func (c *Collector) collectProcesses(ch chan<- prometheus.Metric, s *events.Snapshot, groups []*procGroup) {
+func (c *Collector) collectProcesses(ch chan<- prometheus.Metric, s *aggregate.Snapshot, groups []*procGroup) {
 	d := &c.d
 	counter := func(desc *prometheus.Desc, v uint64, lv ...string) {
 		ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(v), lv...)
@@ -95,7 +97,7 @@ func (c *Collector) collectProcesses(ch chan<- prometheus.Metric, s *events.Snap
 	ch <- prometheus.MustNewConstMetric(d.processes, prometheus.GaugeValue, float64(len(s.Processes)))
 }
 
-func (c *Collector) collectNode(ch chan<- prometheus.Metric, s *events.Snapshot) {
+func (c *Collector) collectNode(ch chan<- prometheus.Metric, s *aggregate.Snapshot) {
 	d := &c.d
 	gauge := func(desc *prometheus.Desc, v float64, lv ...string) {
 		ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, v, lv...)
@@ -123,7 +125,7 @@ func (c *Collector) collectNode(ch chan<- prometheus.Metric, s *events.Snapshot)
 		netns  uint32
 		remote string
 	}
-	perDest := map[dest]*events.PortUse{}
+	perDest := map[dest]*aggregate.PortUse{}
 	var dests []dest
 	for i := range s.Ports { // most used first
 		p := &s.Ports[i]

@@ -1,6 +1,8 @@
 package export
 
 import (
+	"github.com/conntracer/conntracer/internal/aggregate"
+
 	"fmt"
 	"net/netip"
 	"testing"
@@ -13,8 +15,8 @@ import (
 
 // bigSnapshot is the aggregate of 10,000 processes, each with a few
 // closed connections, fed through the real Aggregator.
-func bigSnapshot(b *testing.B, procs int) *events.Snapshot {
-	agg := events.NewAggregator(events.DefaultThresholds())
+func bigSnapshot(b *testing.B, procs int) *aggregate.Snapshot {
+	agg := aggregate.NewAggregator(aggregate.DefaultThresholds())
 	now := time.Unix(1_700_000_000, 0)
 	for p := range procs {
 		for i := range 3 {
@@ -39,7 +41,7 @@ func bigSnapshot(b *testing.B, procs int) *events.Snapshot {
 func BenchmarkScrape10kProcesses(b *testing.B) {
 	s := bigSnapshot(b, 10_000)
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(NewCollector(func() *events.Snapshot { cp := *s; return &cp }, DefaultMetricsOptions()))
+	reg.MustRegister(NewCollector(func() *aggregate.Snapshot { cp := *s; return &cp }, DefaultMetricsOptions()))
 	b.ReportAllocs()
 	b.ResetTimer()
 	var size int

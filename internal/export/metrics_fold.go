@@ -1,13 +1,13 @@
 package export
 
 import (
+	"github.com/conntracer/conntracer/internal/aggregate"
+
 	"cmp"
 	"math"
 	"slices"
 	"strings"
 	"sync"
-
-	"github.com/conntracer/conntracer/internal/events"
 )
 
 // Counters per process group, and the rule that keeps them monotonic.
@@ -53,8 +53,8 @@ type groupLabels struct{ comm, cgroup string }
 // procGroup is one label set's series: counters, and gauges of now.
 type procGroup struct {
 	groupLabels
-	totals  events.ConnTotals
-	sockets [len(events.ConnSnapshot{}.States)]uint32
+	totals  aggregate.ConnTotals
+	sockets [len(aggregate.ConnSnapshot{}.States)]uint32
 	portUse float64
 	// activity ranks groups; minPID breaks ties (the oldest pid first).
 	activity uint64
@@ -70,7 +70,7 @@ func commLabel(comm string) string {
 
 // groups sums the snapshot's processes, live and departed, per label set,
 // the most active first.
-func (c *Collector) groups(s *events.Snapshot) []*procGroup {
+func (c *Collector) groups(s *aggregate.Snapshot) []*procGroup {
 	n := len(s.Processes) + len(s.Departed.Groups)
 	byLabels := make(map[groupLabels]*procGroup, n)
 	slab := make([]procGroup, 0, n) // one allocation; never regrown
@@ -119,13 +119,13 @@ func (c *Collector) groups(s *events.Snapshot) []*procGroup {
 // folder is the memory of the top-K folding; see the comment above.
 type folder struct {
 	mu   sync.Mutex
-	snap *events.Snapshot // the snapshot out was made of
+	snap *aggregate.Snapshot // the snapshot out was made of
 	out  []*procGroup
 
 	members map[groupLabels]*member
 	gen     uint64 // folds done
 	// otherAcc is what groups no longer in "other" added to it.
-	otherAcc events.ConnTotals
+	otherAcc aggregate.ConnTotals
 }
 
 // member is a group's place in the exposition at the last fold.
@@ -134,16 +134,16 @@ type member struct {
 	other bool
 	// last are the group's totals at the last fold; base, for a group in
 	// "other", its totals when it was folded in: it added last - base.
-	base, last events.ConnTotals
+	base, last aggregate.ConnTotals
 }
 
-func (m *member) added() *events.ConnTotals { return sub(m.last, m.base) }
+func (m *member) added() *aggregate.ConnTotals { return sub(m.last, m.base) }
 
 // fold loads the latest snapshot and returns it with its groups' series,
 // the top k folded, advancing the folder if the snapshot is new. The load
 // is under the lock: concurrent scrapes advance the folder in the order
 // snapshots were published, never back to an older one.
-func (f *folder) fold(load func() *events.Snapshot, groups func(*events.Snapshot) []*procGroup, k int) (*events.Snapshot, []*procGroup) {
+func (f *folder) fold(load func() *aggregate.Snapshot, groups func(*aggregate.Snapshot) []*procGroup, k int) (*aggregate.Snapshot, []*procGroup) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	s := load()
@@ -170,7 +170,7 @@ func (f *folder) fold(load func() *events.Snapshot, groups func(*events.Snapshot
 			if m.other {
 				f.otherAcc.Add(m.added())
 			}
-			m.base, m.last = events.ConnTotals{}, events.ConnTotals{}
+			m.base, m.last = aggregate.ConnTotals{}, aggregate.ConnTotals{}
 		}
 		switch {
 		case m.other && own: // promoted: what it did until now stays in "other"
@@ -207,14 +207,14 @@ func (f *folder) fold(load func() *events.Snapshot, groups func(*events.Snapshot
 			other.totals.Add(m.added())
 		}
 	}
-	if inOther || other.totals != (events.ConnTotals{}) {
+	if inOther || other.totals != (aggregate.ConnTotals{}) {
 		out = append(out, other)
 	}
 	f.snap, f.out = s, out
 	return s, out
 }
 
-func sub(a, b events.ConnTotals) *events.ConnTotals {
+func sub(a, b aggregate.ConnTotals) *aggregate.ConnTotals {
 	a.Sub(&b)
 	return &a
 }

@@ -1,6 +1,8 @@
 package export
 
 import (
+	"github.com/conntracer/conntracer/internal/aggregate"
+
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,7 +27,7 @@ func expRange(from, to, step int) []int {
 	return ks
 }
 
-func (c *Collector) collectHistograms(ch chan<- prometheus.Metric, s *events.Snapshot) {
+func (c *Collector) collectHistograms(ch chan<- prometheus.Metric, s *aggregate.Snapshot) {
 	h := &s.Histograms
 	d := &c.d
 	for r := range h.Lifetime {
@@ -55,7 +57,7 @@ type dualHistogram struct {
 	classic, native prometheus.Metric
 }
 
-func newDualHistogram(desc *prometheus.Desc, h *events.Log2Hist, bounds []int, lv ...string) prometheus.Metric {
+func newDualHistogram(desc *prometheus.Desc, h *aggregate.Log2Hist, bounds []int, lv ...string) prometheus.Metric {
 	buckets := make(map[float64]uint64, len(bounds))
 	for _, k := range bounds {
 		buckets[pow2(k)] = h.Cumulative(k)

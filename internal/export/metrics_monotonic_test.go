@@ -1,6 +1,8 @@
 package export
 
 import (
+	"github.com/conntracer/conntracer/internal/aggregate"
+
 	"fmt"
 	"strings"
 	"sync"
@@ -23,10 +25,10 @@ import (
 // consecutive scrapes add up to the node's (what sum(rate()) sees).
 type scraper struct {
 	t      *testing.T
-	agg    *events.Aggregator
+	agg    *aggregate.Aggregator
 	wall   time.Time
 	bootNs uint64
-	snap   *events.Snapshot
+	snap   *aggregate.Snapshot
 	c      *Collector
 	port   uint16
 
@@ -37,9 +39,9 @@ type scraper struct {
 }
 
 func newScraper(t *testing.T, opts MetricsOptions) *scraper {
-	s := &scraper{t: t, agg: events.NewAggregator(events.DefaultThresholds()),
+	s := &scraper{t: t, agg: aggregate.NewAggregator(aggregate.DefaultThresholds()),
 		wall: time.Unix(1_700_000_000, 0), bootNs: 10_000_000_000, seen: map[string]float64{}, port: 30000}
-	s.c = NewCollector(func() *events.Snapshot { return s.snap }, opts)
+	s.c = NewCollector(func() *aggregate.Snapshot { return s.snap }, opts)
 	return s
 }
 
@@ -299,8 +301,8 @@ func lint(t *testing.T, c prometheus.Collector) {
 // TestConcurrentScrapes: two scrapers racing with the publisher (run with
 // -race) each see every counter monotonic.
 func TestConcurrentScrapes(t *testing.T) {
-	agg := events.NewAggregator(events.DefaultThresholds())
-	var snap atomic.Pointer[events.Snapshot]
+	agg := aggregate.NewAggregator(aggregate.DefaultThresholds())
+	var snap atomic.Pointer[aggregate.Snapshot]
 	snap.Store(agg.Snapshot())
 	c := NewCollector(snap.Load, MetricsOptions{TopProcesses: 2})
 	done := make(chan struct{})

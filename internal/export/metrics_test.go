@@ -1,6 +1,8 @@
 package export
 
 import (
+	"github.com/conntracer/conntracer/internal/aggregate"
+
 	"fmt"
 	"net/netip"
 	"os"
@@ -37,8 +39,8 @@ func closedConn(pid uint32, comm string, role events.Role, end events.EndState, 
 // fixtureSnapshot is a small aggregate fed through the real Aggregator:
 // three processes, connections of known lifetimes and sizes, a drop, a
 // conntrack round and a failed connect.
-func fixtureSnapshot(t testing.TB) *events.Snapshot {
-	agg := events.NewAggregator(events.DefaultThresholds())
+func fixtureSnapshot(t testing.TB) *aggregate.Snapshot {
+	agg := aggregate.NewAggregator(aggregate.DefaultThresholds())
 	now := time.Unix(1_700_000_000, 0)
 	var evs []events.Event
 	for i := range 4 {
@@ -87,13 +89,13 @@ func goldenCompare(t *testing.T, c prometheus.Collector, name string, metrics ..
 
 func TestCollectorGolden(t *testing.T) {
 	s := fixtureSnapshot(t)
-	c := NewCollector(func() *events.Snapshot { return s }, MetricsOptions{TopProcesses: 2})
+	c := NewCollector(func() *aggregate.Snapshot { return s }, MetricsOptions{TopProcesses: 2})
 	goldenCompare(t, c, "metrics.golden")
 }
 
 func TestCollectorLint(t *testing.T) {
 	s := fixtureSnapshot(t)
-	c := NewCollector(func() *events.Snapshot { return s }, MetricsOptions{TopProcesses: 20, Destinations: 5})
+	c := NewCollector(func() *aggregate.Snapshot { return s }, MetricsOptions{TopProcesses: 20, Destinations: 5})
 	problems, err := testutil.CollectAndLint(c)
 	if err != nil {
 		t.Fatal(err)
@@ -118,7 +120,7 @@ func TestCollectorLint(t *testing.T) {
 // process keeps its comm, the others are summed into comm="other".
 func TestCollectorTopK(t *testing.T) {
 	s := fixtureSnapshot(t)
-	c := NewCollector(func() *events.Snapshot { return s }, MetricsOptions{TopProcesses: 1})
+	c := NewCollector(func() *aggregate.Snapshot { return s }, MetricsOptions{TopProcesses: 1})
 	want := `
 # HELP conntracer_connections_closed_total TCP connections closed, by process group and role (unknown: open before tracing started).
 # TYPE conntracer_connections_closed_total counter
@@ -136,7 +138,7 @@ conntracer_connections_closed_total{cgroup="",comm="other",role="passive"} 1
 // native schema-0 buckets, matching the classic ones.
 func TestNativeHistogram(t *testing.T) {
 	s := fixtureSnapshot(t)
-	c := NewCollector(func() *events.Snapshot { return s }, DefaultMetricsOptions())
+	c := NewCollector(func() *aggregate.Snapshot { return s }, DefaultMetricsOptions())
 	ch := make(chan prometheus.Metric, 1000)
 	c.Collect(ch)
 	close(ch)

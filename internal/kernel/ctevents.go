@@ -12,6 +12,7 @@ import (
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/conntracer/conntracer/internal/bootclock"
 	"github.com/conntracer/conntracer/internal/events"
 )
 
@@ -312,7 +313,7 @@ func (w *CtEvents) read(ctx context.Context, s *ctSock) {
 			if err != nil || !ok {
 				continue
 			}
-			now, _ := BootTimeNs()
+			now := bootclock.Now()
 			ev.ConntrackEntry.TimeNs = now
 			batch = append(batch, ev)
 			if s.legacy != nil {
@@ -385,7 +386,7 @@ func (w *CtEvents) resync(ctx context.Context, s *ctSock) bool {
 		s.refresh = time.Now().Add(time.Second)
 		return ctx.Err() == nil
 	}
-	now, _ := BootTimeNs()
+	now := bootclock.Now()
 	gen := w.gen.Add(1)
 	evs := make([]events.Event, 1, min(len(msgs)+1, maxCtBatch))
 	evs[0] = events.Event{Kind: events.KindConntrackResync, ConntrackEntry: events.ConntrackEntry{

@@ -1,6 +1,8 @@
 package kernel_test
 
 import (
+	"github.com/conntracer/conntracer/internal/aggregate"
+
 	"context"
 	"maps"
 	"os"
@@ -36,7 +38,7 @@ type ctWatch struct {
 	t     *testing.T
 	w     *kernel.CtEvents
 	out   chan []events.Event
-	agg   *events.Aggregator
+	agg   *aggregate.Aggregator
 	ns    *testenv.NetNS
 	stop  func()
 	kinds map[events.Kind]int
@@ -63,7 +65,7 @@ func watchCt(t *testing.T, ns *testenv.NetNS, readBuffer int) *ctWatch {
 		defer close(done)
 		_ = w.Run(ctx)
 	}()
-	c := &ctWatch{t: t, w: w, out: out, agg: events.NewAggregator(events.DefaultThresholds()), ns: ns, kinds: map[events.Kind]int{}}
+	c := &ctWatch{t: t, w: w, out: out, agg: aggregate.NewAggregator(aggregate.DefaultThresholds()), ns: ns, kinds: map[events.Kind]int{}}
 	c.stop = func() { cancel(); <-done }
 	t.Cleanup(c.stop)
 	return c
@@ -95,13 +97,13 @@ func (c *ctWatch) waitKind(kind events.Kind, n int, timeout time.Duration) {
 	c.drain(300 * time.Millisecond)
 }
 
-func (c *ctWatch) table() events.ConntrackNSSnapshot {
+func (c *ctWatch) table() aggregate.ConntrackNSSnapshot {
 	for _, s := range c.agg.Snapshot().Conntrack {
 		if s.NetNS == c.ns.Inode {
 			return s
 		}
 	}
-	return events.ConntrackNSSnapshot{}
+	return aggregate.ConntrackNSSnapshot{}
 }
 
 // kernelView is `conntrack -L` and `-C` in the namespace, as the table's
@@ -124,9 +126,9 @@ func kernelView(t *testing.T, ns *testenv.NetNS) (total uint64, byState, byProto
 // matchKernel drains and compares the table with conntrack -L until they
 // agree (entries may still change state when the workload has just
 // ended), at most 10 times; it reports the last difference.
-func (c *ctWatch) matchKernel() events.ConntrackNSSnapshot {
+func (c *ctWatch) matchKernel() aggregate.ConntrackNSSnapshot {
 	c.t.Helper()
-	var tab events.ConntrackNSSnapshot
+	var tab aggregate.ConntrackNSSnapshot
 	var total uint64
 	var byState, byProto map[string]uint64
 	for range 10 {

@@ -126,13 +126,3 @@ func parsePortRange(s string) (uint16, uint16, error) {
 	}
 	return uint16(lo), uint16(hi), nil
 }
-
-// BootTimeNs reads CLOCK_BOOTTIME, the clock of the kernel's timestamps
-// (BPF's bpf_ktime_get_boot_ns), which samplers stamp their events with.
-func BootTimeNs() (uint64, error) {
-	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
-		return 0, fmt.Errorf("read CLOCK_BOOTTIME: %w", err)
-	}
-	return uint64(ts.Nano()), nil
-}

@@ -12,8 +12,9 @@ import (
 	"strconv"
 	"sync"
 
-	"github.com/conntracer/conntracer/internal/events"
 	"golang.org/x/sys/unix"
+
+	"github.com/conntracer/conntracer/internal/events"
 )
 
 // maxFDScanners bounds the goroutines reading /proc/PID/fd. The scan is

@@ -8,10 +8,11 @@ import (
 	"slices"
 	"time"
 
-	"github.com/conntracer/conntracer/internal/events"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/conntracer/conntracer/internal/events"
 )
 
 const (

@@ -17,10 +17,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/conntracer/conntracer/internal/events"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/conntracer/conntracer/internal/events"
 )
 
 // helperEnv switches the test binary into a helper process (see

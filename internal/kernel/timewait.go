@@ -14,6 +14,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/conntracer/conntracer/internal/bootclock"
 	"github.com/conntracer/conntracer/internal/events"
 )
 
@@ -35,10 +36,7 @@ import (
 // cost grows with the sockets in the table, the traffic with TIME_WAIT.
 func TimeWaitDump(buf []events.Event) (evs []events.Event, warnings []error, err error) {
 	evs = buf[:0]
-	start, err := BootTimeNs()
-	if err != nil {
-		return nil, nil, err
-	}
+	start := bootclock.Now()
 	pids, err := listPIDs("/proc")
 	if err != nil {
 		return nil, nil, fmt.Errorf("list processes: %w", err)

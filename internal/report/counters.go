@@ -1,6 +1,8 @@
 package report
 
 import (
+	"github.com/conntracer/conntracer/internal/aggregate"
+
 	"fmt"
 	"html"
 	"strings"
@@ -21,7 +23,7 @@ type counterRow struct {
 // order of their names, source by source. The kernel counters are what
 // `nstat` and /proc/net/sockstat showed inside each namespace; the
 // tracer's say what it lost.
-func counterRows(cs []events.CounterSnapshot) []counterRow {
+func counterRows(cs []aggregate.CounterSnapshot) []counterRow {
 	var out []counterRow
 	for _, c := range cs {
 		src := fmt.Sprintf("netns %d", c.NetNS)
@@ -44,7 +46,7 @@ func counterRows(cs []events.CounterSnapshot) []counterRow {
 	return out
 }
 
-func writeCountersText(b *strings.Builder, cs []events.CounterSnapshot) {
+func writeCountersText(b *strings.Builder, cs []aggregate.CounterSnapshot) {
 	b.WriteString("\nkernel and tracer counters (last value, change over the recording)\n")
 	rows := counterRows(cs)
 	if len(rows) == 0 {
@@ -55,7 +57,7 @@ func writeCountersText(b *strings.Builder, cs []events.CounterSnapshot) {
 	}
 }
 
-func writeCountersHTML(b *strings.Builder, cs []events.CounterSnapshot) {
+func writeCountersHTML(b *strings.Builder, cs []aggregate.CounterSnapshot) {
 	b.WriteString("<h2>Kernel and tracer counters</h2>\n<table id=\"counters\"><tr><th>source</th><th>counter</th><th>last value</th><th>change over the recording</th></tr>\n")
 	for _, r := range counterRows(cs) {
 		fmt.Fprintf(b, "<tr><td>%s</td><td>%s</td><td>%d</td><td>%+d</td></tr>\n", html.EscapeString(r.source), html.EscapeString(r.name), r.value, r.delta)

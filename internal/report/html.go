@@ -1,6 +1,8 @@
 package report
 
 import (
+	"github.com/conntracer/conntracer/internal/aggregate"
+
 	"cmp"
 	_ "embed"
 	"fmt"
@@ -13,8 +15,6 @@ import (
 
 	"github.com/go-echarts/go-echarts/v2/charts"
 	"github.com/go-echarts/go-echarts/v2/opts"
-
-	"github.com/conntracer/conntracer/internal/events"
 )
 
 // echartsJS is inlined in every HTML report: the page must render with no
@@ -100,7 +100,7 @@ func (r *Report) WriteHTML(w io.Writer) error {
 	}
 	b.WriteString("</table>\n<h2>Processes at the end</h2>\n<table><tr><th>pid</th><th>comm</th><th>opened</th><th>closed</th><th>open now</th></tr>\n")
 	procs := slices.Clone(r.Final.Processes)
-	slices.SortFunc(procs, func(a, c events.ProcessSnapshot) int { return cmp.Compare(c.Opened, a.Opened) })
+	slices.SortFunc(procs, func(a, c aggregate.ProcessSnapshot) int { return cmp.Compare(c.Opened, a.Opened) })
 	for i := range procs[:min(len(procs), 50)] {
 		p := &procs[i]
 		fmt.Fprintf(&b, "<tr><td>%d</td><td>%s</td><td>%d</td><td>%d</td><td>%d</td></tr>\n", p.PID, html.EscapeString(p.Comm), p.Opened, p.Closed, p.Open())

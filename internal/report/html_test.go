@@ -1,6 +1,8 @@
 package report
 
 import (
+	"github.com/conntracer/conntracer/internal/aggregate"
+
 	"context"
 	"net/netip"
 	"os"
@@ -56,7 +58,7 @@ func writeRecording(t *testing.T) string {
 }
 
 func TestReplayTimeline(t *testing.T) {
-	rep, err := Replay([]string{writeRecording(t)}, Options{Thresholds: events.DefaultThresholds()})
+	rep, err := Replay([]string{writeRecording(t)}, Options{Thresholds: aggregate.DefaultThresholds()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +73,7 @@ func TestReplayTimeline(t *testing.T) {
 	}
 	// --since/--until cut the replay.
 	since := rep.From.Add(time.Minute)
-	part, err := Replay([]string{rep.Files[0].Path}, Options{Since: since, Until: since.Add(time.Minute - time.Nanosecond), Thresholds: events.DefaultThresholds()})
+	part, err := Replay([]string{rep.Files[0].Path}, Options{Since: since, Until: since.Add(time.Minute - time.Nanosecond), Thresholds: aggregate.DefaultThresholds()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +89,7 @@ func TestHTMLChartsDrawOffline(t *testing.T) {
 	if err != nil {
 		t.Skip("chromium not installed (apt-get install chromium, or make test-deps): the HTML report is not rendered")
 	}
-	rep, err := Replay([]string{writeRecording(t)}, Options{Thresholds: events.DefaultThresholds()})
+	rep, err := Replay([]string{writeRecording(t)}, Options{Thresholds: aggregate.DefaultThresholds()})
 	if err != nil {
 		t.Fatal(err)
 	}

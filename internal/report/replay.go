@@ -5,6 +5,8 @@
 package report
 
 import (
+	"github.com/conntracer/conntracer/internal/aggregate"
+
 	"errors"
 	"fmt"
 	"io"
@@ -19,7 +21,7 @@ import (
 type Options struct {
 	Since, Until time.Time // zero: open-ended
 	NetNS        uint32    // 0: every namespace
-	Thresholds   events.Thresholds
+	Thresholds   aggregate.Thresholds
 }
 
 // File is one recording read.
@@ -42,28 +44,28 @@ type Minute struct {
 }
 
 // FindingSpan is a finding and the time it was first and last seen.
-type FindingSpan = events.Finding
+type FindingSpan = aggregate.Finding
 
 // Report is a replayed recording.
 type Report struct {
-	Files    []File           `json:"files"`
-	From     time.Time        `json:"from"`
-	To       time.Time        `json:"to"`
-	Events   uint64           `json:"events"`
-	Timeline []Minute         `json:"timeline"`
-	Findings []FindingSpan    `json:"findings"` // every finding seen, with first and last seen
-	Final    *events.Snapshot `json:"-"`        // the aggregate at the end
+	Files    []File              `json:"files"`
+	From     time.Time           `json:"from"`
+	To       time.Time           `json:"to"`
+	Events   uint64              `json:"events"`
+	Timeline []Minute            `json:"timeline"`
+	Findings []FindingSpan       `json:"findings"` // every finding seen, with first and last seen
+	Final    *aggregate.Snapshot `json:"-"`        // the aggregate at the end
 }
 
 // Replay reads the recordings in order (each as far as it is intact) and
 // applies their events to one aggregator.
 func Replay(paths []string, o Options) (*Report, error) {
-	agg := events.NewAggregator(o.Thresholds)
+	agg := aggregate.NewAggregator(o.Thresholds)
 	// Drop events carry the names they had live; the port lookup of
 	// port_exhaustion needs the live kernel and is left out.
-	agg.SetConnectRules(events.DefaultConnectRules(), nil)
+	agg.SetConnectRules(aggregate.DefaultConnectRules(), nil)
 	rep := &Report{}
-	spans := map[string]*events.Finding{}
+	spans := map[string]*aggregate.Finding{}
 	var cur *Minute
 	var ev events.Event
 	closeMinute := func() {
@@ -125,7 +127,7 @@ func Replay(paths []string, o Options) (*Report, error) {
 	for _, f := range spans {
 		rep.Findings = append(rep.Findings, *f)
 	}
-	slices.SortFunc(rep.Findings, func(a, b events.Finding) int { return a.Since.Compare(b.Since) })
+	slices.SortFunc(rep.Findings, func(a, b aggregate.Finding) int { return a.Since.Compare(b.Since) })
 	if rep.Events == 0 {
 		return rep, fmt.Errorf("no events in the recording(s) within the time range")
 	}
@@ -149,7 +151,7 @@ func count(m *Minute, ev *events.Event) {
 	}
 }
 
-func mergeFindings(spans map[string]*events.Finding, fs []events.Finding) {
+func mergeFindings(spans map[string]*aggregate.Finding, fs []aggregate.Finding) {
 	for i := range fs {
 		f := fs[i]
 		k := fmt.Sprint(f.Kind, f.PID, f.Remote, f.Path, f.NetNS)

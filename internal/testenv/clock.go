@@ -1,13 +1,9 @@
 package testenv
 
-import "golang.org/x/sys/unix"
+import "github.com/conntracer/conntracer/internal/bootclock"
 
 // bootNs reads CLOCK_BOOTTIME, the clock the BPF programs stamp events with.
-func bootNs() uint64 {
-	var ts unix.Timespec
-	_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
-	return uint64(ts.Nano())
-}
+func bootNs() uint64 { return bootclock.Now() }
 
 // BootNs is bootNs for tests.
 func BootNs() uint64 { return bootNs() }

@@ -7,6 +7,8 @@
 package top
 
 import (
+	"github.com/conntracer/conntracer/internal/aggregate"
+
 	"encoding/json"
 	"io"
 	"math"
@@ -30,21 +32,21 @@ type Document struct {
 
 	// ConnectFailures: failed connect() calls per process and destination,
 	// counted by errno name.
-	ConnectFailures []events.ConnectFailures `json:"connect_failures"`
+	ConnectFailures []aggregate.ConnectFailures `json:"connect_failures"`
 	// Unix: per Unix socket path, its callers' connects by errno name
 	// ("OK" for successes) and its listener as last sampled.
-	Unix []events.UnixPathStats `json:"unix"`
+	Unix []aggregate.UnixPathStats `json:"unix"`
 	// ConnectLatency: SYN_SENT -> ESTABLISHED per process and destination.
-	ConnectLatency []events.ConnectLatency `json:"connect_latency"`
+	ConnectLatency []aggregate.ConnectLatency `json:"connect_latency"`
 	// Conntrack: one object per network namespace whose conntrack table
 	// is in use, fullest first; counts are since the tracer started.
-	Conntrack []events.ConntrackNSSnapshot `json:"conntrack"`
+	Conntrack []aggregate.ConntrackNSSnapshot `json:"conntrack"`
 	// KernelCounters: nstat TCP counters and sockstat per namespace, the
 	// tracer's loss counters; last values and deltas since the start.
-	KernelCounters []events.CounterSnapshot `json:"kernel_counters"`
+	KernelCounters []aggregate.CounterSnapshot `json:"kernel_counters"`
 	// Drops: packet drops by reason, namespace and owner, and listen-queue
 	// overflows per listener.
-	Drops events.DropSnapshot `json:"drops"`
+	Drops aggregate.DropSnapshot `json:"drops"`
 }
 
 // Stats are the connection statistics shared by processes and remotes.
@@ -142,7 +144,7 @@ type Finding struct {
 }
 
 // NewDocument converts a snapshot. cgroups names cgroup ids (may be nil).
-func NewDocument(s *events.Snapshot, interval time.Duration, cgroups map[uint64]string) *Document {
+func NewDocument(s *aggregate.Snapshot, interval time.Duration, cgroups map[uint64]string) *Document {
 	d := &Document{
 		Time: s.Time.UTC(), IntervalSeconds: interval.Seconds(), Samples: s.Rounds,
 		Processes: make([]Process, 0, len(s.Processes)),
@@ -154,7 +156,7 @@ func NewDocument(s *events.Snapshot, interval time.Duration, cgroups map[uint64]
 
 		ConnectFailures: nonNil(s.ConnectFailures), Unix: nonNil(s.Unix), ConnectLatency: nonNil(s.ConnectLatency),
 		Conntrack: nonNil(s.Conntrack), KernelCounters: nonNil(s.KernelCounters),
-		Drops: events.DropSnapshot{ByReason: nonNil(s.Drops.ByReason), ListenOverflows: nonNil(s.Drops.ListenOverflows)},
+		Drops: aggregate.DropSnapshot{ByReason: nonNil(s.Drops.ByReason), ListenOverflows: nonNil(s.Drops.ListenOverflows)},
 	}
 	for i := range s.Processes {
 		p := &s.Processes[i]
@@ -188,7 +190,7 @@ func (d *Document) WriteJSON(w io.Writer) error {
 	return enc.Encode(d)
 }
 
-func stats(c *events.ConnSnapshot) Stats {
+func stats(c *aggregate.ConnSnapshot) Stats {
 	s := Stats{
 		Opened: c.Opened, OpenedActive: c.OpenedActive, OpenedPassive: c.OpenedPassive, Closed: c.Closed,
 		OpensPerSecond: map[string]float64{}, ClosesPerSecond: map[string]float64{},
@@ -198,7 +200,7 @@ func stats(c *events.ConnSnapshot) Stats {
 		Lifetime:              []Bucket{}, Ends: map[string]uint64{},
 		TxBytes: c.TxBytes, RxBytes: c.RxBytes,
 	}
-	for i, w := range events.RateWindows {
+	for i, w := range aggregate.RateWindows {
 		k := strconv.Itoa(w) + "s"
 		s.OpensPerSecond[k] = round3(c.OpenRate[i])
 		s.ClosesPerSecond[k] = round3(c.CloseRate[i])
@@ -215,7 +217,7 @@ func stats(c *events.ConnSnapshot) Stats {
 	}
 	for i, n := range c.Lifetime {
 		if n > 0 {
-			s.Lifetime = append(s.Lifetime, Bucket{LeSeconds: events.LifeBucketUpper(i).Seconds(), Count: n})
+			s.Lifetime = append(s.Lifetime, Bucket{LeSeconds: aggregate.LifeBucketUpper(i).Seconds(), Count: n})
 		}
 	}
 	for e, n := range c.Ends {
@@ -226,7 +228,7 @@ func stats(c *events.ConnSnapshot) Stats {
 	return s
 }
 
-func thresholds(t *events.Thresholds) map[string]any {
+func thresholds(t *aggregate.Thresholds) map[string]any {
 	return map[string]any{
 		"short_lived_seconds":      t.ShortLived.Seconds(),
 		"pool_leak_window_seconds": t.PoolLeakWindow.Seconds(),

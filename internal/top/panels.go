@@ -1,13 +1,13 @@
 package top
 
 import (
+	"github.com/conntracer/conntracer/internal/aggregate"
+
 	"cmp"
 	"fmt"
 	"maps"
 	"slices"
 	"strings"
-
-	"github.com/conntracer/conntracer/internal/events"
 )
 
 // panelRows bounds each panel: the table of processes is the view's body;
@@ -17,7 +17,7 @@ const panelRows = 3
 // panels renders the compact panels of the other concerns, each only when
 // it has something to show: conntrack fill per namespace, drops by reason,
 // failed connects, Unix socket backlogs and failed datagram sends.
-func panels(s *events.Snapshot) []string {
+func panels(s *aggregate.Snapshot) []string {
 	var out []string
 	add := func(title string, items []string, total int) {
 		if len(items) == 0 {
@@ -38,7 +38,7 @@ func panels(s *events.Snapshot) []string {
 	add("CONNTRACK", ct, len(s.Conntrack))
 
 	drops := slices.Clone(s.Drops.ByReason)
-	slices.SortStableFunc(drops, func(a, b events.DropCount) int { return cmp.Compare(b.Count, a.Count) })
+	slices.SortStableFunc(drops, func(a, b aggregate.DropCount) int { return cmp.Compare(b.Count, a.Count) })
 	var dr []string
 	for _, d := range drops[:min(len(drops), panelRows)] {
 		who := ""
@@ -60,9 +60,9 @@ func panels(s *events.Snapshot) []string {
 
 	// Unix paths with failures or a listener over its limit first.
 	unixPaths := slices.Clone(s.Unix)
-	failed := func(u *events.UnixPathStats) uint64 {
+	failed := func(u *aggregate.UnixPathStats) uint64 {
 		var n uint64
-		for _, cs := range [][]events.UnixCaller{u.Callers, u.DgramSendFailures} {
+		for _, cs := range [][]aggregate.UnixCaller{u.Callers, u.DgramSendFailures} {
 			for _, c := range cs {
 				for k, v := range c.Counts {
 					if k != "OK" {
@@ -73,7 +73,7 @@ func panels(s *events.Snapshot) []string {
 		}
 		return n
 	}
-	slices.SortStableFunc(unixPaths, func(a, b events.UnixPathStats) int { return cmp.Compare(failed(&b), failed(&a)) })
+	slices.SortStableFunc(unixPaths, func(a, b aggregate.UnixPathStats) int { return cmp.Compare(failed(&b), failed(&a)) })
 	var ux []string
 	for i := range unixPaths[:min(len(unixPaths), panelRows)] {
 		u := &unixPaths[i]
@@ -89,9 +89,9 @@ func panels(s *events.Snapshot) []string {
 
 // dgramText renders a datagram path's failed sends: "/dev/log dgram sends
 // failed EAGAIN 812 (3 senders, most 4242/app)".
-func dgramText(u *events.UnixPathStats) string {
+func dgramText(u *aggregate.UnixPathStats) string {
 	sum := map[string]uint64{}
-	var top events.UnixCaller
+	var top aggregate.UnixCaller
 	var topN uint64
 	for _, c := range u.DgramSendFailures {
 		var n uint64
@@ -127,7 +127,7 @@ func countsText(m map[string]uint64) string {
 // conntrackEntriesText renders a namespace's entry table, when the entry
 // events are followed: TCP entries by conntrack state, the processes whose
 // flows hold most entries, and event losses.
-func conntrackEntriesText(c *events.ConntrackNSSnapshot) string {
+func conntrackEntriesText(c *aggregate.ConntrackNSSnapshot) string {
 	var b strings.Builder
 	if len(c.ByState) > 0 {
 		b.WriteString("; " + countsText(c.ByState))

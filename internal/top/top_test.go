@@ -1,6 +1,8 @@
 package top
 
 import (
+	"github.com/conntracer/conntracer/internal/aggregate"
+
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -15,10 +17,10 @@ import (
 // aggregatorWith returns an aggregator holding n processes with three
 // remotes each, two ESTABLISHED and one CLOSE_WAIT socket per remote, and
 // one finding.
-func aggregatorWith(n int) *events.Aggregator {
-	th := events.DefaultThresholds()
+func aggregatorWith(n int) *aggregate.Aggregator {
+	th := aggregate.DefaultThresholds()
 	th.CloseWaitCount = 1
-	a := events.NewAggregator(th)
+	a := aggregate.NewAggregator(th)
 	now := time.Unix(1_700_000_000, 0)
 	var ev events.Event
 	c := &ev.Conn
@@ -177,22 +179,22 @@ func BenchmarkRender10kProcesses(b *testing.B) {
 // The panels of the other concerns show in the view, and findings of
 // every kind in the findings panel, with the Unix path in the message.
 func TestRenderShowsPanels(t *testing.T) {
-	s := &events.Snapshot{
-		Conntrack: []events.ConntrackNSSnapshot{{NetNS: 4026532001, Entries: 240, Max: 256, Fill: 240.0 / 256, ConntrackDrops: 288,
+	s := &aggregate.Snapshot{
+		Conntrack: []aggregate.ConntrackNSSnapshot{{NetNS: 4026532001, Entries: 240, Max: 256, Fill: 240.0 / 256, ConntrackDrops: 288,
 			ByState:      map[string]uint64{"ESTABLISHED": 10, "TIME_WAIT": 200},
-			TopProcesses: []events.ProcessCount{{PID: 42, Comm: "ctr-dropped", Entries: 200}, {PID: 43, Comm: "curl", Refused: 5}}, Lost: 2}},
-		Drops: events.DropSnapshot{ByReason: []events.DropCount{
+			TopProcesses: []aggregate.ProcessCount{{PID: 42, Comm: "ctr-dropped", Entries: 200}, {PID: 43, Comm: "curl", Refused: 5}}, Lost: 2}},
+		Drops: aggregate.DropSnapshot{ByReason: []aggregate.DropCount{
 			{Reason: "NO_SOCKET", NetNS: 7, Count: 3},
 			{Reason: "NETFILTER_DROP", NetNS: 4026532001, PID: 42, Comm: "ctr-dropped", Count: 9},
 		}},
-		ConnectFailures: []events.ConnectFailures{{PID: 43, Comm: "curl", Destination: "127.0.0.1:9", Counts: map[string]uint64{"ECONNREFUSED": 20}}},
-		Unix: []events.UnixPathStats{{Path: "/run/php/fpm.sock", ListenerPID: 44, ListenerComm: "php-fpm", Backlog: 1, Queue: 2,
-			Callers: []events.UnixCaller{{PID: 45, Comm: "nginx", Counts: map[string]uint64{"OK": 2, "EAGAIN": 198}}}},
-			{Path: "/dev/log", SockType: "dgram", DgramSendFailures: []events.UnixCaller{
+		ConnectFailures: []aggregate.ConnectFailures{{PID: 43, Comm: "curl", Destination: "127.0.0.1:9", Counts: map[string]uint64{"ECONNREFUSED": 20}}},
+		Unix: []aggregate.UnixPathStats{{Path: "/run/php/fpm.sock", ListenerPID: 44, ListenerComm: "php-fpm", Backlog: 1, Queue: 2,
+			Callers: []aggregate.UnixCaller{{PID: 45, Comm: "nginx", Counts: map[string]uint64{"OK": 2, "EAGAIN": 198}}}},
+			{Path: "/dev/log", SockType: "dgram", DgramSendFailures: []aggregate.UnixCaller{
 				{PID: 46, Comm: "app", Counts: map[string]uint64{"EAGAIN": 800}},
 				{PID: 47, Comm: "cron", Counts: map[string]uint64{"EAGAIN": 12}},
 			}}},
-		Findings: []events.Finding{
+		Findings: []aggregate.Finding{
 			{Kind: "unix_backlog_overflow", PID: 45, Comm: "nginx", Path: "/run/php/fpm.sock", Message: "connects to /run/php/fpm.sock fail"},
 			{Kind: "unix_dgram_queue_full", PID: 46, Comm: "app", Path: "/dev/log", Message: "812 datagrams to /dev/log failed with EAGAIN"},
 		},
@@ -210,7 +212,7 @@ func TestRenderShowsPanels(t *testing.T) {
 			t.Errorf("view lacks %q:\n%s", want, out)
 		}
 	}
-	if strings.Contains(RenderText(&events.Snapshot{}, ViewOptions{Sort: ColOpens}), "CONNTRACK") {
+	if strings.Contains(RenderText(&aggregate.Snapshot{}, ViewOptions{Sort: ColOpens}), "CONNTRACK") {
 		t.Error("empty panels drawn")
 	}
 }

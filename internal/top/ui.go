@@ -1,6 +1,8 @@
 package top
 
 import (
+	"github.com/conntracer/conntracer/internal/aggregate"
+
 	"context"
 	"errors"
 	"io"
@@ -8,8 +10,6 @@ import (
 	"time"
 
 	tea "github.com/charmbracelet/bubbletea"
-
-	"github.com/conntracer/conntracer/internal/events"
 )
 
 // UI is the live terminal view. It pulls the latest published snapshot
@@ -17,13 +17,13 @@ import (
 // aggregator; bubbletea redraws only the lines that changed, which keeps
 // it flicker-free over SSH.
 type UI struct {
-	snapshot func() *events.Snapshot
+	snapshot func() *aggregate.Snapshot
 	every    time.Duration
 	sort     Column
 }
 
 // NewUI returns a view refreshed every `every` from snapshot().
-func NewUI(snapshot func() *events.Snapshot, every time.Duration, sort Column) *UI {
+func NewUI(snapshot func() *aggregate.Snapshot, every time.Duration, sort Column) *UI {
 	return &UI{snapshot: snapshot, every: every, sort: sort}
 }
 
@@ -43,7 +43,7 @@ type tickMsg time.Time
 type model struct {
 	ui        *UI
 	opts      ViewOptions
-	snap      *events.Snapshot
+	snap      *aggregate.Snapshot
 	filtering bool
 }
 

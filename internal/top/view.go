@@ -1,6 +1,8 @@
 package top
 
 import (
+	"github.com/conntracer/conntracer/internal/aggregate"
+
 	"cmp"
 	"fmt"
 	"slices"
@@ -73,7 +75,7 @@ type row struct {
 	oldestCW time.Duration
 }
 
-func newRow(pid uint32, comm, remote string, c *events.ConnSnapshot, ports float64) row {
+func newRow(pid uint32, comm, remote string, c *aggregate.ConnSnapshot, ports float64) row {
 	return row{
 		pid: pid, comm: comm, remote: remote,
 		opens: c.OpenRate[1], closes: c.CloseRate[1],
@@ -84,7 +86,7 @@ func newRow(pid uint32, comm, remote string, c *events.ConnSnapshot, ports float
 	}
 }
 
-func rows(s *events.Snapshot, o *ViewOptions) []row {
+func rows(s *aggregate.Snapshot, o *ViewOptions) []row {
 	out := make([]row, 0, len(s.Processes))
 	f := strings.ToLower(o.Filter)
 	for i := range s.Processes {
@@ -138,7 +140,7 @@ func (r *row) matches(f string) bool {
 
 // RenderText draws the view: a summary line, the table sorted by
 // o.Sort, the findings and a help line, cut to o.Width x o.Height.
-func RenderText(s *events.Snapshot, o ViewOptions) string {
+func RenderText(s *aggregate.Snapshot, o ViewOptions) string {
 	var b strings.Builder
 	b.Grow(8 << 10)
 	rs := rows(s, &o)

@@ -1,0 +1,382 @@
+package aggregate
+
+import "github.com/conntracer/conntracer/internal/events"
+import "net/netip"
+
+// TimeWaitLen is the kernel's TIME_WAIT length (TCP_TIMEWAIT_LEN, 60 s,
+// a compile-time constant of the kernel).
+const TimeWaitLen = 60_000_000_000
+
+// expireEvery bounds how often the TIME_WAIT table is swept for expired
+// entries (kernel time): a sweep walks the whole table.
+const expireEvery = 5_000_000_000
+
+// tuple names a TIME_WAIT socket: the kernel allows one socket per 4-tuple
+// in a namespace. IPv4 addresses are stored in their 16-byte mapped form.
+// No pointers, so that a table of a million entries costs the garbage
+// collector nothing to scan but the values.
+type tuple struct {
+	netns        uint32
+	lport, rport uint16
+	laddr, raddr [16]byte
+}
+
+func tupleOf(c *events.Conn) tuple {
+	return tuple{
+		netns: c.NetNS,
+		lport: c.Local.Port(), rport: c.Remote.Port(),
+		laddr: c.Local.Addr().As16(), raddr: c.Remote.Addr().As16(),
+	}
+}
+
+// twEntry is one TIME_WAIT socket and who left it behind (nil: a socket the
+// tracer never saw close, shown as unattributed).
+type twEntry struct {
+	remote  *remoteStats // nil: unattributed; remote.proc is the owner
+	closeNs uint64       // when it entered TIME_WAIT (first seen, if unattributed)
+	ttlMs   uint32       // the timer fires ttlMs after closeNs
+	seen    uint32       // the last dump that listed it
+	inPorts bool         // counted in the port table
+	// pending: a timewait socket still in substate FIN_WAIT2 (this side
+	// closed first, the peer has not yet): it holds its port but is not
+	// TIME_WAIT until a dump lists it so (no tracepoint shows the change).
+	pending bool
+}
+
+func (e *twEntry) expiresNs() uint64 { return e.closeNs + uint64(e.ttlMs)*1_000_000 }
+
+func ttlMs(closeNs, expiresNs uint64) uint32 {
+	if expiresNs <= closeNs {
+		return 0
+	}
+	return uint32(min((expiresNs-closeNs)/1_000_000, 1<<32-1))
+}
+
+// twCount is the TIME_WAIT census of one namespace.
+type twCount struct {
+	total, unattributed uint32
+}
+
+// timeWaitTable holds every TIME_WAIT socket the tracer knows of.
+//
+// Entries come from close records whose end state is time_wait (the owner
+// is known) and from sock_diag dumps (owner unknown unless a close record
+// matches). An entry leaves when the kernel's timer would have fired, when
+// a socket on the same 4-tuple appears (reuse), or when a dump of its
+// namespace that started after it was created no longer lists it. So,
+// right after a dump, the table holds exactly the dump plus what closed
+// since it started.
+type timeWaitTable struct {
+	m         map[tuple]twEntry
+	byNetNS   map[uint32]*twCount
+	gen       uint32
+	inDump    bool
+	dumpStart uint64
+	covered   map[uint32]struct{} // namespaces the current dump covered
+	lastSweep uint64
+	// dumps counts complete reconciliations.
+	dumps uint64
+}
+
+func newTimeWaitTable() timeWaitTable {
+	return timeWaitTable{
+		m:       make(map[tuple]twEntry),
+		byNetNS: make(map[uint32]*twCount),
+		covered: make(map[uint32]struct{}),
+	}
+}
+
+func (t *timeWaitTable) len() int { return len(t.m) }
+
+func (t *timeWaitTable) insert(a *Aggregator, k tuple, e twEntry) {
+	old, had := t.m[k]
+	t.replace(a, k, e, old, had)
+}
+
+// replace stores e on k in place of old (had: k held old), with one map
+// assignment instead of a delete and an insert. When both hold an
+// ephemeral port of the same tuple the port count is left as it is, which
+// saves its two map updates.
+//
+// Why: a TIME_WAIT close on the tuple of an entry still in the table (a
+// client cycling through its ephemeral ports) used to hash the tuple four
+// times and the port key three; it cost a third of BenchmarkAggregatorApply
+// (see NOTE-perf-aggregate.md).
+func (t *timeWaitTable) replace(a *Aggregator, k tuple, e twEntry, old twEntry, had bool) {
+	keepPort := false
+	if had {
+		keepPort = old.inPorts && a.ports.ephemeral(k.netns, k.lport)
+		if old.inPorts && !keepPort {
+			a.ports.removeTimeWait(k)
+		}
+		t.uncount(k, old)
+	}
+	if keepPort {
+		e.inPorts = true
+	} else {
+		e.inPorts = a.ports.addTimeWait(k)
+	}
+	c := t.byNetNS[k.netns]
+	if c == nil {
+		c = &twCount{}
+		t.byNetNS[k.netns] = c
+	}
+	t.m[k] = e
+	if e.pending {
+		return
+	}
+	c.total++
+	if e.remote == nil {
+		c.unattributed++
+	} else {
+		e.remote.proc.timeWait++
+		e.remote.timeWait++
+	}
+}
+
+func (t *timeWaitTable) remove(a *Aggregator, k tuple, e twEntry) {
+	delete(t.m, k)
+	if e.inPorts {
+		a.ports.removeTimeWait(k)
+	}
+	t.uncount(k, e)
+}
+
+// uncount takes e out of the census and its owner's count.
+func (t *timeWaitTable) uncount(k tuple, e twEntry) {
+	if e.pending {
+		return
+	}
+	if c := t.byNetNS[k.netns]; c != nil {
+		c.total--
+		if e.remote == nil {
+			c.unattributed--
+		}
+		if c.total == 0 {
+			delete(t.byNetNS, k.netns)
+		}
+	}
+	if e.remote != nil {
+		e.remote.proc.timeWait--
+		e.remote.timeWait--
+	}
+}
+
+// closed records a connection handed to a timewait socket: in TIME_WAIT,
+// or pending in substate FIN_WAIT2 (end state fin_wait2) until a dump
+// shows the peer's FIN arrived. The kernel's FIN_WAIT2 timeout
+// (tcp_fin_timeout) defaults to the TIME_WAIT length.
+func (t *timeWaitTable) closed(a *Aggregator, c *events.Conn, r *remoteStats) {
+	k := tupleOf(c)
+	pending := c.EndState == events.EndFinWait2
+	old, had := t.m[k]
+	if had && !old.pending && old.remote == nil {
+		// A dump applied before this record already listed the socket
+		// in TIME_WAIT: the peer's FIN has come.
+		pending = false
+	}
+	t.replace(a, k, twEntry{remote: r, closeNs: c.CloseNs, ttlMs: TimeWaitLen / 1_000_000,
+		seen: t.seenFor(c.CloseNs), pending: pending}, old, had)
+}
+
+// seenFor marks an entry created during a dump that started before it:
+// the dump cannot list it, and must not remove it either.
+func (t *timeWaitTable) seenFor(ns uint64) uint32 {
+	if t.inDump && ns >= t.dumpStart {
+		return t.gen
+	}
+	return 0
+}
+
+// reused removes the entry on the tuple of an open socket: the kernel
+// holds one socket per 4-tuple, so the timewait socket is gone. Only a
+// socket sampled after the entry's close counts: a round read before the
+// close record arrived still lists the socket that is now this very
+// timewait socket.
+func (t *timeWaitTable) reused(a *Aggregator, c *events.Conn, sampledNs uint64) {
+	k := tupleOf(c)
+	if e, ok := t.m[k]; ok && e.closeNs < sampledNs {
+		t.remove(a, k, e)
+	}
+}
+
+func (t *timeWaitTable) begin(ns uint64) {
+	if t.inDump {
+		return
+	}
+	t.inDump = true
+	t.gen++
+	t.dumpStart = ns
+	clear(t.covered)
+}
+
+// dumped reconciles one TIME_WAIT socket listed by a dump started at ns.
+func (t *timeWaitTable) dumped(a *Aggregator, c *events.Conn, ns, expires uint64) {
+	t.begin(ns)
+	k := tupleOf(c)
+	if e, ok := t.m[k]; ok {
+		e.seen = t.gen
+		e.ttlMs = ttlMs(e.closeNs, ns+expires)
+		if e.pending && c.LastState == events.TCPTimeWait {
+			// The peer's FIN arrived: the socket is TIME_WAIT now,
+			// and still the process's that closed it.
+			t.remove(a, k, e)
+			e.pending = false
+			t.insert(a, k, e)
+			return
+		}
+		t.m[k] = e
+		return
+	}
+	if c.LastState == events.TCPFinWait2 {
+		// A timewait socket still in substate FIN_WAIT2 confirms an
+		// entry the tracer made from a close record; one it never saw
+		// is not TIME_WAIT yet (ss lists it as FIN-WAIT-2), and the
+		// next dump will count it once the peer's FIN has arrived.
+		return
+	}
+	t.insert(a, k, twEntry{closeNs: ns, ttlMs: ttlMs(ns, ns+expires), seen: t.gen})
+}
+
+// dumpDone ends the dump of one namespace (netns != 0) or the whole dump
+// (netns == 0), which removes the entries of the dumped namespaces that
+// the dump should have listed and did not.
+func (t *timeWaitTable) dumpDone(a *Aggregator, netns uint32, ns uint64) {
+	t.begin(ns)
+	if netns != 0 {
+		t.covered[netns] = struct{}{}
+		return
+	}
+	for k, e := range t.m {
+		if _, ok := t.covered[k.netns]; !ok || e.seen == t.gen || e.closeNs >= t.dumpStart {
+			continue
+		}
+		t.remove(a, k, e)
+	}
+	t.inDump = false
+	t.dumps++
+}
+
+// expire removes the entries whose timer has fired by kernel time ns.
+func (t *timeWaitTable) expire(a *Aggregator, ns uint64) {
+	if ns < t.lastSweep+expireEvery || len(t.m) == 0 {
+		return
+	}
+	t.lastSweep = ns
+	for k, e := range t.m {
+		if e.expiresNs() <= ns {
+			t.remove(a, k, e)
+		}
+	}
+}
+
+// portKey is one destination as seen from one local address: the unit the
+// kernel's ephemeral port allocation is shared over (__inet_hash_connect
+// lets two connections share a local port only to different destinations).
+type portKey struct {
+	netns  uint32
+	local  netip.Addr
+	remote netip.AddrPort
+}
+
+func portKeyOf(c *events.Conn) portKey {
+	return portKey{netns: c.NetNS, local: c.Local.Addr(), remote: c.Remote}
+}
+
+// Default ephemeral port range of Linux (net.ipv4.ip_local_port_range),
+// used for namespaces whose range the sampler has not reported.
+const (
+	DefaultPortLow  = 32768
+	DefaultPortHigh = 60999
+)
+
+// portTable counts, per destination, the local ports held in any state.
+type portTable struct {
+	ranges map[uint32][2]uint16
+	// TIME_WAIT sockets holding an ephemeral port, by destination: the
+	// tuple with no local port (twPortKey gives the portKey). A plain
+	// array key hashes in one pass, where portKey's netip values (with a
+	// zone pointer) hash field by field: BenchmarkAggregatorApply spent
+	// 5% of its time hashing and comparing portKeys here.
+	tw map[tuple]uint32
+	// published by publish: sockets open now plus TIME_WAIT
+	use map[portKey]portUse
+}
+
+type portUse struct {
+	used, timeWait uint32
+}
+
+func newPortTable() portTable {
+	return portTable{
+		ranges: make(map[uint32][2]uint16),
+		tw:     make(map[tuple]uint32),
+		use:    make(map[portKey]portUse),
+	}
+}
+
+func (t *portTable) rangeOf(netns uint32) (lo, hi uint16) {
+	if r, ok := t.ranges[netns]; ok {
+		return r[0], r[1]
+	}
+	return DefaultPortLow, DefaultPortHigh
+}
+
+func (t *portTable) ephemeral(netns uint32, port uint16) bool {
+	lo, hi := t.rangeOf(netns)
+	return port >= lo && port <= hi
+}
+
+func (t *portTable) setRange(netns uint32, lo, hi uint16) {
+	if lo > hi || netns == 0 {
+		return
+	}
+	t.ranges[netns] = [2]uint16{lo, hi}
+}
+
+// twDest is the key of t.tw: the tuple's destination as seen from its
+// local address.
+func twDest(k tuple) tuple {
+	k.lport = 0
+	return k
+}
+
+func twPortKey(k tuple) portKey {
+	return portKey{
+		netns:  k.netns,
+		local:  netip.AddrFrom16(k.laddr).Unmap(),
+		remote: netip.AddrPortFrom(netip.AddrFrom16(k.raddr).Unmap(), k.rport),
+	}
+}
+
+func (t *portTable) addTimeWait(k tuple) bool {
+	if !t.ephemeral(k.netns, k.lport) {
+		return false
+	}
+	t.tw[twDest(k)]++
+	return true
+}
+
+func (t *portTable) removeTimeWait(k tuple) {
+	pk := twDest(k)
+	if n := t.tw[pk]; n > 1 {
+		t.tw[pk] = n - 1
+	} else {
+		delete(t.tw, pk)
+	}
+}
+
+// publish combines the round's open sockets with the TIME_WAIT table.
+func (t *portTable) publish(a *Aggregator) {
+	clear(t.use)
+	for k, n := range a.roundPort {
+		t.use[k] = portUse{used: n}
+	}
+	for k, n := range t.tw {
+		pk := twPortKey(k)
+		u := t.use[pk]
+		u.used += n
+		u.timeWait = n
+		t.use[pk] = u
+	}
+}

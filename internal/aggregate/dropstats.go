@@ -1,0 +1,147 @@
+package aggregate
+
+import (
+	"github.com/conntracer/conntracer/internal/events"
+
+	"cmp"
+	"slices"
+	"time"
+)
+
+// DropStats aggregates drop and listen-overflow events into the `drops`
+// part of the snapshot. Totals come from KindDropCount (the kernel's exact
+// cumulative counters), never from counting KindDrop records, which are
+// rate-limited samples. Single writer: the event loop. Run DropNames before
+// it so that reasons carry names.
+type DropStats struct {
+	counts    map[dropStatKey]uint64
+	comms     map[uint32][16]byte // pid -> comm, from records and overflows
+	overflows map[listenerKey]*ListenerOverflow
+}
+
+type dropStatKey struct {
+	reason   string
+	location string
+	netns    uint32
+	pid      uint32
+	noCT     bool
+}
+
+type listenerKey struct {
+	netns uint32
+	addr  string
+}
+
+// DropCount is one line of the `drops` snapshot: drops of one reason in
+// one namespace, by one owner where known.
+type DropCount struct {
+	Reason   string `json:"reason"`
+	NetNS    uint32 `json:"netns"`
+	PID      uint32 `json:"pid,omitempty"`
+	Comm     string `json:"comm,omitempty"`
+	Location string `json:"location"`
+	Count    uint64 `json:"count"`
+	// NoConntrackEntry: NETFILTER_DROP of packets conntrack had no entry
+	// for (a table-full drop if the namespace's drop statistic rose).
+	NoConntrackEntry bool `json:"no_conntrack_entry,omitempty"`
+}
+
+// ListenerOverflow is the overflow history of one listener.
+type ListenerOverflow struct {
+	NetNS     uint32    `json:"netns"`
+	Addr      string    `json:"addr"`
+	PID       uint32    `json:"pid,omitempty"`
+	Comm      string    `json:"comm,omitempty"`
+	Overflows uint64    `json:"overflows"`
+	Backlog   uint32    `json:"backlog"`
+	QueueLen  uint32    `json:"queue_len"`
+	Somaxconn uint32    `json:"somaxconn"`
+	First     time.Time `json:"first"`
+	Last      time.Time `json:"last"`
+}
+
+// NewDropStats returns an empty aggregate.
+func NewDropStats() *DropStats {
+	return &DropStats{
+		counts:    map[dropStatKey]uint64{},
+		comms:     map[uint32][16]byte{},
+		overflows: map[listenerKey]*ListenerOverflow{},
+	}
+}
+
+// Apply folds one event in; other kinds are ignored.
+func (s *DropStats) Apply(ev *events.Event, now time.Time) {
+	d := &ev.Drop
+	switch ev.Kind {
+	case events.KindDrop:
+		if d.Owner.PID != 0 {
+			s.comms[d.Owner.PID] = d.Owner.Comm
+		}
+	case events.KindDropCount:
+		// Cumulative per kernel key: the latest value is the total. Keys
+		// are bounded by the kernel map (LRU, 16384 entries).
+		s.counts[dropStatKey{d.ReasonName, d.Symbol, d.NetNS, d.Owner.PID, d.NoCT}] = d.Count
+	case events.KindListenOverflow:
+		k := listenerKey{d.NetNS, d.Dst.String()}
+		o := s.overflows[k]
+		if o == nil {
+			o = &ListenerOverflow{NetNS: d.NetNS, Addr: k.addr, First: now}
+			s.overflows[k] = o
+		}
+		o.Overflows += d.Count
+		o.PID, o.Comm = d.Owner.PID, string(d.Owner.CommBytes())
+		o.Backlog, o.QueueLen, o.Somaxconn = d.Backlog, d.QueueLen, d.Somaxconn
+		o.Last = now
+	}
+}
+
+// DropSnapshot is the `drops` object of the JSON snapshot.
+type DropSnapshot struct {
+	ByReason        []DropCount        `json:"by_reason"`
+	ListenOverflows []ListenerOverflow `json:"listen_overflows"`
+}
+
+// Snapshot returns the aggregate, largest counts first. It merges keys
+// that differ only in location, which the operator reads in `location`
+// (the busiest one).
+func (s *DropStats) Snapshot() DropSnapshot {
+	type k struct {
+		reason string
+		netns  uint32
+		pid    uint32
+		noCT   bool
+	}
+	merged := map[k]*DropCount{}
+	best := map[k]uint64{}
+	for key, n := range s.counts {
+		mk := k{key.reason, key.netns, key.pid, key.noCT}
+		dc := merged[mk]
+		if dc == nil {
+			dc = &DropCount{Reason: key.reason, NetNS: key.netns, PID: key.pid, NoConntrackEntry: key.noCT}
+			if c, ok := s.comms[key.pid]; ok {
+				p := events.Process{Comm: c}
+				dc.Comm = string(p.CommBytes())
+			}
+			merged[mk] = dc
+		}
+		dc.Count += n
+		if n > best[mk] {
+			best[mk], dc.Location = n, key.location
+		}
+	}
+	var snap DropSnapshot
+	for _, dc := range merged {
+		snap.ByReason = append(snap.ByReason, *dc)
+	}
+	slices.SortFunc(snap.ByReason, func(a, b DropCount) int {
+		return cmp.Or(cmp.Compare(b.Count, a.Count), cmp.Compare(a.Reason, b.Reason),
+			cmp.Compare(a.NetNS, b.NetNS), cmp.Compare(a.PID, b.PID))
+	})
+	for _, o := range s.overflows {
+		snap.ListenOverflows = append(snap.ListenOverflows, *o)
+	}
+	slices.SortFunc(snap.ListenOverflows, func(a, b ListenerOverflow) int {
+		return cmp.Or(cmp.Compare(b.Overflows, a.Overflows), cmp.Compare(a.Addr, b.Addr))
+	})
+	return snap
+}

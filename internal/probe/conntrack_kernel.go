@@ -1,0 +1,264 @@
+package probe
+
+// The in-kernel conntrack path: bpf/conntrack.bpf.c on the kernel's own
+// conntrack functions (__nf_conntrack_confirm, nf_ct_delete,
+// __nf_conntrack_alloc), one record per entry inserted, removed or refused.
+// It needs fentry/fexit or kprobes on nf_conntrack; where the kernel offers
+// neither (the locked-down 6.18 host: fentry EPERM, no kprobes) or
+// nf_conntrack is not loaded, the probe says why in its notes and the caller
+// uses ctnetlink's event groups instead (the same event kinds).
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"runtime"
+	"strings"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/conntracer/conntracer/internal/events"
+)
+
+// Attach modes of the in-kernel conntrack hooks.
+const (
+	AttachFentry AttachMode = "fentry"
+	AttachKprobe AttachMode = "kprobe"
+)
+
+// ConntrackHook names the in-kernel conntrack hooks in Attachments.
+const ConntrackHook = "conntrack entries"
+
+// ctEntryEventSize is the size of a ct_entry_event record as the kernel writes it.
+const ctEntryEventSize = int(unsafe.Sizeof(conntrackCtEntryEvent{}))
+
+// nfConntrackSysctl exists once nf_conntrack is loaded (or built in).
+const nfConntrackSysctl = "/proc/sys/net/netfilter/nf_conntrack_max"
+
+// ctProbe is one hook of the object: a program on a kernel function, at its
+// entry or its return.
+type ctProbe struct {
+	fn     string
+	prog   string
+	onExit bool
+}
+
+// ctPrograms lists each mode's probes, returns first: a call whose entry was
+// seen then always finds its return hooked (a stashed frame without one would
+// wait for the LRU to evict it).
+var ctPrograms = map[AttachMode][]ctProbe{
+	AttachFentry: {
+		{"__nf_conntrack_confirm", conntrackProgCtConfirmExit, true},
+		{"__nf_conntrack_confirm", conntrackProgCtConfirmEnter, false},
+		{"nf_ct_delete", conntrackProgCtDeleteEnter, false},
+		{"__nf_conntrack_alloc", conntrackProgCtAllocExit, true},
+	},
+	AttachKprobe: {
+		{"__nf_conntrack_confirm", conntrackProgCtConfirmKrp, true},
+		{"__nf_conntrack_confirm", conntrackProgCtConfirmKp, false},
+		{"nf_ct_delete", conntrackProgCtDeleteKp, false},
+		{"__nf_conntrack_alloc", conntrackProgCtAllocKrp, true},
+		{"__nf_conntrack_alloc", conntrackProgCtAllocKp, false},
+	},
+}
+
+// ConntrackInKernel reports which source of conntrack entry events the
+// tracer uses: ("in-kernel (fentry)", true) or ("in-kernel (kprobe)", true)
+// when the probe's hooks are attached; otherwise ("ctnetlink events",
+// false), and the caller starts the ctnetlink event source. Call it after
+// Open.
+func (p *Probe) ConntrackInKernel() (source string, ok bool) {
+	for _, a := range p.attachments {
+		if a.Hook == ConntrackHook && a.Mode != "" {
+			return fmt.Sprintf("in-kernel (%s)", a.Mode), true
+		}
+	}
+	return "ctnetlink events", false
+}
+
+// openConntrack loads and attaches the in-kernel conntrack hooks, fentry
+// first, then kprobes. They are optional: when neither works the hook is
+// reported off, a note says why, and tracing goes on.
+func (p *Probe) openConntrack() {
+	if !p.opts.ConntrackInKernel {
+		return
+	}
+	var reasons []string // one short reason per mode, for the start-up line
+	off := func(err error) {
+		if len(reasons) > 0 {
+			err = &shortError{msg: strings.Join(reasons, "; "), err: err}
+		}
+		p.attachments = append(p.attachments, Attachment{Hook: ConntrackHook, Err: err})
+		p.notes = append(p.notes, fmt.Sprintf("conntrack hooks: unavailable, conntrack entries need ctnetlink (%v)", err))
+	}
+	if _, err := os.Stat(nfConntrackSysctl); err != nil {
+		off(errors.New("nf_conntrack is not loaded (no " + nfConntrackSysctl + ")"))
+		return
+	}
+	modes := []AttachMode{AttachFentry, AttachKprobe}
+	switch p.opts.ConntrackMode {
+	case "", AttachAuto:
+	case AttachFentry, AttachKprobe:
+		modes = []AttachMode{p.opts.ConntrackMode}
+	default:
+		off(fmt.Errorf("unknown conntrack attach mode %q: use auto, fentry or kprobe", p.opts.ConntrackMode))
+		return
+	}
+	var errs []error
+	for _, mode := range modes {
+		if mode == AttachKprobe && runtime.GOARCH != "amd64" {
+			errs = append(errs, fmt.Errorf("%s: the kprobe programs read x86-64 registers", mode))
+			reasons = append(reasons, "kprobe: x86-64 only")
+			continue
+		}
+		coll, links, err := p.tryConntrack(mode)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", mode, err))
+			reasons = append(reasons, fmt.Sprintf("%s: %s", mode, shortReason(err)))
+			continue
+		}
+		if err := p.adopt("conntrack", coll, conntrackMapLostRecords); err != nil {
+			closeLinks(links)
+			errs = append(errs, err)
+			break
+		}
+		p.links = append(p.links, links...)
+		p.attachments = append(p.attachments, Attachment{Hook: ConntrackHook, Mode: mode, Err: errors.Join(errs...)})
+		p.notes = append(p.notes, fmt.Sprintf("conntrack hooks: in-kernel (%s)", mode))
+		return
+	}
+	off(errors.Join(errs...))
+}
+
+// shortError reads as a one-line summary and unwraps to the whole error
+// (errors.Is/As still see the cause; %+v of the attachment is not needed to
+// read the start-up line).
+type shortError struct {
+	msg string
+	err error
+}
+
+func (e *shortError) Error() string { return e.msg }
+func (e *shortError) Unwrap() error { return e.err }
+
+// shortReason says in a few words why a mode failed, for the start-up
+// note; the attachment keeps the whole error.
+func shortReason(err error) string {
+	switch {
+	case errors.Is(err, unix.EPERM):
+		return "refused by the kernel (EPERM; lockdown or missing CAP_BPF/CAP_PERFMON)"
+	case errors.Is(err, os.ErrNotExist):
+		return "not available (kernel without kprobes, or nf_conntrack's functions not found)"
+	case errors.Is(err, ebpf.ErrNotSupported):
+		return "not supported by this kernel"
+	}
+	s := err.Error()
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	return s
+}
+
+// tryConntrack loads the object with one mode's programs and attaches them
+// all, or nothing.
+func (p *Probe) tryConntrack(mode AttachMode) (*ebpf.Collection, []hookLink, error) {
+	spec, err := loadConntrack()
+	if err != nil {
+		return nil, nil, err
+	}
+	keep := map[string]bool{}
+	for _, pr := range ctPrograms[mode] {
+		keep[pr.prog] = true
+	}
+	for name := range spec.Programs {
+		if !keep[name] {
+			delete(spec.Programs, name)
+		}
+	}
+	if err := p.prepare(spec, "conntrack", map[string]any{
+		conntrackVarFilterNetns: p.opts.Filter.NetNS,
+	}); err != nil {
+		return nil, nil, err
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
+		MapReplacements: map[string]*ebpf.Map{conntrackMapEvents: p.ring},
+	})
+	if err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) && !errors.Is(err, unix.EPERM) {
+			// The verifier's log in full (%+v): it is the only clue.
+			return nil, nil, fmt.Errorf("load: %+v", err)
+		}
+		return nil, nil, fmt.Errorf("load: %w", err)
+	}
+	var links []hookLink
+	for _, pr := range ctPrograms[mode] {
+		prog := coll.Programs[pr.prog]
+		l, err := attachHook(func() (link.Link, error) {
+			switch {
+			case mode == AttachFentry:
+				// The target (vmlinux or nf_conntrack's module BTF)
+				// was resolved at load from the program's section name.
+				return link.AttachTracing(link.TracingOptions{Program: prog})
+			case pr.onExit:
+				return link.Kretprobe(pr.fn, prog, nil)
+			default:
+				return link.Kprobe(pr.fn, prog, nil)
+			}
+		})
+		if err != nil {
+			closeLinks(links)
+			coll.Close()
+			return nil, nil, fmt.Errorf("attach %s (%s): %w", pr.prog, pr.fn, err)
+		}
+		links = append(links, l)
+	}
+	return coll, links, nil
+}
+
+// decodeCtEntry turns a ct_entry_event into KindConntrackNew, Destroy or
+// AllocFailed.
+func decodeCtEntry(raw []byte, ev *events.Event) error {
+	if len(raw) < ctEntryEventSize {
+		return fmt.Errorf("ct_entry_event: %w: %d of %d bytes", ErrShortRecord, len(raw), ctEntryEventSize)
+	}
+	var r conntrackCtEntryEvent
+	copy(unsafe.Slice((*byte)(unsafe.Pointer(&r)), ctEntryEventSize), raw)
+
+	switch tcplifeRecordKind(r.Kind) {
+	case tcplifeRecordKindRECORD_CT_NEW:
+		ev.Kind = events.KindConntrackNew
+	case tcplifeRecordKindRECORD_CT_DESTROY:
+		ev.Kind = events.KindConntrackDestroy
+	default:
+		ev.Kind = events.KindConntrackAllocFailed
+	}
+	c := &ev.ConntrackEntry
+	*c = events.ConntrackEntry{
+		NetNS:    r.Netns,
+		TimeNs:   r.TimeNs,
+		Proto:    r.Proto,
+		TCPState: r.TcpState,
+	}
+	switch events.Family(r.Family) {
+	case events.FamilyIPv4:
+		c.Family = events.FamilyIPv4
+		v4 := func(a *[16]uint8, port uint16) netip.AddrPort {
+			return netip.AddrPortFrom(netip.AddrFrom4([4]byte(a[:4])), port)
+		}
+		c.OrigSrc, c.OrigDst = v4(&r.OrigSaddr, r.OrigSport), v4(&r.OrigDaddr, r.OrigDport)
+		c.ReplySrc, c.ReplyDst = v4(&r.ReplySaddr, r.ReplySport), v4(&r.ReplyDaddr, r.ReplyDport)
+	case events.FamilyIPv6:
+		c.Family = events.FamilyIPv6
+		v6 := func(a *[16]uint8, port uint16) netip.AddrPort {
+			return netip.AddrPortFrom(netip.AddrFrom16(*a), port)
+		}
+		c.OrigSrc, c.OrigDst = v6(&r.OrigSaddr, r.OrigSport), v6(&r.OrigDaddr, r.OrigDport)
+		c.ReplySrc, c.ReplyDst = v6(&r.ReplySaddr, r.ReplySport), v6(&r.ReplyDaddr, r.ReplyDport)
+	}
+	return nil
+}

@@ -33,6 +33,7 @@ run: build ## build and run the tracer with default settings (as root)
 .PHONY: test
 test: test-deps ## run every test; as root the privileged end-to-end tests run too
 	$(GO) test -count=1 ./...
+	cd deploy && $(GO) test -count=1 ./...
 
 .PHONY: fuzz
 fuzz: ## fuzz the ring buffer record decoder for $(FUZZTIME)
@@ -75,6 +76,17 @@ vmlinux: gen-deps ## regenerate bpf/vmlinux.h from the running kernel's BTF
 lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	cd deploy && $(GO) vet ./...
+
+# Tracked files over 2 MB must be named here: a compiled test binary (15.8 MB)
+# was once committed by mistake.
+LARGE_FILES_ALLOWED := bpf/vmlinux.h internal/report/assets/echarts.min.js
+
+.PHONY: check-large-files
+check-large-files: ## fail if a tracked file over 2 MB is not on the short allowlist
+	@big=$$(git ls-files -z | xargs -0 -r stat -c '%s %n' | awk '$$1 > 2097152 {print $$2}' | \
+		grep -vxF $(foreach f,$(LARGE_FILES_ALLOWED),-e $(f)) || true); \
+	if [ -n "$$big" ]; then echo "tracked files over 2 MB (not on LARGE_FILES_ALLOWED in the Makefile):"; echo "$$big"; exit 1; fi
 
 .PHONY: clean
 clean: ## remove build output

@@ -25,8 +25,10 @@ import (
 //     table, to count opens once and to age sockets per state; deleted by
 //     the socket's close record, or one round after a round missed it;
 //   - the keys of the sockets closed in the last two rounds (a slice);
-//   - a TIME_WAIT entry per timewait socket (aggregate_timewait.go), expired with
-//     the kernel's timer and reconciled with sock_diag dumps;
+//   - a TIME_WAIT entry per timewait socket (aggregate_timewait.go),
+//     expired with the kernel's timer and reconciled with sock_diag dumps;
+//   - the ports held per destination (aggregate_ports.go): a count per
+//     destination of the round's sockets and of the TIME_WAIT entries;
 //   - the counters of expired processes, per comm and cgroup, at most
 //     MaxDepartedGroups groups (aggregate_departed.go).
 type Aggregator struct {

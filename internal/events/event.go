@@ -1,11 +1,3 @@
-// Package events defines the tracer's only currency: typed, kernel-independent
-// events, and the pure-Go stages that consume them (owner enrichment, filters).
-//
-// Everything the kernel or a sampler tells the tracer becomes an Event. Stages
-// downstream of the decoder see only Events and a clock, which is what lets a
-// recording replay through the same code and give the same numbers.
-//
-// This package imports the standard library only and is testable without root.
 package events
 
 import (

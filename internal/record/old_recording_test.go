@@ -1,16 +1,13 @@
-package record_test
+package record
 
 import (
-	"errors"
-	"io"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/conntracer/conntracer/internal/aggregate"
 	"github.com/conntracer/conntracer/internal/events"
-	"github.com/conntracer/conntracer/internal/record"
 )
 
 // oldRecording was written by `tracer record` built at commit 0a55346,
@@ -33,31 +30,25 @@ const (
 	oldServerPID = 14623
 )
 
-type stampedEvent struct {
-	ev  events.Event
-	now time.Time
-}
-
-func readOld(t *testing.T) (record.Header, record.Stats, []stampedEvent) {
+// readOld reads the recording's header, then its events as the tests of
+// this package read every recording (readAll).
+func readOld(t *testing.T) (Header, Stats, []stamped) {
 	t.Helper()
-	r, err := record.Open(oldRecording)
+	r, err := Open(oldRecording)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer r.Close()
-	var out []stampedEvent
-	for {
-		var ev events.Event
-		now, err := r.Next(&ev)
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			t.Fatalf("event %d: %v", len(out), err)
-		}
-		out = append(out, stampedEvent{ev, now})
+	h := r.Header()
+	r.Close()
+	b, err := os.ReadFile(oldRecording)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return r.Header(), r.Stats(), out
+	evs, st, err := readAll(t, b)
+	if err != nil {
+		t.Fatalf("event %d: %v", len(evs), err)
+	}
+	return h, st, evs
 }
 
 // TestReadsRecordingOfOldTracer reads the recording as the current code

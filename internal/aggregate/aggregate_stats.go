@@ -138,6 +138,11 @@ type stateCount struct {
 	oldest uint64 // earliest time a member was first seen in this state, boot ns
 }
 
+// oldestAge is how long the oldest member had been in the state at ns.
+func (c stateCount) oldestAge(ns uint64) time.Duration {
+	return time.Duration(ns - min(c.oldest, ns))
+}
+
 // connStats are the counters kept both per process and per process x
 // remote endpoint.
 //
@@ -255,7 +260,7 @@ func (r *remoteStats) poolLeak(f *findingSet, th *Thresholds, lastNs uint64) {
 	if float64(closed) > th.PoolLeakCloseRatio*float64(growth) {
 		return
 	}
-	f.add(findingKey{kind: FindingPoolLeak, proc: r.proc.key, remote: r.key}, r.proc, r.key.NetNS,
+	f.addRemote(FindingPoolLeak, r,
 		fmt.Sprintf("%d ESTABLISHED connections to %s, %d more than %ds ago, %d closed meanwhile: the pool keeps opening and never closes", est, r.key, growth, win, closed),
 		"cap the pool size and return connections to it; look for code paths that open a connection and never close it (a pool shared unsafely between threads)",
 		map[string]float64{"established": float64(est), "growth": float64(growth), "window_seconds": float64(win), "closed_in_window": float64(closed)})
@@ -268,11 +273,11 @@ func (r *remoteStats) closeWaitLeak(f *findingSet, th *Thresholds, lastNs uint64
 	if cw.n == 0 {
 		return
 	}
-	age := time.Duration(lastNs - min(cw.oldest, lastNs))
+	age := cw.oldestAge(lastNs)
 	if cw.n < th.CloseWaitCount && age < th.CloseWaitAge {
 		return
 	}
-	f.add(findingKey{kind: FindingCloseWaitLeak, proc: r.proc.key, remote: r.key}, r.proc, r.key.NetNS,
+	f.addRemote(FindingCloseWaitLeak, r,
 		fmt.Sprintf("%d sockets in CLOSE_WAIT with %s, oldest for %s: the peer closed, the application never did", cw.n, r.key, age.Round(time.Second)),
 		"close the socket when a read returns end-of-file; check error paths that drop a connection without closing it",
 		map[string]float64{"close_wait": float64(cw.n), "oldest_seconds": age.Seconds()})
@@ -289,7 +294,7 @@ func (r *remoteStats) noReuse(f *findingSet, th *Thresholds) {
 	if rate < th.NoReuseRate || med >= th.NoReuseMedian {
 		return
 	}
-	f.add(findingKey{kind: FindingNoReuse, proc: r.proc.key, remote: r.key}, r.proc, r.key.NetNS,
+	f.addRemote(FindingNoReuse, r,
 		fmt.Sprintf("%.0f new connections/s to %s living %s (median): a connection per request, no pooling or keep-alive", rate, r.key, med.Round(time.Microsecond)),
 		"reuse connections: a pool, HTTP keep-alive, or a multiplexing proxy",
 		map[string]float64{"opens_per_second": rate, "median_lifetime_seconds": med.Seconds(), "short_lived_share": shortShare(&r.connStats)})
@@ -309,11 +314,11 @@ func (r *remoteStats) finWait2Stuck(f *findingSet, th *Thresholds, lastNs uint64
 	if fw.n == 0 || fw.n < th.FinWait2Count {
 		return
 	}
-	age := time.Duration(lastNs - min(fw.oldest, lastNs))
+	age := fw.oldestAge(lastNs)
 	if age < th.FinWait2Age {
 		return
 	}
-	f.add(findingKey{kind: FindingFinWait2Stuck, proc: r.proc.key, remote: r.key}, r.proc, r.key.NetNS,
+	f.addRemote(FindingFinWait2Stuck, r,
 		fmt.Sprintf("%d sockets in FIN_WAIT2 with %s, oldest for %s: the peer never finishes the close", fw.n, r.key, age.Round(time.Second)),
 		"fix the peer that does not close; lower net.ipv4.tcp_fin_timeout for orphaned sockets",
 		map[string]float64{"fin_wait2": float64(fw.n), "oldest_seconds": age.Seconds()})

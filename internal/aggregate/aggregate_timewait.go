@@ -284,7 +284,7 @@ func (r *remoteStats) timeWaitPileup(f *findingSet, th *Thresholds) {
 	if r.timeWait < th.TimeWaitCount {
 		return
 	}
-	f.add(findingKey{kind: FindingTimeWaitPileup, proc: r.proc.key, remote: r.key}, r.proc, r.key.NetNS,
+	f.addRemote(FindingTimeWaitPileup, r,
 		fmt.Sprintf("%d sockets in TIME_WAIT towards %s left by this process, which closes first", r.timeWait, r.key),
 		"reuse connections (pool, keep-alive); let the peer close first; net.ipv4.tcp_tw_reuse=1 for outgoing connections",
 		map[string]float64{"time_wait": float64(r.timeWait), "close_rate_per_second": r.closes.rate(f.now.Unix(), 10)})

@@ -111,6 +111,11 @@ func (f *findingSet) add(k findingKey, p *procStats, netns uint32, msg, remedy s
 	})
 }
 
+// addRemote adds a finding of kind about remote r of r's process.
+func (f *findingSet) addRemote(kind string, r *remoteStats, msg, remedy string, ev map[string]float64) {
+	f.add(findingKey{kind: kind, proc: r.proc.key, remote: r.key}, r.proc, r.key.NetNS, msg, remedy, ev)
+}
+
 // forget drops the first-seen times of the findings this evaluation did
 // not find again.
 func (f *findingSet) forget() {

@@ -25,8 +25,10 @@ import (
 //     table, to count opens once and to age sockets per state; deleted by
 //     the socket's close record, or one round after a round missed it;
 //   - the keys of the sockets closed in the last two rounds (a slice);
-//   - a TIME_WAIT entry per timewait socket (timewait.go), expired with
-//     the kernel's timer and reconciled with sock_diag dumps;
+//   - a TIME_WAIT entry per timewait socket (aggregate_timewait.go),
+//     expired with the kernel's timer and reconciled with sock_diag dumps;
+//   - the ports held per destination (aggregate_ports.go): a count per
+//     destination of the round's sockets and of the TIME_WAIT entries;
 //   - the counters of expired processes, per comm and cgroup, at most
 //     MaxDepartedGroups groups (aggregate_departed.go).
 type Aggregator struct {
@@ -54,7 +56,6 @@ type Aggregator struct {
 	recent  recentCloses
 	// liveMaxOpenNs is the newest open time of a live entry ever made.
 	liveMaxOpenNs uint64
-	roundPort     map[portKey]uint32 // ports held by sampled sockets this round
 
 	tw       timeWaitTable
 	ports    portTable
@@ -156,6 +157,19 @@ type remoteStats struct {
 	connStats
 }
 
+// holdTimeWait counts a TIME_WAIT socket that r's process left towards r,
+// in r and in its process; releaseTimeWait uncounts it. The TIME_WAIT
+// table calls them as its entries come and go.
+func (r *remoteStats) holdTimeWait() {
+	r.timeWait++
+	r.proc.timeWait++
+}
+
+func (r *remoteStats) releaseTimeWait() {
+	r.timeWait--
+	r.proc.timeWait--
+}
+
 // existingConn is a socket the start-up scan found open, with its owner.
 // It counts as open in its start-up state until the kernel's table shows
 // it (it changed state: the table takes over) or it closes.
@@ -186,13 +200,11 @@ type liveEntry struct {
 
 // NewAggregator returns an empty aggregator using th.
 func NewAggregator(th Thresholds) *Aggregator {
-	return &Aggregator{
+	a := &Aggregator{
 		th:        th,
 		procs:     make(map[ProcKey]*procStats),
 		existing:  make(map[uint64]existingConn),
 		live:      make(map[liveKey]liveEntry),
-		roundPort: make(map[portKey]uint32),
-		tw:        newTimeWaitTable(),
 		ports:     newPortTable(),
 		firstSeen: make(map[findingKey]time.Time),
 		round:     1,
@@ -203,6 +215,8 @@ func NewAggregator(th Thresholds) *Aggregator {
 		hists:        newConnHists(),
 		connectRules: DefaultConnectRules(),
 	}
+	a.tw = newTimeWaitTable(&a.ports)
+	return a
 }
 
 // Apply folds one event in. now is the aggregator's clock (wall time when
@@ -225,10 +239,10 @@ func (a *Aggregator) Apply(ev *events.Event, now time.Time) {
 		a.sampleDone(ev.Sample.TimeNs)
 	case events.KindTimeWait:
 		a.kernelTime(ev.Sample.TimeNs)
-		a.tw.dumped(a, &ev.Conn, ev.Sample.TimeNs, ev.Sample.ExpiresNs)
+		a.tw.dumped(&ev.Conn, ev.Sample.TimeNs, ev.Sample.ExpiresNs)
 	case events.KindTimeWaitDone:
 		a.kernelTime(ev.Sample.TimeNs)
-		a.tw.dumpDone(a, ev.Conn.NetNS, ev.Sample.TimeNs)
+		a.tw.dumpDone(ev.Conn.NetNS, ev.Sample.TimeNs)
 	case events.KindPortRange:
 		a.ports.setRange(ev.Conn.NetNS, ev.Sample.PortLow, ev.Sample.PortHigh)
 	}
@@ -259,7 +273,7 @@ func (a *Aggregator) owner(o *events.Process, rk RemoteKey) (*procStats, *remote
 	p := slot.p
 	if o.Known() {
 		if slot.comm != o.Comm || (o.CgroupID != 0 && o.CgroupID != slot.cgroupID) {
-			a.departed.moving(p, a.now) // its counts stay with its old group
+			p.leaveGroup(&a.departed, a.now) // its counts stay with its old group
 			p.comm = o.Comm
 			if o.CgroupID != 0 {
 				p.cgroupID = o.CgroupID
@@ -271,7 +285,7 @@ func (a *Aggregator) owner(o *events.Process, rk RemoteKey) (*procStats, *remote
 	p.lastSeen = a.now
 	r := slot.r
 	if r == nil || r.key != rk {
-		r = p.remote(rk, a)
+		r = p.remote(rk, a.round, a.lastNs)
 		slot.r = r
 	}
 	r.lastSeen = a.now
@@ -302,15 +316,16 @@ func passive(c *events.Conn) bool {
 	return lp != 0 && lp < rp
 }
 
-// remote returns p's stats of remote k, creating them.
-func (p *procStats) remote(k RemoteKey, a *Aggregator) *remoteStats {
+// remote returns p's stats of remote k, creating them during sample
+// round (the first is 1), lastNs being the time of the last complete one.
+func (p *procStats) remote(k RemoteKey, round uint32, lastNs uint64) *remoteStats {
 	r, ok := p.remotes[k]
 	if !ok {
 		r = &remoteStats{key: k, proc: p}
 		// Created after a complete round: that round saw nothing of
 		// it, which is a point of its history (0 ESTABLISHED).
-		if a.round > 1 {
-			r.estHist[0] = estPoint{ns: a.lastNs}
+		if round > 1 {
+			r.estHist[0] = estPoint{ns: lastNs}
 			r.estNext = 1
 		}
 		p.remotes[k] = r
@@ -397,7 +412,7 @@ func (a *Aggregator) closed(c *events.Conn) {
 	r.rx += c.RxBytes
 
 	if c.EndState == events.EndTimeWait || c.EndState == events.EndFinWait2 {
-		a.tw.closed(a, c, r)
+		a.tw.closed(c, r)
 	}
 }
 
@@ -415,7 +430,7 @@ func (a *Aggregator) sockOpen(ev *events.Event) {
 	if !a.inRound {
 		a.inRound = true
 		a.roundNs = ev.Sample.TimeNs
-		clear(a.roundPort)
+		a.ports.beginRound()
 		a.recent.sortCur()
 	}
 	a.kernelTime(ev.Sample.TimeNs)
@@ -477,10 +492,10 @@ func (a *Aggregator) sockOpen(ev *events.Event) {
 
 	// A socket on the 4-tuple of a TIME_WAIT entry reused it.
 	if c.Local.Port() != 0 && a.tw.len() > 0 {
-		a.tw.reused(a, c, ev.Sample.TimeNs)
+		a.tw.reused(c, ev.Sample.TimeNs)
 	}
 	if !passive(c) && (c.Local.Port() == 0 || a.ports.ephemeral(c.NetNS, c.Local.Port())) {
-		a.roundPort[portKeyOf(c)]++
+		a.ports.sampled(portKeyOf(c))
 	}
 }
 
@@ -489,7 +504,7 @@ func (a *Aggregator) sockOpen(ev *events.Event) {
 func (a *Aggregator) sampleDone(ns uint64) {
 	if !a.inRound {
 		a.roundNs = ns // an empty table
-		clear(a.roundPort)
+		a.ports.beginRound()
 	}
 	a.kernelTime(ns)
 	round := a.round
@@ -502,7 +517,7 @@ func (a *Aggregator) sampleDone(ns uint64) {
 		ex.proc.count(round, ex.state, a.roundNs)
 		ex.remote.count(round, ex.state, a.roundNs)
 		if !ex.remote.key.Passive && a.ports.ephemeral(ex.remote.key.NetNS, ex.local.Port()) {
-			a.roundPort[portKey{netns: ex.remote.key.NetNS, local: ex.local.Addr(), remote: ex.remote.key.Addr}]++
+			a.ports.sampled(portKey{netns: ex.remote.key.NetNS, local: ex.local.Addr(), remote: ex.remote.key.Addr})
 		}
 	}
 	clear(a.procCache[:]) // processes and remotes may go below
@@ -531,7 +546,7 @@ func (a *Aggregator) sampleDone(ns uint64) {
 	a.inRound = false
 	a.round++
 
-	a.tw.expire(a, a.kernelNs)
-	a.ports.publish(a)
+	a.tw.expire(a.kernelNs)
+	a.ports.publish()
 	a.evaluate()
 }

@@ -110,11 +110,11 @@ func (d *departedTable) add(p *procStats, now time.Time) {
 	d.addTotals(groupKey{comm: p.comm, cgroupID: p.cgroupID}, &t, now)
 }
 
-// moving banks the counters of p, which is about to change group (an
+// leaveGroup banks the counters of p, which is about to change group (an
 // exec renamed it, or it moved to another cgroup), into its old group's
-// departed totals: the old group's counters must not lose them, and the
-// new group's must not gain them (it would count them twice).
-func (d *departedTable) moving(p *procStats, now time.Time) {
+// departed totals in d: the old group's counters must not lose them, and
+// the new group's must not gain them (it would count them twice).
+func (p *procStats) leaveGroup(d *departedTable, now time.Time) {
 	t := p.groupTotals()
 	if t == (ConnTotals{}) {
 		return

@@ -171,11 +171,6 @@ func (p *PortUse) Share() float64 {
 	return float64(p.Used) / float64(p.RangeSize)
 }
 
-func (a *Aggregator) rangeSize(netns uint32) uint32 {
-	lo, hi := a.ports.rangeOf(netns)
-	return uint32(hi) - uint32(lo) + 1
-}
-
 func (s *connStats) snapshot(c *ConnSnapshot, now time.Time, roundNs uint64) {
 	c.OpenedActive, c.OpenedPassive = s.opened[events.RoleActive], s.opened[events.RolePassive]
 	c.Opened = s.opened[0] + s.opened[1] + s.opened[2]
@@ -218,7 +213,7 @@ func (a *Aggregator) Snapshot() *Snapshot {
 	for k, u := range a.ports.use {
 		ports[dest{k.netns, k.remote}] += u.used
 		s.Ports = append(s.Ports, PortUse{NetNS: k.netns, Local: k.local, Remote: k.remote,
-			Used: u.used, TimeWait: u.timeWait, RangeSize: a.rangeSize(k.netns)})
+			Used: u.used, TimeWait: u.timeWait, RangeSize: a.ports.rangeSize(k.netns)})
 	}
 	slices.SortFunc(s.Ports, func(x, y PortUse) int {
 		return cmp.Or(cmp.Compare(y.Used, x.Used), cmp.Compare(x.NetNS, y.NetNS), x.Remote.Compare(y.Remote), x.Local.Compare(y.Local))
@@ -263,7 +258,7 @@ func (a *Aggregator) Snapshot() *Snapshot {
 			rs.Key, rs.Remote = r.key, r.key.String()
 			r.connStats.snapshot(&rs.ConnSnapshot, a.now, a.lastNs)
 			if !r.key.Passive {
-				rs.PortRange = a.rangeSize(r.key.NetNS)
+				rs.PortRange = a.ports.rangeSize(r.key.NetNS)
 				rs.PortsUsed = ports[dest{r.key.NetNS, r.key.Addr}]
 				if share := float64(rs.PortsUsed) / float64(rs.PortRange); share > ps.PortUse {
 					ps.PortUse = share

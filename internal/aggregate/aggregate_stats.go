@@ -3,6 +3,7 @@ package aggregate
 import (
 	"github.com/conntracer/conntracer/internal/events"
 
+	"fmt"
 	"math/bits"
 	"time"
 )
@@ -137,6 +138,11 @@ type stateCount struct {
 	oldest uint64 // earliest time a member was first seen in this state, boot ns
 }
 
+// oldestAge is how long the oldest member had been in the state at ns.
+func (c stateCount) oldestAge(ns uint64) time.Duration {
+	return time.Duration(ns - min(c.oldest, ns))
+}
+
 // connStats are the counters kept both per process and per process x
 // remote endpoint.
 //
@@ -226,4 +232,94 @@ func (s *connStats) open() bool {
 		}
 	}
 	return s.timeWait > 0
+}
+
+// The findings rules about one process and one remote: each reads the
+// remote's counters and the sockets the last complete round saw (at
+// lastNs), and adds what it finds to f (findings.go).
+
+// poolLeak: ESTABLISHED connections to one remote grew by at least
+// PoolLeakGrowth over PoolLeakWindow while few of them closed.
+func (r *remoteStats) poolLeak(f *findingSet, th *Thresholds, lastNs uint64) {
+	if r.key.Passive {
+		return
+	}
+	windowNs := uint64(th.PoolLeakWindow)
+	est := r.states[events.TCPEstablished].n
+	var from uint64
+	if lastNs > windowNs {
+		from = lastNs - windowNs
+	}
+	old, oldNs, ok := r.estAt(from)
+	if !ok || est < old+th.PoolLeakGrowth {
+		return
+	}
+	growth := est - old
+	win := max(1, int((lastNs-oldNs+999_999_999)/1_000_000_000))
+	closed := r.closes.sum(f.now.Unix()+1, win)
+	if float64(closed) > th.PoolLeakCloseRatio*float64(growth) {
+		return
+	}
+	f.addRemote(FindingPoolLeak, r,
+		fmt.Sprintf("%d ESTABLISHED connections to %s, %d more than %ds ago, %d closed meanwhile: the pool keeps opening and never closes", est, r.key, growth, win, closed),
+		"cap the pool size and return connections to it; look for code paths that open a connection and never close it (a pool shared unsafely between threads)",
+		map[string]float64{"established": float64(est), "growth": float64(growth), "window_seconds": float64(win), "closed_in_window": float64(closed)})
+}
+
+// closeWaitLeak: at least CloseWaitCount sockets in CLOSE_WAIT with one
+// remote, or one there for CloseWaitAge.
+func (r *remoteStats) closeWaitLeak(f *findingSet, th *Thresholds, lastNs uint64) {
+	cw := r.states[events.TCPCloseWait]
+	if cw.n == 0 {
+		return
+	}
+	age := cw.oldestAge(lastNs)
+	if cw.n < th.CloseWaitCount && age < th.CloseWaitAge {
+		return
+	}
+	f.addRemote(FindingCloseWaitLeak, r,
+		fmt.Sprintf("%d sockets in CLOSE_WAIT with %s, oldest for %s: the peer closed, the application never did", cw.n, r.key, age.Round(time.Second)),
+		"close the socket when a read returns end-of-file; check error paths that drop a connection without closing it",
+		map[string]float64{"close_wait": float64(cw.n), "oldest_seconds": age.Seconds()})
+}
+
+// noReuse: at least NoReuseRate new connections per second to one remote
+// over 10 s, with a median lifetime under NoReuseMedian.
+func (r *remoteStats) noReuse(f *findingSet, th *Thresholds) {
+	if r.key.Passive || r.lifeKnown == 0 {
+		return
+	}
+	rate := r.opens.rate(f.now.Unix(), 10)
+	med := r.life.median()
+	if rate < th.NoReuseRate || med >= th.NoReuseMedian {
+		return
+	}
+	f.addRemote(FindingNoReuse, r,
+		fmt.Sprintf("%.0f new connections/s to %s living %s (median): a connection per request, no pooling or keep-alive", rate, r.key, med.Round(time.Microsecond)),
+		"reuse connections: a pool, HTTP keep-alive, or a multiplexing proxy",
+		map[string]float64{"opens_per_second": rate, "median_lifetime_seconds": med.Seconds(), "short_lived_share": shortShare(&r.connStats)})
+}
+
+func shortShare(s *connStats) float64 {
+	if s.lifeKnown == 0 {
+		return 0
+	}
+	return float64(s.shortLived) / float64(s.lifeKnown)
+}
+
+// finWait2Stuck: at least FinWait2Count sockets in FIN_WAIT2 with one
+// remote, the oldest there for FinWait2Age.
+func (r *remoteStats) finWait2Stuck(f *findingSet, th *Thresholds, lastNs uint64) {
+	fw := r.states[events.TCPFinWait2]
+	if fw.n == 0 || fw.n < th.FinWait2Count {
+		return
+	}
+	age := fw.oldestAge(lastNs)
+	if age < th.FinWait2Age {
+		return
+	}
+	f.addRemote(FindingFinWait2Stuck, r,
+		fmt.Sprintf("%d sockets in FIN_WAIT2 with %s, oldest for %s: the peer never finishes the close", fw.n, r.key, age.Round(time.Second)),
+		"fix the peer that does not close; lower net.ipv4.tcp_fin_timeout for orphaned sockets",
+		map[string]float64{"fin_wait2": float64(fw.n), "oldest_seconds": age.Seconds()})
 }

@@ -1,7 +1,10 @@
 package aggregate
 
-import "github.com/conntracer/conntracer/internal/events"
-import "net/netip"
+import (
+	"github.com/conntracer/conntracer/internal/events"
+
+	"fmt"
+)
 
 // TimeWaitLen is the kernel's TIME_WAIT length (TCP_TIMEWAIT_LEN, 60 s,
 // a compile-time constant of the kernel).
@@ -66,7 +69,12 @@ type twCount struct {
 // namespace that started after it was created no longer lists it. So,
 // right after a dump, the table holds exactly the dump plus what closed
 // since it started.
+//
+// Each entry holds its ephemeral port in the port table it was given (a
+// TIME_WAIT socket keeps its local port), and counts in its owner's stats
+// through the owner's holdTimeWait and releaseTimeWait.
 type timeWaitTable struct {
+	ports     *portTable
 	m         map[tuple]twEntry
 	byNetNS   map[uint32]*twCount
 	gen       uint32
@@ -78,8 +86,9 @@ type timeWaitTable struct {
 	dumps uint64
 }
 
-func newTimeWaitTable() timeWaitTable {
+func newTimeWaitTable(ports *portTable) timeWaitTable {
 	return timeWaitTable{
+		ports:   ports,
 		m:       make(map[tuple]twEntry),
 		byNetNS: make(map[uint32]*twCount),
 		covered: make(map[uint32]struct{}),
@@ -88,9 +97,9 @@ func newTimeWaitTable() timeWaitTable {
 
 func (t *timeWaitTable) len() int { return len(t.m) }
 
-func (t *timeWaitTable) insert(a *Aggregator, k tuple, e twEntry) {
+func (t *timeWaitTable) insert(k tuple, e twEntry) {
 	old, had := t.m[k]
-	t.replace(a, k, e, old, had)
+	t.replace(k, e, old, had)
 }
 
 // replace stores e on k in place of old (had: k held old), with one map
@@ -102,19 +111,19 @@ func (t *timeWaitTable) insert(a *Aggregator, k tuple, e twEntry) {
 // client cycling through its ephemeral ports) used to hash the tuple four
 // times and the port key three; it cost a third of BenchmarkAggregatorApply
 // (see NOTE-perf-aggregate.md).
-func (t *timeWaitTable) replace(a *Aggregator, k tuple, e twEntry, old twEntry, had bool) {
+func (t *timeWaitTable) replace(k tuple, e twEntry, old twEntry, had bool) {
 	keepPort := false
 	if had {
-		keepPort = old.inPorts && a.ports.ephemeral(k.netns, k.lport)
+		keepPort = old.inPorts && t.ports.ephemeral(k.netns, k.lport)
 		if old.inPorts && !keepPort {
-			a.ports.removeTimeWait(k)
+			t.ports.removeTimeWait(k)
 		}
 		t.uncount(k, old)
 	}
 	if keepPort {
 		e.inPorts = true
 	} else {
-		e.inPorts = a.ports.addTimeWait(k)
+		e.inPorts = t.ports.addTimeWait(k)
 	}
 	c := t.byNetNS[k.netns]
 	if c == nil {
@@ -129,15 +138,14 @@ func (t *timeWaitTable) replace(a *Aggregator, k tuple, e twEntry, old twEntry, 
 	if e.remote == nil {
 		c.unattributed++
 	} else {
-		e.remote.proc.timeWait++
-		e.remote.timeWait++
+		e.remote.holdTimeWait()
 	}
 }
 
-func (t *timeWaitTable) remove(a *Aggregator, k tuple, e twEntry) {
+func (t *timeWaitTable) remove(k tuple, e twEntry) {
 	delete(t.m, k)
 	if e.inPorts {
-		a.ports.removeTimeWait(k)
+		t.ports.removeTimeWait(k)
 	}
 	t.uncount(k, e)
 }
@@ -157,8 +165,7 @@ func (t *timeWaitTable) uncount(k tuple, e twEntry) {
 		}
 	}
 	if e.remote != nil {
-		e.remote.proc.timeWait--
-		e.remote.timeWait--
+		e.remote.releaseTimeWait()
 	}
 }
 
@@ -166,7 +173,7 @@ func (t *timeWaitTable) uncount(k tuple, e twEntry) {
 // or pending in substate FIN_WAIT2 (end state fin_wait2) until a dump
 // shows the peer's FIN arrived. The kernel's FIN_WAIT2 timeout
 // (tcp_fin_timeout) defaults to the TIME_WAIT length.
-func (t *timeWaitTable) closed(a *Aggregator, c *events.Conn, r *remoteStats) {
+func (t *timeWaitTable) closed(c *events.Conn, r *remoteStats) {
 	k := tupleOf(c)
 	pending := c.EndState == events.EndFinWait2
 	old, had := t.m[k]
@@ -175,7 +182,7 @@ func (t *timeWaitTable) closed(a *Aggregator, c *events.Conn, r *remoteStats) {
 		// in TIME_WAIT: the peer's FIN has come.
 		pending = false
 	}
-	t.replace(a, k, twEntry{remote: r, closeNs: c.CloseNs, ttlMs: TimeWaitLen / 1_000_000,
+	t.replace(k, twEntry{remote: r, closeNs: c.CloseNs, ttlMs: TimeWaitLen / 1_000_000,
 		seen: t.seenFor(c.CloseNs), pending: pending}, old, had)
 }
 
@@ -193,10 +200,10 @@ func (t *timeWaitTable) seenFor(ns uint64) uint32 {
 // socket sampled after the entry's close counts: a round read before the
 // close record arrived still lists the socket that is now this very
 // timewait socket.
-func (t *timeWaitTable) reused(a *Aggregator, c *events.Conn, sampledNs uint64) {
+func (t *timeWaitTable) reused(c *events.Conn, sampledNs uint64) {
 	k := tupleOf(c)
 	if e, ok := t.m[k]; ok && e.closeNs < sampledNs {
-		t.remove(a, k, e)
+		t.remove(k, e)
 	}
 }
 
@@ -211,7 +218,7 @@ func (t *timeWaitTable) begin(ns uint64) {
 }
 
 // dumped reconciles one TIME_WAIT socket listed by a dump started at ns.
-func (t *timeWaitTable) dumped(a *Aggregator, c *events.Conn, ns, expires uint64) {
+func (t *timeWaitTable) dumped(c *events.Conn, ns, expires uint64) {
 	t.begin(ns)
 	k := tupleOf(c)
 	if e, ok := t.m[k]; ok {
@@ -220,9 +227,9 @@ func (t *timeWaitTable) dumped(a *Aggregator, c *events.Conn, ns, expires uint64
 		if e.pending && c.LastState == events.TCPTimeWait {
 			// The peer's FIN arrived: the socket is TIME_WAIT now,
 			// and still the process's that closed it.
-			t.remove(a, k, e)
+			t.remove(k, e)
 			e.pending = false
-			t.insert(a, k, e)
+			t.insert(k, e)
 			return
 		}
 		t.m[k] = e
@@ -235,13 +242,13 @@ func (t *timeWaitTable) dumped(a *Aggregator, c *events.Conn, ns, expires uint64
 		// next dump will count it once the peer's FIN has arrived.
 		return
 	}
-	t.insert(a, k, twEntry{closeNs: ns, ttlMs: ttlMs(ns, ns+expires), seen: t.gen})
+	t.insert(k, twEntry{closeNs: ns, ttlMs: ttlMs(ns, ns+expires), seen: t.gen})
 }
 
 // dumpDone ends the dump of one namespace (netns != 0) or the whole dump
 // (netns == 0), which removes the entries of the dumped namespaces that
 // the dump should have listed and did not.
-func (t *timeWaitTable) dumpDone(a *Aggregator, netns uint32, ns uint64) {
+func (t *timeWaitTable) dumpDone(netns uint32, ns uint64) {
 	t.begin(ns)
 	if netns != 0 {
 		t.covered[netns] = struct{}{}
@@ -251,132 +258,34 @@ func (t *timeWaitTable) dumpDone(a *Aggregator, netns uint32, ns uint64) {
 		if _, ok := t.covered[k.netns]; !ok || e.seen == t.gen || e.closeNs >= t.dumpStart {
 			continue
 		}
-		t.remove(a, k, e)
+		t.remove(k, e)
 	}
 	t.inDump = false
 	t.dumps++
 }
 
 // expire removes the entries whose timer has fired by kernel time ns.
-func (t *timeWaitTable) expire(a *Aggregator, ns uint64) {
+func (t *timeWaitTable) expire(ns uint64) {
 	if ns < t.lastSweep+expireEvery || len(t.m) == 0 {
 		return
 	}
 	t.lastSweep = ns
 	for k, e := range t.m {
 		if e.expiresNs() <= ns {
-			t.remove(a, k, e)
+			t.remove(k, e)
 		}
 	}
 }
 
-// portKey is one destination as seen from one local address: the unit the
-// kernel's ephemeral port allocation is shared over (__inet_hash_connect
-// lets two connections share a local port only to different destinations).
-type portKey struct {
-	netns  uint32
-	local  netip.Addr
-	remote netip.AddrPort
-}
-
-func portKeyOf(c *events.Conn) portKey {
-	return portKey{netns: c.NetNS, local: c.Local.Addr(), remote: c.Remote}
-}
-
-// Default ephemeral port range of Linux (net.ipv4.ip_local_port_range),
-// used for namespaces whose range the sampler has not reported.
-const (
-	DefaultPortLow  = 32768
-	DefaultPortHigh = 60999
-)
-
-// portTable counts, per destination, the local ports held in any state.
-type portTable struct {
-	ranges map[uint32][2]uint16
-	// TIME_WAIT sockets holding an ephemeral port, by destination: the
-	// tuple with no local port (twPortKey gives the portKey). A plain
-	// array key hashes in one pass, where portKey's netip values (with a
-	// zone pointer) hash field by field: BenchmarkAggregatorApply spent
-	// 5% of its time hashing and comparing portKeys here.
-	tw map[tuple]uint32
-	// published by publish: sockets open now plus TIME_WAIT
-	use map[portKey]portUse
-}
-
-type portUse struct {
-	used, timeWait uint32
-}
-
-func newPortTable() portTable {
-	return portTable{
-		ranges: make(map[uint32][2]uint16),
-		tw:     make(map[tuple]uint32),
-		use:    make(map[portKey]portUse),
-	}
-}
-
-func (t *portTable) rangeOf(netns uint32) (lo, hi uint16) {
-	if r, ok := t.ranges[netns]; ok {
-		return r[0], r[1]
-	}
-	return DefaultPortLow, DefaultPortHigh
-}
-
-func (t *portTable) ephemeral(netns uint32, port uint16) bool {
-	lo, hi := t.rangeOf(netns)
-	return port >= lo && port <= hi
-}
-
-func (t *portTable) setRange(netns uint32, lo, hi uint16) {
-	if lo > hi || netns == 0 {
+// timeWaitPileup: at least TimeWaitCount TIME_WAIT sockets left by one
+// process towards one remote (the table counts them in the remote's
+// stats, holdTimeWait).
+func (r *remoteStats) timeWaitPileup(f *findingSet, th *Thresholds) {
+	if r.timeWait < th.TimeWaitCount {
 		return
 	}
-	t.ranges[netns] = [2]uint16{lo, hi}
-}
-
-// twDest is the key of t.tw: the tuple's destination as seen from its
-// local address.
-func twDest(k tuple) tuple {
-	k.lport = 0
-	return k
-}
-
-func twPortKey(k tuple) portKey {
-	return portKey{
-		netns:  k.netns,
-		local:  netip.AddrFrom16(k.laddr).Unmap(),
-		remote: netip.AddrPortFrom(netip.AddrFrom16(k.raddr).Unmap(), k.rport),
-	}
-}
-
-func (t *portTable) addTimeWait(k tuple) bool {
-	if !t.ephemeral(k.netns, k.lport) {
-		return false
-	}
-	t.tw[twDest(k)]++
-	return true
-}
-
-func (t *portTable) removeTimeWait(k tuple) {
-	pk := twDest(k)
-	if n := t.tw[pk]; n > 1 {
-		t.tw[pk] = n - 1
-	} else {
-		delete(t.tw, pk)
-	}
-}
-
-// publish combines the round's open sockets with the TIME_WAIT table.
-func (t *portTable) publish(a *Aggregator) {
-	clear(t.use)
-	for k, n := range a.roundPort {
-		t.use[k] = portUse{used: n}
-	}
-	for k, n := range t.tw {
-		pk := twPortKey(k)
-		u := t.use[pk]
-		u.used += n
-		u.timeWait = n
-		t.use[pk] = u
-	}
+	f.addRemote(FindingTimeWaitPileup, r,
+		fmt.Sprintf("%d sockets in TIME_WAIT towards %s left by this process, which closes first", r.timeWait, r.key),
+		"reuse connections (pool, keep-alive); let the peer close first; net.ipv4.tcp_tw_reuse=1 for outgoing connections",
+		map[string]float64{"time_wait": float64(r.timeWait), "close_rate_per_second": r.closes.rate(f.now.Unix(), 10)})
 }

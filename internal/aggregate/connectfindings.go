@@ -5,7 +5,6 @@ import (
 
 	"cmp"
 	"fmt"
-	"net/netip"
 	"slices"
 	"time"
 )
@@ -34,17 +33,11 @@ func DefaultConnectRules() ConnectRules {
 	return ConnectRules{Window: 5 * time.Minute, MinBacklogOverflows: 1, MinExhaustion: 1, MinRefused: 20, MinTimeouts: 5, MinDgramQueueFull: 1}
 }
 
-// PortInfo is what the kernel says about ephemeral ports in a namespace:
-// the range (net.ipv4.ip_local_port_range) and how many TCP sockets, in
-// any state (TIME_WAIT included), use a local port towards a destination.
-type PortInfo struct {
-	Low, High uint16
-	InUse     map[netip.AddrPort]int
-}
-
 // PortInfoFunc looks up the port information of a namespace; nil, or
-// ok false, when unknown.
-type PortInfoFunc func(netns uint32) (PortInfo, bool)
+// ok false, when unknown. The caller injects it (SetConnectRules): this
+// package cannot read the kernel (internal/kernel's PortInfoCache.Lookup
+// is one).
+type PortInfoFunc func(netns uint32) (events.PortInfo, bool)
 
 // ConnectFindings evaluates the connect path's rules. ports may be nil.
 func (s *ConnectStats) ConnectFindings(now time.Time, r ConnectRules, ports PortInfoFunc) []Finding {

@@ -149,8 +149,8 @@ func TestConnectStatsCountsTCPFailuresOnce(t *testing.T) {
 
 	rules := DefaultConnectRules()
 	rules.MinRefused = 3
-	fs := s.ConnectFindings(now, rules, func(netns uint32) (PortInfo, bool) {
-		return PortInfo{Low: 40000, High: 40003, InUse: map[netip.AddrPort]int{netip.MustParseAddrPort("10.0.0.1:80"): 4}}, true
+	fs := s.ConnectFindings(now, rules, func(netns uint32) (events.PortInfo, bool) {
+		return events.PortInfo{Low: 40000, High: 40003, InUse: map[netip.AddrPort]int{netip.MustParseAddrPort("10.0.0.1:80"): 4}}, true
 	})
 	if len(fs) != 2 || fs[0].Kind != "connect_refused" || fs[1].Kind != "port_exhaustion" {
 		t.Fatalf("findings: %+v", fs)

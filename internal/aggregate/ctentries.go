@@ -8,7 +8,7 @@ import (
 )
 
 // The conntrack entry table: per namespace, the entries the lifecycle
-// kinds (ctentry.go) report, each attributed to the process whose socket
+// kinds (events.ConntrackEntry) report, each attributed to the process whose socket
 // it tracks, and counted by protocol and conntrack TCP state. Part of
 // ConntrackStats; single writer like it.
 //

@@ -1,11 +1,6 @@
 package aggregate
 
-import (
-	"github.com/conntracer/conntracer/internal/events"
-
-	"fmt"
-	"time"
-)
+import "time"
 
 // Finding kinds of the churn and leak rules.
 const (
@@ -89,155 +84,74 @@ type findingKey struct {
 	local  string
 }
 
-// evaluate runs every rule over the aggregate after a sample round.
+// findingSet gathers the findings of one evaluation. Each rule adds its
+// findings with add, which gives a finding the time it was first seen,
+// kept from one evaluation to the next while the finding stays true.
+type findingSet struct {
+	now       time.Time
+	firstSeen map[findingKey]time.Time // shared with the aggregator
+	seen      map[findingKey]struct{}
+	found     []Finding
+}
+
+func (f *findingSet) add(k findingKey, p *procStats, netns uint32, msg, remedy string, ev map[string]float64) {
+	since, ok := f.firstSeen[k]
+	if !ok {
+		since = f.now
+		f.firstSeen[k] = since
+	}
+	f.seen[k] = struct{}{}
+	remote := k.remote.String()
+	if !k.remote.Addr.IsValid() {
+		remote = ""
+	}
+	f.found = append(f.found, Finding{
+		Kind: k.kind, PID: p.key.PID, Comm: string(commBytes(&p.comm)), Remote: remote, NetNS: netns,
+		Since: since, Last: f.now, Message: msg, Remedy: remedy, Evidence: ev,
+	})
+}
+
+// addRemote adds a finding of kind about remote r of r's process.
+func (f *findingSet) addRemote(kind string, r *remoteStats, msg, remedy string, ev map[string]float64) {
+	f.add(findingKey{kind: kind, proc: r.proc.key, remote: r.key}, r.proc, r.key.NetNS, msg, remedy, ev)
+}
+
+// forget drops the first-seen times of the findings this evaluation did
+// not find again.
+func (f *findingSet) forget() {
+	for k := range f.firstSeen {
+		if _, ok := f.seen[k]; !ok {
+			delete(f.firstSeen, k)
+		}
+	}
+}
+
+// evaluate runs every rule over the aggregate after a sample round: the
+// rules about one process and remote (aggregate_stats.go, and
+// time_wait_pileup in aggregate_timewait.go), port_exhaustion
+// (aggregate_ports.go), then the sub-aggregates' rules.
 func (a *Aggregator) evaluate() {
 	th := &a.th
-	sec := a.now.Unix()
-	now := a.now
-	found := a.findings[:0:0]
-	seen := make(map[findingKey]struct{})
-	add := func(k findingKey, p *procStats, netns uint32, msg, remedy string, ev map[string]float64) {
-		since, ok := a.firstSeen[k]
-		if !ok {
-			since = now
-			a.firstSeen[k] = since
-		}
-		seen[k] = struct{}{}
-		remote := k.remote.String()
-		if !k.remote.Addr.IsValid() {
-			remote = ""
-		}
-		found = append(found, Finding{
-			Kind: k.kind, PID: p.key.PID, Comm: string(commBytes(&p.comm)), Remote: remote, NetNS: netns,
-			Since: since, Last: now, Message: msg, Remedy: remedy, Evidence: ev,
-		})
-	}
-	windowNs := uint64(th.PoolLeakWindow)
+	f := &findingSet{now: a.now, firstSeen: a.firstSeen, seen: make(map[findingKey]struct{}),
+		found: a.findings[:0:0]} // a new array: callers of Findings keep the last
 	for _, p := range a.procs {
 		if p.key.PID == 0 {
 			continue // nobody to name
 		}
 		for _, r := range p.remotes {
-			k := findingKey{proc: p.key, remote: r.key}
-			rs := r.key.String()
-			if !r.key.Passive {
-				est := r.states[events.TCPEstablished].n
-				var from uint64
-				if a.lastNs > windowNs {
-					from = a.lastNs - windowNs
-				}
-				if old, oldNs, ok := r.estAt(from); ok && est >= old+th.PoolLeakGrowth {
-					growth := est - old
-					win := max(1, int((a.lastNs-oldNs+999_999_999)/1_000_000_000))
-					closed := r.closes.sum(sec+1, win)
-					if float64(closed) <= th.PoolLeakCloseRatio*float64(growth) {
-						k.kind = FindingPoolLeak
-						add(k, p, r.key.NetNS,
-							fmt.Sprintf("%d ESTABLISHED connections to %s, %d more than %ds ago, %d closed meanwhile: the pool keeps opening and never closes", est, rs, growth, win, closed),
-							"cap the pool size and return connections to it; look for code paths that open a connection and never close it (a pool shared unsafely between threads)",
-							map[string]float64{"established": float64(est), "growth": float64(growth), "window_seconds": float64(win), "closed_in_window": float64(closed)})
-					}
-				}
-			}
-			if cw := r.states[events.TCPCloseWait]; cw.n > 0 {
-				age := time.Duration(a.lastNs - min(cw.oldest, a.lastNs))
-				if cw.n >= th.CloseWaitCount || age >= th.CloseWaitAge {
-					k.kind = FindingCloseWaitLeak
-					add(k, p, r.key.NetNS,
-						fmt.Sprintf("%d sockets in CLOSE_WAIT with %s, oldest for %s: the peer closed, the application never did", cw.n, rs, age.Round(time.Second)),
-						"close the socket when a read returns end-of-file; check error paths that drop a connection without closing it",
-						map[string]float64{"close_wait": float64(cw.n), "oldest_seconds": age.Seconds()})
-				}
-			}
-			if !r.key.Passive && r.lifeKnown > 0 {
-				rate := r.opens.rate(sec, 10)
-				med := r.life.median()
-				if rate >= th.NoReuseRate && med < th.NoReuseMedian {
-					k.kind = FindingNoReuse
-					add(k, p, r.key.NetNS,
-						fmt.Sprintf("%.0f new connections/s to %s living %s (median): a connection per request, no pooling or keep-alive", rate, rs, med.Round(time.Microsecond)),
-						"reuse connections: a pool, HTTP keep-alive, or a multiplexing proxy",
-						map[string]float64{"opens_per_second": rate, "median_lifetime_seconds": med.Seconds(), "short_lived_share": shortShare(&r.connStats)})
-				}
-			}
-			if r.timeWait >= th.TimeWaitCount {
-				k.kind = FindingTimeWaitPileup
-				add(k, p, r.key.NetNS,
-					fmt.Sprintf("%d sockets in TIME_WAIT towards %s left by this process, which closes first", r.timeWait, rs),
-					"reuse connections (pool, keep-alive); let the peer close first; net.ipv4.tcp_tw_reuse=1 for outgoing connections",
-					map[string]float64{"time_wait": float64(r.timeWait), "close_rate_per_second": r.closes.rate(sec, 10)})
-			}
-			if fw := r.states[events.TCPFinWait2]; fw.n >= th.FinWait2Count && fw.n > 0 {
-				age := time.Duration(a.lastNs - min(fw.oldest, a.lastNs))
-				if age >= th.FinWait2Age {
-					k.kind = FindingFinWait2Stuck
-					add(k, p, r.key.NetNS,
-						fmt.Sprintf("%d sockets in FIN_WAIT2 with %s, oldest for %s: the peer never finishes the close", fw.n, rs, age.Round(time.Second)),
-						"fix the peer that does not close; lower net.ipv4.tcp_fin_timeout for orphaned sockets",
-						map[string]float64{"fin_wait2": float64(fw.n), "oldest_seconds": age.Seconds()})
-				}
-			}
+			r.poolLeak(f, th, a.lastNs)
+			r.closeWaitLeak(f, th, a.lastNs)
+			r.noReuse(f, th)
+			r.timeWaitPileup(f, th)
+			r.finWait2Stuck(f, th, a.lastNs)
 		}
 	}
-	for pk, u := range a.ports.use {
-		size := a.rangeSize(pk.netns)
-		share := float64(u.used) / float64(size)
-		if share < th.PortUseShare {
-			continue
-		}
-		p, r := a.portHolder(pk)
-		if p == nil {
-			continue
-		}
-		k := findingKey{kind: FindingPortExhaustion, proc: p.key, remote: r.key, local: pk.local.String()}
-		add(k, p, pk.netns,
-			fmt.Sprintf("%d of %d ephemeral ports (%.0f%%) from %s to %s in use, %d in TIME_WAIT: new connections will fail with EADDRNOTAVAIL", u.used, size, 100*share, pk.local, pk.remote, u.timeWait),
-			"reuse connections (pool, keep-alive); widen net.ipv4.ip_local_port_range; net.ipv4.tcp_tw_reuse=1; spread over more local or remote addresses",
-			map[string]float64{"ports_used": float64(u.used), "range_size": float64(size), "share": share, "time_wait": float64(u.timeWait)})
-	}
-	for k := range a.firstSeen {
-		if _, ok := seen[k]; !ok {
-			delete(a.firstSeen, k)
-		}
-	}
-	found = append(found, a.partFindings()...)
+	a.ports.exhaustion(f, th, a.procs)
+	f.forget()
+	found := append(f.found, a.partFindings()...)
 	sortFindings(found)
 	a.findings = found
-	a.lastEval = now
-}
-
-func shortShare(s *connStats) float64 {
-	if s.lifeKnown == 0 {
-		return 0
-	}
-	return float64(s.shortLived) / float64(s.lifeKnown)
-}
-
-// portHolder returns the process holding most sockets (open or TIME_WAIT)
-// towards a destination.
-func (a *Aggregator) portHolder(pk portKey) (*procStats, *remoteStats) {
-	var bp *procStats
-	var br *remoteStats
-	var best uint32
-	k := RemoteKey{NetNS: pk.netns, Addr: pk.remote}
-	for _, p := range a.procs {
-		if p.key.PID == 0 {
-			continue
-		}
-		r, ok := p.remotes[k]
-		if !ok {
-			continue
-		}
-		var n uint32
-		for _, s := range r.states {
-			n += s.n
-		}
-		n += r.timeWait
-		if n > best {
-			bp, br, best = p, r, n
-		}
-	}
-	return bp, br
+	a.lastEval = a.now
 }
 
 // Findings returns the findings of the last evaluation.

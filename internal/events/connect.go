@@ -17,13 +17,6 @@ const (
 	ErrnoEINPROGRESS   uint8 = 115
 )
 
-// KindUnixDgramSend reports failed sends on a Unix datagram socket
-// (Event.Connect: the sender in Owner, the destination in Path, SockDgram,
-// Errno EAGAIN when the receiver's queue was full, ECONNREFUSED or ENOENT
-// when the receiver was gone, and Count failures since the last event for
-// this sender, destination and errno: the kernel counts them in place).
-const KindUnixDgramSend Kind = 64
-
 // SockType is a socket's type as the kernel numbers it (SOCK_STREAM...).
 type SockType uint8
 

@@ -1,7 +1,8 @@
 package events
 
 // Conntrack is the payload of KindConntrackStats. (Entries per owning
-// process come from the entry table: ctentry.go, ctentries.go.)
+// process come from the entry lifecycle kinds, ctentry.go, and the
+// aggregator's entry table, internal/aggregate/ctentries.go.)
 type Conntrack struct {
 	NetNS  uint32
 	TimeNs uint64 // CLOCK_BOOTTIME ns of the sample

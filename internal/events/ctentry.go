@@ -2,38 +2,6 @@ package events
 
 import "net/netip"
 
-// Kinds of the conntrack entry lifecycle. Two sources produce them, and the
-// aggregator cannot tell which did (Conntrack entries are the same facts
-// either way): ctnetlink's NEW/DESTROY event groups with a resynchronising
-// dump after a loss (every kernel), or BPF programs on the kernel's own
-// conntrack functions where the kernel allows fentry or kprobes. Their
-// values are fixed (56..63) so that kinds added elsewhere by iota never
-// collide with them.
-const (
-	// KindConntrackNew is a conntrack entry confirmed into a namespace's
-	// table (ctnetlink IPCTNL_MSG_CT_NEW event, or __nf_conntrack_confirm).
-	KindConntrackNew Kind = 56 + iota
-	// KindConntrackDestroy is an entry removed from the table (ctnetlink
-	// IPCTNL_MSG_CT_DELETE event, or nf_ct_delete).
-	KindConntrackDestroy
-	// KindConntrackAllocFailed is an entry the kernel refused to create
-	// because the namespace's table was full (a failed
-	// __nf_conntrack_alloc): the refused flow's tuple, when it is known.
-	KindConntrackAllocFailed
-	// KindConntrackResync marks a complete dump of one namespace's table
-	// after events were lost (ENOBUFS) or at start-up: the entries of that
-	// namespace that the dump did not list are gone. It precedes the
-	// dump's KindConntrackNew events (with ConntrackEntry.Dump set) and
-	// carries ConntrackEntry.Generation; ConntrackEntry.Lost counts the
-	// events the kernel dropped before it.
-	KindConntrackResync
-	// KindConntrackUpdate is a change of an entry already in the table (a
-	// ctnetlink IPCTNL_MSG_CT_NEW event without NLM_F_CREATE: its TCP
-	// state moved, its status changed). It is not a new entry; an update
-	// of an entry the table does not know (its NEW was lost) adds it.
-	KindConntrackUpdate
-)
-
 // ConntrackEntry is the payload of the conntrack entry lifecycle kinds
 // (KindConntrackNew, KindConntrackDestroy, KindConntrackAllocFailed,
 // KindConntrackResync, KindConntrackUpdate).

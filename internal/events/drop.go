@@ -2,27 +2,6 @@ package events
 
 import "net/netip"
 
-// Kinds reported by the drops program and the conntrack and listen-queue
-// samplers. Their values are fixed (40..49) so that kinds added elsewhere
-// by iota never collide with them.
-const (
-	// KindDrop is one packet the kernel freed with a drop reason (a sample:
-	// the kernel sends at most a configured number per second and CPU).
-	KindDrop Kind = 40 + iota
-	// KindDropCount carries the exact cumulative number of drops of one
-	// (location, reason, netns, owner) since tracing started, read from the
-	// kernel's counters once a second. Drop.Count is cumulative, so
-	// applying the latest value is idempotent.
-	KindDropCount
-	// KindListenOverflow reports accept-queue overflows of one listener
-	// since the previous sample: Drop.Count is the namespace's
-	// TcpExtListenOverflows delta attributed to it.
-	KindListenOverflow
-	// KindConntrackStats is one namespace's conntrack statistics, sampled
-	// through ctnetlink (cumulative kernel counters summed over CPUs).
-	KindConntrackStats
-)
-
 // OwnerSocket: the owner of the socket a dropped packet belonged to (its
 // connect() or accept() owner, as tcplife recorded it).
 const OwnerSocket OwnerSource = 40

@@ -1,73 +1,9 @@
-// Package events defines the tracer's only currency: typed, kernel-independent
-// events, and the pure-Go stages that consume them (owner enrichment, filters).
-//
-// Everything the kernel or a sampler tells the tracer becomes an Event. Stages
-// downstream of the decoder see only Events and a clock, which is what lets a
-// recording replay through the same code and give the same numbers.
-//
-// This package imports the standard library only and is testable without root.
 package events
 
 import (
 	"bytes"
 	"net/netip"
 )
-
-// Kind says what an Event reports.
-type Kind uint8
-
-const (
-	// KindUnknown is the zero Kind; a decoded Event never carries it.
-	KindUnknown Kind = iota
-	// KindConnClosed reports a TCP connection that ended, emitted by the
-	// kernel once per connection when its socket reaches TCP_CLOSE.
-	KindConnClosed
-	// KindConnExisting reports a TCP connection that was already open when
-	// tracing started, found by a sock_diag dump. It carries the owner that
-	// /proc/PID/fd resolved, so a later KindConnClosed can name it.
-	KindConnExisting
-	// KindConnect reports one connect() call (Event.Connect): every
-	// failure, every EINPROGRESS, every Unix connect.
-	KindConnect
-	// KindUnixListener reports a listening Unix socket sampled through
-	// sock_diag (Event.Connect: path, listener, backlog, queue).
-	KindUnixListener
-)
-
-// String returns the stable name used in JSON output.
-func (k Kind) String() string {
-	switch k {
-	case KindConnClosed:
-		return "conn_closed"
-	case KindConnExisting:
-		return "conn_existing"
-	case KindConnect:
-		return "connect"
-	case KindUnixListener:
-		return "unix_listener"
-	case KindUnixDgramSend:
-		return "unix_dgram_send"
-	case KindDrop:
-		return "drop"
-	case KindDropCount:
-		return "drop_count"
-	case KindListenOverflow:
-		return "listen_overflow"
-	case KindConntrackStats:
-		return "conntrack_stats"
-	case KindConntrackNew:
-		return "conntrack_new"
-	case KindConntrackDestroy:
-		return "conntrack_destroy"
-	case KindConntrackAllocFailed:
-		return "conntrack_alloc_failed"
-	case KindConntrackResync:
-		return "conntrack_resync"
-	case KindConntrackUpdate:
-		return "conntrack_update"
-	}
-	return sampleKindString(k)
-}
 
 // Family is an address family as the kernel numbers it (AF_INET, AF_INET6).
 type Family uint8

@@ -3,18 +3,9 @@ package events
 // Counter events: a periodic snapshot of counters the kernel and the
 // tracer keep themselves, recorded so that a post-mortem can compare what
 // the tracer saw with what the kernel counted.
-const (
-	// KindKernelCounters reports one network namespace's TCP MIB counters
-	// (/proc/net/snmp Tcp, /proc/net/netstat TcpExt: what `nstat` shows)
-	// and /proc/net/sockstat, read inside it. Counters.NetNS, TimeNs and
-	// Values indexed by KernelCounterNames.
-	KindKernelCounters Kind = 48 + iota
-	// KindTracerCounters reports the tracer's own losses: per BPF object
-	// (Counters.Object) the records the kernel could not write to the ring
-	// buffer; for Object "" the reader's totals. Values indexed by
-	// TracerCounterNames.
-	KindTracerCounters
-)
+//
+// Their kinds, KindKernelCounters and KindTracerCounters, are numbered in
+// kind.go.
 
 // MaxCounters bounds Counters.Values. A recording carries the values it
 // has; names added later take new indices, never reuse old ones.
@@ -69,15 +60,4 @@ func CounterNames(k Kind) []string {
 		return TracerCounterNames[:]
 	}
 	return nil
-}
-
-// counterKindString names the counter kinds (see Kind.String).
-func counterKindString(k Kind) string {
-	switch k {
-	case KindKernelCounters:
-		return "kernel_counters"
-	case KindTracerCounters:
-		return "tracer_counters"
-	}
-	return "unknown"
 }

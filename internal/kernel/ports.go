@@ -1,7 +1,7 @@
 package kernel
 
 import (
-	"github.com/conntracer/conntracer/internal/aggregate"
+	"github.com/conntracer/conntracer/internal/events"
 
 	"fmt"
 	"net/netip"
@@ -15,41 +15,41 @@ import (
 // namespace ino: its ephemeral port range (net.ipv4.ip_local_port_range)
 // and, per remote endpoint, how many TCP sockets in any state (TIME_WAIT
 // included, as `ss -tan` lists them) use a local port inside that range.
-func PortInfoIn(ino uint32) (aggregate.PortInfo, error) {
+func PortInfoIn(ino uint32) (events.PortInfo, error) {
 	pids, err := listPIDs("/proc")
 	if err != nil {
-		return aggregate.PortInfo{}, fmt.Errorf("list processes: %w", err)
+		return events.PortInfo{}, fmt.Errorf("list processes: %w", err)
 	}
 	cands, _ := listNetNS("/proc", pids, netnsRunDir, selfMountinfo)
 	paths, ok := cands[ino]
 	if !ok {
-		return aggregate.PortInfo{}, fmt.Errorf("network namespace %d not found", ino)
+		return events.PortInfo{}, fmt.Errorf("network namespace %d not found", ino)
 	}
 	ns, err := openNetNS(ino, paths)
 	if err != nil {
-		return aggregate.PortInfo{}, fmt.Errorf("open netns %d: %w", ino, err)
+		return events.PortInfo{}, fmt.Errorf("open netns %d: %w", ino, err)
 	}
 	defer ns.Close()
-	var pi aggregate.PortInfo
+	var pi events.PortInfo
 	if err := inNetNS(int(ns), ino, func() (err error) {
 		pi.Low, pi.High, err = readPortRange()
 		return err
 	}); err != nil {
-		return aggregate.PortInfo{}, fmt.Errorf("netns %d: %w", ino, err)
+		return events.PortInfo{}, fmt.Errorf("netns %d: %w", ino, err)
 	}
 	h, err := newDiagHandle(ns, ino)
 	if err != nil {
-		return aggregate.PortInfo{}, fmt.Errorf("open sock_diag socket in netns %d: %w", ino, err)
+		return events.PortInfo{}, fmt.Errorf("open sock_diag socket in netns %d: %w", ino, err)
 	}
 	defer h.Close()
 	if err := h.SetSocketTimeout(diagTimeout); err != nil {
-		return aggregate.PortInfo{}, fmt.Errorf("set sock_diag timeout in netns %d: %w", ino, err)
+		return events.PortInfo{}, fmt.Errorf("set sock_diag timeout in netns %d: %w", ino, err)
 	}
 	pi.InUse = map[netip.AddrPort]int{}
 	for _, fam := range [...]uint8{unix.AF_INET, unix.AF_INET6} {
 		socks, err := dumpTCP(h, fam)
 		if err != nil {
-			return aggregate.PortInfo{}, fmt.Errorf("dump tcp sockets in netns %d: %w", ino, err)
+			return events.PortInfo{}, fmt.Errorf("dump tcp sockets in netns %d: %w", ino, err)
 		}
 		for _, s := range socks {
 			id := s.InetDiagMsg.ID
@@ -66,7 +66,8 @@ func PortInfoIn(ino uint32) (aggregate.PortInfo, error) {
 	return pi, nil
 }
 
-// PortInfoCache serves events.PortInfoFunc from PortInfoIn, reading each
+// PortInfoCache serves the port lookup of the aggregator's port_exhaustion
+// finding (Lookup, an aggregate.PortInfoFunc) from PortInfoIn, reading each
 // namespace at most once per TTL: findings are evaluated on every refresh
 // of `tracer top`, and a dump costs milliseconds. Safe for concurrent use.
 type PortInfoCache struct {
@@ -76,13 +77,14 @@ type PortInfoCache struct {
 }
 
 type portInfoEntry struct {
-	pi aggregate.PortInfo
+	pi events.PortInfo
 	ok bool
 	at time.Time
 }
 
-// Lookup implements events.PortInfoFunc.
-func (c *PortInfoCache) Lookup(ino uint32) (aggregate.PortInfo, bool) {
+// Lookup returns namespace ino's port information, ok false when it
+// could not be read.
+func (c *PortInfoCache) Lookup(ino uint32) (events.PortInfo, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e, ok := c.m[ino]; ok && time.Since(e.at) < c.TTL {

@@ -1,7 +1,7 @@
 // Package record writes and reads recordings: the events the aggregator
 // applied, each with the wall-clock time it was applied at, so that a
-// post-mortem replays them through the same events.Aggregator and gets the
-// numbers the live view showed.
+// post-mortem replays them through the same aggregate.Aggregator and gets
+// the numbers the live view showed.
 //
 // # File format (version 1)
 //

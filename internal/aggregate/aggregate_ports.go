@@ -1,0 +1,187 @@
+package aggregate
+
+import (
+	"github.com/conntracer/conntracer/internal/events"
+
+	"fmt"
+	"net/netip"
+)
+
+// portKey is one destination as seen from one local address: the unit the
+// kernel's ephemeral port allocation is shared over (__inet_hash_connect
+// lets two connections share a local port only to different destinations).
+type portKey struct {
+	netns  uint32
+	local  netip.Addr
+	remote netip.AddrPort
+}
+
+func portKeyOf(c *events.Conn) portKey {
+	return portKey{netns: c.NetNS, local: c.Local.Addr(), remote: c.Remote}
+}
+
+// Default ephemeral port range of Linux (net.ipv4.ip_local_port_range),
+// used for namespaces whose range the sampler has not reported.
+const (
+	DefaultPortLow  = 32768
+	DefaultPortHigh = 60999
+)
+
+// portTable counts, per destination, the local ports held in any state:
+// by the sockets of the current sample round (sampled) and by TIME_WAIT
+// sockets (addTimeWait, removeTimeWait: the TIME_WAIT table's entries).
+// publish combines both at the end of a round.
+type portTable struct {
+	ranges map[uint32][2]uint16
+	// round: ports held by the sockets sampled in the current round
+	round map[portKey]uint32
+	// TIME_WAIT sockets holding an ephemeral port, by destination: the
+	// tuple with no local port (twPortKey gives the portKey). A plain
+	// array key hashes in one pass, where portKey's netip values (with a
+	// zone pointer) hash field by field: BenchmarkAggregatorApply spent
+	// 5% of its time hashing and comparing portKeys here.
+	tw map[tuple]uint32
+	// published by publish: sockets open now plus TIME_WAIT
+	use map[portKey]portUse
+}
+
+type portUse struct {
+	used, timeWait uint32
+}
+
+func newPortTable() portTable {
+	return portTable{
+		ranges: make(map[uint32][2]uint16),
+		round:  make(map[portKey]uint32),
+		tw:     make(map[tuple]uint32),
+		use:    make(map[portKey]portUse),
+	}
+}
+
+func (t *portTable) rangeOf(netns uint32) (lo, hi uint16) {
+	if r, ok := t.ranges[netns]; ok {
+		return r[0], r[1]
+	}
+	return DefaultPortLow, DefaultPortHigh
+}
+
+// rangeSize is the number of ephemeral ports of namespace netns.
+func (t *portTable) rangeSize(netns uint32) uint32 {
+	lo, hi := t.rangeOf(netns)
+	return uint32(hi) - uint32(lo) + 1
+}
+
+func (t *portTable) ephemeral(netns uint32, port uint16) bool {
+	lo, hi := t.rangeOf(netns)
+	return port >= lo && port <= hi
+}
+
+func (t *portTable) setRange(netns uint32, lo, hi uint16) {
+	if lo > hi || netns == 0 {
+		return
+	}
+	t.ranges[netns] = [2]uint16{lo, hi}
+}
+
+// twDest is the key of t.tw: the tuple's destination as seen from its
+// local address.
+func twDest(k tuple) tuple {
+	k.lport = 0
+	return k
+}
+
+func twPortKey(k tuple) portKey {
+	return portKey{
+		netns:  k.netns,
+		local:  netip.AddrFrom16(k.laddr).Unmap(),
+		remote: netip.AddrPortFrom(netip.AddrFrom16(k.raddr).Unmap(), k.rport),
+	}
+}
+
+func (t *portTable) addTimeWait(k tuple) bool {
+	if !t.ephemeral(k.netns, k.lport) {
+		return false
+	}
+	t.tw[twDest(k)]++
+	return true
+}
+
+func (t *portTable) removeTimeWait(k tuple) {
+	pk := twDest(k)
+	if n := t.tw[pk]; n > 1 {
+		t.tw[pk] = n - 1
+	} else {
+		delete(t.tw, pk)
+	}
+}
+
+// beginRound forgets the ports of the previous round's sockets.
+func (t *portTable) beginRound() { clear(t.round) }
+
+// sampled counts a port held towards k by a socket of the current round.
+func (t *portTable) sampled(k portKey) { t.round[k]++ }
+
+// publish combines the round's open sockets with the TIME_WAIT sockets.
+func (t *portTable) publish() {
+	clear(t.use)
+	for k, n := range t.round {
+		t.use[k] = portUse{used: n}
+	}
+	for k, n := range t.tw {
+		pk := twPortKey(k)
+		u := t.use[pk]
+		u.used += n
+		u.timeWait = n
+		t.use[pk] = u
+	}
+}
+
+// exhaustion is the port_exhaustion rule: the ports held towards one
+// destination, as the last round published them, reach PortUseShare of
+// the namespace's ephemeral range. The finding names the process of procs
+// that holds most of them.
+func (t *portTable) exhaustion(f *findingSet, th *Thresholds, procs map[ProcKey]*procStats) {
+	for pk, u := range t.use {
+		size := t.rangeSize(pk.netns)
+		share := float64(u.used) / float64(size)
+		if share < th.PortUseShare {
+			continue
+		}
+		p, r := portHolder(procs, pk)
+		if p == nil {
+			continue
+		}
+		k := findingKey{kind: FindingPortExhaustion, proc: p.key, remote: r.key, local: pk.local.String()}
+		f.add(k, p, pk.netns,
+			fmt.Sprintf("%d of %d ephemeral ports (%.0f%%) from %s to %s in use, %d in TIME_WAIT: new connections will fail with EADDRNOTAVAIL", u.used, size, 100*share, pk.local, pk.remote, u.timeWait),
+			"reuse connections (pool, keep-alive); widen net.ipv4.ip_local_port_range; net.ipv4.tcp_tw_reuse=1; spread over more local or remote addresses",
+			map[string]float64{"ports_used": float64(u.used), "range_size": float64(size), "share": share, "time_wait": float64(u.timeWait)})
+	}
+}
+
+// portHolder returns the process of procs holding most sockets (open or
+// TIME_WAIT) towards a destination.
+func portHolder(procs map[ProcKey]*procStats, pk portKey) (*procStats, *remoteStats) {
+	var bp *procStats
+	var br *remoteStats
+	var best uint32
+	k := RemoteKey{NetNS: pk.netns, Addr: pk.remote}
+	for _, p := range procs {
+		if p.key.PID == 0 {
+			continue
+		}
+		r, ok := p.remotes[k]
+		if !ok {
+			continue
+		}
+		var n uint32
+		for _, s := range r.states {
+			n += s.n
+		}
+		n += r.timeWait
+		if n > best {
+			bp, br, best = p, r, n
+		}
+	}
+	return bp, br
+}

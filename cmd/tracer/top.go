@@ -90,9 +90,9 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	snap := loop.agg.Snapshot()
 	if cfg.json {
 		cgroups, _ := kernel.CgroupNames()
-		return top.NewDocument(snap, cfg.interval, cgroups).WriteJSON(stdout)
+		return export.NewDocument(snap, cfg.interval, cgroups).WriteJSON(stdout)
 	}
-	_, err = io.WriteString(stdout, top.RenderText(snap, top.ViewOptions{Sort: cfg.sortBy, Width: 160}))
+	_, err = io.WriteString(stdout, export.RenderText(snap, export.ViewOptions{Sort: cfg.sortBy, Width: 160}))
 	return err
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"github.com/conntracer/conntracer/internal/aggregate"
+	"github.com/conntracer/conntracer/internal/export"
 
 	"fmt"
 	"io"
@@ -10,7 +11,6 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/conntracer/conntracer/internal/probe"
-	"github.com/conntracer/conntracer/internal/top"
 )
 
 // topConfig is everything `tracer top`'s flags decide.
@@ -33,7 +33,7 @@ type topConfig struct {
 	ctReadBuffer int
 	ctRefresh    time.Duration
 	netns        uint32
-	sortBy       top.Column
+	sortBy       export.Column
 	th           aggregate.Thresholds
 	probe        probe.Options
 	recordFlags
@@ -48,7 +48,7 @@ func parseTopFlags(args []string, stdout io.Writer) (*topConfig, error) {
 	cfg := &topConfig{}
 	var (
 		output = fs.StringP("output", "o", "text", "with --once: text (a table) or json (one documented object)")
-		sortBy = fs.String("sort", string(top.ColOpens), "initial sort column: "+top.ColumnNames())
+		sortBy = fs.String("sort", string(export.ColOpens), "initial sort column: "+export.ColumnNames())
 	)
 	fs.BoolVarP(&cfg.help, "help", "h", false, "show this help")
 	addRecordFlags(fs, &cfg.recordFlags)
@@ -80,9 +80,9 @@ func parseTopFlags(args []string, stdout io.Writer) (*topConfig, error) {
 	if cfg.interval <= 0 {
 		return nil, usagef("--interval must be positive")
 	}
-	col, ok := top.ParseColumn(*sortBy)
+	col, ok := export.ParseColumn(*sortBy)
 	if !ok {
-		return nil, usagef("--sort %q: use one of %s", *sortBy, top.ColumnNames())
+		return nil, usagef("--sort %q: use one of %s", *sortBy, export.ColumnNames())
 	}
 	cfg.sortBy = col
 	if err := finish(); err != nil {

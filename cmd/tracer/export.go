@@ -8,8 +8,6 @@ import (
 	"io"
 	"time"
 
-	"github.com/spf13/pflag"
-
 	"github.com/conntracer/conntracer/internal/events"
 	"github.com/conntracer/conntracer/internal/export"
 	"github.com/conntracer/conntracer/internal/record"
@@ -18,8 +16,7 @@ import (
 // runExport is `tracer export FILE... --format jsonl`: every recorded
 // event as one JSON object per line, for jq and notebooks.
 func runExport(args []string, stdout, stderr io.Writer) error {
-	fs := pflag.NewFlagSet("tracer export", pflag.ContinueOnError)
-	fs.SetOutput(io.Discard)
+	fs := newFlagSet("tracer export")
 	help := fs.BoolP("help", "h", false, "show this help")
 	format := fs.String("format", "jsonl", "jsonl: one JSON object per event")
 	if err := fs.Parse(args); err != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"time"
 )
 
 // runRecord is `tracer record -o FILE [--duration D] [flags]`: the
@@ -12,7 +11,7 @@ import (
 // applies to FILE.
 func runRecord(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("tracer record")
-	cfg := &topConfig{liveConfig: *newLiveConfig(), interval: time.Second}
+	cfg := &topConfig{liveConfig: *newLiveConfig()}
 	fs.BoolVarP(&cfg.help, "help", "h", false, "show this help")
 	fs.StringVarP(&cfg.session.Record.Path, "out", "o", "", "the recording file (mode 0600)")
 	duration := fs.Duration("duration", 0, "stop after this long (e.g. 1h); 0 runs until Ctrl-C or SIGTERM")

@@ -2,6 +2,7 @@ package main
 
 import (
 	"github.com/conntracer/conntracer/internal/aggregate"
+	"github.com/conntracer/conntracer/internal/export"
 
 	"fmt"
 	"io"
@@ -14,7 +15,6 @@ import (
 	"time"
 
 	"github.com/conntracer/conntracer/internal/testenv"
-	"github.com/conntracer/conntracer/internal/top"
 )
 
 // ctEntriesRule makes conntrack track the namespace's traffic.
@@ -26,7 +26,7 @@ const ctEntriesRule = `table inet ctrtest {
 }`
 
 // ctNS returns the document's conntrack object of namespace ino.
-func ctNS(t *testing.T, d *top.Document, ino uint32) aggregate.ConntrackNSSnapshot {
+func ctNS(t *testing.T, d *export.Document, ino uint32) aggregate.ConntrackNSSnapshot {
 	t.Helper()
 	for _, c := range d.Conntrack {
 		if c.NetNS == ino {

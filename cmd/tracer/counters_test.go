@@ -2,6 +2,7 @@ package main
 
 import (
 	"github.com/conntracer/conntracer/internal/aggregate"
+	"github.com/conntracer/conntracer/internal/export"
 
 	"bytes"
 	"fmt"
@@ -14,7 +15,6 @@ import (
 	"github.com/conntracer/conntracer/internal/events"
 	"github.com/conntracer/conntracer/internal/report"
 	"github.com/conntracer/conntracer/internal/testenv"
-	"github.com/conntracer/conntracer/internal/top"
 )
 
 // nstat returns `nstat -saz` inside ns: every counter, absolute, without
@@ -102,7 +102,7 @@ func TestKernelCountersMatchNstat(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rk := findCounters(t, top.NewDocument(rep.Final, 0, nil), ns.Inode)
+	rk := findCounters(t, export.NewDocument(rep.Final, 0, nil), ns.Inode)
 	if rk.Deltas["TcpActiveOpens"] != conns || rk.Values["SockstatTCPTw"] != kc.Values["SockstatTCPTw"] {
 		t.Errorf("replayed counters %+v", rk)
 	}
@@ -127,7 +127,7 @@ func tws(t *testing.T, ns *testenv.NetNS) int {
 	return strings.Count(ns.Output(t, "ss", "-Htan", "state", "time-wait"), "\n")
 }
 
-func findCounters(t *testing.T, d *top.Document, netns uint32) aggregate.CounterSnapshot {
+func findCounters(t *testing.T, d *export.Document, netns uint32) aggregate.CounterSnapshot {
 	t.Helper()
 	for _, c := range d.KernelCounters {
 		if c.Kind == "kernel_counters" && c.NetNS == netns {

@@ -22,7 +22,60 @@ func (e usageError) Unwrap() error { return e.error }
 
 func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
 
-// config is everything the flags decide.
+// newFlagSet is a subcommand's flag set: errors are returned (and printed
+// by main with a pointer to --help), flags listed in definition order.
+func newFlagSet(name string) *pflag.FlagSet {
+	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.SortFlags = false
+	return fs
+}
+
+// probeFlags are the flags of the probe that every live command shares
+// (the stream, top, serve and record): the namespace, the start-up scan,
+// how to attach, and the kernel-side sizes.
+type probeFlags struct {
+	netns      string
+	attachMode string
+	existing   bool
+	opts       probe.Options
+}
+
+// addProbeFlags defines the shared probe flags on fs with the defaults of
+// opts; probeFlags.options validates them after parsing.
+func addProbeFlags(fs *pflag.FlagSet, opts probe.Options) *probeFlags {
+	f := &probeFlags{opts: opts}
+	fs.StringVar(&f.netns, "netns", "", "only this network namespace: its inode number (ls -l /proc/PID/ns/net) or a name in /run/netns")
+	fs.BoolVar(&f.existing, "existing", true, "find connections open before start-up (sock_diag) and their owners, so that their close names the owner")
+	fs.StringVar(&f.attachMode, "attach-mode", string(opts.AttachMode), "how to attach to sock/inet_sock_set_state: auto, tp_btf, raw_tp or tracepoint")
+	fs.IntVar(&f.opts.RingBufferBytes, "ring-buffer-bytes", opts.RingBufferBytes, "size of the kernel-to-user ring buffer, a power of two")
+	fs.Uint32Var(&f.opts.MaxSockets, "max-sockets", opts.MaxSockets, "connections tracked at once in the kernel (LRU beyond that)")
+	return f
+}
+
+// options returns the probe options the flags decide; the namespace is
+// in Filter.NetNS (0: all).
+func (f *probeFlags) options() (probe.Options, error) {
+	o := f.opts
+	var err error
+	if o.AttachMode, err = probe.ParseAttachMode(f.attachMode); err != nil {
+		return o, usageError{err}
+	}
+	if r := o.RingBufferBytes; r < 4096 || r&(r-1) != 0 {
+		return o, usagef("--ring-buffer-bytes %d: must be a power of two of at least 4096", r)
+	}
+	if o.MaxSockets == 0 {
+		return o, usagef("--max-sockets must be at least 1")
+	}
+	if f.netns != "" {
+		if o.Filter.NetNS, err = parseNetNS(f.netns); err != nil {
+			return o, usageError{err}
+		}
+	}
+	return o, nil
+}
+
+// config is everything the flags of the stream (plain `tracer`) decide.
 type config struct {
 	help     bool
 	format   export.Format
@@ -34,25 +87,20 @@ type config struct {
 }
 
 func parseFlags(args []string, stdout io.Writer) (*config, error) {
-	fs := pflag.NewFlagSet("tracer", pflag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	fs.SortFlags = false
-
+	fs := newFlagSet("tracer")
 	defaults := probe.DefaultOptions()
 	var (
-		help        = fs.BoolP("help", "h", false, "show this help")
-		output      = fs.StringP("output", "o", "text", "output format: text or json (one object per line)")
-		duration    = fs.Duration("duration", 0, "stop after this long (e.g. 30s, 5m); 0 runs until Ctrl-C or SIGTERM")
-		pid         = fs.Uint32("pid", 0, "only connections owned by this process (tgid)")
-		comm        = fs.String("comm", "", "only connections owned by processes with this name (15 characters at most, as in /proc/PID/comm)")
-		port        = fs.Uint16("port", 0, "only connections with this local or remote port")
-		netns       = fs.String("netns", "", "only this network namespace: its inode number (ls -l /proc/PID/ns/net) or a name in /run/netns")
-		cgroup      = fs.String("cgroup", "", "only processes in this cgroup v2 or below it (e.g. /sys/fs/cgroup/system.slice/nginx.service)")
-		family      = fs.String("family", "all", "address family: ipv4, ipv6 or all (IPv4-mapped IPv6 counts as ipv4)")
-		existing    = fs.Bool("existing", true, "find connections open before start-up (sock_diag) so that their close names the owner")
-		attachMode  = fs.String("attach-mode", string(defaults.AttachMode), "how to attach to sock/inet_sock_set_state: auto, tp_btf, raw_tp or tracepoint")
-		ringBytes   = fs.Int("ring-buffer-bytes", defaults.RingBufferBytes, "size of the kernel-to-user ring buffer, a power of two")
-		maxSockets  = fs.Uint32("max-sockets", defaults.MaxSockets, "connections tracked at once in the kernel (LRU beyond that)")
+		help     = fs.BoolP("help", "h", false, "show this help")
+		output   = fs.StringP("output", "o", "text", "output format: text or json (one object per line)")
+		duration = fs.Duration("duration", 0, "stop after this long (e.g. 30s, 5m); 0 runs until Ctrl-C or SIGTERM")
+		pid      = fs.Uint32("pid", 0, "only connections owned by this process (tgid)")
+		comm     = fs.String("comm", "", "only connections owned by processes with this name (15 characters at most, as in /proc/PID/comm)")
+		port     = fs.Uint16("port", 0, "only connections with this local or remote port")
+		cgroup   = fs.String("cgroup", "", "only processes in this cgroup v2 or below it (e.g. /sys/fs/cgroup/system.slice/nginx.service)")
+		family   = fs.String("family", "all", "address family: ipv4, ipv6 or all (IPv4-mapped IPv6 counts as ipv4)")
+	)
+	pf := addProbeFlags(fs, defaults)
+	var (
 		pollEvery   = fs.Duration("poll-interval", defaults.PollInterval, "how often the reader checks the ring buffer when the kernel has not woken it")
 		wakeupBytes = fs.Uint64("wakeup-bytes", defaults.WakeupBytes, "the kernel wakes the reader once this many bytes are waiting")
 		connect     = fs.Bool("connect", true, "trace connect() calls (syscall tracepoints): failed connects, Unix sockets included, are printed")
@@ -69,7 +117,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	if err := fs.Parse(args); err != nil {
 		return nil, usageError{err}
 	}
-	cfg := &config{help: *help, duration: *duration, existing: *existing, probe: defaults, web: web}
+	cfg := &config{help: *help, duration: *duration, existing: pf.existing, web: web}
 	if cfg.help {
 		fmt.Fprintf(stdout, "Usage: tracer [flags]\n\nTraces every TCP connection's life and prints one line per finished\nconnection: owner, addresses, role, lifetime, bytes and how it ended.\n\nSubcommands:\n  top    live view per process and remote, with findings ('tracer top --help')\n  serve  daemon serving Prometheus metrics at /metrics ('tracer serve --help')\n  record record what top aggregates to a file ('tracer record --help')\n  report post-mortem of recordings: text, json or html ('tracer report --help')\n  export recorded events as JSON lines ('tracer export --help')\n\nFlags:\n%s", fs.FlagUsages())
 		return cfg, nil
@@ -85,17 +133,9 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	if *duration < 0 {
 		return nil, usagef("--duration must not be negative")
 	}
-	if cfg.probe.AttachMode, err = probe.ParseAttachMode(*attachMode); err != nil {
-		return nil, usageError{err}
+	if cfg.probe, err = pf.options(); err != nil {
+		return nil, err
 	}
-	if *ringBytes < 4096 || *ringBytes&(*ringBytes-1) != 0 {
-		return nil, usagef("--ring-buffer-bytes %d: must be a power of two of at least 4096", *ringBytes)
-	}
-	cfg.probe.RingBufferBytes = *ringBytes
-	if *maxSockets == 0 {
-		return nil, usagef("--max-sockets must be at least 1")
-	}
-	cfg.probe.MaxSockets = *maxSockets
 	if *pollEvery <= 0 {
 		return nil, usagef("--poll-interval must be positive")
 	}
@@ -111,6 +151,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	cfg.probe.DropRecordsPerSec = *dropRate
 
 	f := &cfg.filter
+	f.NetNS = cfg.probe.Filter.NetNS
 	f.PID = *pid
 	f.Port = *port
 	if len(*comm) > 15 {
@@ -126,11 +167,6 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	default:
 		return nil, usagef("--family %q: use ipv4, ipv6 or all", *family)
 	}
-	if *netns != "" {
-		if f.NetNS, err = parseNetNS(*netns); err != nil {
-			return nil, usageError{err}
-		}
-	}
 	if *cgroup != "" {
 		id, level, err := kernel.ResolveCgroup(*cgroup)
 		if err != nil {
@@ -143,7 +179,6 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 		cfg.probe.Filter.CgroupID = id
 		cfg.probe.Filter.CgroupLevel = uint32(level)
 	}
-	cfg.probe.Filter.NetNS = f.NetNS
 	cfg.probe.Filter.PID = f.PID
 	cfg.probe.Filter.Port = f.Port
 	cfg.probe.Filter.Family = f.Family

@@ -2,6 +2,7 @@ package main
 
 import (
 	"github.com/conntracer/conntracer/internal/aggregate"
+	"github.com/conntracer/conntracer/internal/export"
 
 	"encoding/json"
 	"fmt"
@@ -16,12 +17,11 @@ import (
 
 	"github.com/conntracer/conntracer/internal/report"
 	"github.com/conntracer/conntracer/internal/testenv"
-	"github.com/conntracer/conntracer/internal/top"
 )
 
 // docMap is a document as generic JSON, without what only the live run
 // can know (cgroup names, the refresh interval).
-func docMap(t *testing.T, d *top.Document) map[string]any {
+func docMap(t *testing.T, d *export.Document) map[string]any {
 	t.Helper()
 	d.IntervalSeconds = 0
 	b, err := json.Marshal(d)
@@ -71,7 +71,7 @@ func TestRecordReplayGivesLiveNumbers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	replayed := top.NewDocument(rep.Final, 0, nil)
+	replayed := export.NewDocument(rep.Final, 0, nil)
 	lm, rm := docMap(t, live), docMap(t, replayed)
 	if !reflect.DeepEqual(lm, rm) {
 		lb, _ := json.MarshalIndent(lm, "", " ")

@@ -7,17 +7,13 @@ import (
 	"io"
 	"time"
 
-	"github.com/spf13/pflag"
-
 	"github.com/conntracer/conntracer/internal/report"
 )
 
 // runReport is `tracer report FILE...`: replay recordings through the
 // aggregator and findings of the live view and print a post-mortem.
 func runReport(args []string, stdout, stderr io.Writer) error {
-	fs := pflag.NewFlagSet("tracer report", pflag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	fs.SortFlags = false
+	fs := newFlagSet("tracer report")
 	var (
 		help   = fs.BoolP("help", "h", false, "show this help")
 		output = fs.StringP("output", "o", "text", "text, json or html (one self-contained page, charts drawn offline)")

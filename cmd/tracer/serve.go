@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-
-	"github.com/spf13/pflag"
 )
 
 // runServe is `tracer serve`: the daemon. The same probe, event loop and
@@ -14,32 +12,27 @@ import (
 // last published (internal/export.Collector).
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg, err := parseServeFlags(args, stdout)
+	if err != nil || cfg.help {
+		return err
+	}
+	l, err := openLive(cfg.session, cfg.probe, cfg.web, stderr)
 	if err != nil {
 		return err
 	}
-	if cfg.help {
-		return nil
-	}
-	sess, err := openSession(cfg, stderr)
-	if err != nil {
-		return err
-	}
-	defer sess.close()
+	defer l.close()
 	fmt.Fprintf(stderr, "tracer: serve: tracing TCP connections [%s]; %d already open; Ctrl-C or SIGTERM to stop\n",
-		attachSummary(sess.probe.Attachments()), sess.existing)
-	return sess.run(ctx, stderr)
+		l.attachSummary(), l.sess.Existing())
+	return l.run(ctx)
 }
 
-func parseServeFlags(args []string, stdout io.Writer) (*topConfig, error) {
-	fs := pflag.NewFlagSet("tracer serve", pflag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	fs.SortFlags = false
-	cfg := &topConfig{}
+func parseServeFlags(args []string, stdout io.Writer) (*liveConfig, error) {
+	fs := newFlagSet("tracer serve")
+	cfg := newLiveConfig()
 	fs.BoolVarP(&cfg.help, "help", "h", false, "show this help")
 	addWebFlags(fs, &cfg.web, true)
-	finish := addLoopFlags(fs, cfg)
+	finish := addSessionFlags(fs, cfg)
 	// --record and --flight-recorder: the black box beside the exporter.
-	addRecordFlags(fs, &cfg.recordFlags)
+	addRecordFlags(fs, cfg)
 	if err := fs.Parse(args); err != nil {
 		return nil, usageError{err}
 	}

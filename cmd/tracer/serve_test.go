@@ -235,17 +235,16 @@ func TestServePrometheus(t *testing.T) {
 	expect(`conntracer_program_attached{hook="sock/inet_sock_set_state"}`, 1)
 }
 
-// TestStreamServesMetrics: plain `tracer` with --web.listen-address
-// prints its lines and serves /metrics from the same events.
-func TestStreamServesMetrics(t *testing.T) {
-	testenv.RequireRoot(t)
-	ns := testenv.NewNetNS(t)
+// startStream runs plain `tracer` with args and /metrics on a free
+// loopback port, writing its lines to stdout; it returns the metrics
+// address once the tracer is tracing, and stops with the test.
+func startStream(t *testing.T, stdout io.Writer, args ...string) (addr string, stderr *lineWaiter) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	stderr := &lineWaiter{want: "serving metrics on", ready: make(chan struct{})}
-	var stdout lockedBuffer
+	stderr = &lineWaiter{want: "serving metrics on", ready: make(chan struct{})}
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, []string{"--web.listen-address", "127.0.0.1:0", "--netns", ns.Name}, &stdout, stderr)
+		done <- run(ctx, append([]string{"--web.listen-address", "127.0.0.1:0"}, args...), stdout, stderr)
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -261,18 +260,17 @@ func TestStreamServesMetrics(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatalf("tracer did not start: %s", stderr)
 	}
-	addr := servingOn.FindStringSubmatch(stderr.String())[1]
+	addr = servingOn.FindStringSubmatch(stderr.String())[1]
 	waitFor(t, 10*time.Second, "tracing", func() (bool, string) {
 		return strings.Contains(stderr.String(), "tracer: tracing"), stderr.String()
 	})
-	srv := testenv.StartServer(t, ns, "ctssrv")
-	const n = 5
-	plan := make([]testenv.Conn, n)
-	for i := range plan {
-		plan[i] = testenv.Conn{Addr: srv.Addr4(), Req: 10, Resp: 10, Mode: testenv.ClientCloses}
-	}
-	testenv.RunClient(t, ns, "ctscli", plan)
-	want := `comm="ctscli",role="active"} 5` // in conntracer_connections_closed_total, whatever the cgroup
+	return addr, stderr
+}
+
+// waitForMetric polls /metrics at addr until the lines of metric name
+// contain want.
+func waitForMetric(t *testing.T, addr, name, want string) {
+	t.Helper()
 	waitFor(t, 10*time.Second, want, func() (bool, string) {
 		resp, err := http.Get("http://" + addr + "/metrics")
 		if err != nil {
@@ -280,11 +278,55 @@ func TestStreamServesMetrics(t *testing.T) {
 		}
 		defer resp.Body.Close()
 		b, _ := io.ReadAll(resp.Body)
-		lines := metricLines(b, "conntracer_connections_closed_total")
+		lines := metricLines(b, name)
 		return bytes.Contains(lines, []byte(want)), string(lines)
 	})
+}
+
+// TestStreamServesMetrics: plain `tracer` with --web.listen-address
+// prints its lines and serves /metrics from the same events.
+func TestStreamServesMetrics(t *testing.T) {
+	testenv.RequireRoot(t)
+	ns := testenv.NewNetNS(t)
+	var stdout lockedBuffer
+	addr, _ := startStream(t, &stdout, "--netns", ns.Name)
+	srv := testenv.StartServer(t, ns, "ctssrv")
+	const n = 5
+	plan := make([]testenv.Conn, n)
+	for i := range plan {
+		plan[i] = testenv.Conn{Addr: srv.Addr4(), Req: 10, Resp: 10, Mode: testenv.ClientCloses}
+	}
+	testenv.RunClient(t, ns, "ctscli", plan)
+	// in conntracer_connections_closed_total, whatever the cgroup
+	waitForMetric(t, addr, "conntracer_connections_closed_total", `comm="ctscli",role="active"} 5`)
 	waitFor(t, 10*time.Second, "stream lines", func() (bool, string) {
 		return strings.Count(stdout.String(), "ctscli") >= n, stdout.String()
+	})
+}
+
+// TestStreamMetricsSeeConnectionsOpenBeforeStart: the stream with
+// /metrics is one pipeline, so the start-up scan reaches the aggregator
+// behind /metrics too. A connection opened before the tracer started
+// counts as an open socket of its owners (both ends, found through
+// /proc/PID/fd), and its close is counted under the client with its role;
+// its stream lines name the owners too.
+func TestStreamMetricsSeeConnectionsOpenBeforeStart(t *testing.T) {
+	testenv.RequireRoot(t)
+	ns := testenv.NewNetNS(t)
+	srv := testenv.StartServer(t, ns, "ctosrv")
+	holder := testenv.StartClient(t, ns, "ctoold", []testenv.Conn{
+		{Addr: srv.Addr4(), Req: 10, Resp: 10, Mode: testenv.ClientCloses, Hold: true},
+	})
+	var stdout lockedBuffer
+	addr, _ := startStream(t, &stdout, "--netns", ns.Name)
+	// Label pairs are sorted by name: cgroup, comm, state.
+	waitForMetric(t, addr, "conntracer_sockets", `comm="ctoold",state="ESTABLISHED"} 1`)
+	waitForMetric(t, addr, "conntracer_sockets", `comm="ctosrv",state="ESTABLISHED"} 1`)
+
+	holder.Release(t)
+	waitForMetric(t, addr, "conntracer_connections_closed_total", `comm="ctoold",role="active"} 1`)
+	waitFor(t, 10*time.Second, "stream line of the held connection", func() (bool, string) {
+		return strings.Contains(stdout.String(), "ctoold"), stdout.String()
 	})
 }
 

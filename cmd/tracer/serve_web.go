@@ -64,6 +64,7 @@ func (w *webConfig) validate() error {
 // metricsServer serves /metrics from a non-global registry, plus a
 // landing page at /.
 type metricsServer struct {
+	tls    bool // a web config file is given: TLS may be on
 	reg    *prometheus.Registry
 	ln     net.Listener
 	srv    *http.Server
@@ -98,6 +99,7 @@ func listenMetrics(w webConfig, reg *prometheus.Registry, stderr io.Writer) (*me
 	systemd := false
 	handler := slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})
 	return &metricsServer{
+		tls: w.configFile != "",
 		reg: reg,
 		ln:  ln,
 		srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
@@ -113,6 +115,15 @@ func listenMetrics(w webConfig, reg *prometheus.Registry, stderr io.Writer) (*me
 
 // Addr is the address the server listens on.
 func (m *metricsServer) Addr() net.Addr { return m.ln.Addr() }
+
+// URL is the server's base URL, for the start-up line.
+func (m *metricsServer) URL() string {
+	scheme := "http"
+	if m.tls {
+		scheme = "http(s)"
+	}
+	return scheme + "://" + m.ln.Addr().String()
+}
 
 // Run serves until ctx is done.
 func (m *metricsServer) Run(ctx context.Context) error {

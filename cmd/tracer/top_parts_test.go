@@ -2,6 +2,7 @@ package main
 
 import (
 	"github.com/conntracer/conntracer/internal/aggregate"
+	"github.com/conntracer/conntracer/internal/export"
 
 	"fmt"
 	"os"
@@ -10,7 +11,6 @@ import (
 	"time"
 
 	"github.com/conntracer/conntracer/internal/testenv"
-	"github.com/conntracer/conntracer/internal/top"
 )
 
 // TestTopShowsConnectUnixAndDrops runs the scenarios of the connect and
@@ -88,7 +88,7 @@ func TestTopShowsConnectUnixAndDrops(t *testing.T) {
 			t.Errorf("listener pid %d backlog %d queue %d: want this process (%d), backlog 1, a full queue",
 				path.ListenerPID, path.Backlog, path.Queue, os.Getpid())
 		}
-		f := findingOf(d, "unix_backlog_overflow", func(f *top.Finding) bool { return f.Path == sock })
+		f := findingOf(d, "unix_backlog_overflow", func(f *export.Finding) bool { return f.Path == sock })
 		if f == nil || f.PID != uint32(unixRes.PID) || f.Evidence["eagain"] != float64(unixRes.Errnos["EAGAIN"]) {
 			t.Errorf("unix_backlog_overflow for %s: %+v", sock, f)
 		}
@@ -116,7 +116,7 @@ func TestTopShowsConnectUnixAndDrops(t *testing.T) {
 				t.Errorf("a rule's drop counted under conntrack: %+v", c)
 			}
 		}
-		if f := findingOf(d, "conntrack_table_full", func(f *top.Finding) bool { return f.NetNS == dropNS.Inode }); f != nil {
+		if f := findingOf(d, "conntrack_table_full", func(f *export.Finding) bool { return f.NetNS == dropNS.Inode }); f != nil {
 			t.Errorf("a rule's drop reported as table full: %+v", f)
 		}
 	})
@@ -143,7 +143,7 @@ func TestTopShowsConnectUnixAndDrops(t *testing.T) {
 }
 
 // findingOf returns the first finding of kind that match accepts.
-func findingOf(d *top.Document, kind string, match func(*top.Finding) bool) *top.Finding {
+func findingOf(d *export.Document, kind string, match func(*export.Finding) bool) *export.Finding {
 	for i := range d.Findings {
 		if d.Findings[i].Kind == kind && match(&d.Findings[i]) {
 			return &d.Findings[i]

@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/conntracer/conntracer/internal/export"
 	"github.com/conntracer/conntracer/internal/testenv"
-	"github.com/conntracer/conntracer/internal/top"
 )
 
 // topRun is `tracer top --once` running in the background.
@@ -68,7 +68,7 @@ func startTop(t *testing.T, args ...string) *topRun {
 }
 
 // wait returns the document once the tracer printed it.
-func (r *topRun) wait(t *testing.T) *top.Document {
+func (r *topRun) wait(t *testing.T) *export.Document {
 	t.Helper()
 	select {
 	case err := <-r.done:
@@ -78,7 +78,7 @@ func (r *topRun) wait(t *testing.T) *top.Document {
 	case <-time.After(60 * time.Second):
 		t.Fatalf("tracer top did not finish: %s", r.stderr)
 	}
-	var d top.Document
+	var d export.Document
 	dec := json.NewDecoder(&r.stdout)
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&d); err != nil {
@@ -123,7 +123,7 @@ func ssSockets(t *testing.T, ns *testenv.NetNS) []ssLine {
 	return out
 }
 
-func procByPID(d *top.Document, pid int) *top.Process {
+func procByPID(d *export.Document, pid int) *export.Process {
 	for i := range d.Processes {
 		if d.Processes[i].PID == uint32(pid) {
 			return &d.Processes[i]
@@ -132,13 +132,13 @@ func procByPID(d *top.Document, pid int) *top.Process {
 	return nil
 }
 
-func netnsTimeWait(d *top.Document, ino uint32) top.NetNSCount {
+func netnsTimeWait(d *export.Document, ino uint32) export.NetNSCount {
 	for _, n := range d.TimeWait.ByNetNS {
 		if n.NetNS == ino {
 			return n
 		}
 	}
-	return top.NetNSCount{}
+	return export.NetNSCount{}
 }
 
 // TestTopFindsLeaksAndAgreesWithSS runs the incidents of the field notes
@@ -305,7 +305,7 @@ func TestTopPortExhaustion(t *testing.T) {
 			inUse++
 		}
 	}
-	var port *top.Port
+	var port *export.Port
 	for i := range d.Ports {
 		if d.Ports[i].NetNS == ns.Inode && d.Ports[i].Remote == srv.Addr4() {
 			port = &d.Ports[i]

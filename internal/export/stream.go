@@ -1,6 +1,12 @@
 // Package export turns events and aggregates into what users read: the
-// streamed text and JSON lines of `tracer`. It sits at the end of the
-// pipeline and never reaches back into the kernel-facing code.
+// streamed text and JSON lines of `tracer` (Stream), the JSON lines of
+// `tracer export` for the kinds the stream does not print (EventJSON), the
+// Prometheus collector and the tracer's self-metrics (Collector, Health),
+// and the renderings of an aggregate.Snapshot: the text table of the
+// terminal view and `tracer top --once` (RenderText) and its JSON document
+// (Document). It sits at the end of the pipeline and never reaches back
+// into the kernel-facing code. May import: internal/events,
+// internal/aggregate (its Snapshot), prometheus client_golang.
 package export
 
 import (

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/conntracer/conntracer/internal/top"
+	"github.com/conntracer/conntracer/internal/export"
 )
 
 // Totals are the report's headline numbers, from the final aggregate.
@@ -70,7 +70,7 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 	writeCountersText(&b, r.Final.KernelCounters)
 	b.WriteString("\nat the end of the recording\n")
-	b.WriteString(top.RenderText(r.Final, top.ViewOptions{Sort: top.ColOpens, Width: 160}))
+	b.WriteString(export.RenderText(r.Final, export.ViewOptions{Sort: export.ColOpens, Width: 160}))
 	_, err := io.WriteString(w, b.String())
 	return err
 }
@@ -92,20 +92,20 @@ func dropList(m map[string]uint64) string {
 // the findings with first and last seen, and the final aggregate in the
 // format of `tracer top --once --output json`.
 type Document struct {
-	Files    []File        `json:"files"`
-	From     time.Time     `json:"from"`
-	To       time.Time     `json:"to"`
-	Events   uint64        `json:"events"`
-	Totals   Totals        `json:"totals"`
-	Timeline []Minute      `json:"timeline"`
-	Findings []FindingSpan `json:"findings"`
-	Final    *top.Document `json:"final"`
+	Files    []File           `json:"files"`
+	From     time.Time        `json:"from"`
+	To       time.Time        `json:"to"`
+	Events   uint64           `json:"events"`
+	Totals   Totals           `json:"totals"`
+	Timeline []Minute         `json:"timeline"`
+	Findings []FindingSpan    `json:"findings"`
+	Final    *export.Document `json:"final"`
 }
 
 // Document returns the JSON form.
 func (r *Report) Document() *Document {
 	return &Document{Files: r.Files, From: r.From, To: r.To, Events: r.Events, Totals: r.Totals(),
-		Timeline: r.Timeline, Findings: r.Findings, Final: top.NewDocument(r.Final, time.Second, nil)}
+		Timeline: r.Timeline, Findings: r.Findings, Final: export.NewDocument(r.Final, time.Second, nil)}
 }
 
 // WriteJSON writes the JSON form.

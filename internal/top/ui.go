@@ -1,8 +1,13 @@
+// Package top is the live terminal view of `tracer top`: a bubbletea
+// program that redraws the last published snapshot, with keys to sort,
+// filter and switch to one row per process x remote. What it draws is
+// internal/export's text rendering of the snapshot; it never sees the
+// aggregator, only a function returning the last published snapshot.
+// May import: internal/aggregate (the Snapshot type), internal/export,
+// terminal UI libraries.
 package top
 
 import (
-	"github.com/conntracer/conntracer/internal/aggregate"
-
 	"context"
 	"errors"
 	"io"
@@ -10,6 +15,9 @@ import (
 	"time"
 
 	tea "github.com/charmbracelet/bubbletea"
+
+	"github.com/conntracer/conntracer/internal/aggregate"
+	"github.com/conntracer/conntracer/internal/export"
 )
 
 // UI is the live terminal view. It pulls the latest published snapshot
@@ -19,17 +27,17 @@ import (
 type UI struct {
 	snapshot func() *aggregate.Snapshot
 	every    time.Duration
-	sort     Column
+	sort     export.Column
 }
 
 // NewUI returns a view refreshed every `every` from snapshot().
-func NewUI(snapshot func() *aggregate.Snapshot, every time.Duration, sort Column) *UI {
+func NewUI(snapshot func() *aggregate.Snapshot, every time.Duration, sort export.Column) *UI {
 	return &UI{snapshot: snapshot, every: every, sort: sort}
 }
 
 // Run shows the view on the terminal until the user quits or ctx ends.
 func (u *UI) Run(ctx context.Context, out io.Writer) error {
-	m := model{ui: u, opts: ViewOptions{Sort: u.sort, Width: 120, Height: 40}, snap: u.snapshot()}
+	m := model{ui: u, opts: export.ViewOptions{Sort: u.sort, Width: 120, Height: 40}, snap: u.snapshot()}
 	p := tea.NewProgram(m, tea.WithContext(ctx), tea.WithOutput(out), tea.WithInput(os.Stdin), tea.WithAltScreen())
 	_, err := p.Run()
 	if errors.Is(err, tea.ErrInterrupted) || (errors.Is(err, tea.ErrProgramKilled) && ctx.Err() != nil) {
@@ -42,7 +50,7 @@ type tickMsg time.Time
 
 type model struct {
 	ui        *UI
-	opts      ViewOptions
+	opts      export.ViewOptions
 	snap      *aggregate.Snapshot
 	filtering bool
 }
@@ -82,9 +90,9 @@ func (m model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		case "q", "ctrl+c":
 			return m, tea.Quit
 		case "s":
-			m.opts.Sort = nextColumn(m.opts.Sort, 1)
+			m.opts.Sort = m.opts.Sort.Step(1)
 		case "S":
-			m.opts.Sort = nextColumn(m.opts.Sort, -1)
+			m.opts.Sort = m.opts.Sort.Step(-1)
 		case "r":
 			m.opts.Remotes = !m.opts.Remotes
 		case "/":
@@ -102,14 +110,5 @@ func (m model) View() string {
 	if m.filtering {
 		o.Filter += "_"
 	}
-	return RenderText(m.snap, o)
-}
-
-func nextColumn(c Column, step int) Column {
-	for i, x := range columns {
-		if x == c {
-			return columns[(i+step+len(columns))%len(columns)]
-		}
-	}
-	return columns[0]
+	return export.RenderText(m.snap, o)
 }

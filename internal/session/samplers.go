@@ -1,4 +1,4 @@
-package main
+package session
 
 import (
 	"context"
@@ -13,17 +13,35 @@ import (
 	"github.com/conntracer/conntracer/internal/probe"
 )
 
-// topSampler reads one of the kernel's tables and turns it into a round of
-// events for the aggregator, on its own interval. Every sampler of
-// `tracer top` is one of these: runSamplers calls them on the sampler
-// goroutine and hands each round to the event loop as one batch; runTop
-// calls them directly before and after the loop runs.
-type topSampler struct {
+// Intervals are how often the samplers read the kernel's tables (0: never,
+// except Sample, which must be positive).
+type Intervals struct {
+	Sample    time.Duration // the socket table (the probe's socks map)
+	Reconcile time.Duration // the TIME_WAIT dump of every namespace
+	NetNS     time.Duration // conntrack statistics and listen overflows per namespace
+	Unix      time.Duration // listening Unix sockets
+	// Counters: nstat TCP counters, sockstat and the tracer's loss
+	// counters.
+	Counters time.Duration
+}
+
+// DefaultIntervals are the intervals of `tracer top` without flags.
+func DefaultIntervals() Intervals {
+	return Intervals{Sample: time.Second, Reconcile: 5 * time.Second, NetNS: time.Second, Unix: 2 * time.Second, Counters: 10 * time.Second}
+}
+
+// sampler reads one of the kernel's tables and turns it into a round of
+// events for the aggregator, on its own interval. Every sampler of the
+// session is one of these: runSamplers calls them on the sampler
+// goroutine and hands each round to the event loop as one batch;
+// sampleAll calls them directly before the loop runs and after it
+// returned.
+type sampler struct {
 	name  string
 	every time.Duration // 0: off
 	read  func() ([]events.Event, error)
-	// required: a failure of the first round stops `tracer top` (the
-	// view would be empty); other samplers only warn.
+	// required: a failure of the first round stops the session (the
+	// aggregate would be empty); other samplers only warn.
 	required bool
 	warned   bool
 }
@@ -31,7 +49,7 @@ type topSampler struct {
 // round reads the sampler once. A failure is reported once per sampler:
 // the same error every second says nothing new; what was read is still
 // used. The error is returned only for a required sampler.
-func (s *topSampler) round(stderr io.Writer) ([]events.Event, error) {
+func (s *sampler) round(stderr io.Writer) ([]events.Event, error) {
 	evs, err := s.read()
 	if err == nil || errors.Is(err, context.Canceled) {
 		return evs, nil
@@ -50,7 +68,7 @@ func (s *topSampler) round(stderr io.Writer) ([]events.Event, error) {
 // on the calling goroutine: before the event loop starts (the baselines)
 // and after it returned (the document of --once is current to the moment
 // it is printed).
-func (l *topLoop) sampleAll(samplers []*topSampler, stderr io.Writer) error {
+func (l *loop) sampleAll(samplers []*sampler, stderr io.Writer) error {
 	for _, s := range samplers {
 		if s.every <= 0 {
 			continue
@@ -68,40 +86,40 @@ func (l *topLoop) sampleAll(samplers []*topSampler, stderr io.Writer) error {
 	return nil
 }
 
-// topSamplers lists the samplers of `tracer top`, the socket table last: its
+// samplers lists the samplers of the session, the socket table last: its
 // round ends with KindSockSampleDone, on which the aggregator evaluates the
 // findings and the loop publishes a snapshot, so the other tables read in
 // the same pass are already in.
-func topSamplers(cfg *topConfig, socks *probe.SocketSampler, ct conntrackEntrySource, spare chan []events.Event) []*topSampler {
+func samplers(cfg *Config, socks *probe.SocketSampler, ct conntrackEntrySource, spare chan []events.Event) []*sampler {
 	nsSampler := kernel.NewNetNSSampler()
-	nsSampler.OnlyNetNS = cfg.netns
+	nsSampler.OnlyNetNS = cfg.NetNS
 	if w, ok := ct.(kernel.ConntrackNSWatcher); ok {
 		nsSampler.Watcher = w // a namespace is followed from its first sample on
 	}
 	// Sizes of the previous socket round and TIME_WAIT dump: rounds
 	// change little, so the next batch is sized once.
 	last, lastTW := 0, 0
-	return []*topSampler{
-		{name: "conntrack and listen overflows", every: cfg.netnsEvery, read: func() ([]events.Event, error) {
+	return []*sampler{
+		{name: "conntrack and listen overflows", every: cfg.Intervals.NetNS, read: func() ([]events.Event, error) {
 			now := bootclock.Now()
 			evs, warnings := nsSampler.Sample(now)
 			return evs, errors.Join(warnings...)
 		}},
-		{name: "unix listeners", every: cfg.unixEvery, read: func() ([]events.Event, error) {
+		{name: "unix listeners", every: cfg.Intervals.Unix, read: func() ([]events.Event, error) {
 			evs, _, err := kernel.UnixListeners()
 			return evs, err
 		}},
-		{name: "TIME_WAIT counts not reconciled with the kernel", every: cfg.reconcile, read: func() ([]events.Event, error) {
+		{name: "TIME_WAIT counts not reconciled with the kernel", every: cfg.Intervals.Reconcile, read: func() ([]events.Event, error) {
 			evs, _, err := kernel.TimeWaitDump(reuseBatch(spare, lastTW+lastTW/8+16))
 			lastTW = len(evs)
 			return evs, err
 		}},
-		{name: "kernel TCP counters and sockstat", every: cfg.countersEvery, read: func() ([]events.Event, error) {
+		{name: "kernel TCP counters and sockstat", every: cfg.Intervals.Counters, read: func() ([]events.Event, error) {
 			now := bootclock.Now()
-			evs, warnings := kernel.KernelCounters(cfg.netns, now)
+			evs, warnings := kernel.KernelCounters(cfg.NetNS, now)
 			return evs, errors.Join(warnings...)
 		}},
-		{name: "socket table", every: cfg.sample, required: true, read: func() ([]events.Event, error) {
+		{name: "socket table", every: cfg.Intervals.Sample, required: true, read: func() ([]events.Event, error) {
 			b := reuseBatch(spare, last+last/8+1)
 			_, err := socks.Sample(func(ev *events.Event) { b = append(b, *ev) })
 			last = len(b)
@@ -113,7 +131,7 @@ func topSamplers(cfg *topConfig, socks *probe.SocketSampler, ct conntrackEntrySo
 // runSamplers calls each sampler on its own interval and hands every
 // round to the event loop as one batch, until ctx is done. Samplers due
 // at the same moment run in list order.
-func runSamplers(ctx context.Context, samplers []*topSampler, out chan<- []events.Event, stderr io.Writer) {
+func runSamplers(ctx context.Context, samplers []*sampler, out chan<- []events.Event, stderr io.Writer) {
 	next := make([]time.Time, len(samplers))
 	start := time.Now()
 	for i, s := range samplers {
@@ -163,7 +181,7 @@ func runSamplers(ctx context.Context, samplers []*topSampler, out chan<- []event
 }
 
 // reuseBatch returns an empty batch with room for n events: one the event
-// loop has finished with (topLoop.spare) if it is big enough, else a new
+// loop has finished with (loop.spare) if it is big enough, else a new
 // one. The socket table and the TIME_WAIT dump hand over tens of
 // thousands of events a round under churn (1.4 KB each); recycling their
 // batches spares the allocation, the growth copies and the garbage

@@ -1,4 +1,4 @@
-package top
+package export
 
 import (
 	"github.com/conntracer/conntracer/internal/aggregate"
@@ -29,6 +29,17 @@ const (
 
 var columns = []Column{ColOpens, ColCloses, ColEstab, ColCloseWait, ColTimeWait, ColShort, ColPorts, ColPID}
 
+// Step returns the column n places after c in the cycle (n < 0: before);
+// an unknown c gives the first column.
+func (c Column) Step(n int) Column {
+	for i, x := range columns {
+		if x == c {
+			return columns[((i+n)%len(columns)+len(columns))%len(columns)]
+		}
+	}
+	return columns[0]
+}
+
 // ParseColumn validates a column name.
 func ParseColumn(s string) (Column, bool) {
 	for _, c := range columns {
@@ -48,7 +59,7 @@ func ColumnNames() string {
 	return strings.Join(names, ", ")
 }
 
-// ViewOptions say what to show.
+// ViewOptions say what RenderText shows.
 type ViewOptions struct {
 	Sort    Column
 	Remotes bool   // one row per process x remote instead of per process
@@ -138,8 +149,11 @@ func (r *row) matches(f string) bool {
 		strings.Contains(r.remote, f)
 }
 
-// RenderText draws the view: a summary line, the table sorted by
-// o.Sort, the findings and a help line, cut to o.Width x o.Height.
+// RenderText renders a snapshot as text: a summary line, the table sorted
+// by o.Sort, the panels of the other concerns, the findings and a help
+// line, cut to o.Width x o.Height. It is what the terminal view of
+// internal/top draws, what `tracer top --once` prints and what
+// `tracer report` ends with.
 func RenderText(s *aggregate.Snapshot, o ViewOptions) string {
 	var b strings.Builder
 	b.Grow(8 << 10)

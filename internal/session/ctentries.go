@@ -1,8 +1,9 @@
-package main
+package session
 
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/conntracer/conntracer/internal/events"
 	"github.com/conntracer/conntracer/internal/kernel"
@@ -26,11 +27,24 @@ type conntrackEntrySource interface {
 	Lost() uint64
 }
 
-// Values of --conntrack-entries.
+// ConntrackConfig says where conntrack entry events come from.
+type ConntrackConfig struct {
+	// Entries is ConntrackAuto, ConntrackCtnetlink or ConntrackOff.
+	Entries string
+	// EventsBuffer is the receive buffer of each ctnetlink event socket
+	// (0: the default, 4 MiB).
+	EventsBuffer int
+	// Refresh is how often a namespace's table is dumped again: with
+	// ctnetlink events, while entries older than the tracer remain; with
+	// the in-kernel hooks, always (for the TCP states).
+	Refresh time.Duration
+}
+
+// The entry sources (the values of --conntrack-entries).
 const (
-	ctEntriesAuto      = "auto"
-	ctEntriesCtnetlink = "ctnetlink"
-	ctEntriesOff       = "off"
+	ConntrackAuto      = "auto"
+	ConntrackCtnetlink = "ctnetlink"
+	ConntrackOff       = "off"
 )
 
 // chooseConntrackSource picks the entry source. Under "auto", where the
@@ -40,23 +54,23 @@ const (
 // entry (conntrack's state changes have no hook) and the entries older
 // than the tracer; otherwise, and with "ctnetlink", ctnetlink's event
 // groups report everything. nil: off.
-func chooseConntrackSource(cfg *topConfig, probe *probe.Probe, out chan<- []events.Event) (conntrackEntrySource, error) {
-	switch cfg.ctEntries {
-	case ctEntriesOff:
+func chooseConntrackSource(cfg ConntrackConfig, probe *probe.Probe, out chan<- []events.Event) (conntrackEntrySource, error) {
+	switch cfg.Entries {
+	case ConntrackOff:
 		return nil, nil
-	case ctEntriesAuto, "":
+	case ConntrackAuto, "":
 		if hooks, ok := probe.ConntrackInKernel(); ok {
 			w := kernel.NewCtEvents(out)
-			w.DumpEvery = cfg.ctRefresh
+			w.DumpEvery = cfg.Refresh
 			return inKernelCtSource{w, hooks + ", TCP states from " + w.Name()}, nil
 		}
 		fallthrough
-	case ctEntriesCtnetlink:
+	case ConntrackCtnetlink:
 		w := kernel.NewCtEvents(out)
-		w.ReadBuffer, w.RefreshEvery = cfg.ctReadBuffer, cfg.ctRefresh
+		w.ReadBuffer, w.RefreshEvery = cfg.EventsBuffer, cfg.Refresh
 		return w, nil
 	}
-	return nil, fmt.Errorf("--conntrack-entries %q: use auto, ctnetlink or off", cfg.ctEntries)
+	return nil, fmt.Errorf("conntrack entries %q: use auto, ctnetlink or off", cfg.Entries)
 }
 
 // inKernelCtSource is the ctnetlink dumper that completes the in-kernel

@@ -1,10 +1,9 @@
-// Package top renders aggregator snapshots for people and scripts: the
-// live terminal view of `tracer top` and its one-shot JSON document.
-//
-// It reads events.Snapshot values only, never the aggregator, so it can
-// run on any goroutine and be fed by a live tracer or a replay alike. May
-// import: internal/events and terminal UI libraries.
-package top
+package export
+
+// The snapshot's JSON rendering: the document of
+// `tracer top --once --output json`, also the `final` section of
+// `tracer report --output json`. It reads aggregate.Snapshot values only,
+// never the aggregator, so a live tracer and a replay render alike.
 
 import (
 	"github.com/conntracer/conntracer/internal/aggregate"

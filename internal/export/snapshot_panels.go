@@ -1,4 +1,4 @@
-package top
+package export
 
 import (
 	"github.com/conntracer/conntracer/internal/aggregate"

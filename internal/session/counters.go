@@ -1,4 +1,4 @@
-package main
+package session
 
 import (
 	"time"
@@ -13,7 +13,7 @@ import (
 // sampler batches waiting). It runs on the event loop (Drained), or on
 // the goroutine that owns the loop before and after it runs, because the
 // probe's reader counts are the event loop's.
-func (l *topLoop) tracerCounters(now time.Time, force bool) {
+func (l *loop) tracerCounters(now time.Time, force bool) {
 	if l.probe == nil || l.countersEvery <= 0 || (!force && now.Sub(l.countersAt) < l.countersEvery) {
 		return
 	}

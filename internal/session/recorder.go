@@ -1,7 +1,8 @@
-package main
+package session
 
 import (
 	"github.com/conntracer/conntracer/internal/aggregate"
+	"github.com/conntracer/conntracer/internal/bootclock"
 
 	"fmt"
 	"io"
@@ -18,12 +19,24 @@ import (
 	"github.com/conntracer/conntracer/internal/record"
 )
 
-// loopRecorder sees every event the aggregator applies, on the event
-// loop, with the same `now`: what `tracer report` replays is exactly what
-// the live view aggregated. It writes to a file (--record), to a bounded
-// memory ring dumped on a new finding or SIGUSR1 (--flight-recorder), or
-// both.
-type loopRecorder struct {
+// RecordConfig says what the session records.
+type RecordConfig struct {
+	Path       string        // the recording file ("": none)
+	RotateSize int64         // start a new file past this many bytes (0: never)
+	RotateAge  time.Duration // start a new file after this long (0: never)
+	Keep       int           // rotated files kept
+	// Flight keeps the last Flight of events in memory, written to
+	// FlightDir on a new kind of finding or SIGUSR1 (0: off).
+	Flight    time.Duration
+	FlightDir string
+}
+
+// recorder sees every event the aggregator applies, on the event loop,
+// with the same `now`: what `tracer report` replays is exactly what the
+// live view aggregated. It writes to a file (RecordConfig.Path), to a
+// bounded memory ring dumped on a new finding or SIGUSR1
+// (RecordConfig.Flight), or both.
+type recorder struct {
 	file   *record.Writer
 	flight *record.Writer
 	ring   *flightRing
@@ -34,23 +47,22 @@ type loopRecorder struct {
 	failed bool
 }
 
-// newLoopRecorder returns nil when neither --record nor --flight-recorder
-// is set.
-func newLoopRecorder(cfg *topConfig, stderr io.Writer) (*loopRecorder, error) {
-	if cfg.record == "" && cfg.flight <= 0 {
+// newRecorder returns nil when cfg records nothing.
+func newRecorder(cfg RecordConfig, stderr io.Writer) (*recorder, error) {
+	if cfg.Path == "" && cfg.Flight <= 0 {
 		return nil, nil
 	}
-	r := &loopRecorder{stderr: stderr, seen: make(map[string]bool), dir: cfg.flightDir}
-	opts := record.Options{Header: recordHeader(), RotateSize: cfg.rotateSize, RotateAge: cfg.rotateAge, Keep: cfg.keep}
-	if cfg.record != "" {
-		w, err := record.Create(cfg.record, opts)
+	r := &recorder{stderr: stderr, seen: make(map[string]bool), dir: cfg.FlightDir}
+	opts := record.Options{Header: recordHeader(), RotateSize: cfg.RotateSize, RotateAge: cfg.RotateAge, Keep: cfg.Keep}
+	if cfg.Path != "" {
+		w, err := record.Create(cfg.Path, opts)
 		if err != nil {
 			return nil, fmt.Errorf("--record: %w", err)
 		}
 		r.file = w
 	}
-	if cfg.flight > 0 {
-		r.ring = &flightRing{window: cfg.flight}
+	if cfg.Flight > 0 {
+		r.ring = &flightRing{window: cfg.Flight}
 		fo := record.Options{Header: opts.Header, KeyframeEvery: 10 * time.Second}
 		w, err := record.NewWriter(r.ring, fo)
 		if err != nil {
@@ -64,7 +76,7 @@ func newLoopRecorder(cfg *topConfig, stderr io.Writer) (*loopRecorder, error) {
 }
 
 // Record writes one applied event.
-func (r *loopRecorder) Record(ev *events.Event, now time.Time) {
+func (r *recorder) Record(ev *events.Event, now time.Time) {
 	if r == nil {
 		return
 	}
@@ -78,7 +90,7 @@ func (r *loopRecorder) Record(ev *events.Event, now time.Time) {
 
 // Tick runs when the event loop is idle: seal due blocks, and dump the
 // flight ring on SIGUSR1 or on a finding kind not seen before.
-func (r *loopRecorder) Tick(now time.Time, snap *aggregate.Snapshot) {
+func (r *recorder) Tick(now time.Time, snap *aggregate.Snapshot) {
 	if r == nil {
 		return
 	}
@@ -112,7 +124,7 @@ func (r *loopRecorder) Tick(now time.Time, snap *aggregate.Snapshot) {
 	}
 }
 
-func (r *loopRecorder) dump(now time.Time, why string) {
+func (r *recorder) dump(now time.Time, why string) {
 	if err := r.flight.Flush(); err != nil {
 		r.check(err)
 		return
@@ -125,7 +137,7 @@ func (r *loopRecorder) dump(now time.Time, why string) {
 	fmt.Fprintf(r.stderr, "tracer: flight recorder: %s: wrote the last %s to %s\n", why, r.ring.window, path)
 }
 
-func (r *loopRecorder) check(err error) {
+func (r *recorder) check(err error) {
 	if err != nil && !r.failed {
 		r.failed = true
 		fmt.Fprintf(r.stderr, "tracer: recording stopped: %v\n", err)
@@ -133,7 +145,7 @@ func (r *loopRecorder) check(err error) {
 }
 
 // Close flushes what is left.
-func (r *loopRecorder) Close() error {
+func (r *recorder) Close() error {
 	if r == nil {
 		return nil
 	}
@@ -215,4 +227,16 @@ func tracerVersion() string {
 		return v
 	}
 	return "unknown"
+}
+
+// recordHeader describes this host and the tracer's command line for a
+// recording's header.
+func recordHeader() record.Header {
+	h := record.Header{Tracer: tracerVersion(), Command: strings.Join(os.Args, " ")}
+	h.Host, _ = os.Hostname()
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		h.Kernel = strings.TrimSpace(string(b))
+	}
+	h.BootTimeNs = bootclock.WallOffsetNs()
+	return h
 }

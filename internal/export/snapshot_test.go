@@ -1,4 +1,4 @@
-package top
+package export
 
 import (
 	"github.com/conntracer/conntracer/internal/aggregate"
@@ -214,5 +214,16 @@ func TestRenderShowsPanels(t *testing.T) {
 	}
 	if strings.Contains(RenderText(&aggregate.Snapshot{}, ViewOptions{Sort: ColOpens}), "CONNTRACK") {
 		t.Error("empty panels drawn")
+	}
+}
+
+// TestColumnStep: the sort keys cycle through every column both ways.
+func TestColumnStep(t *testing.T) {
+	c := ColOpens
+	for range columns {
+		c = c.Step(1)
+	}
+	if c != ColOpens || ColOpens.Step(-1) != ColPID || ColPID.Step(1) != ColOpens || Column("bogus").Step(1) != ColOpens {
+		t.Errorf("Step does not cycle: %s %s %s", ColOpens.Step(-1), ColPID.Step(1), Column("bogus").Step(1))
 	}
 }

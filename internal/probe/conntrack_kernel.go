@@ -113,17 +113,14 @@ func (o *conntrackObject) open(l *loader) (*ebpf.Collection, error) {
 		off(errors.New("nf_conntrack is not loaded (no " + nfConntrackSysctl + ")"))
 		return nil, nil
 	}
-	modes := []AttachMode{AttachFentry, AttachKprobe}
 	switch opts.ConntrackMode {
-	case "", AttachAuto:
-	case AttachFentry, AttachKprobe:
-		modes = []AttachMode{opts.ConntrackMode}
+	case "", AttachAuto, AttachFentry, AttachKprobe:
 	default:
 		off(fmt.Errorf("unknown conntrack attach mode %q: use auto, fentry or kprobe", opts.ConntrackMode))
 		return nil, nil
 	}
 	var hooks []modeHooks
-	for _, mode := range modes {
+	for _, mode := range []AttachMode{AttachFentry, AttachKprobe} {
 		probes := ctPrograms[mode]
 		var progs []string
 		for _, pr := range probes {
@@ -140,6 +137,7 @@ func (o *conntrackObject) open(l *loader) (*ebpf.Collection, error) {
 		hook:   ConntrackHook,
 		load:   loadConntrack,
 		modes:  hooks,
+		only:   opts.ConntrackMode,
 	})
 	if err != nil {
 		return nil, err

@@ -57,7 +57,8 @@ func (o *dropsObject) open(l *loader) (*ebpf.Collection, error) {
 			dropsVarRecordsPerSec: opts.DropRecordsPerSec,
 		},
 		shares: []string{dropsMapSocks, dropsMapListeners},
-		modes: tracepointModes(opts.AttachMode, "skb", "kfree_skb", map[AttachMode]string{
+		only:   opts.AttachMode,
+		modes: tracepointModes("skb", "kfree_skb", map[AttachMode]string{
 			AttachTPBTF:      dropsProgCtKfreeSkbBtf,
 			AttachRawTP:      dropsProgCtKfreeSkbRaw,
 			AttachTracepoint: dropsProgCtKfreeSkbTp,

@@ -144,7 +144,11 @@ type loadSpec struct {
 	// must declare them alike: the shared headers of bpf/ do), instead of
 	// creating the object's own copies.
 	shares []string
-	modes  []modeHooks // best first
+	// modes are every attach mode of the object's hooks, best first.
+	modes []modeHooks
+	// only restricts the attempts to one of modes ("" or AttachAuto: try
+	// each in turn). The other modes' programs are left out all the same.
+	only AttachMode
 }
 
 // modeHooks is an object's hooks in one attach mode.
@@ -194,7 +198,12 @@ func (l *loader) loadFirst(s *loadSpec) (*ebpf.Collection, AttachMode, []modeFai
 		return nil, "", nil, err
 	}
 	var failed []modeFailure
+	tried := false
 	for _, m := range s.modes {
+		if s.only != "" && s.only != AttachAuto && m.mode != s.only {
+			continue
+		}
+		tried = true
 		coll, links, err := l.try(spec, s, m)
 		if err != nil {
 			failed = append(failed, modeFailure{mode: m.mode, err: err})
@@ -202,6 +211,9 @@ func (l *loader) loadFirst(s *loadSpec) (*ebpf.Collection, AttachMode, []modeFai
 		}
 		l.attached(s.hook, m.mode, joinFailures(failed), links...)
 		return coll, m.mode, nil, nil
+	}
+	if !tried {
+		failed = append(failed, modeFailure{mode: s.only, err: errors.New("not an attach mode of this hook")})
 	}
 	return nil, "", failed, nil
 }
@@ -305,14 +317,10 @@ func (l *loader) try(spec *ebpf.CollectionSpec, s *loadSpec, m modeHooks) (*ebpf
 
 // tracepointModes returns the modes in which one program on the kernel
 // tracepoint group:name can be attached (progs: its program in each mode),
-// best first, or only want unless it is AttachAuto.
-func tracepointModes(want AttachMode, group, name string, progs map[AttachMode]string) []modeHooks {
-	modes := AttachModes
-	if want != AttachAuto {
-		modes = []AttachMode{want}
-	}
-	out := make([]modeHooks, 0, len(modes))
-	for _, mode := range modes {
+// best first.
+func tracepointModes(group, name string, progs map[AttachMode]string) []modeHooks {
+	out := make([]modeHooks, 0, len(AttachModes))
+	for _, mode := range AttachModes {
 		prog := progs[mode]
 		out = append(out, modeHooks{
 			mode:  mode,

@@ -14,7 +14,9 @@ import (
 	"github.com/conntracer/conntracer/internal/events"
 )
 
-// AttachMode selects how the TCP state tracepoint is attached.
+// AttachMode selects how a hook is attached: Options.AttachMode for the
+// kernel tracepoints (TCP state changes, packet drops), Options.ConntrackMode
+// for the conntrack functions (AttachFentry, AttachKprobe).
 type AttachMode string
 
 // Attach modes, best first. AttachAuto tries each in this order and keeps

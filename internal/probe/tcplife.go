@@ -38,7 +38,8 @@ func (o *tcplifeObject) open(l *loader) (*ebpf.Collection, error) {
 		hook:   stateHook,
 		load:   loadTcplife,
 		sizes:  map[string]uint32{tcplifeMapSocks: l.opts().MaxSockets},
-		modes: tracepointModes(l.opts().AttachMode, "sock", "inet_sock_set_state", map[AttachMode]string{
+		only:   l.opts().AttachMode,
+		modes: tracepointModes("sock", "inet_sock_set_state", map[AttachMode]string{
 			AttachTPBTF:      tcplifeProgCtStateBtf,
 			AttachRawTP:      tcplifeProgCtStateRaw,
 			AttachTracepoint: tcplifeProgCtStateTp,

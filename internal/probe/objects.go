@@ -38,7 +38,11 @@ type object interface {
 	name() string
 	// records lists the ring buffer records the object writes. It is
 	// called on a fresh object too, to build Decode's table, so it must
-	// not depend on the object being loaded.
+	// not depend on the object being loaded. Each object names its kinds
+	// with its own generated copy of enum record_kind (bpf/records.h puts
+	// the enum into every object's BTF), so that a kind is always read
+	// from the object that writes it; a kind claimed twice panics at
+	// init (buildDecoders).
 	records() []recordType
 	// open loads and attaches the object through l, and returns what it
 	// loaded, or nil when the object is off (not asked for, or no attach

@@ -150,7 +150,7 @@ type Stats struct {
 // Probe is the loaded and attached set of BPF programs plus the reader of
 // their ring buffer. Open starts no goroutine; Run reads until cancelled.
 //
-// The probe is its BPF objects (object.go: tcplife, connect, drops,
+// The probe is its BPF objects (objects.go: tcplife, connect, drops,
 // conntrack, each in its own file) plus what they share: the ring buffer,
 // which Open creates and hands to each through MapReplacements, its
 // reader, the links and attachments of every hook, the notes, and each

@@ -44,7 +44,7 @@ func (*connectObject) name() string { return "connect" }
 
 func (*connectObject) records() []recordType {
 	return []recordType{
-		record(uint8(connectRecordKindRECORD_CONNECT), "connect_event", decodeConnect),
+		record[connectConnectEvent](uint8(connectRecordKindRECORD_CONNECT), "connect_event", decodeConnect),
 	}
 }
 

@@ -7,7 +7,9 @@ import (
 )
 
 // decodeConnect fills ev.Connect from a connect_event record.
-func decodeConnect(r connectConnectEvent, ev *events.Event) {
+func decodeConnect(raw []byte, ev *events.Event) {
+	var r connectConnectEvent
+	recordInto(raw, &r)
 	flags := connectConnectFlags(r.Flags)
 	c := &ev.Connect
 	ev.Kind = events.KindConnect

@@ -90,7 +90,7 @@ func (*conntrackObject) records() []recordType {
 		conntrackRecordKindRECORD_CT_DESTROY,
 		conntrackRecordKindRECORD_CT_ALLOC_FAILED,
 	} {
-		out = append(out, record(uint8(k), "ct_entry_event", decodeCtEntry))
+		out = append(out, record[conntrackCtEntryEvent](uint8(k), "ct_entry_event", decodeCtEntry))
 	}
 	return out
 }
@@ -213,7 +213,9 @@ func attachCtProbes(coll *ebpf.Collection, mode AttachMode, probes []ctProbe) ([
 
 // decodeCtEntry turns a ct_entry_event into KindConntrackNew, Destroy or
 // AllocFailed.
-func decodeCtEntry(r conntrackCtEntryEvent, ev *events.Event) {
+func decodeCtEntry(raw []byte, ev *events.Event) {
+	var r conntrackCtEntryEvent
+	recordInto(raw, &r)
 	switch conntrackRecordKind(r.Kind) {
 	case conntrackRecordKindRECORD_CT_NEW:
 		ev.Kind = events.KindConntrackNew

@@ -29,24 +29,19 @@ type recordType struct {
 }
 
 // record describes a record kind whose layout is the generated type T
-// (named cName in the C): decode receives a copy of the record in an
-// aligned value of T, never a cast of the sample (ring buffer samples are
-// aligned, fuzz inputs need not be). T is passed by value: a pointer
-// passed through the function value would escape, and the hot path would
-// allocate per record.
-func record[T any](kind uint8, cName string, decode func(r T, ev *events.Event)) recordType {
+// (named cName in the C), decoded by decode, which reads the record with
+// recordInto. Decode checks the size before it calls decode.
+func record[T any](kind uint8, cName string, decode func(raw []byte, ev *events.Event)) recordType {
 	var zero T
-	size := int(unsafe.Sizeof(zero))
-	return recordType{
-		kind: kind,
-		name: cName,
-		size: size,
-		decode: func(raw []byte, ev *events.Event) {
-			var r T
-			copy(unsafe.Slice((*byte)(unsafe.Pointer(&r)), size), raw)
-			decode(r, ev)
-		},
-	}
+	return recordType{kind: kind, name: cName, size: int(unsafe.Sizeof(zero)), decode: decode}
+}
+
+// recordInto copies the record in raw, which Decode has checked is at
+// least as long as T, into r, an aligned value of the generated type T:
+// never a cast of the sample (ring buffer samples are aligned, fuzz inputs
+// need not be). Inlined: no allocation, one copy.
+func recordInto[T any](raw []byte, r *T) {
+	copy(unsafe.Slice((*byte)(unsafe.Pointer(r)), unsafe.Sizeof(*r)), raw)
 }
 
 // decoders holds every object's record types, indexed by kind.

@@ -37,7 +37,7 @@ func (*dropsObject) name() string { return "drops" }
 
 func (*dropsObject) records() []recordType {
 	return []recordType{
-		record(uint8(dropsRecordKindRECORD_DROP), "drop_event", decodeDrop),
+		record[dropsDropEvent](uint8(dropsRecordKindRECORD_DROP), "drop_event", decodeDrop),
 	}
 }
 
@@ -126,7 +126,9 @@ func (o *dropsObject) poll(ev *events.Event, h Handler, drained, final bool) err
 }
 
 // decodeDrop turns a drop_event into a KindDrop event.
-func decodeDrop(r dropsDropEvent, ev *events.Event) {
+func decodeDrop(raw []byte, ev *events.Event) {
+	var r dropsDropEvent
+	recordInto(raw, &r)
 	flags := dropsDropFlags(r.Flags)
 	ev.Kind = events.KindDrop
 	d := &ev.Drop

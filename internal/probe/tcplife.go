@@ -26,7 +26,7 @@ func (*tcplifeObject) name() string { return "tcplife" }
 
 func (*tcplifeObject) records() []recordType {
 	return []recordType{
-		record(uint8(tcplifeRecordKindRECORD_CONN_CLOSED), "conn_event", decodeConnClosed),
+		record[tcplifeConnEvent](uint8(tcplifeRecordKindRECORD_CONN_CLOSED), "conn_event", decodeConnClosed),
 	}
 }
 

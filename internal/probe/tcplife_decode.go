@@ -7,7 +7,9 @@ import (
 )
 
 // decodeConnClosed turns a conn_event into a KindConnClosed event.
-func decodeConnClosed(r tcplifeConnEvent, ev *events.Event) {
+func decodeConnClosed(raw []byte, ev *events.Event) {
+	var r tcplifeConnEvent
+	recordInto(raw, &r)
 	flags := tcplifeConnFlags(r.Flags)
 	c := &ev.Conn
 	ev.Kind = events.KindConnClosed

@@ -11,4 +11,4 @@ package conntracer
 //go:generate go tool bpf2go -output-dir internal/probe -go-package probe -target bpfel -type conn_event tcplife bpf/tcplife.bpf.c -- -I./bpf -O2 -g -Wall -Werror
 //go:generate go tool bpf2go -output-dir internal/probe -go-package probe -target bpfel -type connect_event connect bpf/connect.bpf.c -- -I./bpf -O2 -g -Wall -Werror
 //go:generate go tool bpf2go -output-dir internal/probe -go-package probe -target bpfel -type drop_event -type drop_key drops bpf/drops.bpf.c -- -I./bpf -O2 -g -Wall -Werror
-//go:generate go tool bpf2go -output-dir internal/probe -go-package probe -target bpfel -type ct_entry_event conntrack bpf/conntrack.bpf.c -- -I./bpf -D__TARGET_ARCH_x86 -O2 -g -Wall -Werror
+//go:generate go tool bpf2go -output-dir internal/probe -go-package probe -target bpfel -type ct_entry_event conntrack bpf/conntrack.bpf.c -- -I./bpf -O2 -g -Wall -Werror

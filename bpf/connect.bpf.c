@@ -33,11 +33,13 @@
  * Unix datagram sends that fail because the receiver's queue is full
  * (EAGAIN: net.unix.max_dgram_qlen datagrams wait unread) or the receiver
  * is gone (ECONNREFUSED, ENOENT) are counted per sender, destination and
- * errno in unix_dgram_sends by ct_unix_send_exit, on the exit tracepoints
- * of write, sendto, sendmsg and sendmmsg. It has no entry hook: the
- * arguments are read from the caller's saved registers, and only after
- * the return value says the call failed that way, so successful sends pay
- * the tracepoint and a few comparisons.
+ * errno in unix_dgram_sends by the ct_unix_*_exit programs, one on the exit
+ * tracepoint of each of write, sendto, sendmsg and sendmmsg (a program per
+ * call rather than a switch on the tracepoint's syscall number, which
+ * differs between architectures). They have no entry hook: the arguments
+ * are read from the caller's saved registers (regs.h: x86-64 and arm64),
+ * and only after the return value says the call failed that way, so
+ * successful sends pay the tracepoint and a few comparisons.
  *
  * Cost. The overload pattern this exists for (a proxy's non-blocking Unix
  * connects failing with EAGAIN) runs at tens of thousands of calls per
@@ -48,27 +50,12 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
+#include "kernel_defs.h"
 #include "conntracer.h"
 #include "records.h"
 #include "filter.h"
+#include "regs.h"
 
-#define AF_UNIX 1
-#define AF_INET 2
-#define AF_INET6 10
-#define ENOENT 2
-#define EAGAIN 11
-#define ECONNREFUSED 111
-#define EINPROGRESS 115
-#define SOCK_DGRAM 2
-#define MSG_DONTWAIT 0x40
-/* x86-64 system call numbers of the datagram send paths (sys_exit_* ctx->nr) */
-#define NR_write 1
-#define NR_sendto 44
-#define NR_sendmsg 46
-#define NR_sendmmsg 307
-#define O_NONBLOCK 04000
-#define S_IFMT 00170000
-#define S_IFSOCK 0140000
 /* offsetof(struct sockaddr_un, sun_path) */
 #define SUN_PATH_OFFSET 2
 
@@ -79,7 +66,6 @@ const volatile __u8 emit_in_progress = 0;
 /* sys_enter_connect is attached and stashes each call's start: records and
  * Unix counts carry latencies. Otherwise they are flagged CONNECT_NO_LATENCY. */
 const volatile __u8 connect_latency = 0;
-
 
 /* enum connect_counter: slots of the counters map. */
 enum connect_counter {
@@ -156,7 +142,7 @@ struct {
  * receiver is gone) are counted: a syslog or journald client that cannot
  * keep up fails thousands of times a second, so counting in place is the
  * only affordable form. Inserted at a key's first failure by
- * ct_unix_send_exit; user space reads it on the same timer as
+ * the ct_unix_*_exit programs; user space reads it on the same timer as
  * unix_connects and deletes keys idle for a minute. Plain hash, not LRU:
  * eviction would lose counts silently; when it is full, a new key's
  * failures are only counted in UNIX_DGRAM_FULL.
@@ -175,7 +161,8 @@ const struct unix_connect_stats *unused_unix_connect_stats __attribute__((unused
 const enum connect_flags unused_connect_flags __attribute__((unused));
 const enum connect_counter unused_connect_counter __attribute__((unused));
 
-/* Layout of the classic syscall tracepoints' records (see their format files). */
+/* Layout of sys_enter_connect's record (its format file); the exit's,
+ * struct sys_exit_ctx, is in regs.h. */
 struct sys_enter_connect_ctx {
 	__u64 common;
 	__s32 nr;
@@ -185,20 +172,9 @@ struct sys_enter_connect_ctx {
 	__u64 addrlen;
 };
 
-struct sys_exit_ctx {
-	__u64 common;
-	__s32 nr;
-	__s32 pad;
-	__s64 ret;
-};
-
-
 static __always_inline void count(__u32 slot)
 {
-	__u64 *n = bpf_map_lookup_elem(&counters, &slot);
-
-	if (n)
-		*n += 1;
+	percpu_inc(&counters, slot);
 }
 
 SEC("tracepoint/syscalls/sys_enter_connect")
@@ -319,15 +295,16 @@ int ct_connect_exit(struct sys_exit_ctx *ctx)
 		p = *pp;
 		pp->start_ns = 0;
 	} else {
-		/* No entry hook: x86-64 passed connect(fd, addr, addrlen) in
-		 * di, si, dx, and the call leaves the saved registers as they
-		 * were. The task's pt_regs are BTF-typed: plain loads. */
+		/* No entry hook: connect(fd, addr, addrlen) is read from the
+		 * caller's saved registers (regs.h: where each architecture
+		 * keeps them at the syscall's exit). The task's pt_regs are
+		 * BTF-typed: plain loads. */
 		struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 
 		p.start_ns = 0;
-		p.fd = (__u32)regs->di;
-		p.uaddr = regs->si;
-		p.addrlen = (__u32)regs->dx;
+		p.fd = (__u32)syscall_arg(regs, 0);
+		p.uaddr = syscall_arg(regs, 1);
+		p.addrlen = (__u32)syscall_arg(regs, 2);
 		flags |= CONNECT_NO_LATENCY;
 	}
 	count(CONNECT_CALLS);
@@ -513,14 +490,22 @@ static __always_inline __u64 read_peer_addr(struct sock *sk, struct unix_connect
 	return n;
 }
 
+/* The system calls a Unix datagram socket sends with. */
+enum send_call {
+	SEND_WRITE,
+	SEND_SENDTO,
+	SEND_SENDMSG,
+	SEND_SENDMMSG,
+};
+
 /*
  * unix_send_failed counts one failed send on a Unix datagram socket in
- * unix_dgram_sends. nr is the system call (write, sendto, sendmsg,
- * sendmmsg); its arguments are still in the caller's saved registers at
- * exit (x86-64: di, si, dx, r10, r8, r9), so no entry hook is needed and a
- * successful send pays only ct_unix_send_exit's first comparison.
+ * unix_dgram_sends. call is the system call (a constant: each program
+ * inlines its own copy); its arguments are still in the caller's saved
+ * registers at exit (regs.h), so no entry hook is needed and a successful
+ * send pays only the program's first comparisons.
  */
-static __always_inline int unix_send_failed(long nr, long ret)
+static __always_inline int unix_send_failed(const enum send_call call, long ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 
@@ -536,7 +521,7 @@ static __always_inline int unix_send_failed(long nr, long ret)
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
 	__u8 flags = 0;
-	struct socket *sock = socket_of(task, (__u32)BPF_CORE_READ(regs, di), &flags);
+	struct socket *sock = socket_of(task, (__u32)syscall_arg(regs, 0), &flags);
 	struct sock *sk;
 
 	if (!sock || BPF_CORE_READ(sock, type) != SOCK_DGRAM)
@@ -549,25 +534,27 @@ static __always_inline int unix_send_failed(long nr, long ret)
 	__u64 uaddr = 0, n = 0, msgflags = 0;
 
 	__builtin_memset(&k, 0, sizeof(k));
-	switch (nr) {
-	case NR_sendto:
-		uaddr = BPF_CORE_READ(regs, r8);
-		n = (__u32)BPF_CORE_READ(regs, r9);
-		msgflags = BPF_CORE_READ(regs, r10);
+	switch (call) {
+	case SEND_WRITE:
 		break;
-	case NR_sendmsg:
-	case NR_sendmmsg: {
+	case SEND_SENDTO: /* sendto(fd, buf, len, flags, dest_addr, addrlen) */
+		uaddr = syscall_arg(regs, 4);
+		n = (__u32)syscall_arg(regs, 5);
+		msgflags = syscall_arg(regs, 3);
+		break;
+	case SEND_SENDMSG: /* sendmsg(fd, msg, flags) */
+	case SEND_SENDMMSG: { /* sendmmsg(fd, msgvec, vlen, flags) */
 		/* sendmmsg fails only when its first message does: that
 		 * message's header starts the vector. */
 		struct user_msghdr mh;
 
-		if (bpf_probe_read_user(&mh, sizeof(mh), (void *)BPF_CORE_READ(regs, si)) == 0) {
+		if (bpf_probe_read_user(&mh, sizeof(mh), (void *)syscall_arg(regs, 1)) == 0) {
 			uaddr = (__u64)mh.msg_name;
 			n = (__u32)mh.msg_namelen;
 		} else {
 			flags |= CONNECT_ADDR_FAULT;
 		}
-		msgflags = nr == NR_sendmsg ? BPF_CORE_READ(regs, dx) : BPF_CORE_READ(regs, r10);
+		msgflags = call == SEND_SENDMSG ? syscall_arg(regs, 2) : syscall_arg(regs, 3);
 		break;
 	}
 	}
@@ -624,17 +611,36 @@ static __always_inline int unix_send_failed(long nr, long ret)
 }
 
 /*
- * ct_unix_send_exit is attached to the exit tracepoints of write, sendto,
- * sendmsg and sendmmsg. The return value is tested first: a successful
- * send, or any other error, costs three comparisons here; only the failures
- * that mean a full or vanished receiver go on to look at the fd.
+ * The ct_unix_*_exit programs, one on the exit tracepoint of each send
+ * call. The return value is tested first: a successful send, or any other
+ * error, costs three comparisons here; only the failures that mean a full
+ * or vanished receiver go on to look at the fd.
  */
-SEC("tracepoint/syscalls/sys_exit_sendto")
-int ct_unix_send_exit(struct sys_exit_ctx *ctx)
+static __always_inline bool receiver_failure(long ret)
 {
-	long ret = ctx->ret;
+	return ret == -EAGAIN || ret == -ECONNREFUSED || ret == -ENOENT;
+}
 
-	if (ret != -EAGAIN && ret != -ECONNREFUSED && ret != -ENOENT)
-		return 0;
-	return unix_send_failed(ctx->nr, ret);
+SEC("tracepoint/syscalls/sys_exit_sendto")
+int ct_unix_sendto_exit(struct sys_exit_ctx *ctx)
+{
+	return receiver_failure(ctx->ret) ? unix_send_failed(SEND_SENDTO, ctx->ret) : 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_sendmsg")
+int ct_unix_sendmsg_exit(struct sys_exit_ctx *ctx)
+{
+	return receiver_failure(ctx->ret) ? unix_send_failed(SEND_SENDMSG, ctx->ret) : 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_sendmmsg")
+int ct_unix_sendmmsg_exit(struct sys_exit_ctx *ctx)
+{
+	return receiver_failure(ctx->ret) ? unix_send_failed(SEND_SENDMMSG, ctx->ret) : 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_write")
+int ct_unix_write_exit(struct sys_exit_ctx *ctx)
+{
+	return receiver_failure(ctx->ret) ? unix_send_failed(SEND_WRITE, ctx->ret) : 0;
 }

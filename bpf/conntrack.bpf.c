@@ -43,27 +43,24 @@
  * resolves them there, and the loader finds the functions in the module's
  * BTF (fentry) or by name (kprobe).
  *
- * The kprobe programs read x86-64 registers (bpf2go -D__TARGET_ARCH_x86,
- * like vmlinux.h, which is generated from an x86-64 kernel).
+ * The kprobe programs read their arguments and return values with regs.h,
+ * which picks the running kernel's architecture (x86-64 or arm64) at load
+ * time, rather than with BPF_KPROBE, whose registers are fixed at compile
+ * time (__TARGET_ARCH_*) while one object serves every architecture.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_endian.h>
+#include "kernel_defs.h"
 #include "conntracer.h"
 #include "records.h"
 #include "filter.h"
+#include "regs.h"
 
-#define NF_ACCEPT 1
-#define NFCT_INFOMASK 7UL
-#define IP_CT_IS_REPLY 3
-#define MAX_ERRNO 4095
-#define IPPROTO_TCP 6
-#define IPPROTO_UDP 17
-#define IPPROTO_DCCP 33
-#define IPPROTO_SCTP 132
-#define IPPROTO_UDPLITE 136
+#define NF_ACCEPT 1         /* uapi/linux/netfilter.h */
+#define NFCT_INFOMASK 7UL   /* linux/skbuff.h: the ctinfo bits of skb->_nfct */
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -311,8 +308,9 @@ int BPF_PROG(ct_alloc_exit, struct net *net, const struct nf_conntrack_zone *zon
 /* kprobe mode: the same, arguments carried to the return per task. */
 
 SEC("kprobe/__nf_conntrack_confirm")
-int BPF_KPROBE(ct_confirm_kp, struct sk_buff *skb)
+int ct_confirm_kp(struct pt_regs *ctx)
 {
+	struct sk_buff *skb = (struct sk_buff *)kprobe_arg(ctx, 0);
 	/* Pushed even without an entry: every return pops one frame. */
 	struct ct_frame fr = { .p = { (__u64)skb, skb_entry(skb) } };
 
@@ -321,8 +319,9 @@ int BPF_KPROBE(ct_confirm_kp, struct sk_buff *skb)
 }
 
 SEC("kretprobe/__nf_conntrack_confirm")
-int BPF_KRETPROBE(ct_confirm_krp, int ret)
+int ct_confirm_krp(struct pt_regs *ctx)
 {
+	int ret = (int)kprobe_ret(ctx);
 	struct ct_frame fr;
 
 	if (pop(&confirming, stash_key(), &fr, false))
@@ -331,25 +330,26 @@ int BPF_KRETPROBE(ct_confirm_krp, int ret)
 }
 
 SEC("kprobe/nf_ct_delete")
-int BPF_KPROBE(ct_delete_kp, struct nf_conn *ct)
+int ct_delete_kp(struct pt_regs *ctx)
 {
-	delete_start(ct);
+	delete_start((struct nf_conn *)kprobe_arg(ctx, 0));
 	return 0;
 }
 
+/* __nf_conntrack_alloc(net, zone, orig, repl, gfp, hash) */
 SEC("kprobe/__nf_conntrack_alloc")
-int BPF_KPROBE(ct_alloc_kp, struct net *net, const struct nf_conntrack_zone *zone,
-	       const struct nf_conntrack_tuple *orig, const struct nf_conntrack_tuple *repl)
+int ct_alloc_kp(struct pt_regs *ctx)
 {
-	struct ct_frame fr = { .p = { (__u64)net, (__u64)orig, (__u64)repl } };
+	struct ct_frame fr = { .p = { kprobe_arg(ctx, 0), kprobe_arg(ctx, 2), kprobe_arg(ctx, 3) } };
 
 	push(&allocating, stash_key(), &fr);
 	return 0;
 }
 
 SEC("kretprobe/__nf_conntrack_alloc")
-int BPF_KRETPROBE(ct_alloc_krp, struct nf_conn *ret)
+int ct_alloc_krp(struct pt_regs *ctx)
 {
+	struct nf_conn *ret = (struct nf_conn *)kprobe_ret(ctx);
 	struct ct_frame fr;
 
 	if (pop(&allocating, stash_key(), &fr, false) && is_err(ret))

@@ -35,24 +35,18 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_endian.h>
+#include "kernel_defs.h"
 #include "conntracer.h"
 #include "sockstate.h"
 #include "records.h"
-
-#define AF_INET 2
-#define AF_INET6 10
-#define ETH_P_IP 0x0800
-#define ETH_P_IPV6 0x86DD
-#define IPPROTO_TCP 6
-#define IPPROTO_UDP 17
+#include "filter.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-/* Configuration, set by the loader before load. */
-const volatile __u32 filter_netns = 0;     /* 0: every namespace */
+/* Configuration, set by the loader before load. Of filter.h's filters only
+ * filter_netns applies to drops. */
 const volatile __u8 keep_normal = 0;       /* also count NOT_SPECIFIED and SKB_CONSUMED */
 const volatile __u32 records_per_sec = 0;  /* per CPU; 0: no limit */
-
 
 /*
  * unsent_records: per-CPU count of drops not sent as records because this
@@ -99,39 +93,14 @@ struct {
 } drop_counts SEC(".maps");
 
 /*
- * tcplife's socks and listeners maps, shared with this object by the loader
- * (MapReplacements). Their layouts come from sockstate.h, which tcplife
- * uses too, so the sizes always agree; only the owner is read here.
+ * socks and listeners (sockstate.h): tcplife's tables, which the loader
+ * shares with this object; only owners are looked up in them here.
  */
-/* socks: tcplife's per-connection state, keyed by struct sock * (read only here). */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 131072);
-	__type(key, __u64);
-	__type(value, struct sock_state);
-} socks SEC(".maps");
-
-/* listeners: tcplife's listening processes by (netns, port) (read only here). */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 8192);
-	__type(key, struct listener_key);
-	__type(value, struct listener_owner);
-} listeners SEC(".maps");
 
 /* Put the shared types in BTF so that bpf2go generates their Go types. */
 const struct drop_event *unused_drop_event __attribute__((unused));
 const struct drop_key *unused_drop_key __attribute__((unused));
 const enum drop_flags unused_drop_flags __attribute__((unused));
-
-static __always_inline void count_percpu(void *map)
-{
-	__u32 zero = 0;
-	__u64 *n = bpf_map_lookup_elem(map, &zero);
-
-	if (n)
-		*n += 1;
-}
 
 /* may_send reports whether this CPU is still under its record budget. */
 static __always_inline bool may_send(__u64 now)
@@ -312,7 +281,7 @@ static __always_inline int handle_drop(struct sk_buff *skb, __u64 location, __u3
 
 	now = bpf_ktime_get_boot_ns();
 	if (!may_send(now)) {
-		count_percpu(&unsent_records);
+		percpu_inc(&unsent_records, 0);
 		return 0;
 	}
 	out = bpf_ringbuf_reserve(&events, sizeof(*out), 0);

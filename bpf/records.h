@@ -2,9 +2,9 @@
 /*
  * The ring buffer every object of the tracer writes to, the per-CPU count of
  * records that did not fit, and the wakeup policy, declared once for all
- * objects (tcplife, connect, drops). Each object gets its own copies; the
- * loader replaces every `events` with one shared map (MapReplacements) and
- * sums every object's `lost_records`.
+ * objects (tcplife, connect, drops, conntrack). Each object gets its own
+ * copies; the loader replaces every `events` with one shared map
+ * (MapReplacements) and sums every object's `lost_records`.
  */
 #ifndef CONNTRACER_RECORDS_H
 #define CONNTRACER_RECORDS_H
@@ -30,13 +30,27 @@ struct {
 	__type(value, __u64);
 } lost_records SEC(".maps");
 
-static __always_inline void count_lost(void)
+/*
+ * The record kinds (enum record_kind, conntracer.h) belong to the ring
+ * buffer, not to any one object: this unused global puts the enum into the
+ * BTF of every object that writes records, so that bpf2go generates each
+ * object's own copy of the constants (tcplifeRecordKind, connectRecordKind,
+ * ...) and the Go decoder of each object's records uses its own object's.
+ */
+const enum record_kind unused_record_kind __attribute__((unused));
+
+/* percpu_inc adds one to slot of a per-CPU array of __u64 counters. */
+static __always_inline void percpu_inc(void *map, __u32 slot)
 {
-	__u32 zero = 0;
-	__u64 *n = bpf_map_lookup_elem(&lost_records, &zero);
+	__u64 *n = bpf_map_lookup_elem(map, &slot);
 
 	if (n)
 		*n += 1;
+}
+
+static __always_inline void count_lost(void)
+{
+	percpu_inc(&lost_records, 0);
 }
 
 /*

@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * Values of tcplife's `socks` and `listeners` maps. Other objects (drops)
- * read those maps through MapReplacements, which refuses a map whose key or
- * value size differs from the declaration: every object that declares them
- * includes this header, so the layouts cannot drift apart.
+ * The socket-owner tables, `socks` and `listeners`, declared once for every
+ * object that uses them. tcplife writes them; drops only reads them. Each
+ * object that includes this header gets its own copy in its ELF, and the
+ * loader hands the later objects the maps of the first that loaded them
+ * (MapReplacements, which refuses a map whose type, key, value or size
+ * differs from the declaration: one declaration cannot drift from itself).
  */
 #ifndef CONNTRACER_SOCKSTATE_H
 #define CONNTRACER_SOCKSTATE_H
@@ -55,5 +57,41 @@ struct listener_owner {
 	__u8 flags; /* CONN_CGROUP_MATCH */
 	__u8 pad[7];
 };
+
+/*
+ * socks: state of every TCP connection seen, keyed by its struct sock *.
+ * Inserted by tcplife at SYN_SENT (active) or SYN_RECV (passive), or at the
+ * first transition of a socket that was open before tracing started;
+ * updated by later transitions and by accept(); deleted by tcplife when the
+ * socket reaches TCP_CLOSE. LRU: a missed CLOSE (a program detached
+ * mid-flight, a socket torn down without passing through CLOSE) cannot leak
+ * an entry, the oldest is evicted instead. The pointer is reused by later
+ * sockets, which is why every record also carries its open time. drops only
+ * looks owners up in it. User space only reads it: the sampler walks it
+ * with batch lookups once per interval to count the sockets open right now,
+ * by owner, remote and state. The loader sizes it (Options.MaxSockets).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 131072);
+	__type(key, __u64);
+	__type(value, struct sock_state);
+} socks SEC(".maps");
+
+/*
+ * listeners: the process that called listen() on each (netns, port), so that
+ * a connection closed before anyone accepted it is still attributed.
+ * Inserted by tcplife at -> LISTEN (process context, inside listen());
+ * deleted by tcplife at LISTEN -> CLOSE. With SO_REUSEPORT several listeners
+ * share a port: the last one wins, and the first to close removes the entry
+ * (the next accept() still attributes exactly). drops only looks listeners
+ * up in it. LRU so that it cannot grow unbounded.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct listener_key);
+	__type(value, struct listener_owner);
+} listeners SEC(".maps");
 
 #endif /* CONNTRACER_SOCKSTATE_H */

@@ -32,20 +32,14 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_endian.h>
+#include "kernel_defs.h"
 #include "conntracer.h"
 #include "sockstate.h"
 #include "records.h"
 #include "filter.h"
-
-#define AF_INET 2
-#define AF_INET6 10
-#define IPPROTO_TCP 6
-#define EPIPE 32
-#define ECONNRESET 104
+#include "regs.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
-
-
 
 /*
  * The record struct and enums of conntracer.h are only used through casts and
@@ -54,47 +48,12 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
  * their Go constants (the Go side never mirrors a C definition by hand).
  */
 const struct conn_event *unused_conn_event __attribute__((unused));
-const enum record_kind unused_record_kind __attribute__((unused));
 const enum conn_role unused_conn_role __attribute__((unused));
 const enum conn_end_state unused_conn_end __attribute__((unused));
 const enum conn_side unused_conn_side __attribute__((unused));
 const enum conn_flags unused_conn_flags __attribute__((unused));
 
-/*
- * socks: state of every TCP connection seen, keyed by its struct sock *.
- * Inserted at SYN_SENT (active) or SYN_RECV (passive), or at the first
- * transition of a socket that was open before tracing started; updated by
- * later transitions and by accept(); deleted when the socket reaches
- * TCP_CLOSE. LRU: a missed CLOSE (a program detached mid-flight, a socket
- * torn down without passing through CLOSE) cannot leak an entry, the oldest
- * is evicted instead. The pointer is reused by later sockets, which is why
- * every record also carries its open time. User space only reads it: the
- * sampler walks it with batch lookups once per interval to count the
- * sockets open right now, by owner, remote and state.
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 131072);
-	__type(key, __u64);
-	__type(value, struct sock_state);
-} socks SEC(".maps");
-
-/*
- * listeners: the process that called listen() on each (netns, port), so that
- * a connection closed before anyone accepted it is still attributed.
- * Inserted at -> LISTEN (process context, inside listen()); deleted at
- * LISTEN -> CLOSE. With SO_REUSEPORT several listeners share a port: the
- * last one wins, and the first to close removes the entry (the next
- * accept() still attributes exactly). LRU so that it cannot grow unbounded.
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 8192);
-	__type(key, struct listener_key);
-	__type(value, struct listener_owner);
-} listeners SEC(".maps");
-
-
+/* socks and listeners, the maps this object fills: sockstate.h. */
 
 /* Classify the end of a connection from the state it left for CLOSE. */
 static __always_inline __u8 end_state(int oldstate, int err, bool fin_in, bool fin_acked,
@@ -140,7 +99,6 @@ static __always_inline __u8 end_state(int oldstate, int err, bool fin_in, bool f
 	}
 	return END_CLOSED;
 }
-
 
 /* Kernels before sk_flags moved into struct sock_common keep it in struct sock. */
 struct sock___flags_in_sock {
@@ -245,13 +203,6 @@ int ct_state_tp(struct trace_event_raw_inet_sock_set_state *ctx)
  * probe reads (about 25 ns each: measured, the seven probe reads of a
  * walk from bpf_get_current_task() were half of this program's time).
  */
-struct syscall_exit_ctx {
-	__u64 common;  /* common_type, common_flags, common_preempt_count, common_pid */
-	__s32 nr;      /* __syscall_nr */
-	__s32 pad;
-	__s64 ret;
-};
-
 static __always_inline int handle_accept(long fd)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
@@ -284,13 +235,13 @@ static __always_inline int handle_accept(long fd)
 }
 
 SEC("tracepoint/syscalls/sys_exit_accept4")
-int ct_accept4_exit(struct syscall_exit_ctx *ctx)
+int ct_accept4_exit(struct sys_exit_ctx *ctx)
 {
 	return handle_accept(ctx->ret);
 }
 
 SEC("tracepoint/syscalls/sys_exit_accept")
-int ct_accept_exit(struct syscall_exit_ctx *ctx)
+int ct_accept_exit(struct sys_exit_ctx *ctx)
 {
 	return handle_accept(ctx->ret);
 }

@@ -1,13 +1,13 @@
 package probe
 
-// The connect() concern: bpf/connect.bpf.c, one record per failed or
-// in-progress connect() call, Unix sockets included.
+// The connect() object: bpf/connect.bpf.c, one record per failed or
+// in-progress connect() call, Unix connects and failed Unix datagram sends
+// counted in kernel maps that the event loop polls (connect_poll.go).
 
 import (
 	"fmt"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 
 	"github.com/conntracer/conntracer/internal/events"
 )
@@ -31,104 +31,123 @@ type ConnectCounters struct {
 	DgramFails, DgramFull uint64
 }
 
-// openConnect loads the connect object and attaches its syscall
-// tracepoints: the exit of connect(), and its entry with
-// Options.ConnectLatency. Without them the tracer still runs: connect
-// failures are then missing and the start-up line says why.
-func (p *Probe) openConnect() error {
-	hook := "syscalls/sys_exit_connect"
-	if p.opts.ConnectLatency {
-		hook = "syscalls/sys_{enter,exit}_connect"
-	}
-	off := func(err error) error {
-		p.attachments = append(p.attachments, Attachment{Hook: hook, Err: err})
-		return nil
-	}
-	if err := p.ensureTracefs(); err != nil {
-		return off(err)
-	}
-	spec, err := loadConnect()
-	if err != nil {
-		return fmt.Errorf("load connect object: %w", err)
-	}
-	if err := p.prepare(spec, "connect", p.opts.Filter.variables(), map[string]any{
-		connectVarEmitInProgress: boolByte(p.opts.ConnectInProgress),
-		connectVarConnectLatency: boolByte(p.opts.ConnectLatency),
-	}); err != nil {
-		return err
-	}
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
-		MapReplacements: map[string]*ebpf.Map{connectMapEvents: p.ring},
-	})
-	if err != nil {
-		return off(fmt.Errorf("load: %+v", err))
-	}
-	if err := p.adopt("connect", coll, connectMapLostRecords); err != nil {
-		return err
-	}
-	p.connectCounters = coll.Maps[connectMapCounters]
-	p.unixPoller = newUnixPoller(coll.Maps[connectMapUnixConnects], events.KindConnect)
-	// Exit first: an entry stashed with no exit hook would sit in the
-	// pending map until evicted.
-	calls := []struct{ name, prog string }{
-		{"sys_exit_connect", connectProgCtConnectExit},
-		{"sys_enter_connect", connectProgCtConnectEnter},
-	}
-	if !p.opts.ConnectLatency {
-		calls = calls[:1]
-	}
-	for _, sc := range calls {
-		prog := coll.Programs[sc.prog]
-		l, err := attachHook(func() (link.Link, error) { return link.Tracepoint("syscalls", sc.name, prog, nil) })
-		if err != nil {
-			return off(fmt.Errorf("attach syscalls/%s: %w", sc.name, err))
-		}
-		p.links = append(p.links, l)
-	}
-	p.attachments = append(p.attachments, Attachment{Hook: hook, Mode: AttachTracepoint})
-	if !p.opts.NoUnixDgram {
-		p.attachUnixDgram(coll)
-	}
-	return nil
+// connectObject is the connect() hooks and what the event loop reads of
+// them. Optional: without it connect failures are missing and the
+// start-up line says why.
+type connectObject struct {
+	counters    *ebpf.Map   // per-CPU counters; nil when off
+	unixPoller  *unixPoller // nil when off
+	dgramPoller *unixPoller // nil when the Unix datagram send hooks are off
 }
 
-// unixDgramSyscalls are the system calls a Unix datagram socket sends
-// with; ct_unix_send_exit is attached to the exit tracepoint of each.
-// write comes last: only Options.UnixDgramWrite adds it.
-var unixDgramSyscalls = [...]string{"sendto", "sendmsg", "sendmmsg", "write"}
+func (*connectObject) name() string { return "connect" }
+
+func (*connectObject) records() []recordType {
+	return []recordType{
+		record[connectConnectEvent](uint8(connectRecordKindRECORD_CONNECT), "connect_event", decodeConnect),
+	}
+}
+
+// open loads the object and attaches its syscall tracepoints: the exit of
+// connect(), and its entry with Options.ConnectLatency; then the Unix
+// datagram send hooks unless Options.NoUnixDgram.
+func (o *connectObject) open(l *loader) (*ebpf.Collection, error) {
+	opts := l.opts()
+	if opts.NoConnect {
+		return nil, nil
+	}
+	hook := "syscalls/sys_exit_connect"
+	// Exit first: an entry stashed with no exit hook would sit in the
+	// pending map until evicted.
+	tracepoints := []string{"sys_exit_connect", "sys_enter_connect"}
+	progs := []string{connectProgCtConnectExit, connectProgCtConnectEnter}
+	if opts.ConnectLatency {
+		hook = "syscalls/sys_{enter,exit}_connect"
+	} else {
+		tracepoints, progs = tracepoints[:1], progs[:1]
+	}
+	coll, _, failed, err := l.loadFirst(&loadSpec{
+		object: o.name(),
+		hook:   hook,
+		load:   loadConnect,
+		vars: map[string]any{
+			connectVarEmitInProgress: boolByte(opts.ConnectInProgress),
+			connectVarConnectLatency: boolByte(opts.ConnectLatency),
+		},
+		modes: []modeHooks{{
+			mode:   AttachTracepoint,
+			attach: func(c *ebpf.Collection) ([]hookLink, error) { return attachSyscalls(c, tracepoints, progs) },
+		}},
+	})
+	if err != nil || coll == nil {
+		if err == nil {
+			l.off(hook, joinFailures(failed))
+		}
+		return nil, err
+	}
+	o.counters = coll.Maps[connectMapCounters]
+	o.unixPoller = newUnixPoller(coll.Maps[connectMapUnixConnects], events.KindConnect)
+	if !opts.NoUnixDgram {
+		o.attachUnixDgram(l, coll)
+	}
+	return coll, nil
+}
+
+// unixDgramSends are the system calls a Unix datagram socket sends with,
+// each with its program on the call's exit tracepoint. write comes last:
+// only Options.UnixDgramWrite adds it.
+var unixDgramSends = [...]struct{ tracepoint, prog string }{
+	{"sys_exit_sendto", connectProgCtUnixSendtoExit},
+	{"sys_exit_sendmsg", connectProgCtUnixSendmsgExit},
+	{"sys_exit_sendmmsg", connectProgCtUnixSendmmsgExit},
+	{"sys_exit_write", connectProgCtUnixWriteExit},
+}
 
 // attachUnixDgram attaches the counting of failed Unix datagram sends. If
 // any of its tracepoints cannot be attached it is off as a whole (a
 // partial view would undercount without saying so) and the start-up line
 // says why; connect() tracing stays on.
-func (p *Probe) attachUnixDgram(coll *ebpf.Collection) {
+func (o *connectObject) attachUnixDgram(l *loader, coll *ebpf.Collection) {
 	hook := "syscalls/sys_exit_{sendto,sendmsg,sendmmsg,write} (unix dgram)"
-	calls := unixDgramSyscalls[:]
-	if !p.opts.UnixDgramWrite {
+	calls := unixDgramSends[:]
+	if !l.opts().UnixDgramWrite {
 		hook = "syscalls/sys_exit_{sendto,sendmsg,sendmmsg} (unix dgram, write off)"
 		calls = calls[:3]
 	}
-	var links []hookLink
-	prog := coll.Programs[connectProgCtUnixSendExit]
-	for _, sc := range calls {
-		l, err := attachHook(func() (link.Link, error) { return link.Tracepoint("syscalls", "sys_exit_"+sc, prog, nil) })
-		if err != nil {
-			closeLinks(links)
-			p.attachments = append(p.attachments, Attachment{Hook: hook, Err: fmt.Errorf("attach syscalls/sys_exit_%s: %w", sc, err)})
-			return
-		}
-		links = append(links, l)
+	var tracepoints, progs []string
+	for _, c := range calls {
+		tracepoints = append(tracepoints, c.tracepoint)
+		progs = append(progs, c.prog)
 	}
-	p.links = append(p.links, links...)
-	p.dgramPoller = newUnixPoller(coll.Maps[connectMapUnixDgramSends], events.KindUnixDgramSend)
-	p.attachments = append(p.attachments, Attachment{Hook: hook, Mode: AttachTracepoint})
+	links, err := attachSyscalls(coll, tracepoints, progs)
+	if err != nil {
+		l.off(hook, err)
+		return
+	}
+	o.dgramPoller = newUnixPoller(coll.Maps[connectMapUnixDgramSends], events.KindUnixDgramSend)
+	l.attached(hook, AttachTracepoint, nil, links...)
+}
+
+// poll hands h the Unix connects and the failed Unix datagram sends the
+// kernel counted since the last poll (each poller on its own interval).
+func (o *connectObject) poll(ev *events.Event, h Handler, _, final bool) error {
+	for _, u := range []*unixPoller{o.unixPoller, o.dgramPoller} {
+		if u == nil {
+			continue
+		}
+		if err := u.poll(ev, h, final); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // ConnectCounters sums the connect object's per-CPU counters. It returns
 // zeros when the connect hooks are off. Safe to call from any goroutine.
 func (p *Probe) ConnectCounters() (ConnectCounters, error) {
 	var c ConnectCounters
-	if p.connectCounters == nil {
+	o := objectOf[*connectObject](p)
+	if o == nil || o.counters == nil {
 		return c, nil
 	}
 	for slot, dst := range map[connectConnectCounter]*uint64{
@@ -140,28 +159,11 @@ func (p *Probe) ConnectCounters() (ConnectCounters, error) {
 		connectConnectCounterUNIX_DGRAM_FAILS:    &c.DgramFails,
 		connectConnectCounterUNIX_DGRAM_FULL:     &c.DgramFull,
 	} {
-		var perCPU []uint64
-		if err := p.connectCounters.Lookup(uint32(slot), &perCPU); err != nil {
+		n, err := sumPerCPU(o.counters, uint32(slot))
+		if err != nil {
 			return c, fmt.Errorf("read connect counters: %w", err)
 		}
-		for _, v := range perCPU {
-			*dst += v
-		}
+		*dst = n
 	}
 	return c, nil
-}
-
-// pollConnects hands the event loop's handler the Unix connects and the
-// failed Unix datagram sends the kernel counted since the last poll.
-// Called by Run on the event loop.
-func (p *Probe) pollConnects(ev *events.Event, h Handler, final bool) error {
-	for _, u := range []*unixPoller{p.unixPoller, p.dgramPoller} {
-		if u == nil {
-			continue
-		}
-		if err := u.poll(ev, h, final); err != nil {
-			return err
-		}
-	}
-	return nil
 }

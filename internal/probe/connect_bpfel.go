@@ -67,6 +67,17 @@ type connectPendingConnect struct {
 	Addrlen uint32
 }
 
+type connectRecordKind uint32
+
+const (
+	connectRecordKindRECORD_CONN_CLOSED     connectRecordKind = 1
+	connectRecordKindRECORD_CONNECT         connectRecordKind = 2
+	connectRecordKindRECORD_DROP            connectRecordKind = 10
+	connectRecordKindRECORD_CT_NEW          connectRecordKind = 20
+	connectRecordKindRECORD_CT_DESTROY      connectRecordKind = 21
+	connectRecordKindRECORD_CT_ALLOC_FAILED connectRecordKind = 22
+)
+
 type connectUnixConnectKey struct {
 	_           structs.HostLayout
 	ProcStartNs uint64
@@ -106,7 +117,10 @@ const (
 	connectMapUnixDgramSends         = "unix_dgram_sends"
 	connectProgCtConnectEnter        = "ct_connect_enter"
 	connectProgCtConnectExit         = "ct_connect_exit"
-	connectProgCtUnixSendExit        = "ct_unix_send_exit"
+	connectProgCtUnixSendmmsgExit    = "ct_unix_sendmmsg_exit"
+	connectProgCtUnixSendmsgExit     = "ct_unix_sendmsg_exit"
+	connectProgCtUnixSendtoExit      = "ct_unix_sendto_exit"
+	connectProgCtUnixWriteExit       = "ct_unix_write_exit"
 	connectVarConnectLatency         = "connect_latency"
 	connectVarEmitInProgress         = "emit_in_progress"
 	connectVarFilterCgroupId         = "filter_cgroup_id"
@@ -120,6 +134,7 @@ const (
 	connectVarUnusedConnectCounter   = "unused_connect_counter"
 	connectVarUnusedConnectEvent     = "unused_connect_event"
 	connectVarUnusedConnectFlags     = "unused_connect_flags"
+	connectVarUnusedRecordKind       = "unused_record_kind"
 	connectVarUnusedUnixConnectKey   = "unused_unix_connect_key"
 	connectVarUnusedUnixConnectStats = "unused_unix_connect_stats"
 	connectVarWakeupBytes            = "wakeup_bytes"
@@ -167,9 +182,12 @@ type connectSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type connectProgramSpecs struct {
-	CtConnectEnter *ebpf.ProgramSpec `ebpf:"ct_connect_enter"`
-	CtConnectExit  *ebpf.ProgramSpec `ebpf:"ct_connect_exit"`
-	CtUnixSendExit *ebpf.ProgramSpec `ebpf:"ct_unix_send_exit"`
+	CtConnectEnter     *ebpf.ProgramSpec `ebpf:"ct_connect_enter"`
+	CtConnectExit      *ebpf.ProgramSpec `ebpf:"ct_connect_exit"`
+	CtUnixSendmmsgExit *ebpf.ProgramSpec `ebpf:"ct_unix_sendmmsg_exit"`
+	CtUnixSendmsgExit  *ebpf.ProgramSpec `ebpf:"ct_unix_sendmsg_exit"`
+	CtUnixSendtoExit   *ebpf.ProgramSpec `ebpf:"ct_unix_sendto_exit"`
+	CtUnixWriteExit    *ebpf.ProgramSpec `ebpf:"ct_unix_write_exit"`
 }
 
 // connectMapSpecs contains maps before they are loaded into the kernel.
@@ -201,6 +219,7 @@ type connectVariableSpecs struct {
 	UnusedConnectCounter   *ebpf.VariableSpec `ebpf:"unused_connect_counter"`
 	UnusedConnectEvent     *ebpf.VariableSpec `ebpf:"unused_connect_event"`
 	UnusedConnectFlags     *ebpf.VariableSpec `ebpf:"unused_connect_flags"`
+	UnusedRecordKind       *ebpf.VariableSpec `ebpf:"unused_record_kind"`
 	UnusedUnixConnectKey   *ebpf.VariableSpec `ebpf:"unused_unix_connect_key"`
 	UnusedUnixConnectStats *ebpf.VariableSpec `ebpf:"unused_unix_connect_stats"`
 	WakeupBytes            *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
@@ -262,6 +281,7 @@ type connectVariables struct {
 	UnusedConnectCounter   *ebpf.Variable `ebpf:"unused_connect_counter"`
 	UnusedConnectEvent     *ebpf.Variable `ebpf:"unused_connect_event"`
 	UnusedConnectFlags     *ebpf.Variable `ebpf:"unused_connect_flags"`
+	UnusedRecordKind       *ebpf.Variable `ebpf:"unused_record_kind"`
 	UnusedUnixConnectKey   *ebpf.Variable `ebpf:"unused_unix_connect_key"`
 	UnusedUnixConnectStats *ebpf.Variable `ebpf:"unused_unix_connect_stats"`
 	WakeupBytes            *ebpf.Variable `ebpf:"wakeup_bytes"`
@@ -271,16 +291,22 @@ type connectVariables struct {
 //
 // It can be passed to loadConnectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type connectPrograms struct {
-	CtConnectEnter *ebpf.Program `ebpf:"ct_connect_enter"`
-	CtConnectExit  *ebpf.Program `ebpf:"ct_connect_exit"`
-	CtUnixSendExit *ebpf.Program `ebpf:"ct_unix_send_exit"`
+	CtConnectEnter     *ebpf.Program `ebpf:"ct_connect_enter"`
+	CtConnectExit      *ebpf.Program `ebpf:"ct_connect_exit"`
+	CtUnixSendmmsgExit *ebpf.Program `ebpf:"ct_unix_sendmmsg_exit"`
+	CtUnixSendmsgExit  *ebpf.Program `ebpf:"ct_unix_sendmsg_exit"`
+	CtUnixSendtoExit   *ebpf.Program `ebpf:"ct_unix_sendto_exit"`
+	CtUnixWriteExit    *ebpf.Program `ebpf:"ct_unix_write_exit"`
 }
 
 func (p *connectPrograms) Close() error {
 	return _ConnectClose(
 		p.CtConnectEnter,
 		p.CtConnectExit,
-		p.CtUnixSendExit,
+		p.CtUnixSendmmsgExit,
+		p.CtUnixSendmsgExit,
+		p.CtUnixSendtoExit,
+		p.CtUnixWriteExit,
 	)
 }
 

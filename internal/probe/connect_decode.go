@@ -1,25 +1,15 @@
 package probe
 
 import (
-	"fmt"
 	"net/netip"
-	"unsafe"
 
 	"github.com/conntracer/conntracer/internal/events"
 )
 
-// connectEventSize is the size of a connect_event record.
-const connectEventSize = int(unsafe.Sizeof(connectConnectEvent{}))
-
-// decodeConnect fills ev.Connect from a connect_event record. Like
-// decodeConnClosed it copies into an aligned value and does not allocate.
-func decodeConnect(raw []byte, ev *events.Event) error {
-	if len(raw) < connectEventSize {
-		return fmt.Errorf("connect_event: %w: %d of %d bytes", ErrShortRecord, len(raw), connectEventSize)
-	}
+// decodeConnect fills ev.Connect from a connect_event record.
+func decodeConnect(raw []byte, ev *events.Event) {
 	var r connectConnectEvent
-	copy(unsafe.Slice((*byte)(unsafe.Pointer(&r)), connectEventSize), raw)
-
+	recordInto(raw, &r)
 	flags := connectConnectFlags(r.Flags)
 	c := &ev.Connect
 	ev.Kind = events.KindConnect
@@ -64,5 +54,4 @@ func decodeConnect(raw []byte, ev *events.Event) error {
 	c.AddrFault = flags&connectConnectFlagsCONNECT_ADDR_FAULT != 0
 	c.PeerAddr = false
 	c.Backlog, c.Queue, c.Somaxconn = 0, 0, 0
-	return nil
 }

@@ -25,8 +25,8 @@ func sunPath(s string) (p [108]uint8, n uint16) {
 }
 
 func TestConnectEventLayoutHasNoPadding(t *testing.T) {
-	if got := binary.Size(connectConnectEvent{}); got != connectEventSize || connectEventSize != 208 {
-		t.Fatalf("binary size %d, unsafe size %d, want 208 for both", got, connectEventSize)
+	if got := binary.Size(connectConnectEvent{}); got != recordSize(uint8(connectRecordKindRECORD_CONNECT)) || got != 208 {
+		t.Fatalf("binary size %d, unsafe size %d, want 208 for both", got, recordSize(uint8(connectRecordKindRECORD_CONNECT)))
 	}
 	if got := binary.Size(connectUnixConnectKey{}); got != 136 {
 		t.Fatalf("unix_connect_key: %d bytes, want 136", got)
@@ -37,7 +37,7 @@ func TestConnectEventLayoutHasNoPadding(t *testing.T) {
 }
 
 func TestDecodeConnect(t *testing.T) {
-	kind := uint8(tcplifeRecordKindRECORD_CONNECT)
+	kind := uint8(connectRecordKindRECORD_CONNECT)
 	path, pathLen := sunPath("/run/php/php8.2-fpm.sock\x00")
 	abs, absLen := sunPath("\x00ctl\x00x")
 	for _, tt := range []struct {
@@ -86,7 +86,7 @@ func TestDecodeConnect(t *testing.T) {
 	if c := &ev.Connect; !c.NoLatency || c.LatencyNs() != 0 || c.StartNs != 0 || c.EndNs != 4000 {
 		t.Errorf("no-latency record decoded as %+v", *c)
 	}
-	raw := make([]byte, connectEventSize-1)
+	raw := make([]byte, recordSize(uint8(connectRecordKindRECORD_CONNECT))-1)
 	raw[0] = kind
 	if err := Decode(raw, &events.Event{}); !errors.Is(err, ErrShortRecord) {
 		t.Errorf("short connect record: %v, want ErrShortRecord", err)
@@ -95,7 +95,7 @@ func TestDecodeConnect(t *testing.T) {
 
 func TestDecodeConnectDoesNotAllocate(t *testing.T) {
 	path, n := sunPath("/run/php.sock")
-	raw := encodeConnect(t, &connectConnectEvent{Kind: uint8(tcplifeRecordKindRECORD_CONNECT), Family: 1, Ret: -11, Path: path, PathLen: n})
+	raw := encodeConnect(t, &connectConnectEvent{Kind: uint8(connectRecordKindRECORD_CONNECT), Family: 1, Ret: -11, Path: path, PathLen: n})
 	var ev events.Event
 	if a := testing.AllocsPerRun(1000, func() { _ = Decode(raw, &ev) }); a != 0 {
 		t.Errorf("%.1f allocations per decode", a)
@@ -104,14 +104,14 @@ func TestDecodeConnectDoesNotAllocate(t *testing.T) {
 
 func addConnectSeeds(f *testing.F) {
 	path, n := sunPath("/run/a.sock")
-	f.Add(encodeConnect(f, &connectConnectEvent{Kind: uint8(tcplifeRecordKindRECORD_CONNECT), Family: 1, Ret: -11, Path: path, PathLen: n}))
-	f.Add(encodeConnect(f, &connectConnectEvent{Kind: uint8(tcplifeRecordKindRECORD_CONNECT), Family: 10, Ret: -111, Daddr: ipv6("::1"), Dport: 1}))
+	f.Add(encodeConnect(f, &connectConnectEvent{Kind: uint8(connectRecordKindRECORD_CONNECT), Family: 1, Ret: -11, Path: path, PathLen: n}))
+	f.Add(encodeConnect(f, &connectConnectEvent{Kind: uint8(connectRecordKindRECORD_CONNECT), Family: 10, Ret: -111, Daddr: ipv6("::1"), Dport: 1}))
 }
 
 // checkFuzzedConnect: a decoded connect record came from a full-size
 // record and has a destination consistent with its family.
 func checkFuzzedConnect(t *testing.T, raw []byte, c *events.Connect) {
-	if len(raw) < connectEventSize {
+	if len(raw) < recordSize(uint8(connectRecordKindRECORD_CONNECT)) {
 		t.Fatalf("accepted a %d-byte connect record", len(raw))
 	}
 	switch c.Family {

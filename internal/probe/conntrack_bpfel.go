@@ -41,6 +41,17 @@ type conntrackCtStack struct {
 	Pad   uint32
 }
 
+type conntrackRecordKind uint32
+
+const (
+	conntrackRecordKindRECORD_CONN_CLOSED     conntrackRecordKind = 1
+	conntrackRecordKindRECORD_CONNECT         conntrackRecordKind = 2
+	conntrackRecordKindRECORD_DROP            conntrackRecordKind = 10
+	conntrackRecordKindRECORD_CT_NEW          conntrackRecordKind = 20
+	conntrackRecordKindRECORD_CT_DESTROY      conntrackRecordKind = 21
+	conntrackRecordKindRECORD_CT_ALLOC_FAILED conntrackRecordKind = 22
+)
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -67,6 +78,7 @@ const (
 	conntrackVarFilterPort         = "filter_port"
 	conntrackVarFilterTgid         = "filter_tgid"
 	conntrackVarUnusedCtEntryEvent = "unused_ct_entry_event"
+	conntrackVarUnusedRecordKind   = "unused_record_kind"
 	conntrackVarWakeupBytes        = "wakeup_bytes"
 )
 
@@ -146,6 +158,7 @@ type conntrackVariableSpecs struct {
 	FilterPort         *ebpf.VariableSpec `ebpf:"filter_port"`
 	FilterTgid         *ebpf.VariableSpec `ebpf:"filter_tgid"`
 	UnusedCtEntryEvent *ebpf.VariableSpec `ebpf:"unused_ct_entry_event"`
+	UnusedRecordKind   *ebpf.VariableSpec `ebpf:"unused_record_kind"`
 	WakeupBytes        *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
@@ -197,6 +210,7 @@ type conntrackVariables struct {
 	FilterPort         *ebpf.Variable `ebpf:"filter_port"`
 	FilterTgid         *ebpf.Variable `ebpf:"filter_tgid"`
 	UnusedCtEntryEvent *ebpf.Variable `ebpf:"unused_ct_entry_event"`
+	UnusedRecordKind   *ebpf.Variable `ebpf:"unused_record_kind"`
 	WakeupBytes        *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 

@@ -11,7 +11,7 @@ import (
 
 // encodeCt serialises a ct_entry_event the way the kernel lays it out.
 func encodeCt(r *conntrackCtEntryEvent) []byte {
-	return append([]byte(nil), unsafe.Slice((*byte)(unsafe.Pointer(r)), ctEntryEventSize)...)
+	return append([]byte(nil), unsafe.Slice((*byte)(unsafe.Pointer(r)), unsafe.Sizeof(*r))...)
 }
 
 func TestCtEntryEventLayoutHasNoPadding(t *testing.T) {
@@ -34,15 +34,15 @@ func TestDecodeCtEntry(t *testing.T) {
 		OrigSaddr: ipv6("2001:db8::1"), OrigDaddr: ipv6("2001:db8::2"), ReplySaddr: ipv6("2001:db8::2"), ReplyDaddr: ipv6("2001:db8::1"),
 	}
 	for _, tt := range []struct {
-		kind tcplifeRecordKind
+		kind conntrackRecordKind
 		r    conntrackCtEntryEvent
 		want events.Kind
 		orig [2]string
 		repl [2]string
 	}{
-		{tcplifeRecordKindRECORD_CT_NEW, nat, events.KindConntrackNew, [2]string{"10.0.0.2:40000", "192.0.2.1:80"}, [2]string{"192.0.2.1:80", "198.51.100.7:61000"}},
-		{tcplifeRecordKindRECORD_CT_DESTROY, nat, events.KindConntrackDestroy, [2]string{"10.0.0.2:40000", "192.0.2.1:80"}, [2]string{"192.0.2.1:80", "198.51.100.7:61000"}},
-		{tcplifeRecordKindRECORD_CT_ALLOC_FAILED, v6, events.KindConntrackAllocFailed, [2]string{"[2001:db8::1]:5353", "[2001:db8::2]:53"}, [2]string{"[2001:db8::2]:53", "[2001:db8::1]:5353"}},
+		{conntrackRecordKindRECORD_CT_NEW, nat, events.KindConntrackNew, [2]string{"10.0.0.2:40000", "192.0.2.1:80"}, [2]string{"192.0.2.1:80", "198.51.100.7:61000"}},
+		{conntrackRecordKindRECORD_CT_DESTROY, nat, events.KindConntrackDestroy, [2]string{"10.0.0.2:40000", "192.0.2.1:80"}, [2]string{"192.0.2.1:80", "198.51.100.7:61000"}},
+		{conntrackRecordKindRECORD_CT_ALLOC_FAILED, v6, events.KindConntrackAllocFailed, [2]string{"[2001:db8::1]:5353", "[2001:db8::2]:53"}, [2]string{"[2001:db8::2]:53", "[2001:db8::1]:5353"}},
 	} {
 		r := tt.r
 		r.Kind = uint8(tt.kind)
@@ -60,7 +60,7 @@ func TestDecodeCtEntry(t *testing.T) {
 			t.Errorf("%v: decoded %v %+v, want tuples %v", tt.want, ev.Kind, c, want)
 		}
 	}
-	short := encodeCt(&conntrackCtEntryEvent{Kind: uint8(tcplifeRecordKindRECORD_CT_NEW)})
+	short := encodeCt(&conntrackCtEntryEvent{Kind: uint8(conntrackRecordKindRECORD_CT_NEW)})
 	var ev events.Event
 	if err := Decode(short[:len(short)-1], &ev); !errors.Is(err, ErrShortRecord) {
 		t.Errorf("truncated ct_entry_event: %v", err)
@@ -68,7 +68,7 @@ func TestDecodeCtEntry(t *testing.T) {
 }
 
 func BenchmarkDecodeCtEntry(b *testing.B) {
-	raw := encodeCt(&conntrackCtEntryEvent{Kind: uint8(tcplifeRecordKindRECORD_CT_NEW), Family: 2, Proto: 6,
+	raw := encodeCt(&conntrackCtEntryEvent{Kind: uint8(conntrackRecordKindRECORD_CT_NEW), Family: 2, Proto: 6,
 		OrigSaddr: ipv4("127.0.0.1"), OrigDaddr: ipv4("127.0.0.1"), ReplySaddr: ipv4("127.0.0.1"), ReplyDaddr: ipv4("127.0.0.1")})
 	var ev events.Event
 	b.ReportAllocs()

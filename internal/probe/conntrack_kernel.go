@@ -13,9 +13,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"runtime"
 	"strings"
-	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -32,9 +30,6 @@ const (
 
 // ConntrackHook names the in-kernel conntrack hooks in Attachments.
 const ConntrackHook = "conntrack entries"
-
-// ctEntryEventSize is the size of a ct_entry_event record as the kernel writes it.
-const ctEntryEventSize = int(unsafe.Sizeof(conntrackCtEntryEvent{}))
 
 // nfConntrackSysctl exists once nf_conntrack is loaded (or built in).
 const nfConntrackSysctl = "/proc/sys/net/netfilter/nf_conntrack_max"
@@ -80,58 +75,85 @@ func (p *Probe) ConntrackInKernel() (source string, ok bool) {
 	return "ctnetlink events", false
 }
 
-// openConntrack loads and attaches the in-kernel conntrack hooks, fentry
-// first, then kprobes. They are optional: when neither works the hook is
-// reported off, a note says why, and tracing goes on.
-func (p *Probe) openConntrack() {
-	if !p.opts.ConntrackInKernel {
-		return
+// conntrackObject is the in-kernel conntrack hooks. Optional: when no mode
+// works the hook is reported off, a note says why, and tracing goes on
+// (the caller uses ctnetlink).
+type conntrackObject struct{}
+
+func (*conntrackObject) name() string { return "conntrack" }
+
+func (*conntrackObject) records() []recordType {
+	// One layout for three kinds: the kind byte says which.
+	var out []recordType
+	for _, k := range []conntrackRecordKind{
+		conntrackRecordKindRECORD_CT_NEW,
+		conntrackRecordKindRECORD_CT_DESTROY,
+		conntrackRecordKindRECORD_CT_ALLOC_FAILED,
+	} {
+		out = append(out, record[conntrackCtEntryEvent](uint8(k), "ct_entry_event", decodeCtEntry))
 	}
-	var reasons []string // one short reason per mode, for the start-up line
+	return out
+}
+
+// poll has nothing to do: every entry is a record.
+func (*conntrackObject) poll(*events.Event, Handler, bool, bool) error { return nil }
+
+// open loads and attaches the hooks with Options.ConntrackInKernel, fentry
+// first, then kprobes.
+func (o *conntrackObject) open(l *loader) (*ebpf.Collection, error) {
+	opts := l.opts()
+	if !opts.ConntrackInKernel {
+		return nil, nil
+	}
 	off := func(err error) {
-		if len(reasons) > 0 {
-			err = &shortError{msg: strings.Join(reasons, "; "), err: err}
-		}
-		p.attachments = append(p.attachments, Attachment{Hook: ConntrackHook, Err: err})
-		p.notes = append(p.notes, fmt.Sprintf("conntrack hooks: unavailable, conntrack entries need ctnetlink (%v)", err))
+		l.off(ConntrackHook, err)
+		l.note(fmt.Sprintf("conntrack hooks: unavailable, conntrack entries need ctnetlink (%v)", err))
 	}
 	if _, err := os.Stat(nfConntrackSysctl); err != nil {
 		off(errors.New("nf_conntrack is not loaded (no " + nfConntrackSysctl + ")"))
-		return
+		return nil, nil
 	}
-	modes := []AttachMode{AttachFentry, AttachKprobe}
-	switch p.opts.ConntrackMode {
-	case "", AttachAuto:
-	case AttachFentry, AttachKprobe:
-		modes = []AttachMode{p.opts.ConntrackMode}
+	switch opts.ConntrackMode {
+	case "", AttachAuto, AttachFentry, AttachKprobe:
 	default:
-		off(fmt.Errorf("unknown conntrack attach mode %q: use auto, fentry or kprobe", p.opts.ConntrackMode))
-		return
+		off(fmt.Errorf("unknown conntrack attach mode %q: use auto, fentry or kprobe", opts.ConntrackMode))
+		return nil, nil
 	}
-	var errs []error
-	for _, mode := range modes {
-		if mode == AttachKprobe && runtime.GOARCH != "amd64" {
-			errs = append(errs, fmt.Errorf("%s: the kprobe programs read x86-64 registers", mode))
-			reasons = append(reasons, "kprobe: x86-64 only")
-			continue
+	var hooks []modeHooks
+	for _, mode := range []AttachMode{AttachFentry, AttachKprobe} {
+		probes := ctPrograms[mode]
+		var progs []string
+		for _, pr := range probes {
+			progs = append(progs, pr.prog)
 		}
-		coll, links, err := p.tryConntrack(mode)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", mode, err))
-			reasons = append(reasons, fmt.Sprintf("%s: %s", mode, shortReason(err)))
-			continue
-		}
-		if err := p.adopt("conntrack", coll, conntrackMapLostRecords); err != nil {
-			closeLinks(links)
-			errs = append(errs, err)
-			break
-		}
-		p.links = append(p.links, links...)
-		p.attachments = append(p.attachments, Attachment{Hook: ConntrackHook, Mode: mode, Err: errors.Join(errs...)})
-		p.notes = append(p.notes, fmt.Sprintf("conntrack hooks: in-kernel (%s)", mode))
-		return
+		hooks = append(hooks, modeHooks{
+			mode:   mode,
+			progs:  progs,
+			attach: func(coll *ebpf.Collection) ([]hookLink, error) { return attachCtProbes(coll, mode, probes) },
+		})
 	}
-	off(errors.Join(errs...))
+	coll, mode, failed, err := l.loadFirst(&loadSpec{
+		object: o.name(),
+		hook:   ConntrackHook,
+		load:   loadConntrack,
+		modes:  hooks,
+		only:   opts.ConntrackMode,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if coll == nil {
+		// One short reason per mode for the start-up line; the
+		// attachment keeps the whole error.
+		reasons := make([]string, len(failed))
+		for i, f := range failed {
+			reasons[i] = fmt.Sprintf("%s: %s", f.mode, shortReason(f.err))
+		}
+		off(&shortError{msg: strings.Join(reasons, "; "), err: joinFailures(failed)})
+		return nil, nil
+	}
+	l.note(fmt.Sprintf("conntrack hooks: in-kernel (%s)", mode))
+	return coll, nil
 }
 
 // shortError reads as a one-line summary and unwraps to the whole error
@@ -163,40 +185,10 @@ func shortReason(err error) string {
 	return s
 }
 
-// tryConntrack loads the object with one mode's programs and attaches them
-// all, or nothing.
-func (p *Probe) tryConntrack(mode AttachMode) (*ebpf.Collection, []hookLink, error) {
-	spec, err := loadConntrack()
-	if err != nil {
-		return nil, nil, err
-	}
-	keep := map[string]bool{}
-	for _, pr := range ctPrograms[mode] {
-		keep[pr.prog] = true
-	}
-	for name := range spec.Programs {
-		if !keep[name] {
-			delete(spec.Programs, name)
-		}
-	}
-	if err := p.prepare(spec, "conntrack", map[string]any{
-		conntrackVarFilterNetns: p.opts.Filter.NetNS,
-	}); err != nil {
-		return nil, nil, err
-	}
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{
-		MapReplacements: map[string]*ebpf.Map{conntrackMapEvents: p.ring},
-	})
-	if err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) && !errors.Is(err, unix.EPERM) {
-			// The verifier's log in full (%+v): it is the only clue.
-			return nil, nil, fmt.Errorf("load: %+v", err)
-		}
-		return nil, nil, fmt.Errorf("load: %w", err)
-	}
+// attachCtProbes attaches one mode's programs, all or none.
+func attachCtProbes(coll *ebpf.Collection, mode AttachMode, probes []ctProbe) ([]hookLink, error) {
 	var links []hookLink
-	for _, pr := range ctPrograms[mode] {
+	for _, pr := range probes {
 		prog := coll.Programs[pr.prog]
 		l, err := attachHook(func() (link.Link, error) {
 			switch {
@@ -212,27 +204,22 @@ func (p *Probe) tryConntrack(mode AttachMode) (*ebpf.Collection, []hookLink, err
 		})
 		if err != nil {
 			closeLinks(links)
-			coll.Close()
-			return nil, nil, fmt.Errorf("attach %s (%s): %w", pr.prog, pr.fn, err)
+			return nil, fmt.Errorf("attach %s (%s): %w", pr.prog, pr.fn, err)
 		}
 		links = append(links, l)
 	}
-	return coll, links, nil
+	return links, nil
 }
 
 // decodeCtEntry turns a ct_entry_event into KindConntrackNew, Destroy or
 // AllocFailed.
-func decodeCtEntry(raw []byte, ev *events.Event) error {
-	if len(raw) < ctEntryEventSize {
-		return fmt.Errorf("ct_entry_event: %w: %d of %d bytes", ErrShortRecord, len(raw), ctEntryEventSize)
-	}
+func decodeCtEntry(raw []byte, ev *events.Event) {
 	var r conntrackCtEntryEvent
-	copy(unsafe.Slice((*byte)(unsafe.Pointer(&r)), ctEntryEventSize), raw)
-
-	switch tcplifeRecordKind(r.Kind) {
-	case tcplifeRecordKindRECORD_CT_NEW:
+	recordInto(raw, &r)
+	switch conntrackRecordKind(r.Kind) {
+	case conntrackRecordKindRECORD_CT_NEW:
 		ev.Kind = events.KindConntrackNew
-	case tcplifeRecordKindRECORD_CT_DESTROY:
+	case conntrackRecordKindRECORD_CT_DESTROY:
 		ev.Kind = events.KindConntrackDestroy
 	default:
 		ev.Kind = events.KindConntrackAllocFailed
@@ -260,5 +247,4 @@ func decodeCtEntry(raw []byte, ev *events.Event) error {
 		c.OrigSrc, c.OrigDst = v6(&r.OrigSaddr, r.OrigSport), v6(&r.OrigDaddr, r.OrigDport)
 		c.ReplySrc, c.ReplyDst = v6(&r.ReplySaddr, r.ReplySport), v6(&r.ReplyDaddr, r.ReplyDport)
 	}
-	return nil
 }

@@ -1,16 +1,16 @@
 package probe
 
+// Decoding ring buffer records: one table of record kinds, filled from the
+// objects' records(), and one preamble (size check and aligned copy) for
+// every record type.
+
 import (
 	"errors"
 	"fmt"
-	"net/netip"
 	"unsafe"
 
 	"github.com/conntracer/conntracer/internal/events"
 )
-
-// connEventSize is the size of a conn_event record as the kernel writes it.
-const connEventSize = int(unsafe.Sizeof(tcplifeConnEvent{}))
 
 // ErrShortRecord reports a ring buffer record smaller than its kind's layout.
 var ErrShortRecord = errors.New("short record")
@@ -18,146 +18,68 @@ var ErrShortRecord = errors.New("short record")
 // ErrUnknownRecord reports a record whose kind byte this tracer does not know.
 var ErrUnknownRecord = errors.New("unknown record kind")
 
-// Decode turns one raw ring buffer record into ev, overwriting every field.
-// It does not allocate: the hot path calls it once per record with a reused
-// Event.
+// recordType is one kind of ring buffer record: the value of its first
+// byte (enum record_kind, bpf/conntracer.h), its layout's size and its
+// decoder, which overwrites every field of ev that the kind uses.
+type recordType struct {
+	kind   uint8
+	name   string // the C struct, for errors
+	size   int
+	decode func(raw []byte, ev *events.Event)
+}
+
+// record describes a record kind whose layout is the generated type T
+// (named cName in the C), decoded by decode, which reads the record with
+// recordInto. Decode checks the size before it calls decode.
+func record[T any](kind uint8, cName string, decode func(raw []byte, ev *events.Event)) recordType {
+	var zero T
+	return recordType{kind: kind, name: cName, size: int(unsafe.Sizeof(zero)), decode: decode}
+}
+
+// recordInto copies the record in raw, which Decode has checked is at
+// least as long as T, into r, an aligned value of the generated type T:
+// never a cast of the sample (ring buffer samples are aligned, fuzz inputs
+// need not be). Inlined: no allocation, one copy.
+func recordInto[T any](raw []byte, r *T) {
+	copy(unsafe.Slice((*byte)(unsafe.Pointer(r)), unsafe.Sizeof(*r)), raw)
+}
+
+// decoders holds every object's record types, indexed by kind.
+var decoders = buildDecoders(newObjects())
+
+// buildDecoders indexes the objects' record types by kind. Two objects
+// claiming one kind is a programming error.
+func buildDecoders(objs []object) *[256]recordType {
+	var t [256]recordType
+	for _, o := range objs {
+		for _, r := range o.records() {
+			if t[r.kind].decode != nil {
+				panic(fmt.Sprintf("record kind %d claimed twice (object %s)", r.kind, o.name()))
+			}
+			t[r.kind] = r
+		}
+	}
+	return &t
+}
+
+// Decode turns one raw ring buffer record into ev, overwriting every field
+// its kind uses. It does not allocate: the hot path calls it once per
+// record with a reused Event.
 func Decode(raw []byte, ev *events.Event) error {
 	if len(raw) == 0 {
 		return ErrShortRecord
 	}
-	switch tcplifeRecordKind(raw[0]) {
-	case tcplifeRecordKindRECORD_CONN_CLOSED:
-		return decodeConnClosed(raw, ev)
-	case tcplifeRecordKindRECORD_CONNECT:
-		return decodeConnect(raw, ev)
-	case tcplifeRecordKindRECORD_DROP:
-		return decodeDrop(raw, ev)
-	case tcplifeRecordKindRECORD_CT_NEW, tcplifeRecordKindRECORD_CT_DESTROY, tcplifeRecordKindRECORD_CT_ALLOC_FAILED:
-		return decodeCtEntry(raw, ev)
+	t := &decoders[raw[0]]
+	if t.decode == nil {
+		return fmt.Errorf("%w %d", ErrUnknownRecord, raw[0])
 	}
-	return fmt.Errorf("%w %d", ErrUnknownRecord, raw[0])
+	if len(raw) < t.size {
+		return fmt.Errorf("%s: %w: %d of %d bytes", t.name, ErrShortRecord, len(raw), t.size)
+	}
+	t.decode(raw, ev)
+	return nil
 }
 
 // recordSize returns the size of a record kind's layout, or 0 for a kind
 // this tracer does not know.
-func recordSize(kind byte) int {
-	switch tcplifeRecordKind(kind) {
-	case tcplifeRecordKindRECORD_CONN_CLOSED:
-		return connEventSize
-	case tcplifeRecordKindRECORD_CONNECT:
-		return connectEventSize
-	case tcplifeRecordKindRECORD_DROP:
-		return dropEventSize
-	case tcplifeRecordKindRECORD_CT_NEW, tcplifeRecordKindRECORD_CT_DESTROY, tcplifeRecordKindRECORD_CT_ALLOC_FAILED:
-		return ctEntryEventSize
-	}
-	return 0
-}
-
-func decodeConnClosed(raw []byte, ev *events.Event) error {
-	if len(raw) < connEventSize {
-		return fmt.Errorf("conn_event: %w: %d of %d bytes", ErrShortRecord, len(raw), connEventSize)
-	}
-	// Copy into an aligned value of the generated type rather than casting
-	// the slice: ring buffer samples are aligned, fuzz inputs need not be.
-	var r tcplifeConnEvent
-	copy(unsafe.Slice((*byte)(unsafe.Pointer(&r)), connEventSize), raw)
-
-	flags := tcplifeConnFlags(r.Flags)
-	c := &ev.Conn
-	ev.Kind = events.KindConnClosed
-	c.Cookie = r.Cookie
-	c.NetNS = r.Netns
-	c.Family, c.Local, c.Remote = decodeAddrs(r.Family, &r.Saddr, &r.Daddr, r.Sport, r.Dport)
-	c.Role = decodeRole(tcplifeConnRole(r.Role))
-	c.OpenNs = r.OpenNs
-	c.CloseNs = r.CloseNs
-	c.TxBytes = r.TxBytes
-	c.RxBytes = r.RxBytes
-	c.EndState = decodeEndState(tcplifeConnEndState(r.EndState))
-	c.ClosedBy = decodeSide(tcplifeConnSide(r.ClosedBy))
-	c.LastState = events.TCPState(r.LastState)
-	c.Error = r.Error
-	c.SeenOpen = flags&tcplifeConnFlagsCONN_SEEN_OPEN != 0
-	c.EstablishedNs = r.EstablishedNs
-
-	o := &c.Owner
-	o.Source = decodeOwnerSource(flags)
-	o.CgroupPath = ""
-	if o.Source == events.OwnerUnknown {
-		o.PID, o.TID, o.Comm, o.CgroupID, o.StartNs = 0, 0, [16]byte{}, 0, 0
-		return nil
-	}
-	o.PID = r.Tgid
-	o.TID = r.Tid
-	o.Comm = r.Comm
-	o.CgroupID = r.CgroupId
-	o.StartNs = r.ProcStartNs
-	return nil
-}
-
-// decodeAddrs reports IPv4-mapped IPv6 connections (an AF_INET6 socket
-// talking to an IPv4 peer) as IPv4, which is how operators think of them.
-func decodeAddrs(family uint8, saddr, daddr *[16]uint8, sport, dport uint16) (events.Family, netip.AddrPort, netip.AddrPort) {
-	if events.Family(family) == events.FamilyIPv4 {
-		l := netip.AddrFrom4([4]byte(saddr[:4]))
-		r := netip.AddrFrom4([4]byte(daddr[:4]))
-		return events.FamilyIPv4, netip.AddrPortFrom(l, sport), netip.AddrPortFrom(r, dport)
-	}
-	l := netip.AddrFrom16(*saddr)
-	r := netip.AddrFrom16(*daddr)
-	if l.Is4In6() && r.Is4In6() {
-		return events.FamilyIPv4, netip.AddrPortFrom(l.Unmap(), sport), netip.AddrPortFrom(r.Unmap(), dport)
-	}
-	return events.FamilyIPv6, netip.AddrPortFrom(l, sport), netip.AddrPortFrom(r, dport)
-}
-
-func decodeRole(r tcplifeConnRole) events.Role {
-	switch r {
-	case tcplifeConnRoleROLE_ACTIVE:
-		return events.RoleActive
-	case tcplifeConnRoleROLE_PASSIVE:
-		return events.RolePassive
-	}
-	return events.RoleUnknown
-}
-
-func decodeEndState(e tcplifeConnEndState) events.EndState {
-	switch e {
-	case tcplifeConnEndStateEND_CONNECT_FAILED:
-		return events.EndConnectFailed
-	case tcplifeConnEndStateEND_RESET:
-		return events.EndReset
-	case tcplifeConnEndStateEND_TIME_WAIT:
-		return events.EndTimeWait
-	case tcplifeConnEndStateEND_CLOSE_WAIT:
-		return events.EndCloseWait
-	case tcplifeConnEndStateEND_CLOSED:
-		return events.EndClosed
-	case tcplifeConnEndStateEND_FIN_WAIT2:
-		return events.EndFinWait2
-	}
-	return events.EndUnknown
-}
-
-func decodeSide(s tcplifeConnSide) events.Side {
-	switch s {
-	case tcplifeConnSideSIDE_LOCAL:
-		return events.SideLocal
-	case tcplifeConnSideSIDE_REMOTE:
-		return events.SideRemote
-	}
-	return events.SideNone
-}
-
-func decodeOwnerSource(f tcplifeConnFlags) events.OwnerSource {
-	switch {
-	case f&tcplifeConnFlagsCONN_OWNER_CONNECT != 0:
-		return events.OwnerConnect
-	case f&tcplifeConnFlagsCONN_OWNER_ACCEPT != 0:
-		return events.OwnerAccept
-	case f&tcplifeConnFlagsCONN_OWNER_LISTENER != 0:
-		return events.OwnerListener
-	}
-	return events.OwnerUnknown
-}
+func recordSize(kind byte) int { return decoders[kind].size }

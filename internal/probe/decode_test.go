@@ -24,8 +24,8 @@ func encode(t testing.TB, r *tcplifeConnEvent) []byte {
 func TestConnEventLayoutHasNoPadding(t *testing.T) {
 	// conntracer.h promises fixed-width fields with no implicit padding;
 	// binary.Write skips nothing, so sizes agree only if that holds.
-	if got := binary.Size(tcplifeConnEvent{}); got != connEventSize || connEventSize != 136 {
-		t.Fatalf("binary size %d, unsafe size %d, want 136 for both", got, connEventSize)
+	if got := binary.Size(tcplifeConnEvent{}); got != recordSize(uint8(tcplifeRecordKindRECORD_CONN_CLOSED)) || got != 136 {
+		t.Fatalf("binary size %d, unsafe size %d, want 136 for both", got, recordSize(uint8(tcplifeRecordKindRECORD_CONN_CLOSED)))
 	}
 }
 

@@ -6,11 +6,9 @@ package probe
 // Options.DropRecordsPerSec per CPU.
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 	"time"
-	"unsafe"
 
 	"github.com/cilium/ebpf"
 
@@ -20,163 +18,104 @@ import (
 
 const dropHook = "skb/kfree_skb"
 
-// dropEventSize is the size of a drop_event record as the kernel writes it.
-const dropEventSize = int(unsafe.Sizeof(dropsDropEvent{}))
-
 // dropCountInterval is how often the kernel's exact drop counters are read
 // into KindDropCount events.
 const dropCountInterval = time.Second
 
-// dropProgram names the program that implements each attach mode.
-var dropProgram = map[AttachMode]string{
-	AttachTPBTF:      dropsProgCtKfreeSkbBtf,
-	AttachRawTP:      dropsProgCtKfreeSkbRaw,
-	AttachTracepoint: dropsProgCtKfreeSkbTp,
-}
-
-// dropState is what the probe keeps of the drops object.
-type dropState struct {
-	counts  *ebpf.Map // drop_counts: exact per-key totals
+// dropsObject is the drops hook and its counters. Optional: when no mode
+// works (a kernel before 5.17 has no drop reasons), the hook is reported
+// off and tracing goes on.
+type dropsObject struct {
+	counts  *ebpf.Map // drop_counts: exact per-key totals; nil when off
 	unsent  *ebpf.Map // unsent_records: drops counted but not sent (rate limit)
 	lastRun time.Time
 	key     dropsDropKey
 	perCPU  []uint64
 }
 
-// openDrops loads and attaches the drops object. Drops are optional: when
-// no mode works (a kernel before 5.17 has no drop reasons), the hook is
-// reported off and tracing goes on.
-func (p *Probe) openDrops() {
-	if !p.opts.Drops {
-		return
+func (*dropsObject) name() string { return "drops" }
+
+func (*dropsObject) records() []recordType {
+	return []recordType{
+		record[dropsDropEvent](uint8(dropsRecordKindRECORD_DROP), "drop_event", decodeDrop),
 	}
-	modes := AttachModes
-	if p.opts.AttachMode != AttachAuto {
-		modes = []AttachMode{p.opts.AttachMode}
-	}
-	var errs []error
-	for _, mode := range modes {
-		coll, l, err := p.tryDrops(mode)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", mode, err))
-			continue
-		}
-		if err := p.adopt("drops", coll, dropsMapLostRecords); err != nil {
-			l.Close()
-			errs = append(errs, err)
-			break
-		}
-		p.links = append(p.links, l)
-		p.attachments = append(p.attachments, Attachment{Hook: dropHook, Mode: mode, Err: errors.Join(errs...)})
-		p.drops = &dropState{counts: coll.Maps[dropsMapDropCounts], unsent: coll.Maps[dropsMapUnsentRecords]}
-		return
-	}
-	p.attachments = append(p.attachments, Attachment{Hook: dropHook, Err: fmt.Errorf("no attach mode worked: %w", errors.Join(errs...))})
 }
 
-// sharedMap returns a map of an object already loaded (tcplife's socks and
-// listeners), or nil.
-func (p *Probe) sharedMap(name string) *ebpf.Map {
-	for _, c := range p.colls {
-		if m, ok := c.Maps[name]; ok {
-			return m
+// open loads and attaches the object with Options.Drops. Owners come from
+// tcplife's tables, which it shares (sockstate.h declares them for both).
+func (o *dropsObject) open(l *loader) (*ebpf.Collection, error) {
+	opts := l.opts()
+	if !opts.Drops {
+		return nil, nil
+	}
+	coll, _, failed, err := l.loadFirst(&loadSpec{
+		object: o.name(),
+		hook:   dropHook,
+		load:   loadDrops,
+		vars: map[string]any{
+			dropsVarKeepNormal:    boolByte(opts.DropsKeepNormal),
+			dropsVarRecordsPerSec: opts.DropRecordsPerSec,
+		},
+		shares: []string{dropsMapSocks, dropsMapListeners},
+		only:   opts.AttachMode,
+		modes: tracepointModes("skb", "kfree_skb", map[AttachMode]string{
+			AttachTPBTF:      dropsProgCtKfreeSkbBtf,
+			AttachRawTP:      dropsProgCtKfreeSkbRaw,
+			AttachTracepoint: dropsProgCtKfreeSkbTp,
+		}),
+	})
+	if err != nil || coll == nil {
+		if err == nil {
+			l.off(dropHook, fmt.Errorf("no attach mode worked: %w", joinFailures(failed)))
 		}
+		return nil, err
 	}
-	return nil
-}
-
-func (p *Probe) tryDrops(mode AttachMode) (*ebpf.Collection, hookLink, error) {
-	spec, err := loadDrops()
-	if err != nil {
-		return nil, hookLink{}, err
-	}
-	for m, name := range dropProgram {
-		if m != mode {
-			delete(spec.Programs, name)
-		}
-	}
-	if err := p.prepare(spec, "drops", map[string]any{
-		dropsVarFilterNetns:   p.opts.Filter.NetNS,
-		dropsVarKeepNormal:    boolByte(p.opts.DropsKeepNormal),
-		dropsVarRecordsPerSec: p.opts.DropRecordsPerSec,
-	}); err != nil {
-		return nil, hookLink{}, err
-	}
-	repl := map[string]*ebpf.Map{dropsMapEvents: p.ring}
-	// Owners come from tcplife's tables; the declarations in drops.bpf.c
-	// must match them, which the replacement checks (key, value, size).
-	for _, name := range []string{dropsMapSocks, dropsMapListeners} {
-		if m := p.sharedMap(name); m != nil {
-			spec.Maps[name].MaxEntries = m.MaxEntries()
-			repl[name] = m
-		}
-	}
-	if mode == AttachTracepoint {
-		if _, err := EnsureTracefs(); err != nil {
-			return nil, hookLink{}, err
-		}
-	}
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: repl})
-	if err != nil {
-		return nil, hookLink{}, fmt.Errorf("load: %w", err)
-	}
-	l, err := attachTracepointMode(mode, "skb", "kfree_skb", coll.Programs[dropProgram[mode]])
-	if err != nil {
-		coll.Close()
-		return nil, hookLink{}, fmt.Errorf("attach: %w", err)
-	}
-	return coll, l, nil
+	o.counts, o.unsent = coll.Maps[dropsMapDropCounts], coll.Maps[dropsMapUnsentRecords]
+	return coll, nil
 }
 
 // UnsentDropRecords returns how many drops were counted but not sent as
 // records because of the per-CPU rate limit (their counts are exact in
 // KindDropCount events). 0 when the drops hook is off.
 func (p *Probe) UnsentDropRecords() (uint64, error) {
-	if p.drops == nil {
+	o := objectOf[*dropsObject](p)
+	if o == nil || o.unsent == nil {
 		return 0, nil
 	}
-	var perCPU []uint64
-	if err := p.drops.unsent.Lookup(uint32(0), &perCPU); err != nil {
+	n, err := sumPerCPU(o.unsent, 0)
+	if err != nil {
 		return 0, fmt.Errorf("read unsent_records: %w", err)
-	}
-	var n uint64
-	for _, v := range perCPU {
-		n += v
 	}
 	return n, nil
 }
 
-// emitDropCounts reads the kernel's exact drop counters and hands one
-// KindDropCount event per key to h, at most once per dropCountInterval
-// unless force is set. Runs on the event loop goroutine.
-func (p *Probe) emitDropCounts(h Handler, ev *events.Event, force bool) error {
-	d := p.drops
-	if d == nil {
+// poll reads the kernel's exact drop counters and hands one KindDropCount
+// event per key to h, at most once per dropCountInterval unless final, and
+// only once the ring buffer has run dry: the counts follow the records
+// they count.
+func (o *dropsObject) poll(ev *events.Event, h Handler, drained, final bool) error {
+	if o.counts == nil || !drained {
 		return nil
 	}
 	now := time.Now()
-	if !force && now.Sub(d.lastRun) < dropCountInterval {
+	if !final && now.Sub(o.lastRun) < dropCountInterval {
 		return nil
 	}
-	d.lastRun = now
+	o.lastRun = now
 	bootNs := bootclock.Now()
-	it := d.counts.Iterate()
-	for it.Next(&d.key, &d.perCPU) {
-		var n uint64
-		for _, v := range d.perCPU {
-			n += v
-		}
+	it := o.counts.Iterate()
+	for it.Next(&o.key, &o.perCPU) {
 		*ev = events.Event{Kind: events.KindDropCount}
 		dr := &ev.Drop
-		dr.Reason = d.key.Reason
-		dr.Location = d.key.Location
-		dr.NetNS = d.key.Netns
-		dr.NoCT = d.key.Flags&uint32(dropsDropFlagsDROP_NO_CT) != 0
-		dr.Owner.PID = d.key.Tgid
-		if d.key.Tgid != 0 {
+		dr.Reason = o.key.Reason
+		dr.Location = o.key.Location
+		dr.NetNS = o.key.Netns
+		dr.NoCT = o.key.Flags&uint32(dropsDropFlagsDROP_NO_CT) != 0
+		dr.Owner.PID = o.key.Tgid
+		if o.key.Tgid != 0 {
 			dr.Owner.Source = events.OwnerSocket
 		}
-		dr.Count = n
+		dr.Count = sum(o.perCPU)
 		dr.TimeNs = bootNs
 		h.HandleEvent(ev)
 	}
@@ -186,13 +125,10 @@ func (p *Probe) emitDropCounts(h Handler, ev *events.Event, force bool) error {
 	return nil
 }
 
-func decodeDrop(raw []byte, ev *events.Event) error {
-	if len(raw) < dropEventSize {
-		return fmt.Errorf("drop_event: %w: %d of %d bytes", ErrShortRecord, len(raw), dropEventSize)
-	}
+// decodeDrop turns a drop_event into a KindDrop event.
+func decodeDrop(raw []byte, ev *events.Event) {
 	var r dropsDropEvent
-	copy(unsafe.Slice((*byte)(unsafe.Pointer(&r)), dropEventSize), raw)
-
+	recordInto(raw, &r)
 	flags := dropsDropFlags(r.Flags)
 	ev.Kind = events.KindDrop
 	d := &ev.Drop
@@ -230,5 +166,4 @@ func decodeDrop(raw []byte, ev *events.Event) error {
 		d.Owner.PID = r.Tgid
 		d.Owner.Comm = r.Comm
 	}
-	return nil
 }

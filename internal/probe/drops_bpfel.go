@@ -82,6 +82,17 @@ type dropsRateWindow struct {
 	Sent    uint64
 }
 
+type dropsRecordKind uint32
+
+const (
+	dropsRecordKindRECORD_CONN_CLOSED     dropsRecordKind = 1
+	dropsRecordKindRECORD_CONNECT         dropsRecordKind = 2
+	dropsRecordKindRECORD_DROP            dropsRecordKind = 10
+	dropsRecordKindRECORD_CT_NEW          dropsRecordKind = 20
+	dropsRecordKindRECORD_CT_DESTROY      dropsRecordKind = 21
+	dropsRecordKindRECORD_CT_ALLOC_FAILED dropsRecordKind = 22
+)
+
 type dropsSockState struct {
 	_     structs.HostLayout
 	Owner struct {
@@ -114,23 +125,31 @@ type dropsSockState struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	dropsMapDropCounts      = "drop_counts"
-	dropsMapEvents          = "events"
-	dropsMapListeners       = "listeners"
-	dropsMapLostRecords     = "lost_records"
-	dropsMapRate            = "rate"
-	dropsMapSocks           = "socks"
-	dropsMapUnsentRecords   = "unsent_records"
-	dropsProgCtKfreeSkbBtf  = "ct_kfree_skb_btf"
-	dropsProgCtKfreeSkbRaw  = "ct_kfree_skb_raw"
-	dropsProgCtKfreeSkbTp   = "ct_kfree_skb_tp"
-	dropsVarFilterNetns     = "filter_netns"
-	dropsVarKeepNormal      = "keep_normal"
-	dropsVarRecordsPerSec   = "records_per_sec"
-	dropsVarUnusedDropEvent = "unused_drop_event"
-	dropsVarUnusedDropFlags = "unused_drop_flags"
-	dropsVarUnusedDropKey   = "unused_drop_key"
-	dropsVarWakeupBytes     = "wakeup_bytes"
+	dropsMapDropCounts        = "drop_counts"
+	dropsMapEvents            = "events"
+	dropsMapListeners         = "listeners"
+	dropsMapLostRecords       = "lost_records"
+	dropsMapRate              = "rate"
+	dropsMapSocks             = "socks"
+	dropsMapUnsentRecords     = "unsent_records"
+	dropsProgCtKfreeSkbBtf    = "ct_kfree_skb_btf"
+	dropsProgCtKfreeSkbRaw    = "ct_kfree_skb_raw"
+	dropsProgCtKfreeSkbTp     = "ct_kfree_skb_tp"
+	dropsVarFilterCgroupId    = "filter_cgroup_id"
+	dropsVarFilterCgroupLevel = "filter_cgroup_level"
+	dropsVarFilterComm        = "filter_comm"
+	dropsVarFilterCommSet     = "filter_comm_set"
+	dropsVarFilterFamily      = "filter_family"
+	dropsVarFilterNetns       = "filter_netns"
+	dropsVarFilterPort        = "filter_port"
+	dropsVarFilterTgid        = "filter_tgid"
+	dropsVarKeepNormal        = "keep_normal"
+	dropsVarRecordsPerSec     = "records_per_sec"
+	dropsVarUnusedDropEvent   = "unused_drop_event"
+	dropsVarUnusedDropFlags   = "unused_drop_flags"
+	dropsVarUnusedDropKey     = "unused_drop_key"
+	dropsVarUnusedRecordKind  = "unused_record_kind"
+	dropsVarWakeupBytes       = "wakeup_bytes"
 )
 
 // loadDrops returns the embedded CollectionSpec for drops.
@@ -197,13 +216,21 @@ type dropsMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type dropsVariableSpecs struct {
-	FilterNetns     *ebpf.VariableSpec `ebpf:"filter_netns"`
-	KeepNormal      *ebpf.VariableSpec `ebpf:"keep_normal"`
-	RecordsPerSec   *ebpf.VariableSpec `ebpf:"records_per_sec"`
-	UnusedDropEvent *ebpf.VariableSpec `ebpf:"unused_drop_event"`
-	UnusedDropFlags *ebpf.VariableSpec `ebpf:"unused_drop_flags"`
-	UnusedDropKey   *ebpf.VariableSpec `ebpf:"unused_drop_key"`
-	WakeupBytes     *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
+	FilterCgroupId    *ebpf.VariableSpec `ebpf:"filter_cgroup_id"`
+	FilterCgroupLevel *ebpf.VariableSpec `ebpf:"filter_cgroup_level"`
+	FilterComm        *ebpf.VariableSpec `ebpf:"filter_comm"`
+	FilterCommSet     *ebpf.VariableSpec `ebpf:"filter_comm_set"`
+	FilterFamily      *ebpf.VariableSpec `ebpf:"filter_family"`
+	FilterNetns       *ebpf.VariableSpec `ebpf:"filter_netns"`
+	FilterPort        *ebpf.VariableSpec `ebpf:"filter_port"`
+	FilterTgid        *ebpf.VariableSpec `ebpf:"filter_tgid"`
+	KeepNormal        *ebpf.VariableSpec `ebpf:"keep_normal"`
+	RecordsPerSec     *ebpf.VariableSpec `ebpf:"records_per_sec"`
+	UnusedDropEvent   *ebpf.VariableSpec `ebpf:"unused_drop_event"`
+	UnusedDropFlags   *ebpf.VariableSpec `ebpf:"unused_drop_flags"`
+	UnusedDropKey     *ebpf.VariableSpec `ebpf:"unused_drop_key"`
+	UnusedRecordKind  *ebpf.VariableSpec `ebpf:"unused_record_kind"`
+	WakeupBytes       *ebpf.VariableSpec `ebpf:"wakeup_bytes"`
 }
 
 // dropsObjects contains all objects after they have been loaded into the kernel.
@@ -251,13 +278,21 @@ func (m *dropsMaps) Close() error {
 //
 // It can be passed to loadDropsObjects or ebpf.CollectionSpec.LoadAndAssign.
 type dropsVariables struct {
-	FilterNetns     *ebpf.Variable `ebpf:"filter_netns"`
-	KeepNormal      *ebpf.Variable `ebpf:"keep_normal"`
-	RecordsPerSec   *ebpf.Variable `ebpf:"records_per_sec"`
-	UnusedDropEvent *ebpf.Variable `ebpf:"unused_drop_event"`
-	UnusedDropFlags *ebpf.Variable `ebpf:"unused_drop_flags"`
-	UnusedDropKey   *ebpf.Variable `ebpf:"unused_drop_key"`
-	WakeupBytes     *ebpf.Variable `ebpf:"wakeup_bytes"`
+	FilterCgroupId    *ebpf.Variable `ebpf:"filter_cgroup_id"`
+	FilterCgroupLevel *ebpf.Variable `ebpf:"filter_cgroup_level"`
+	FilterComm        *ebpf.Variable `ebpf:"filter_comm"`
+	FilterCommSet     *ebpf.Variable `ebpf:"filter_comm_set"`
+	FilterFamily      *ebpf.Variable `ebpf:"filter_family"`
+	FilterNetns       *ebpf.Variable `ebpf:"filter_netns"`
+	FilterPort        *ebpf.Variable `ebpf:"filter_port"`
+	FilterTgid        *ebpf.Variable `ebpf:"filter_tgid"`
+	KeepNormal        *ebpf.Variable `ebpf:"keep_normal"`
+	RecordsPerSec     *ebpf.Variable `ebpf:"records_per_sec"`
+	UnusedDropEvent   *ebpf.Variable `ebpf:"unused_drop_event"`
+	UnusedDropFlags   *ebpf.Variable `ebpf:"unused_drop_flags"`
+	UnusedDropKey     *ebpf.Variable `ebpf:"unused_drop_key"`
+	UnusedRecordKind  *ebpf.Variable `ebpf:"unused_record_kind"`
+	WakeupBytes       *ebpf.Variable `ebpf:"wakeup_bytes"`
 }
 
 // dropsPrograms contains all programs after they have been loaded into the kernel.

@@ -14,7 +14,9 @@ import (
 	"github.com/conntracer/conntracer/internal/events"
 )
 
-// AttachMode selects how the TCP state tracepoint is attached.
+// AttachMode selects how a hook is attached: Options.AttachMode for the
+// kernel tracepoints (TCP state changes, packet drops), Options.ConntrackMode
+// for the conntrack functions (AttachFentry, AttachKprobe).
 type AttachMode string
 
 // Attach modes, best first. AttachAuto tries each in this order and keeps
@@ -148,42 +150,34 @@ type Stats struct {
 // Probe is the loaded and attached set of BPF programs plus the reader of
 // their ring buffer. Open starts no goroutine; Run reads until cancelled.
 //
-// Each concern (TCP lifecycle, and later drops, connects...) is its own BPF
-// object with its own open function (tcplife.go...); they share the ring
-// buffer, which Open creates and hands to each through MapReplacements, and
-// each brings a per-CPU lost_records counter.
+// The probe is its BPF objects (objects.go: tcplife, connect, drops,
+// conntrack, each in its own file) plus what they share: the ring buffer,
+// which Open creates and hands to each through MapReplacements, its
+// reader, the links and attachments of every hook, the notes, and each
+// object's per-CPU lost_records counter.
 type Probe struct {
 	opts        Options
+	objects     []object // every object, loaded or not (newObjects)
 	ring        *ebpf.Map
-	colls       []*ebpf.Collection
-	lost        []*ebpf.Map // one lost_records map per object
-	lostNames   []string    // the object of each lost map, for LostByObject
+	colls       []*ebpf.Collection // the loaded objects, in load order
+	lost        []objectCounter    // each loaded object's lost_records
 	links       []hookLink
 	attachments []Attachment
 	reader      *ringbuf.Reader
 	waiter      *ringWaiter // nil: the reader's own blocking wait is used
 	stats       Stats
 	notes       []string
-	// connectCounters is the connect object's per-CPU counters map, nil
-	// when the connect hooks are off.
-	connectCounters *ebpf.Map
-	unixPoller      *unixPoller // nil when the connect hooks are off
-	dgramPoller     *unixPoller // nil when the Unix datagram send hooks are off
-	drops           *dropState  // nil when the drops hook is off
+}
+
+// objectCounter is one loaded object's per-CPU lost_records map.
+type objectCounter struct {
+	object string
+	m      *ebpf.Map
 }
 
 // Notes reports what Open did to the system on the way, such as mounting
 // tracefs, so that the user is told.
 func (p *Probe) Notes() []string { return p.notes }
-
-// ensureTracefs mounts tracefs if needed, noting it once.
-func (p *Probe) ensureTracefs() error {
-	mounted, err := EnsureTracefs()
-	if mounted {
-		p.notes = append(p.notes, "mounted tracefs at "+tracefsPath+" (classic tracepoints need it)")
-	}
-	return err
-}
 
 // Open checks the environment, loads the programs and attaches them with
 // fallbacks. On error nothing stays loaded or attached.
@@ -199,7 +193,7 @@ func Open(opts Options) (_ *Probe, err error) {
 		return nil, fmt.Errorf("remove memlock limit: %w", err)
 	}
 
-	p := &Probe{opts: opts}
+	p := &Probe{opts: opts, objects: newObjects()}
 	defer func() {
 		if err != nil {
 			p.Close()
@@ -215,17 +209,16 @@ func Open(opts Options) (_ *Probe, err error) {
 		return nil, fmt.Errorf("create ring buffer of %d bytes (a power of two, at least one page): %w", opts.RingBufferBytes, err)
 	}
 
-	if err := p.openTCPLife(); err != nil {
-		return nil, err
-	}
-	if !opts.NoConnect {
-		if err := p.openConnect(); err != nil {
+	l := &loader{p: p}
+	for _, o := range p.objects {
+		coll, err := o.open(l)
+		if err != nil {
 			return nil, err
 		}
+		if coll != nil {
+			p.adopt(o.name(), coll)
+		}
 	}
-	// After tcplife: drops shares its socks and listeners maps.
-	p.openDrops()
-	p.openConntrack()
 
 	p.reader, err = ringbuf.NewReader(p.ring)
 	if err != nil {
@@ -287,7 +280,7 @@ func (p *Probe) Run(ctx context.Context, h Handler) error {
 			}
 			// Nor would the kernel's counts be read: do it here too.
 			if p.stats.Records%4096 == 0 {
-				if perr := p.pollConnects(&ev, h, false); perr != nil {
+				if perr := p.poll(&ev, h, false, false); perr != nil {
 					return perr
 				}
 			}
@@ -299,12 +292,8 @@ func (p *Probe) Run(ctx context.Context, h Handler) error {
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			// Everything written so far has been read. Counts kept in
 			// kernel maps are read on the same goroutine.
-			if perr := p.pollConnects(&ev, h, draining); perr != nil {
+			if perr := p.poll(&ev, h, true, draining); perr != nil {
 				return perr
-			}
-			// The exact drop counters follow the records they count.
-			if derr := p.emitDropCounts(h, &ev, draining); derr != nil {
-				return derr
 			}
 			h.Drained()
 			if draining {
@@ -325,6 +314,16 @@ func (p *Probe) Run(ctx context.Context, h Handler) error {
 	}
 }
 
+// poll runs every object's per-poll work (object.poll) on the event loop.
+func (p *Probe) poll(ev *events.Event, h Handler, drained, final bool) error {
+	for _, o := range p.objects {
+		if err := o.poll(ev, h, drained, final); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Stats returns the reader's counters, the kernel's lost count included as
 // of the end of Run (or of the last call to UpdateLost).
 func (p *Probe) Stats() Stats { return p.stats }
@@ -343,23 +342,18 @@ func (p *Probe) updateLost() error {
 // records dropped because the ring buffer was full. Safe to call from any
 // goroutine.
 func (p *Probe) LostRecords() (uint64, error) {
+	byObject, err := p.LostByObject()
 	var n uint64
-	for _, m := range p.lost {
-		var perCPU []uint64
-		if err := m.Lookup(uint32(0), &perCPU); err != nil {
-			return 0, fmt.Errorf("read lost_records: %w", err)
-		}
-		for _, v := range perCPU {
-			n += v
-		}
+	for _, o := range byObject {
+		n += o.Lost
 	}
-	return n, nil
+	return n, err
 }
 
 // ObjectLost is one BPF object's count of records the kernel could not
 // write to the ring buffer.
 type ObjectLost struct {
-	Object string // "tcplife", "connect", "drops"
+	Object string // "tcplife", "connect", "drops", "conntrack"
 	Lost   uint64
 }
 
@@ -367,30 +361,51 @@ type ObjectLost struct {
 // loaded. Safe to call from any goroutine.
 func (p *Probe) LostByObject() ([]ObjectLost, error) {
 	out := make([]ObjectLost, len(p.lost))
-	for i, m := range p.lost {
-		var perCPU []uint64
-		if err := m.Lookup(uint32(0), &perCPU); err != nil {
-			return nil, fmt.Errorf("read %s lost_records: %w", p.lostNames[i], err)
+	for i, c := range p.lost {
+		n, err := sumPerCPU(c.m, 0)
+		if err != nil {
+			return nil, fmt.Errorf("read %s lost_records: %w", c.object, err)
 		}
-		out[i].Object = p.lostNames[i]
-		for _, v := range perCPU {
-			out[i].Lost += v
-		}
+		out[i] = ObjectLost{Object: c.object, Lost: n}
 	}
 	return out, nil
 }
 
-// adopt keeps a loaded object: its lost-record counter is summed and it is
-// closed with the probe.
-func (p *Probe) adopt(name string, coll *ebpf.Collection, lostMap string) error {
-	m, ok := coll.Maps[lostMap]
-	if !ok {
-		coll.Close()
-		return fmt.Errorf("map %s missing from the BPF object", lostMap)
+// sumPerCPU sums, over the CPUs, the value at key of a per-CPU array of
+// uint64 counters.
+func sumPerCPU(m *ebpf.Map, key uint32) (uint64, error) {
+	var perCPU []uint64
+	if err := m.Lookup(key, &perCPU); err != nil {
+		return 0, err
 	}
+	return sum(perCPU), nil
+}
+
+// sum adds up one per-CPU value.
+func sum(perCPU []uint64) uint64 {
+	var n uint64
+	for _, v := range perCPU {
+		n += v
+	}
+	return n
+}
+
+// adopt keeps a loaded object: its lost-record counter is summed and it is
+// closed with the probe. Its maps serve the objects loaded after it
+// (sharedMap). prepare checked that it has a lost_records map.
+func (p *Probe) adopt(name string, coll *ebpf.Collection) {
 	p.colls = append(p.colls, coll)
-	p.lost = append(p.lost, m)
-	p.lostNames = append(p.lostNames, name)
+	p.lost = append(p.lost, objectCounter{object: name, m: coll.Maps[mapLostRecords]})
+}
+
+// sharedMap returns the map called name of an object already loaded, or
+// nil.
+func (p *Probe) sharedMap(name string) *ebpf.Map {
+	for _, c := range p.colls {
+		if m, ok := c.Maps[name]; ok {
+			return m
+		}
+	}
 	return nil
 }
 
@@ -410,8 +425,8 @@ func (p *Probe) Close() error {
 	for _, c := range p.colls {
 		c.Close()
 	}
-	p.colls, p.lost, p.lostNames = nil, nil, nil
-	p.connectCounters, p.unixPoller, p.dgramPoller = nil, nil, nil
+	p.colls, p.lost = nil, nil
+	p.objects = newObjects() // fresh, unloaded: their maps are closed
 	if p.ring != nil {
 		errs = append(errs, p.ring.Close())
 		p.ring = nil

@@ -39,16 +39,15 @@ type SocketSampler struct {
 // SocketSampler returns a sampler of the probe's socket table. It is valid
 // until the probe is closed.
 func (p *Probe) SocketSampler() (*SocketSampler, error) {
-	for _, c := range p.colls {
-		if m, ok := c.Maps[tcplifeMapSocks]; ok {
-			return &SocketSampler{
-				m:    m,
-				keys: make([]uint64, sampleBatch),
-				vals: make([]tcplifeSockState, sampleBatch),
-			}, nil
-		}
+	o := objectOf[*tcplifeObject](p)
+	if o == nil || o.socks == nil {
+		return nil, errors.New("socket table (map socks) not loaded")
 	}
-	return nil, errors.New("socket table (map socks) not loaded")
+	return &SocketSampler{
+		m:    o.socks,
+		keys: make([]uint64, sampleBatch),
+		vals: make([]tcplifeSockState, sampleBatch),
+	}, nil
 }
 
 // Sample reads the whole table and calls emit once per socket, then once

@@ -1,0 +1,66 @@
+package events
+
+// Identity names what a process runs in: a container of a container
+// runtime, a Kubernetes pod, or a systemd unit on a plain host. It is
+// derived from the process's cgroup (runtime, container id, pod UID, unit)
+// and, where a runtime answers, from the runtime's own records (the names).
+// Every field may be empty; the zero Identity means "a process of the host
+// outside any unit we recognise".
+//
+// Identities are resolved off the event loop (internal/identity) and handed
+// to the outputs through a lookup by cgroup id: the event loop never builds
+// one, so the hot path stays free of allocations.
+type Identity struct {
+	// Runtime: "containerd", "cri-o", "docker", "podman", or "" (not a
+	// container).
+	Runtime string `json:"runtime,omitempty"`
+	// ContainerID is the runtime's full container id (64 hex digits).
+	ContainerID string `json:"container_id,omitempty"`
+	// PodUID is the Kubernetes pod UID, with dashes, as the kubelet names
+	// the pod's cgroup.
+	PodUID string `json:"pod_uid,omitempty"`
+	// Namespace, Pod: the Kubernetes namespace and pod name, as the
+	// kubelet gave them to the runtime (CRI labels/annotations).
+	Namespace string `json:"namespace,omitempty"`
+	Pod       string `json:"pod,omitempty"`
+	// Container is the container's name: the Kubernetes container name on
+	// a node, the runtime's name (docker ps, podman ps) elsewhere.
+	Container string `json:"container,omitempty"`
+	// Unit is the systemd unit the cgroup belongs to on a plain host
+	// ("nginx.service", "session-3.scope"); empty for containers.
+	Unit string `json:"unit,omitempty"`
+}
+
+// IsZero reports whether nothing is known.
+func (id *Identity) IsZero() bool { return *id == Identity{} }
+
+// ShortID returns the first 12 digits of the container id, as docker ps
+// and crictl ps print it.
+func (id *Identity) ShortID() string {
+	if len(id.ContainerID) > 12 {
+		return id.ContainerID[:12]
+	}
+	return id.ContainerID
+}
+
+// Workload is the one short name an operator knows the process by:
+// "namespace/pod container NAME" on Kubernetes, "container NAME" (or the
+// short id) for a plain container, the unit for a systemd service, "" when
+// none is known. Findings and the text outputs print it.
+func (id *Identity) Workload() string {
+	name := id.Container
+	if name == "" {
+		name = id.ShortID()
+	}
+	switch {
+	case id.Pod != "":
+		s := id.Namespace + "/" + id.Pod
+		if name != "" {
+			s += " container " + name
+		}
+		return s
+	case name != "":
+		return "container " + name
+	}
+	return id.Unit
+}

@@ -1,0 +1,210 @@
+package identity
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+
+	"github.com/conntracer/conntracer/internal/events"
+)
+
+// Resolved is what the Resolver knows of one cgroup: its path as
+// /proc/PID/cgroup prints it, and the identity derived from it.
+type Resolved struct {
+	Path     string
+	Identity events.Identity
+}
+
+// Resolver keeps one Identity per cgroup v2 id, refreshed from the cgroup
+// tree and the runtimes by Refresh on one goroutine (the sampler's), read
+// by Lookup from any (the event loop's stream, scrapes, renderings).
+//
+// Memory stays bounded by what exists: Refresh replaces the table with the
+// cgroups present now, so a removed container's entry, and the names the
+// runtime gave it, go with its cgroup.
+type Resolver struct {
+	src     Sources
+	engines []engine // podman first: a podman host may also answer on docker.sock
+	crio    *http.Client
+	tasks   string // containerd's bundles; "" when absent
+
+	mu    sync.RWMutex
+	table map[uint64]*Resolved // replaced whole by Refresh, never mutated
+	// names caches the runtimes' answers by container id; only Refresh
+	// touches it.
+	names map[string]names
+}
+
+// engine is one Docker Engine API endpoint.
+type engine struct {
+	runtime string
+	client  *http.Client
+}
+
+// NewResolver finds which of src's sources answer now and returns the
+// resolver with a note for the start-up line saying which are in use. A
+// source that is absent is no error: identities then come from the cgroup
+// path alone.
+func NewResolver(src Sources) (*Resolver, string) {
+	r := &Resolver{src: src, table: map[uint64]*Resolved{}, names: map[string]names{}}
+	var used, absent []string
+	try := func(name, socket, ping string) *http.Client {
+		if socket == "" {
+			return nil
+		}
+		c := unixHTTP(socket)
+		resp, err := c.Get("http://localhost" + ping)
+		if err != nil {
+			absent = append(absent, name)
+			return nil
+		}
+		resp.Body.Close()
+		used = append(used, name+" ("+socket+")")
+		return c
+	}
+	if c := try(RuntimePodman, src.PodmanSocket, "/_ping"); c != nil {
+		r.engines = append(r.engines, engine{RuntimePodman, c})
+	}
+	if c := try(RuntimeDocker, src.DockerSocket, "/_ping"); c != nil {
+		r.engines = append(r.engines, engine{RuntimeDocker, c})
+	}
+	r.crio = try(RuntimeCRIO, src.CRIOSocket, "/info")
+	if src.ContainerdTasks != "" {
+		if st, err := os.Stat(src.ContainerdTasks); err == nil && st.IsDir() {
+			r.tasks = src.ContainerdTasks
+			used = append(used, RuntimeContainerd+" ("+src.ContainerdTasks+")")
+		} else {
+			absent = append(absent, RuntimeContainerd)
+		}
+	}
+	note := "container names from " + strings.Join(used, ", ")
+	if len(used) == 0 {
+		note = "no container runtime reachable (" + strings.Join(absent, ", ") +
+			"): containers are named by the id in their cgroup path"
+	}
+	return r, note
+}
+
+// Refresh rebuilds the table from the cgroup tree (id -> path, as
+// kernel.CgroupNames returns it), asking the runtimes about containers not
+// seen before. It returns the first lookup error, for a note; the table is
+// complete regardless (an unanswered container keeps the identity its
+// cgroup path gives, and is asked again next time).
+func (r *Resolver) Refresh(paths map[uint64]string) error {
+	table := make(map[uint64]*Resolved, len(paths))
+	live := make(map[string]bool)
+	var firstErr error
+	for cg, p := range paths {
+		id := FromCgroupPath(p)
+		if id.ContainerID != "" {
+			live[id.ContainerID] = true
+			if err := r.name(&id); err != nil && firstErr == nil {
+				firstErr = err
+			}
+		}
+		table[cg] = &Resolved{Path: p, Identity: id}
+	}
+	for cid := range r.names {
+		if !live[cid] {
+			delete(r.names, cid)
+		}
+	}
+	r.mu.Lock()
+	r.table = table
+	r.mu.Unlock()
+	return firstErr
+}
+
+// name fills in id's names from the cache or the runtimes.
+func (r *Resolver) name(id *events.Identity) error {
+	n, ok := r.names[id.ContainerID]
+	if !ok {
+		var err error
+		n, ok, err = r.ask(id)
+		if err != nil {
+			return fmt.Errorf("name container %s: %w", id.ShortID(), err)
+		}
+		if ok {
+			r.names[id.ContainerID] = n
+		}
+	}
+	if n.runtime != "" {
+		id.Runtime = n.runtime
+	}
+	id.Namespace, id.Pod, id.Container = n.namespace, n.pod, n.container
+	return nil
+}
+
+// ask queries the runtimes the path points at (all of them when it does
+// not say, as with the kubelet's cgroupfs layout). ok is false when none
+// could answer; a container no runtime knows is cached as nameless.
+func (r *Resolver) ask(id *events.Identity) (n names, ok bool, err error) {
+	cid := id.ContainerID
+	var errs []error
+	answered := false
+	consider := func(rt string) bool { return id.Runtime == "" || id.Runtime == rt }
+	if r.tasks != "" && consider(RuntimeContainerd) {
+		n, err := containerdNames(r.tasks, cid)
+		if err == nil {
+			n.runtime = RuntimeContainerd
+			return n, true, nil
+		}
+		answered = answered || errors.Is(err, errNotFound)
+		if !errors.Is(err, errNotFound) {
+			errs = append(errs, err)
+		}
+	}
+	if r.crio != nil && consider(RuntimeCRIO) {
+		n, err := crioNames(r.crio, cid)
+		if err == nil {
+			n.runtime = RuntimeCRIO
+			return n, true, nil
+		}
+		answered = answered || errors.Is(err, errNotFound)
+		if !errors.Is(err, errNotFound) {
+			errs = append(errs, err)
+		}
+	}
+	for _, e := range r.engines {
+		// Podman's cgroups say libpod, Docker's docker; both serve the
+		// same API, so a container of either is asked of both.
+		if id.Runtime != "" && id.Runtime != RuntimeDocker && id.Runtime != RuntimePodman {
+			continue
+		}
+		n, err := engineNames(e.client, cid)
+		if err == nil {
+			if n.runtime = id.Runtime; n.runtime == "" {
+				n.runtime = e.runtime
+			}
+			return n, true, nil
+		}
+		answered = answered || errors.Is(err, errNotFound)
+		if !errors.Is(err, errNotFound) {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) > 0 {
+		return names{}, false, errors.Join(errs...)
+	}
+	return names{}, answered, nil
+}
+
+// Lookup returns what is known of a cgroup id, nil if nothing. The result
+// is shared and must not be modified. It allocates nothing: the event
+// loop may call it per event.
+func (r *Resolver) Lookup(cgroupID uint64) *Resolved {
+	r.mu.RLock()
+	res := r.table[cgroupID]
+	r.mu.RUnlock()
+	return res
+}
+
+// Len is how many cgroups the table holds.
+func (r *Resolver) Len() int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.table)
+}

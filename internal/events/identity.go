@@ -64,3 +64,18 @@ func (id *Identity) Workload() string {
 	}
 	return id.Unit
 }
+
+// CgroupInfo is what is known of one cgroup v2 id: its path as
+// /proc/PID/cgroup prints it, the identity derived from it and the
+// runtimes, and that identity's Workload, computed once so that outputs on
+// the event loop print it without building a string.
+type CgroupInfo struct {
+	Path     string
+	Identity Identity
+	Workload string
+}
+
+// CgroupLookup returns what is known of a cgroup id, nil if nothing. The
+// result is shared and immutable. Implementations must not allocate or
+// block for long: the stream calls it on the event loop.
+type CgroupLookup func(cgroupID uint64) *CgroupInfo

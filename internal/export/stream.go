@@ -62,6 +62,8 @@ type Stream struct {
 	owners ownerCache
 	// endings formats the JSON lines' end fields (stream_ending.go).
 	endings endingCache
+	// identities names owners' containers (stream_identity.go); nil: off.
+	identities events.CgroupLookup
 }
 
 // NewStream writes lines in the given format to w.
@@ -97,6 +99,9 @@ func (s *Stream) Print(ev *events.Event) error {
 		if !s.header {
 			s.header = true
 			b = append(b, textHeader...)
+			if s.identities != nil {
+				b = append(pad(b[:len(b)-1], len(b)-1-len("END"), endWidth), textWorkloadHeader+"\n"...)
+			}
 		}
 		if isConnect {
 			b = s.appendConnectText(b, &ev.Connect)
@@ -179,12 +184,14 @@ func (s *Stream) appendText(b []byte, ev *events.Event) []byte {
 	start = len(b)
 	b = strconv.AppendUint(b, c.RxBytes, 10)
 	b = pad(b, start, 11)
+	start = len(b)
 	b = append(b, c.EndState.String()...)
 	if c.Error != 0 {
 		b = append(b, " ("...)
 		b = append(b, events.ErrnoName(c.Error)...)
 		b = append(b, ')')
 	}
+	b = s.appendTextWorkload(b, start, c.Owner.CgroupID)
 	return append(b, '\n')
 }
 
@@ -216,6 +223,7 @@ func (s *Stream) appendJSON(b []byte, ev *events.Event) []byte {
 	b = strconv.AppendUint(b, c.RxBytes, 10)
 	b = s.appendJSONEnding(b, c) // through `"cookie":`
 	b = strconv.AppendUint(b, c.Cookie, 10)
+	b = s.appendJSONIdentity(b, c.Owner.CgroupID)
 	return append(b, "}\n"...)
 }
 

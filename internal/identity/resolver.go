@@ -11,13 +11,6 @@ import (
 	"github.com/conntracer/conntracer/internal/events"
 )
 
-// Resolved is what the Resolver knows of one cgroup: its path as
-// /proc/PID/cgroup prints it, and the identity derived from it.
-type Resolved struct {
-	Path     string
-	Identity events.Identity
-}
-
 // Resolver keeps one Identity per cgroup v2 id, refreshed from the cgroup
 // tree and the runtimes by Refresh on one goroutine (the sampler's), read
 // by Lookup from any (the event loop's stream, scrapes, renderings).
@@ -32,7 +25,7 @@ type Resolver struct {
 	tasks   string // containerd's bundles; "" when absent
 
 	mu    sync.RWMutex
-	table map[uint64]*Resolved // replaced whole by Refresh, never mutated
+	table map[uint64]*events.CgroupInfo // replaced whole by Refresh, never mutated
 	// names caches the runtimes' answers by container id; only Refresh
 	// touches it.
 	names map[string]names
@@ -49,7 +42,7 @@ type engine struct {
 // source that is absent is no error: identities then come from the cgroup
 // path alone.
 func NewResolver(src Sources) (*Resolver, string) {
-	r := &Resolver{src: src, table: map[uint64]*Resolved{}, names: map[string]names{}}
+	r := &Resolver{src: src, table: map[uint64]*events.CgroupInfo{}, names: map[string]names{}}
 	var used, absent []string
 	try := func(name, socket, ping string) *http.Client {
 		if socket == "" {
@@ -94,18 +87,19 @@ func NewResolver(src Sources) (*Resolver, string) {
 // complete regardless (an unanswered container keeps the identity its
 // cgroup path gives, and is asked again next time).
 func (r *Resolver) Refresh(paths map[uint64]string) error {
-	table := make(map[uint64]*Resolved, len(paths))
+	table := make(map[uint64]*events.CgroupInfo, len(paths))
 	live := make(map[string]bool)
 	var firstErr error
 	for cg, p := range paths {
 		id := FromCgroupPath(p)
+		id.Unit = clean(id.Unit) // systemd escapes with '\\' (run-r\x2d1.scope)
 		if id.ContainerID != "" {
 			live[id.ContainerID] = true
 			if err := r.name(&id); err != nil && firstErr == nil {
 				firstErr = err
 			}
 		}
-		table[cg] = &Resolved{Path: p, Identity: id}
+		table[cg] = &events.CgroupInfo{Path: p, Identity: id, Workload: id.Workload()}
 	}
 	for cid := range r.names {
 		if !live[cid] {
@@ -128,6 +122,7 @@ func (r *Resolver) name(id *events.Identity) error {
 			return fmt.Errorf("name container %s: %w", id.ShortID(), err)
 		}
 		if ok {
+			n.namespace, n.pod, n.container = clean(n.namespace), clean(n.pod), clean(n.container)
 			r.names[id.ContainerID] = n
 		}
 	}
@@ -136,6 +131,35 @@ func (r *Resolver) name(id *events.Identity) error {
 	}
 	id.Namespace, id.Pod, id.Container = n.namespace, n.pod, n.container
 	return nil
+}
+
+// clean makes what a runtime said safe to print anywhere without escaping
+// (a terminal, a JSON string, a label value): printable ASCII without
+// quotes or backslashes, at most 253 bytes (a DNS name, the longest name
+// Kubernetes gives). Real names pass unchanged: Kubernetes and the
+// runtimes allow only letters, digits, '-', '_' and '.'.
+func clean(s string) string {
+	const maxLen = 253
+	if len(s) > maxLen {
+		s = s[:maxLen]
+	}
+	ok := true
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' {
+			ok = false
+			break
+		}
+	}
+	if ok {
+		return s
+	}
+	b := []byte(s)
+	for i, c := range b {
+		if c < 0x20 || c >= 0x7f || c == '"' || c == '\\' {
+			b[i] = '?'
+		}
+	}
+	return string(b)
 }
 
 // ask queries the runtimes the path points at (all of them when it does
@@ -195,7 +219,8 @@ func (r *Resolver) ask(id *events.Identity) (n names, ok bool, err error) {
 // Lookup returns what is known of a cgroup id, nil if nothing. The result
 // is shared and must not be modified. It allocates nothing: the event
 // loop may call it per event.
-func (r *Resolver) Lookup(cgroupID uint64) *Resolved {
+// Its method value is an events.CgroupLookup.
+func (r *Resolver) Lookup(cgroupID uint64) *events.CgroupInfo {
 	r.mu.RLock()
 	res := r.table[cgroupID]
 	r.mu.RUnlock()

@@ -202,3 +202,22 @@ func BenchmarkLookup(b *testing.B) {
 		}
 	}
 }
+
+// Names reach terminals, JSON and label values unescaped: anything but
+// printable ASCII without quotes and backslashes is replaced.
+func TestResolverCleansNames(t *testing.T) {
+	asked := 0
+	sock := serveUnix(t, engineAPI(map[string]any{
+		cid: map[string]any{"Name": "/we\"b\x1b[2J\\é", "Config": map[string]any{}},
+	}, &asked))
+	r, _ := NewResolver(Sources{DockerSocket: sock})
+	if err := r.Refresh(map[uint64]string{1: "/docker/" + cid, 2: `/system.slice/run-r\x2d1.scope`}); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.Lookup(1); got.Identity.Container != `we?b?[2J???` || got.Workload != `container we?b?[2J???` {
+		t.Errorf("container name %q, workload %q", got.Identity.Container, got.Workload)
+	}
+	if got := r.Lookup(2).Identity.Unit; got != `run-r?x2d1.scope` {
+		t.Errorf("unit %q", got)
+	}
+}

@@ -73,6 +73,10 @@ type CgroupInfo struct {
 	Path     string
 	Identity Identity
 	Workload string
+	// Gone: the cgroup was removed (its container deleted). Kept a while
+	// so that late readers still name it, and so that /metrics can retire
+	// its series rather than hand its counts to another label set.
+	Gone bool
 }
 
 // CgroupLookup returns what is known of a cgroup id, nil if nothing. The

@@ -27,6 +27,10 @@ type MetricsOptions struct {
 	// CgroupName names a cgroup id for the cgroup label; nil or "" leaves
 	// the label empty.
 	CgroupName func(id uint64) string
+	// Identities names a cgroup id's Kubernetes namespace, pod and
+	// container for the labels of those names (metrics_identity.go); nil
+	// leaves them empty.
+	Identities events.CgroupLookup
 }
 
 // DefaultMetricsOptions are the exporter's defaults.
@@ -51,7 +55,7 @@ func NewCollector(snap func() *aggregate.Snapshot, opts MetricsOptions) *Collect
 	if opts.TopProcesses < 0 {
 		opts.TopProcesses = 0
 	}
-	return &Collector{snap: snap, opts: opts, d: newMetricDescs()}
+	return &Collector{snap: snap, opts: opts, d: newMetricDescs(opts.Identities != nil)}
 }
 
 // Describe implements prometheus.Collector.
@@ -77,22 +81,22 @@ func (c *Collector) collectProcesses(ch chan<- prometheus.Metric, s *aggregate.S
 	}
 	for _, g := range groups {
 		t := &g.totals
-		counter(d.opened, t.OpenedActive, g.comm, g.cgroup, "active")
-		counter(d.opened, t.OpenedPassive, g.comm, g.cgroup, "passive")
-		counter(d.closed, t.ClosedActive, g.comm, g.cgroup, "active")
-		counter(d.closed, t.ClosedPassive, g.comm, g.cgroup, "passive")
+		counter(d.opened, t.OpenedActive, c.labels(g, "active")...)
+		counter(d.opened, t.OpenedPassive, c.labels(g, "passive")...)
+		counter(d.closed, t.ClosedActive, c.labels(g, "active")...)
+		counter(d.closed, t.ClosedPassive, c.labels(g, "passive")...)
 		if t.ClosedUnknown > 0 {
-			counter(d.closed, t.ClosedUnknown, g.comm, g.cgroup, "unknown") // opened before tracing
+			counter(d.closed, t.ClosedUnknown, c.labels(g, "unknown")...) // opened before tracing
 		}
-		counter(d.sent, t.TxBytes, g.comm, g.cgroup)
-		counter(d.received, t.RxBytes, g.comm, g.cgroup)
+		counter(d.sent, t.TxBytes, c.labels(g)...)
+		counter(d.received, t.RxBytes, c.labels(g)...)
 		for st, n := range g.sockets {
 			if n > 0 {
 				ch <- prometheus.MustNewConstMetric(d.sockets, prometheus.GaugeValue, float64(n),
-					g.comm, g.cgroup, events.TCPState(st).String())
+					c.labels(g, events.TCPState(st).String())...)
 			}
 		}
-		ch <- prometheus.MustNewConstMetric(d.portUse, prometheus.GaugeValue, g.portUse, g.comm, g.cgroup)
+		ch <- prometheus.MustNewConstMetric(d.portUse, prometheus.GaugeValue, g.portUse, c.labels(g)...)
 	}
 	ch <- prometheus.MustNewConstMetric(d.processes, prometheus.GaugeValue, float64(len(s.Processes)))
 }
@@ -241,7 +245,7 @@ func sortedKeys[K cmp.Ordered, V any](m map[K]V) []K {
 // checked against it.
 func MetricNames() []string {
 	var names []string
-	d := newMetricDescs()
+	d := newMetricDescs(true)
 	d.each(func(desc *prometheus.Desc) { names = append(names, descName(desc)) })
 	return names
 }

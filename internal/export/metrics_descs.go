@@ -22,8 +22,8 @@ type metricDescs struct {
 	ctByState, ctByComm, ctDumps                           *prometheus.Desc
 }
 
-func newMetricDescs() metricDescs {
-	proc := []string{"comm", "cgroup"}
+func newMetricDescs(named bool) metricDescs {
+	proc := processLabels(named)
 	ns := []string{"netns"}
 	n := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc("conntracer_"+name, help, labels, nil)

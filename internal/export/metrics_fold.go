@@ -48,7 +48,11 @@ import (
 // reset of that group's series. "other" stays monotonic even then.
 
 // groupLabels is the label set of a process group.
-type groupLabels struct{ comm, cgroup string }
+type groupLabels struct {
+	comm, cgroup string
+	// namespace, pod, container: the owner's names (metrics_identity.go).
+	namespace, pod, container string
+}
 
 // procGroup is one label set's series: counters, and gauges of now.
 type procGroup struct {
@@ -79,6 +83,7 @@ func (c *Collector) groups(s *aggregate.Snapshot) []*procGroup {
 		if c.opts.CgroupName != nil && cgroupID != 0 {
 			l.cgroup = c.opts.CgroupName(cgroupID)
 		}
+		c.identityLabels(&l, cgroupID)
 		g := byLabels[l]
 		if g == nil {
 			slab = append(slab, procGroup{groupLabels: l, minPID: math.MaxUint32})
@@ -89,6 +94,9 @@ func (c *Collector) groups(s *aggregate.Snapshot) []*procGroup {
 	}
 	for i := range s.Processes {
 		p := &s.Processes[i]
+		if c.retired(p.CgroupID) {
+			continue
+		}
 		g := group(p.Comm, p.CgroupID)
 		t := p.Totals()
 		t.Sub(&p.Moved) // counted in its former group
@@ -102,6 +110,9 @@ func (c *Collector) groups(s *aggregate.Snapshot) []*procGroup {
 	}
 	for i := range s.Departed.Groups {
 		d := &s.Departed.Groups[i]
+		if c.retired(d.CgroupID) {
+			continue
+		}
 		g := group(d.Comm, d.CgroupID)
 		g.totals.Add(&d.ConnTotals)
 	}
@@ -111,7 +122,8 @@ func (c *Collector) groups(s *aggregate.Snapshot) []*procGroup {
 	}
 	slices.SortFunc(out, func(x, y *procGroup) int {
 		return cmp.Or(cmp.Compare(y.activity, x.activity), cmp.Compare(x.minPID, y.minPID),
-			strings.Compare(x.comm, y.comm), strings.Compare(x.cgroup, y.cgroup))
+			strings.Compare(x.comm, y.comm), strings.Compare(x.cgroup, y.cgroup),
+			strings.Compare(x.namespace, y.namespace), strings.Compare(x.pod, y.pod), strings.Compare(x.container, y.container))
 	})
 	return out
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/conntracer/conntracer/internal/events"
 )
@@ -26,10 +27,19 @@ type Resolver struct {
 
 	mu    sync.RWMutex
 	table map[uint64]*events.CgroupInfo // replaced whole by Refresh, never mutated
-	// names caches the runtimes' answers by container id; only Refresh
-	// touches it.
+	// names caches the runtimes' answers by container id; gone holds when
+	// each removed cgroup was last seen. Only Refresh touches them.
 	names map[string]names
+	gone  map[uint64]time.Time
 }
+
+// goneKeep is how long a removed cgroup stays in the table, marked Gone:
+// long enough for the aggregate's processes in it to expire (its idle
+// expiry is minutes), bounded by maxGone entries under heavy churn.
+const (
+	goneKeep = 15 * time.Minute
+	maxGone  = 16384
+)
 
 // engine is one Docker Engine API endpoint.
 type engine struct {
@@ -42,7 +52,7 @@ type engine struct {
 // source that is absent is no error: identities then come from the cgroup
 // path alone.
 func NewResolver(src Sources) (*Resolver, string) {
-	r := &Resolver{src: src, table: map[uint64]*events.CgroupInfo{}, names: map[string]names{}}
+	r := &Resolver{src: src, table: map[uint64]*events.CgroupInfo{}, names: map[string]names{}, gone: map[uint64]time.Time{}}
 	var used, absent []string
 	try := func(name, socket, ping string) *http.Client {
 		if socket == "" {
@@ -101,6 +111,7 @@ func (r *Resolver) Refresh(paths map[uint64]string) error {
 		}
 		table[cg] = &events.CgroupInfo{Path: p, Identity: id, Workload: id.Workload()}
 	}
+	r.retire(table, time.Now())
 	for cid := range r.names {
 		if !live[cid] {
 			delete(r.names, cid)
@@ -110,6 +121,42 @@ func (r *Resolver) Refresh(paths map[uint64]string) error {
 	r.table = table
 	r.mu.Unlock()
 	return firstErr
+}
+
+// retire carries the cgroups that disappeared into the new table, marked
+// Gone, for goneKeep; past maxGone the oldest go first.
+func (r *Resolver) retire(table map[uint64]*events.CgroupInfo, now time.Time) {
+	r.mu.RLock()
+	old := r.table
+	r.mu.RUnlock()
+	for cg, info := range old {
+		if _, ok := table[cg]; ok {
+			delete(r.gone, cg) // an id back in use (ids are not reused in practice)
+			continue
+		}
+		if !info.Gone {
+			g := *info
+			g.Gone = true
+			info = &g
+			r.gone[cg] = now
+		}
+		if now.Sub(r.gone[cg]) < goneKeep {
+			table[cg] = info
+		} else {
+			delete(r.gone, cg)
+		}
+	}
+	for len(r.gone) > maxGone {
+		var oldest uint64
+		var at time.Time
+		for cg, t := range r.gone {
+			if at.IsZero() || t.Before(at) {
+				oldest, at = cg, t
+			}
+		}
+		delete(r.gone, oldest)
+		delete(table, oldest)
+	}
 }
 
 // name fills in id's names from the cache or the runtimes.

@@ -92,9 +92,18 @@ func TestResolverDockerAndKubernetesLabels(t *testing.T) {
 	if asked != 3 {
 		t.Errorf("runtime asked %d times after a second refresh, want still 3", asked)
 	}
-	// A removed container leaves the table and the cache.
-	if r.Lookup(10) != nil || r.Len() != 3 || len(r.names) != 2 {
-		t.Errorf("after removal: Lookup(10)=%v, %d cgroups, %d names; want nil, 3, 2", r.Lookup(10), r.Len(), len(r.names))
+	// A removed container's names leave the cache; its cgroup stays a
+	// while, marked Gone and still named.
+	if g := r.Lookup(10); g == nil || !g.Gone || g.Identity.Container != "web" || r.Len() != 4 || len(r.names) != 2 {
+		t.Errorf("after removal: Lookup(10)=%+v, %d cgroups, %d names; want gone web, 4, 2", g, r.Len(), len(r.names))
+	}
+	// ... until goneKeep has passed.
+	r.gone[10] = r.gone[10].Add(-goneKeep)
+	if err := r.Refresh(paths); err != nil {
+		t.Fatal(err)
+	}
+	if r.Lookup(10) != nil || r.Len() != 3 {
+		t.Errorf("after goneKeep: Lookup(10)=%+v, %d cgroups; want nil, 3", r.Lookup(10), r.Len())
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/conntracer/conntracer/internal/export"
 	"github.com/conntracer/conntracer/internal/kernel"
 	"github.com/conntracer/conntracer/internal/probe"
+	"github.com/conntracer/conntracer/internal/session"
 )
 
 // usageError marks errors caused by the command line (exit code 2).
@@ -84,6 +85,7 @@ type config struct {
 	filter   events.Filter
 	probe    probe.Options
 	web      webConfig // /metrics beside the stream, when a listen address is set
+	identity session.IdentityConfig
 }
 
 func parseFlags(args []string, stdout io.Writer) (*config, error) {
@@ -99,6 +101,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 		cgroup   = fs.String("cgroup", "", "only processes in this cgroup v2 or below it (e.g. /sys/fs/cgroup/system.slice/nginx.service)")
 		family   = fs.String("family", "all", "address family: ipv4, ipv6 or all (IPv4-mapped IPv6 counts as ipv4)")
 	)
+	workload := addWorkloadFlags(fs)
 	pf := addProbeFlags(fs, defaults)
 	var (
 		pollEvery   = fs.Duration("poll-interval", defaults.PollInterval, "how often the reader checks the ring buffer when the kernel has not woken it")
@@ -114,10 +117,12 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	)
 	var web webConfig
 	addWebFlags(fs, &web, false)
+	var ids session.IdentityConfig
+	addIdentityFlags(fs, &ids)
 	if err := fs.Parse(args); err != nil {
 		return nil, usageError{err}
 	}
-	cfg := &config{help: *help, duration: *duration, existing: pf.existing, web: web}
+	cfg := &config{help: *help, duration: *duration, existing: pf.existing, web: web, identity: ids}
 	if cfg.help {
 		fmt.Fprintf(stdout, "Usage: tracer [flags]\n\nTraces every TCP connection's life and prints one line per finished\nconnection: owner, addresses, role, lifetime, bytes and how it ended.\n\nSubcommands:\n  top    live view per process and remote, with findings ('tracer top --help')\n  serve  daemon serving Prometheus metrics at /metrics ('tracer serve --help')\n  record record what top aggregates to a file ('tracer record --help')\n  report post-mortem of recordings: text, json or html ('tracer report --help')\n  export recorded events as JSON lines ('tracer export --help')\n\nFlags:\n%s", fs.FlagUsages())
 		return cfg, nil
@@ -158,6 +163,9 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 		return nil, usagef("--comm %q: the kernel keeps 15 characters of a process name; use %q", *comm, (*comm)[:15])
 	}
 	f.Comm = *comm
+	if f.Workload, err = workload.filter(); err != nil {
+		return nil, err
+	}
 	switch strings.ToLower(*family) {
 	case "all", "":
 	case "ipv4", "4", "inet":

@@ -35,6 +35,7 @@ func addSessionFlags(fs *pflag.FlagSet, cfg *liveConfig) func() error {
 	s := &cfg.session
 	iv, ct, th := &s.Intervals, &s.Conntrack, &s.Thresholds
 	pf := addProbeFlags(fs, defaults)
+	addIdentityFlags(fs, &s.Identity)
 	fs.DurationVar(&iv.Sample, "sample-interval", iv.Sample, "how often the kernel's table of open sockets is read")
 	fs.DurationVar(&iv.Reconcile, "reconcile-interval", iv.Reconcile, "how often TIME_WAIT counts are reconciled with a sock_diag dump of every namespace (0: never)")
 	fs.DurationVar(&iv.NetNS, "netns-interval", iv.NetNS, "how often every namespace's conntrack statistics and listen overflows are read (0: never)")

@@ -50,6 +50,7 @@ func runStream(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		scfg = session.DefaultConfig()
 		scfg.Existing, scfg.NetNS, scfg.Printer = cfg.existing, cfg.filter.NetNS, printer
 	}
+	scfg.Identity = cfg.identity
 	l, err := openLive(scfg, cfg.probe, cfg.web, stderr)
 	if err != nil {
 		return err

@@ -131,8 +131,10 @@ func runLive(ctx context.Context, cfg *topConfig, stdout, stderr io.Writer) erro
 	}
 	if cfg.json {
 		cgroups, _ := kernel.CgroupNames()
-		return export.NewDocument(snap, cfg.interval, cgroups).WriteJSON(stdout)
+		doc := export.NewDocument(snap, cfg.interval, cgroups)
+		doc.Name(snap, l.sess.Identities())
+		return doc.WriteJSON(stdout)
 	}
-	_, err = io.WriteString(stdout, export.RenderText(snap, export.ViewOptions{Sort: cfg.sortBy, Width: 160}))
+	_, err = io.WriteString(stdout, export.RenderText(snap, export.ViewOptions{Sort: cfg.sortBy, Width: 160, Identities: l.sess.Identities()}))
 	return err
 }

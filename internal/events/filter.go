@@ -20,6 +20,12 @@ type Filter struct {
 	// outside; owners found by a sampler are checked by path.
 	CgroupID   uint64
 	CgroupPath string
+	// Workload filters (container, pod, namespace) and their lookup: see
+	// identity.go.
+	Workload WorkloadFilter
+	// Identities names owners' cgroups for the workload filters; the
+	// session sets it. Without it no owner matches a workload filter.
+	Identities CgroupLookup
 }
 
 // Match reports whether ev passes the filter.
@@ -40,7 +46,7 @@ func (f *Filter) Match(ev *Event) bool {
 // matchOwner applies the owner filters (pid, comm, cgroup): an unknown
 // owner passes only when there are none.
 func (f *Filter) matchOwner(o *Process) bool {
-	if f.PID == 0 && f.Comm == "" && f.CgroupID == 0 {
+	if f.PID == 0 && f.Comm == "" && f.CgroupID == 0 && f.Workload.IsZero() {
 		return true
 	}
 	if !o.Known() {
@@ -55,7 +61,7 @@ func (f *Filter) matchOwner(o *Process) bool {
 	if f.CgroupID != 0 && !f.inCgroup(o) {
 		return false
 	}
-	return true
+	return f.Workload.IsZero() || f.Workload.match(f.Identities, o.CgroupID)
 }
 
 func (f *Filter) inCgroup(o *Process) bool {

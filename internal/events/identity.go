@@ -83,3 +83,40 @@ type CgroupInfo struct {
 // result is shared and immutable. Implementations must not allocate or
 // block for long: the stream calls it on the event loop.
 type CgroupLookup func(cgroupID uint64) *CgroupInfo
+
+// WorkloadFilter selects owners by what they run in. Empty fields match
+// anything; set ones must all match.
+type WorkloadFilter struct {
+	// Container: the container's name, or its id or an id prefix of at
+	// least 4 digits (as docker ps and crictl ps show 12).
+	Container string
+	// Namespace, Pod: the Kubernetes namespace and pod name.
+	Namespace, Pod string
+}
+
+// IsZero reports whether the filter selects everything.
+func (w *WorkloadFilter) IsZero() bool { return *w == WorkloadFilter{} }
+
+// match looks the owner's cgroup up. It allocates nothing: it runs on the
+// event loop.
+func (w *WorkloadFilter) match(lookup CgroupLookup, cgroupID uint64) bool {
+	if lookup == nil || cgroupID == 0 {
+		return false
+	}
+	info := lookup(cgroupID)
+	if info == nil {
+		return false
+	}
+	id := &info.Identity
+	if w.Namespace != "" && id.Namespace != w.Namespace {
+		return false
+	}
+	if w.Pod != "" && id.Pod != w.Pod {
+		return false
+	}
+	if c := w.Container; c != "" && id.Container != c &&
+		!(len(c) >= 4 && len(c) <= len(id.ContainerID) && id.ContainerID[:len(c)] == c) {
+		return false
+	}
+	return true
+}

@@ -86,6 +86,10 @@ type Process struct {
 	Comm     string `json:"comm"`
 	Cgroup   string `json:"cgroup"` // path as in /proc/PID/cgroup, "" if unknown
 	CgroupID uint64 `json:"cgroup_id"`
+	// Identity (its fields inline, each only when known) and Workload:
+	// what the process runs in (Document.Name).
+	*events.Identity
+	Workload string `json:"workload,omitempty"`
 	Stats
 	PortUse float64  `json:"port_use"` // highest share of a port range held towards one destination
 	Remotes []Remote `json:"remotes"`
@@ -133,7 +137,8 @@ type Finding struct {
 	PID      uint32             `json:"pid"`
 	Comm     string             `json:"comm"`
 	Remote   string             `json:"remote"`
-	Path     string             `json:"path,omitempty"` // Unix socket path, for findings about one
+	Path     string             `json:"path,omitempty"`     // Unix socket path, for findings about one
+	Workload string             `json:"workload,omitempty"` // the process's container or pod (Document.Name)
 	NetNS    uint32             `json:"netns"`
 	Evidence map[string]float64 `json:"evidence"`
 	Since    time.Time          `json:"since"`

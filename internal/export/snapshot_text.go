@@ -67,6 +67,9 @@ type ViewOptions struct {
 	Width   int    // terminal width; lines are cut to it
 	Height  int    // terminal height; 0: no limit
 	NoHelp  bool
+	// Identities names processes' containers and pods: a WORKLOAD column,
+	// matched by Filter, and the findings' lines (snapshot_identity.go).
+	Identities events.CgroupLookup
 }
 
 // row is one line of the table.
@@ -84,6 +87,7 @@ type row struct {
 	ports    float64
 	opened   uint64
 	oldestCW time.Duration
+	workload string
 }
 
 func newRow(pid uint32, comm, remote string, c *aggregate.ConnSnapshot, ports float64) row {
@@ -104,6 +108,7 @@ func rows(s *aggregate.Snapshot, o *ViewOptions) []row {
 		p := &s.Processes[i]
 		if !o.Remotes {
 			r := newRow(p.PID, p.Comm, "", &p.ConnSnapshot, p.PortUse)
+			r.workload = o.workload(p.CgroupID)
 			if f == "" || r.matches(f) {
 				out = append(out, r)
 			}
@@ -116,6 +121,7 @@ func rows(s *aggregate.Snapshot, o *ViewOptions) []row {
 				share = float64(rs.PortsUsed) / float64(rs.PortRange)
 			}
 			r := newRow(p.PID, p.Comm, rs.Remote, &rs.ConnSnapshot, share)
+			r.workload = o.workload(p.CgroupID)
 			if f == "" || r.matches(f) {
 				out = append(out, r)
 			}
@@ -146,7 +152,7 @@ func rows(s *aggregate.Snapshot, o *ViewOptions) []row {
 
 func (r *row) matches(f string) bool {
 	return strings.Contains(strings.ToLower(r.comm), f) || strings.Contains(fmt.Sprint(r.pid), f) ||
-		strings.Contains(r.remote, f)
+		strings.Contains(r.remote, f) || strings.Contains(strings.ToLower(r.workload), f)
 }
 
 // RenderText renders a snapshot as text: a summary line, the table sorted
@@ -168,6 +174,9 @@ func RenderText(s *aggregate.Snapshot, o ViewOptions) string {
 		mark("OPEN/s", o.Sort == ColOpens), mark("CLOSE/s", o.Sort == ColCloses), mark("ESTAB", o.Sort == ColEstab),
 		mark("CL_WAIT", o.Sort == ColCloseWait), "FIN_W2", mark("T_WAIT", o.Sort == ColTimeWait),
 		mark("SHORT", o.Sort == ColShort), mark("PORTS", o.Sort == ColPorts), "OPENED")
+	if o.Identities != nil {
+		head += "  WORKLOAD"
+	}
 	line(&b, head, o.Width)
 
 	findings := s.Findings
@@ -188,6 +197,9 @@ func RenderText(s *aggregate.Snapshot, o ViewOptions) string {
 		}
 		l += fmt.Sprintf(" %8.1f %8.1f %7d %7d %6d %7d %5.0f%% %5.0f%% %9d",
 			r.opens, r.closes, r.estab, r.closeW, r.finW2, r.timeW, 100*r.short, 100*r.ports, r.opened)
+		if r.workload != "" {
+			l += "  " + r.workload
+		}
 		line(&b, l, o.Width)
 	}
 	for _, l := range extra {
@@ -200,7 +212,7 @@ func RenderText(s *aggregate.Snapshot, o ViewOptions) string {
 				line(&b, fmt.Sprintf("  ... and %d more (tracer top --once --output json lists all)", len(findings)-i), o.Width)
 				break
 			}
-			line(&b, fmt.Sprintf("  %-21s %d %s  %s", f.Kind, f.PID, f.Comm, f.Message), o.Width)
+			line(&b, fmt.Sprintf("  %-21s %d %s  %s", f.Kind, f.PID, o.findingOwner(s, &f), f.Message), o.Width)
 		}
 	}
 	if !o.NoHelp {

@@ -94,6 +94,13 @@ func (p *Printer) printConnect(ev *events.Event) {
 	p.check(p.out.Print(ev))
 }
 
+// setIdentities names owners' containers in the lines and for the
+// filters on them.
+func (p *Printer) setIdentities(lookup events.CgroupLookup) {
+	p.out.SetIdentities(lookup)
+	p.filter.Identities = lookup
+}
+
 // Drained implements probe.Handler: flush lines while the kernel is quiet.
 func (p *Printer) Drained() { p.check(p.out.Flush()) }
 

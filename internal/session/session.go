@@ -59,6 +59,8 @@ type Config struct {
 	Thresholds aggregate.Thresholds
 	Conntrack  ConntrackConfig
 	Record     RecordConfig
+	// Identity: where container and pod names come from (identity.go).
+	Identity IdentityConfig
 }
 
 // DefaultConfig is the configuration of `tracer top` without flags.
@@ -87,6 +89,8 @@ type Session struct {
 	// start-up (ctentries.go).
 	ct     conntrackEntrySource
 	stderr io.Writer
+	// ids names containers and pods by cgroup id (identity.go).
+	ids *identities
 }
 
 // sink is an event loop handler that also takes events applied at a
@@ -104,8 +108,10 @@ type sink interface {
 // no goroutine.
 func New(cfg Config, prb *probe.Probe, stderr io.Writer) (_ *Session, err error) {
 	s := &Session{cfg: cfg, probe: prb, owners: events.NewOwners(), drops: loadDropNames(stderr), stderr: stderr}
+	s.ids = newIdentities(cfg.Identity, stderr)
 	if p := cfg.Printer; p != nil {
 		p.owners, p.drops = s.owners, s.drops
+		p.setIdentities(s.ids.res.Lookup)
 	}
 	if cfg.Aggregate {
 		if err := s.openAggregate(); err != nil {
@@ -218,11 +224,9 @@ func (s *Session) RegisterMetrics(reg *prometheus.Registry, opts export.MetricsO
 	if s.loop == nil {
 		return errors.New("session: metrics need the aggregator")
 	}
-	cgroups := &cgroupNames{}
-	opts.CgroupName = cgroups.name
-	// The cgroup tree changes rarely: a sampler refreshes the names.
-	s.samplers = append([]*sampler{{name: "cgroup names", every: 30 * time.Second, read: cgroups.refresh}}, s.samplers...)
-	_, _ = cgroups.refresh()
+	// The identities' refresher keeps the cgroup tree's names (identity.go).
+	opts.CgroupName = s.ids.cgroupPath
+	opts.Identities = s.ids.res.Lookup
 	if err := reg.Register(export.NewCollector(s.loop.Snapshot, opts)); err != nil {
 		return fmt.Errorf("register collector: %w", err)
 	}
@@ -263,6 +267,11 @@ func (s *Session) Run(ctx context.Context, beside ...func(context.Context) error
 			}
 		}()
 	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.ids.run(ctx)
+	}()
 	besideErrs := make([]error, len(beside))
 	for i, run := range beside {
 		wg.Add(1)
@@ -308,28 +317,4 @@ func (s *Session) Close() error {
 		return nil
 	}
 	return s.loop.rec.Close()
-}
-
-// cgroupNames caches the cgroup tree's names for the cgroup label. The
-// sampler goroutine refreshes it; scrapes read it.
-type cgroupNames struct {
-	mu    sync.Mutex
-	names map[uint64]string
-}
-
-func (c *cgroupNames) refresh() ([]events.Event, error) {
-	names, err := kernel.CgroupNames()
-	if err != nil {
-		return nil, err
-	}
-	c.mu.Lock()
-	c.names = names
-	c.mu.Unlock()
-	return nil, nil
-}
-
-func (c *cgroupNames) name(id uint64) string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.names[id]
 }

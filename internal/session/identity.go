@@ -1,0 +1,96 @@
+package session
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/conntracer/conntracer/internal/events"
+	"github.com/conntracer/conntracer/internal/identity"
+	"github.com/conntracer/conntracer/internal/kernel"
+)
+
+// IdentityConfig says where container names come from.
+type IdentityConfig struct {
+	// Sources: the runtimes' sockets and state; the zero value means
+	// identity.DefaultSources().
+	Sources identity.Sources
+	// Refresh is how often the cgroup tree is walked again and new
+	// containers named (0: DefaultIdentityRefresh).
+	Refresh time.Duration
+}
+
+// DefaultIdentityRefresh: a container that starts is named within this
+// long; until then its lines carry the cgroup id alone. A walk of a busy
+// node's cgroup tree costs a few ms.
+const DefaultIdentityRefresh = 2 * time.Second
+
+// identities owns the Resolver: refreshed on a goroutine of its own, read
+// (Lookup) by the event loop's stream, the scrapes and the renderings.
+type identities struct {
+	res     *identity.Resolver
+	every   time.Duration
+	stderr  io.Writer
+	lastErr string // the last refresh error reported, to report changes once
+}
+
+// newIdentities finds the sources, prints which are in use and names
+// every cgroup present now, so that the start-up scan's owners are named.
+func newIdentities(cfg IdentityConfig, stderr io.Writer) *identities {
+	src := cfg.Sources
+	if src == (identity.Sources{}) {
+		src = identity.DefaultSources()
+	}
+	res, note := identity.NewResolver(src)
+	fmt.Fprintf(stderr, "tracer: note: %s\n", note)
+	id := &identities{res: res, every: cfg.Refresh, stderr: stderr}
+	if id.every <= 0 {
+		id.every = DefaultIdentityRefresh
+	}
+	id.refresh()
+	return id
+}
+
+// refresh walks the cgroup tree and names what is new. Errors are notes,
+// reported when they change: the cgroup path is always there to show.
+func (id *identities) refresh() {
+	paths, err := kernel.CgroupNames()
+	if err == nil {
+		err = id.res.Refresh(paths)
+	}
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+	}
+	if msg != id.lastErr && msg != "" {
+		fmt.Fprintf(id.stderr, "tracer: note: container names: %v\n", err)
+	}
+	id.lastErr = msg
+}
+
+// run refreshes until ctx is done.
+func (id *identities) run(ctx context.Context) {
+	t := time.NewTicker(id.every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			id.refresh()
+		}
+	}
+}
+
+// Identities returns the lookup of the session's container identities by
+// cgroup id, safe from any goroutine.
+func (s *Session) Identities() events.CgroupLookup { return s.ids.res.Lookup }
+
+// cgroupPath names a cgroup id by its path, for the cgroup label.
+func (id *identities) cgroupPath(cg uint64) string {
+	if info := id.res.Lookup(cg); info != nil {
+		return info.Path
+	}
+	return ""
+}

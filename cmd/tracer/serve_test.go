@@ -298,7 +298,7 @@ func TestStreamServesMetrics(t *testing.T) {
 	}
 	testenv.RunClient(t, ns, "ctscli", plan)
 	// in conntracer_connections_closed_total, whatever the cgroup
-	waitForMetric(t, addr, "conntracer_connections_closed_total", `comm="ctscli",role="active"} 5`)
+	waitForMetric(t, addr, "conntracer_connections_closed_total", `comm="ctscli",container="",namespace="",pod="",role="active"} 5`)
 	waitFor(t, 10*time.Second, "stream lines", func() (bool, string) {
 		return strings.Count(stdout.String(), "ctscli") >= n, stdout.String()
 	})
@@ -319,12 +319,12 @@ func TestStreamMetricsSeeConnectionsOpenBeforeStart(t *testing.T) {
 	})
 	var stdout lockedBuffer
 	addr, _ := startStream(t, &stdout, "--netns", ns.Name)
-	// Label pairs are sorted by name: cgroup, comm, state.
-	waitForMetric(t, addr, "conntracer_sockets", `comm="ctoold",state="ESTABLISHED"} 1`)
-	waitForMetric(t, addr, "conntracer_sockets", `comm="ctosrv",state="ESTABLISHED"} 1`)
+	// Label pairs are sorted by name: cgroup, comm, container, namespace, pod, state.
+	waitForMetric(t, addr, "conntracer_sockets", `comm="ctoold",container="",namespace="",pod="",state="ESTABLISHED"} 1`)
+	waitForMetric(t, addr, "conntracer_sockets", `comm="ctosrv",container="",namespace="",pod="",state="ESTABLISHED"} 1`)
 
 	holder.Release(t)
-	waitForMetric(t, addr, "conntracer_connections_closed_total", `comm="ctoold",role="active"} 1`)
+	waitForMetric(t, addr, "conntracer_connections_closed_total", `comm="ctoold",container="",namespace="",pod="",role="active"} 1`)
 	waitFor(t, 10*time.Second, "stream line of the held connection", func() (bool, string) {
 		return strings.Contains(stdout.String(), "ctoold"), stdout.String()
 	})

@@ -278,6 +278,8 @@ type Event struct {
 	Sample Sample
 	// Counters: KindKernelCounters, KindTracerCounters (kcounters.go).
 	Counters Counters
+	// Cgroup: KindCgroupIdentity (identity.go).
+	Cgroup CgroupRecord
 }
 
 // errnoNames covers the socket errors a connection can end with. Other values

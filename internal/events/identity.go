@@ -120,3 +120,10 @@ func (w *WorkloadFilter) match(lookup CgroupLookup, cgroupID uint64) bool {
 	}
 	return true
 }
+
+// CgroupRecord is the payload of KindCgroupIdentity: what was known of
+// cgroup ID when it was recorded.
+type CgroupRecord struct {
+	ID   uint64
+	Info CgroupInfo
+}

@@ -8,7 +8,8 @@ package events
 // once: a number is never changed or reused, and a new kind takes a new
 // one. The numbers were assigned in blocks per source (per-connection
 // 1..4, sampler rounds 32..36, drops and namespace statistics 40..43,
-// counters 48..49, conntrack entries 56..60, Unix datagram sends 64);
+// counters 48..49, conntrack entries 56..60, Unix datagram sends 64,
+// cgroup identities 72);
 // kind_test.go pins every number and name.
 type Kind uint8
 
@@ -124,6 +125,12 @@ const (
 	// since the last event for this sender, destination and errno: the
 	// kernel counts them in place).
 	KindUnixDgramSend Kind = 64
+
+	// KindCgroupIdentity names a cgroup (Event.Cgroup: its id, path and
+	// identity: container, pod, unit). Recordings carry one per cgroup,
+	// before the first event of a process in it, so that a report read
+	// after the container is gone still names it (identity.go).
+	KindCgroupIdentity Kind = 72
 )
 
 // kindNames are the stable names of the kinds, by number: JSON output,
@@ -150,6 +157,7 @@ var kindNames = [...]string{
 	KindConntrackResync:      "conntrack_resync",
 	KindConntrackUpdate:      "conntrack_update",
 	KindUnixDgramSend:        "unix_dgram_send",
+	KindCgroupIdentity:       "cgroup_identity",
 }
 
 // String returns the kind's stable name ("conn_closed"...), "unknown" for

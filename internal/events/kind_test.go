@@ -33,6 +33,7 @@ func TestKindNumbersAndNames(t *testing.T) {
 		{KindConntrackResync, 59, "conntrack_resync"},
 		{KindConntrackUpdate, 60, "conntrack_update"},
 		{KindUnixDgramSend, 64, "unix_dgram_send"},
+		{KindCgroupIdentity, 72, "cgroup_identity"},
 	}
 	pinned := map[uint8]string{}
 	for _, tt := range kinds {

@@ -34,6 +34,8 @@ type EventJSON struct {
 	Conntrack *events.Conntrack `json:"conntrack,omitempty"`
 	Sample    *events.Sample    `json:"sample,omitempty"`
 	Counters  *CountersJSON     `json:"counters,omitempty"`
+	// Cgroup: a cgroup's identity (cgroup_identity records).
+	Cgroup *events.CgroupRecord `json:"cgroup,omitempty"`
 }
 
 // CountersJSON are kernel or tracer counters by name, not index.
@@ -63,6 +65,9 @@ func NewEventJSON(ev *events.Event, now time.Time) *EventJSON {
 	}
 	if ev.Sample != (events.Sample{}) {
 		x.Sample = &ev.Sample
+	}
+	if ev.Cgroup != (events.CgroupRecord{}) {
+		x.Cgroup = &ev.Cgroup
 	}
 	if ev.Counters != (events.Counters{}) {
 		c := ev.Counters

@@ -42,6 +42,8 @@ const (
 	// partCtEntry (the conntrack entry lifecycle kinds) was added within
 	// version 1 too.
 	partCtEntry
+	// partCgroup (KindCgroupIdentity) was added within version 1 too.
+	partCgroup
 )
 
 // errCorrupt is what the decoder reports for bytes it cannot parse.
@@ -168,6 +170,9 @@ func (e *encoder) event(ev *events.Event, now int64) {
 	if ev.ConntrackEntry != (events.ConntrackEntry{}) {
 		mask |= partCtEntry
 	}
+	if ev.Cgroup != (events.CgroupRecord{}) {
+		mask |= partCgroup
+	}
 	e.b(mask)
 	if mask&partConn != 0 {
 		e.conn(&ev.Conn)
@@ -190,6 +195,21 @@ func (e *encoder) event(ev *events.Event, now int64) {
 	if mask&partCtEntry != 0 {
 		e.ctEntry(&ev.ConntrackEntry)
 	}
+	if mask&partCgroup != 0 {
+		e.cgroup(&ev.Cgroup)
+	}
+}
+
+// cgroup writes a cgroup's identity: its id, path and names, each a
+// string of the block's table.
+func (e *encoder) cgroup(c *events.CgroupRecord) {
+	e.u(c.ID)
+	id := &c.Info.Identity
+	for _, v := range [...]string{c.Info.Path, c.Info.Workload, id.Runtime, id.ContainerID, id.PodUID,
+		id.Namespace, id.Pod, id.Container, id.Unit} {
+		e.str(v)
+	}
+	e.b(e.flag(c.Info.Gone))
 }
 
 func (e *encoder) conn(c *events.Conn) {
@@ -507,7 +527,7 @@ func (d *decoder) event(ev *events.Event) (now int64, kind uint8) {
 	}
 	*ev = events.Event{Kind: events.Kind(kind)}
 	mask := d.b()
-	if mask&^(partConn|partConnect|partDrop|partConntrack|partSample|partCounters|partCtEntry) != 0 {
+	if mask&^(partConn|partConnect|partDrop|partConntrack|partSample|partCounters|partCtEntry|partCgroup) != 0 {
 		d.fail()
 	}
 	if mask&partConn != 0 {
@@ -531,7 +551,20 @@ func (d *decoder) event(ev *events.Event) (now int64, kind uint8) {
 	if mask&partCtEntry != 0 {
 		d.ctEntry(&ev.ConntrackEntry)
 	}
+	if mask&partCgroup != 0 {
+		d.cgroup(&ev.Cgroup)
+	}
 	return now, kind
+}
+
+func (d *decoder) cgroup(c *events.CgroupRecord) {
+	c.ID = d.u()
+	id := &c.Info.Identity
+	for _, v := range [...]*string{&c.Info.Path, &c.Info.Workload, &id.Runtime, &id.ContainerID, &id.PodUID,
+		&id.Namespace, &id.Pod, &id.Container, &id.Unit} {
+		*v = d.str()
+	}
+	c.Info.Gone = d.b() != 0
 }
 
 func (d *decoder) conn(c *events.Conn) {

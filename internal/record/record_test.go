@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -98,6 +99,10 @@ func everyKind() []stamped {
 		NetNS: 9, Family: events.FamilyIPv6, Proto: 17,
 		OrigSrc: netip.MustParseAddrPort("[fd00::1]:53000"), OrigDst: netip.MustParseAddrPort("[fd00::2]:53"),
 	}})
+	id := events.Identity{Runtime: "containerd", ContainerID: strings.Repeat("4b", 32), PodUID: "7c2f1d3e-8a9b-4c5d-9e0f-1a2b3c4d5e6f",
+		Namespace: "shop", Pod: "checkout-7d9f", Container: "api"}
+	add(events.Event{Kind: events.KindCgroupIdentity, Cgroup: events.CgroupRecord{ID: 77, Info: events.CgroupInfo{
+		Path: "/kubepods/burstable/pod7c2f1d3e-8a9b-4c5d-9e0f-1a2b3c4d5e6f/" + id.ContainerID, Identity: id, Workload: id.Workload(), Gone: true}}})
 	// Times going backwards a little, as wall clocks do.
 	out[len(out)-1].now = out[len(out)-1].now.Add(-time.Millisecond)
 	return out

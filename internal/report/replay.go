@@ -55,6 +55,9 @@ type Report struct {
 	Timeline []Minute            `json:"timeline"`
 	Findings []FindingSpan       `json:"findings"` // every finding seen, with first and last seen
 	Final    *aggregate.Snapshot `json:"-"`        // the aggregate at the end
+	// names: the cgroups the recording names, and the processes' cgroups
+	// (identity.go).
+	names recordedNames
 }
 
 // Replay reads the recordings in order (each as far as it is intact) and
@@ -111,6 +114,7 @@ func Replay(paths []string, o Options) (*Report, error) {
 				cur = &Minute{Start: m, Drops: map[string]uint64{}}
 			}
 			count(cur, &ev)
+			rep.names.note(&ev)
 			agg.Apply(&ev, now)
 			if rep.Events == 0 {
 				rep.From = now

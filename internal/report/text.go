@@ -66,11 +66,11 @@ func (r *Report) WriteText(w io.Writer) error {
 		b.WriteString("  none\n")
 	}
 	for _, f := range r.Findings {
-		fmt.Fprintf(&b, "  %s  %s .. %s  pid %d %s %s%s: %s\n", f.Kind, clock(f.Since), clock(f.Last), f.PID, f.Comm, f.Remote, f.Path, f.Message)
+		fmt.Fprintf(&b, "  %s  %s .. %s  pid %d %s %s%s: %s\n", f.Kind, clock(f.Since), clock(f.Last), f.PID, r.names.owner(f.PID, f.Comm), f.Remote, f.Path, f.Message)
 	}
 	writeCountersText(&b, r.Final.KernelCounters)
 	b.WriteString("\nat the end of the recording\n")
-	b.WriteString(export.RenderText(r.Final, export.ViewOptions{Sort: export.ColOpens, Width: 160}))
+	b.WriteString(export.RenderText(r.Final, export.ViewOptions{Sort: export.ColOpens, Width: 160, Identities: r.names.lookup()}))
 	_, err := io.WriteString(w, b.String())
 	return err
 }
@@ -104,8 +104,10 @@ type Document struct {
 
 // Document returns the JSON form.
 func (r *Report) Document() *Document {
+	final := export.NewDocument(r.Final, time.Second, nil)
+	final.Name(r.Final, r.names.lookup())
 	return &Document{Files: r.Files, From: r.From, To: r.To, Events: r.Events, Totals: r.Totals(),
-		Timeline: r.Timeline, Findings: r.Findings, Final: export.NewDocument(r.Final, time.Second, nil)}
+		Timeline: r.Timeline, Findings: r.Findings, Final: final}
 }
 
 // WriteJSON writes the JSON form.

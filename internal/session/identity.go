@@ -94,3 +94,46 @@ func (id *identities) cgroupPath(cg uint64) string {
 	}
 	return ""
 }
+
+// recordedNames are the cgroups whose identity a recording carries.
+type recordedNames struct {
+	lookup  events.CgroupLookup
+	written map[uint64]bool
+}
+
+// nameOwner writes a KindCgroupIdentity event before the first event of a
+// process in a cgroup whose identity is known, once per cgroup and
+// recording, so that a report read after the container is gone still
+// names it. The lookup is a map read; the event is built only on a
+// cgroup's first sighting.
+func (r *recorder) nameOwner(ev *events.Event, now time.Time) {
+	n := &r.names
+	if n.lookup == nil {
+		return
+	}
+	var cg uint64
+	switch ev.Kind {
+	case events.KindConnClosed, events.KindConnExisting, events.KindSockOpen:
+		cg = ev.Conn.Owner.CgroupID
+	case events.KindConnect, events.KindUnixListener, events.KindUnixDgramSend:
+		cg = ev.Connect.Owner.CgroupID
+	}
+	if cg == 0 || n.written[cg] {
+		return
+	}
+	info := n.lookup(cg)
+	if info == nil || info.Identity.IsZero() {
+		return
+	}
+	if n.written == nil {
+		n.written = map[uint64]bool{}
+	}
+	n.written[cg] = true
+	named := events.Event{Kind: events.KindCgroupIdentity, Cgroup: events.CgroupRecord{ID: cg, Info: *info}}
+	if r.file != nil {
+		r.check(r.file.Write(&named, now))
+	}
+	if r.flight != nil {
+		r.check(r.flight.Write(&named, now))
+	}
+}

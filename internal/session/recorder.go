@@ -45,6 +45,8 @@ type recorder struct {
 	usr1   chan os.Signal
 	stderr io.Writer
 	failed bool
+	// names: see nameOwner (identity.go).
+	names recordedNames
 }
 
 // newRecorder returns nil when cfg records nothing.
@@ -80,6 +82,7 @@ func (r *recorder) Record(ev *events.Event, now time.Time) {
 	if r == nil {
 		return
 	}
+	r.nameOwner(ev, now)
 	if r.file != nil {
 		r.check(r.file.Write(ev, now))
 	}

@@ -167,6 +167,9 @@ func (s *Session) openAggregate() error {
 	// The recorder sees every event the aggregator applies, the start-up
 	// scan and first sampler round included (recorder.go).
 	s.loop.rec, err = newRecorder(s.cfg.Record, s.stderr)
+	if s.loop.rec != nil {
+		s.loop.rec.names.lookup = s.ids.res.Lookup // names containers once (identity.go)
+	}
 	return err
 }
 

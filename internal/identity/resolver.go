@@ -1,6 +1,7 @@
 package identity
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/http"
@@ -210,50 +211,42 @@ func clean(s string) string {
 }
 
 // ask queries the runtimes the path points at (all of them when it does
-// not say, as with the kubelet's cgroupfs layout). ok is false when none
-// could answer; a container no runtime knows is cached as nameless.
+// not say, as with the kubelet's cgroupfs layout), the first that knows
+// the container answering. ok is false when none could answer; a
+// container every runtime asked denies is cached as nameless.
 func (r *Resolver) ask(id *events.Identity) (n names, ok bool, err error) {
-	cid := id.ContainerID
-	var errs []error
-	answered := false
+	type source struct {
+		runtime string
+		names   func(cid string) (names, error)
+	}
+	var sources []source
 	consider := func(rt string) bool { return id.Runtime == "" || id.Runtime == rt }
 	if r.tasks != "" && consider(RuntimeContainerd) {
-		n, err := containerdNames(r.tasks, cid)
-		if err == nil {
-			n.runtime = RuntimeContainerd
-			return n, true, nil
-		}
-		answered = answered || errors.Is(err, errNotFound)
-		if !errors.Is(err, errNotFound) {
-			errs = append(errs, err)
-		}
+		sources = append(sources, source{RuntimeContainerd, func(cid string) (names, error) { return containerdNames(r.tasks, cid) }})
 	}
 	if r.crio != nil && consider(RuntimeCRIO) {
-		n, err := crioNames(r.crio, cid)
-		if err == nil {
-			n.runtime = RuntimeCRIO
-			return n, true, nil
-		}
-		answered = answered || errors.Is(err, errNotFound)
-		if !errors.Is(err, errNotFound) {
-			errs = append(errs, err)
+		sources = append(sources, source{RuntimeCRIO, func(cid string) (names, error) { return crioNames(r.crio, cid) }})
+	}
+	// Podman's cgroups say libpod, Docker's docker; both serve the same
+	// API, so a container of either is asked of both, and keeps the
+	// runtime its cgroup names.
+	if consider(RuntimeDocker) || consider(RuntimePodman) {
+		for _, e := range r.engines {
+			rt := cmp.Or(id.Runtime, e.runtime)
+			sources = append(sources, source{rt, func(cid string) (names, error) { return engineNames(e.client, cid) }})
 		}
 	}
-	for _, e := range r.engines {
-		// Podman's cgroups say libpod, Docker's docker; both serve the
-		// same API, so a container of either is asked of both.
-		if id.Runtime != "" && id.Runtime != RuntimeDocker && id.Runtime != RuntimePodman {
-			continue
-		}
-		n, err := engineNames(e.client, cid)
+	var errs []error
+	answered := false
+	for _, src := range sources {
+		n, err := src.names(id.ContainerID)
 		if err == nil {
-			if n.runtime = id.Runtime; n.runtime == "" {
-				n.runtime = e.runtime
-			}
+			n.runtime = src.runtime
 			return n, true, nil
 		}
-		answered = answered || errors.Is(err, errNotFound)
-		if !errors.Is(err, errNotFound) {
+		if errors.Is(err, errNotFound) {
+			answered = true
+		} else {
 			errs = append(errs, err)
 		}
 	}

@@ -12,7 +12,7 @@ ARGS     ?=
 FUZZTIME ?= 15s
 
 # Debian packages the targets below rely on (command=package).
-TEST_TOOLS := ip=iproute2 ss=iproute2 nstat=iproute2 nft=nftables conntrack=conntrack unshare=util-linux setpriv=util-linux chromium=chromium prometheus=prometheus promtool=prometheus bpftrace=bpftrace podman=podman runc=runc
+TEST_TOOLS := ip=iproute2 ss=iproute2 nstat=iproute2 nft=nftables conntrack=conntrack unshare=util-linux setpriv=util-linux chromium=chromium prometheus=prometheus promtool=prometheus bpftrace=bpftrace podman=podman runc=runc containerd=containerd ctr=containerd busybox=busybox-static
 GEN_TOOLS  := clang-14=clang-14 llvm-strip-14=llvm-14 bpftool=bpftool
 GEN_HEADERS := /usr/include/bpf/bpf_helpers.h=libbpf-dev
 
@@ -34,6 +34,7 @@ run: build ## build and run the tracer with default settings (as root)
 test: test-deps ## run every test; as root the privileged end-to-end tests run too
 	$(GO) test -count=1 ./...
 	cd deploy && $(GO) test -count=1 ./...
+	cd tests/cri && $(GO) test -count=1 ./...
 
 .PHONY: fuzz
 fuzz: ## fuzz the ring buffer record decoder for $(FUZZTIME)
@@ -77,6 +78,7 @@ lint: ## gofmt and go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	cd deploy && $(GO) vet ./...
+	cd tests/cri && $(GO) vet ./...
 
 # Tracked files over 2 MB must be named here: a compiled test binary (15.8 MB)
 # was once committed by mistake.
@@ -108,7 +110,7 @@ define ensure_tools
 endef
 
 .PHONY: test-deps
-test-deps: ## install the tools the tests use (iproute2, nftables, conntrack, prometheus, chromium, bpftrace, podman and runc) if missing
+test-deps: ## install the tools the tests use (iproute2, nftables, conntrack, prometheus, chromium, bpftrace, podman, runc, containerd, busybox-static) if missing
 	$(call ensure_tools,$(TEST_TOOLS))
 
 .PHONY: gen-deps

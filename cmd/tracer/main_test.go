@@ -44,6 +44,8 @@ func TestBadFlagsSayWhatToDo(t *testing.T) {
 		{[]string{"--duration", "-1s"}, "--duration must not be negative"},
 		{[]string{"--netns", "no-such-namespace-xyz"}, `--netns "no-such-namespace-xyz": not an inode number`},
 		{[]string{"--cgroup", "/no/such/cgroup"}, "/no/such/cgroup"},
+		{[]string{"--pod", "shop/"}, `--pod "shop/": use NAME or NAMESPACE/NAME`},
+		{[]string{"--pod", "shop/checkout", "--k8s-namespace", "dev"}, `--pod "shop/checkout" and --k8s-namespace "dev" name different namespaces`},
 		{[]string{"extra"}, `unexpected argument "extra"`},
 	} {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
@@ -68,7 +70,7 @@ func TestHelpListsEveryFilter(t *testing.T) {
 	if err := run(context.Background(), []string{"--help"}, &stdout, &stdout); err != nil {
 		t.Fatal(err)
 	}
-	for _, flag := range []string{"--pid", "--comm", "--port", "--netns", "--cgroup", "--family", "--output", "--duration", "--attach-mode"} {
+	for _, flag := range []string{"--pid", "--comm", "--port", "--netns", "--cgroup", "--container", "--pod", "--k8s-namespace", "--family", "--output", "--duration", "--attach-mode"} {
 		if !strings.Contains(stdout.String(), flag) {
 			t.Errorf("--help does not mention %s", flag)
 		}

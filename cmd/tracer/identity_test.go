@@ -193,3 +193,26 @@ func TestPodmanContainerNamed(t *testing.T) {
 		return !bytes.Contains(b, []byte(fmt.Sprintf(`container=%q`, name))), string(metricLines(b, "conntracer_connections_closed_total"))
 	})
 }
+
+// TestStreamNamesNetNS: JSON lines carry the namespace's `ip netns` name
+// beside its inode.
+func TestStreamNamesNetNS(t *testing.T) {
+	testenv.RequireRoot(t)
+	ns := testenv.NewNetNS(t)
+	var stdout lockedBuffer
+	startStream(t, &stdout, "--output", "json", "--netns", ns.Name)
+	srv := testenv.StartServer(t, ns, "ctnnsrv")
+	testenv.RunClient(t, ns, "ctnncli", []testenv.Conn{{Addr: srv.Addr4(), Req: 10, Resp: 10, Mode: testenv.ClientCloses}})
+	waitFor(t, 10*time.Second, "the client's line", func() (bool, string) {
+		return strings.Contains(stdout.String(), `"comm":"ctnncli"`), stdout.String()
+	})
+	for _, line := range strings.Split(strings.TrimSpace(stdout.String()), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("not JSON: %v\n%s", err, line)
+		}
+		if m["netns"] != float64(ns.Inode) || m["netns_name"] != ns.Name {
+			t.Errorf("line names netns %v %v, want %d %q: %s", m["netns"], m["netns_name"], ns.Inode, ns.Name, line)
+		}
+	}
+}

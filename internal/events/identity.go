@@ -127,3 +127,10 @@ type CgroupRecord struct {
 	ID   uint64
 	Info CgroupInfo
 }
+
+// NetNSLookup names a network namespace by its inode: the name `ip netns`
+// gives it, "" if none. The inode stays the namespace's identity (names
+// are the user's and may change); the name is shown beside it. Like
+// CgroupLookup it must not allocate: the stream calls it on the event
+// loop.
+type NetNSLookup func(inode uint32) string

@@ -62,8 +62,10 @@ type Stream struct {
 	owners ownerCache
 	// endings formats the JSON lines' end fields (stream_ending.go).
 	endings endingCache
-	// identities names owners' containers (stream_identity.go); nil: off.
+	// identities names owners' containers, netnsNames namespaces
+	// (stream_identity.go); nil: off.
 	identities events.CgroupLookup
+	netnsNames events.NetNSLookup
 }
 
 // NewStream writes lines in the given format to w.
@@ -224,6 +226,7 @@ func (s *Stream) appendJSON(b []byte, ev *events.Event) []byte {
 	b = s.appendJSONEnding(b, c) // through `"cookie":`
 	b = strconv.AppendUint(b, c.Cookie, 10)
 	b = s.appendJSONIdentity(b, c.Owner.CgroupID)
+	b = s.appendJSONNetNSName(b, c.NetNS)
 	return append(b, "}\n"...)
 }
 

@@ -10,6 +10,26 @@ import "github.com/conntracer/conntracer/internal/events"
 // Call before the first line.
 func (s *Stream) SetIdentities(lookup events.CgroupLookup) { s.identities = lookup }
 
+// SetNetNSNames names network namespaces in JSON lines (netns_name, beside
+// the netns inode) through lookup (nil: none); names must be printable
+// ASCII without '"' or '\\', as kernel.NetNSNames keeps them.
+func (s *Stream) SetNetNSNames(lookup events.NetNSLookup) { s.netnsNames = lookup }
+
+// appendJSONNetNSName appends `,"netns_name":"NAME"` when the namespace
+// has a name.
+func (s *Stream) appendJSONNetNSName(b []byte, ino uint32) []byte {
+	if s.netnsNames == nil || ino == 0 {
+		return b
+	}
+	name := s.netnsNames(ino)
+	if name == "" {
+		return b
+	}
+	b = append(b, `,"netns_name":"`...)
+	b = append(b, name...)
+	return append(b, '"')
+}
+
 // textWorkloadHeader is the text header's extra column, after END (whose
 // widest value, "connect_failed (ECONNREFUSED)", is 29 characters).
 const textWorkloadHeader = "WORKLOAD"

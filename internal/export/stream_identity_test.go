@@ -24,13 +24,23 @@ func identities() events.CgroupLookup {
 	}
 }
 
+// netnsNames names the sample events' namespace.
+func netnsNames(ino uint32) string {
+	if ino == 4026531840 {
+		return "blue"
+	}
+	return ""
+}
+
 func TestStreamIdentity(t *testing.T) {
 	evs := sampleEvents()
 	evs[1].Conn.Owner.CgroupID = 78 // not named
+	evs[2].Conn.NetNS = 4026531841  // not named
 	for _, f := range []Format{FormatText, FormatJSON} {
 		var buf bytes.Buffer
 		s := NewStream(&buf, f, fixedClock)
 		s.SetIdentities(identities())
+		s.SetNetNSNames(netnsNames)
 		for i := range evs {
 			if err := s.Print(&evs[i]); err != nil {
 				t.Fatal(err)
@@ -62,6 +72,9 @@ func TestStreamIdentity(t *testing.T) {
 			if err := json.Unmarshal([]byte(line), &m); err != nil {
 				t.Fatalf("line %d not JSON: %v\n%s", n, err, line)
 			}
+			if name, ok := m["netns_name"]; (n == 2) == ok || ok && name != "blue" {
+				t.Errorf("line %d: netns_name %v (netns %v)", n, name, m["netns"])
+			}
 			if n == 1 {
 				if _, ok := m["pod"]; ok {
 					t.Errorf("unnamed owner has a pod field: %s", line)
@@ -81,6 +94,7 @@ func TestStreamIdentityDoesNotAllocate(t *testing.T) {
 	for _, f := range []Format{FormatText, FormatJSON} {
 		s := NewStream(io.Discard, f, fixedClock)
 		s.SetIdentities(identities())
+		s.SetNetNSNames(netnsNames)
 		if allocs := testing.AllocsPerRun(1000, func() {
 			for i := range evs {
 				_ = s.Print(&evs[i])

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/conntracer/conntracer/internal/events"
@@ -29,7 +30,11 @@ const DefaultIdentityRefresh = 2 * time.Second
 // identities owns the Resolver: refreshed on a goroutine of its own, read
 // (Lookup) by the event loop's stream, the scrapes and the renderings.
 type identities struct {
-	res     *identity.Resolver
+	res *identity.Resolver
+	// netns names network namespaces (`ip netns`); replaced whole by
+	// refresh, read under mu.
+	mu      sync.RWMutex
+	netns   map[uint32]string
 	every   time.Duration
 	stderr  io.Writer
 	lastErr string // the last refresh error reported, to report changes once
@@ -55,6 +60,11 @@ func newIdentities(cfg IdentityConfig, stderr io.Writer) *identities {
 // refresh walks the cgroup tree and names what is new. Errors are notes,
 // reported when they change: the cgroup path is always there to show.
 func (id *identities) refresh() {
+	if names, err := kernel.NetNSNames(); err == nil {
+		id.mu.Lock()
+		id.netns = names
+		id.mu.Unlock()
+	}
 	paths, err := kernel.CgroupNames()
 	if err == nil {
 		err = id.res.Refresh(paths)
@@ -86,6 +96,16 @@ func (id *identities) run(ctx context.Context) {
 // Identities returns the lookup of the session's container identities by
 // cgroup id, safe from any goroutine.
 func (s *Session) Identities() events.CgroupLookup { return s.ids.res.Lookup }
+
+// NetNSNames returns the lookup of network namespace names by inode,
+// safe from any goroutine.
+func (s *Session) NetNSNames() events.NetNSLookup { return s.ids.netnsName }
+
+func (id *identities) netnsName(ino uint32) string {
+	id.mu.RLock()
+	defer id.mu.RUnlock()
+	return id.netns[ino]
+}
 
 // cgroupPath names a cgroup id by its path, for the cgroup label.
 func (id *identities) cgroupPath(cg uint64) string {

@@ -96,8 +96,9 @@ func (p *Printer) printConnect(ev *events.Event) {
 
 // setIdentities names owners' containers in the lines and for the
 // filters on them.
-func (p *Printer) setIdentities(lookup events.CgroupLookup) {
+func (p *Printer) setIdentities(lookup events.CgroupLookup, netns events.NetNSLookup) {
 	p.out.SetIdentities(lookup)
+	p.out.SetNetNSNames(netns)
 	p.filter.Identities = lookup
 }
 

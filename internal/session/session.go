@@ -111,7 +111,7 @@ func New(cfg Config, prb *probe.Probe, stderr io.Writer) (_ *Session, err error)
 	s.ids = newIdentities(cfg.Identity, stderr)
 	if p := cfg.Printer; p != nil {
 		p.owners, p.drops = s.owners, s.drops
-		p.setIdentities(s.ids.res.Lookup)
+		p.setIdentities(s.ids.res.Lookup, s.ids.netnsName)
 	}
 	if cfg.Aggregate {
 		if err := s.openAggregate(); err != nil {

@@ -107,6 +107,7 @@ func runLive(ctx context.Context, cfg *topConfig, stdout, stderr io.Writer) erro
 	var wg sync.WaitGroup
 	if !cfg.once && !cfg.noView {
 		ui := top.NewUI(l.sess.Snapshot, cfg.interval, cfg.sortBy)
+		ui.Identities = l.sess.Identities()
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

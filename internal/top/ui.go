@@ -17,6 +17,7 @@ import (
 	tea "github.com/charmbracelet/bubbletea"
 
 	"github.com/conntracer/conntracer/internal/aggregate"
+	"github.com/conntracer/conntracer/internal/events"
 	"github.com/conntracer/conntracer/internal/export"
 )
 
@@ -28,6 +29,9 @@ type UI struct {
 	snapshot func() *aggregate.Snapshot
 	every    time.Duration
 	sort     export.Column
+	// Identities names processes' containers and pods (a WORKLOAD
+	// column, matched by the filter); nil: none. Set before Run.
+	Identities events.CgroupLookup
 }
 
 // NewUI returns a view refreshed every `every` from snapshot().
@@ -37,7 +41,7 @@ func NewUI(snapshot func() *aggregate.Snapshot, every time.Duration, sort export
 
 // Run shows the view on the terminal until the user quits or ctx ends.
 func (u *UI) Run(ctx context.Context, out io.Writer) error {
-	m := model{ui: u, opts: export.ViewOptions{Sort: u.sort, Width: 120, Height: 40}, snap: u.snapshot()}
+	m := model{ui: u, opts: export.ViewOptions{Sort: u.sort, Width: 120, Height: 40, Identities: u.Identities}, snap: u.snapshot()}
 	p := tea.NewProgram(m, tea.WithContext(ctx), tea.WithOutput(out), tea.WithInput(os.Stdin), tea.WithAltScreen())
 	_, err := p.Run()
 	if errors.Is(err, tea.ErrInterrupted) || (errors.Is(err, tea.ErrProgramKilled) && ctx.Err() != nil) {

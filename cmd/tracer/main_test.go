@@ -149,6 +149,15 @@ type jsonConn struct {
 	Error      string    `json:"error"`
 	SeenOpen   bool      `json:"seen_open"`
 	Cookie     uint64    `json:"cookie"`
+	NetNSName  string    `json:"netns_name"`
+	// What the owner runs in, when known (README: Containers and pods).
+	Namespace   string `json:"namespace"`
+	Pod         string `json:"pod"`
+	Container   string `json:"container"`
+	ContainerID string `json:"container_id"`
+	Runtime     string `json:"runtime"`
+	PodUID      string `json:"pod_uid"`
+	Unit        string `json:"unit"`
 }
 
 // TestJSONStreamNamesOwnersOfOldAndNewConnections runs the whole program:

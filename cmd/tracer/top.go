@@ -134,7 +134,6 @@ func runLive(ctx context.Context, cfg *topConfig, stdout, stderr io.Writer) erro
 		cgroups, _ := kernel.CgroupNames()
 		doc := export.NewDocument(snap, cfg.interval, cgroups)
 		doc.Name(snap, l.sess.Identities())
-		doc.NameNetNS(l.sess.NetNSNames())
 		return doc.WriteJSON(stdout)
 	}
 	_, err = io.WriteString(stdout, export.RenderText(snap, export.ViewOptions{Sort: cfg.sortBy, Width: 160, Identities: l.sess.Identities()}))

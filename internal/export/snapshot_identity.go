@@ -71,17 +71,3 @@ func (d *Document) Name(s *aggregate.Snapshot, lookup events.CgroupLookup) {
 		}
 	}
 }
-
-// NameNetNS adds the `ip netns` names of the namespaces of the processes'
-// remotes; the inode stays beside it. A nil lookup adds nothing.
-func (d *Document) NameNetNS(lookup events.NetNSLookup) {
-	if lookup == nil {
-		return
-	}
-	for i := range d.Processes {
-		for j := range d.Processes[i].Remotes {
-			r := &d.Processes[i].Remotes[j]
-			r.NetNSName = lookup(r.NetNS)
-		}
-	}
-}

@@ -97,11 +97,9 @@ type Process struct {
 
 // Remote is a process's connections to one remote endpoint.
 type Remote struct {
-	Remote string `json:"remote"` // "10.0.0.2:6379"; "10.0.0.2:*" for accepted connections
-	NetNS  uint32 `json:"netns"`
-	// NetNSName: the namespace's `ip netns` name, if any (Document.NameNetNS).
-	NetNSName string `json:"netns_name,omitempty"`
-	Passive   bool   `json:"passive"`
+	Remote  string `json:"remote"` // "10.0.0.2:6379"; "10.0.0.2:*" for accepted connections
+	NetNS   uint32 `json:"netns"`
+	Passive bool   `json:"passive"`
 	Stats
 	PortsUsed uint32 `json:"ports_used"`
 	PortRange uint32 `json:"port_range"`

@@ -97,10 +97,6 @@ func (id *identities) run(ctx context.Context) {
 // cgroup id, safe from any goroutine.
 func (s *Session) Identities() events.CgroupLookup { return s.ids.res.Lookup }
 
-// NetNSNames returns the lookup of network namespace names by inode,
-// safe from any goroutine.
-func (s *Session) NetNSNames() events.NetNSLookup { return s.ids.netnsName }
-
 func (id *identities) netnsName(ino uint32) string {
 	id.mu.RLock()
 	defer id.mu.RUnlock()

@@ -111,6 +111,9 @@ func (id *identities) cgroupPath(cg uint64) string {
 	return ""
 }
 
+// maxRecordedNames bounds the set of cgroups already named in a recording.
+const maxRecordedNames = 1 << 16
+
 // recordedNames are the cgroups whose identity a recording carries.
 type recordedNames struct {
 	lookup  events.CgroupLookup
@@ -141,7 +144,9 @@ func (r *recorder) nameOwner(ev *events.Event, now time.Time) {
 	if info == nil || info.Identity.IsZero() {
 		return
 	}
-	if n.written == nil {
+	if n.written == nil || len(n.written) >= maxRecordedNames {
+		// Bounded under container churn: forgetting only means a
+		// cgroup seen again is named again, a few bytes.
 		n.written = map[uint64]bool{}
 	}
 	n.written[cg] = true

@@ -202,39 +202,33 @@ func holdServer(t *testing.T) string {
 	return l.Addr().String()
 }
 
-// tracer runs the tracer binary built from this checkout.
+// tracer runs the tracer binary built from this checkout; its stderr goes
+// to a file the test reads while it runs.
 type tracer struct {
 	cmd    *exec.Cmd
 	stdout bytes.Buffer
-	stderr lockedBuffer
+	errLog string
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+func (tr *tracer) stderr() string {
+	b, _ := os.ReadFile(tr.errLog)
+	return string(b)
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func startTracer(t *testing.T, bin string, args ...string) *tracer {
+func startTracer(t *testing.T, dir, bin string, args ...string) *tracer {
 	t.Helper()
-	tr := &tracer{cmd: exec.Command(bin, args...)}
-	tr.cmd.Stdout, tr.cmd.Stderr = &tr.stdout, &tr.stderr
+	f, err := os.CreateTemp(dir, "tracer-stderr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	tr := &tracer{cmd: exec.Command(bin, args...), errLog: f.Name()}
+	tr.cmd.Stdout, tr.cmd.Stderr = &tr.stdout, f
 	if err := tr.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 60*time.Second, "the tracer to trace", func() (bool, string) {
-		return strings.Contains(tr.stderr.String(), "tracing TCP connections"), tr.stderr.String()
+		return strings.Contains(tr.stderr(), "tracing TCP connections"), tr.stderr()
 	})
 	return tr
 }
@@ -277,19 +271,19 @@ func TestCRIPodNamed(t *testing.T) {
 	port := strings.Split(addr, ":")[1]
 	sources := []string{"--containerd-state", tasks, "--docker-socket", "", "--podman-socket", "", "--crio-socket", "", "--identity-refresh", "200ms"}
 	rec := filepath.Join(dir, "rec.ctrec")
-	top := startTracer(t, bin, append([]string{"top", "--once", "--output", "json", "--interval", "12s", "--record", rec,
+	top := startTracer(t, dir, bin, append([]string{"top", "--once", "--output", "json", "--interval", "12s", "--record", rec,
 		"--finding.pool-leak-window", "4s", "--finding.pool-leak-growth", "5"}, sources...)...)
-	serve := startTracer(t, bin, append([]string{"--output", "json", "--port", port, "--web.listen-address", "127.0.0.1:0"}, sources...)...)
+	serve := startTracer(t, dir, bin, append([]string{"--output", "json", "--port", port, "--web.listen-address", "127.0.0.1:0"}, sources...)...)
 	defer func() {
 		serve.cmd.Process.Signal(os.Interrupt)
 		serve.cmd.Wait()
 	}()
-	if !strings.Contains(top.stderr.String(), "container names from containerd ("+tasks+")") {
-		t.Errorf("start-up notes do not name the containerd source:\n%s", top.stderr.String())
+	if !strings.Contains(top.stderr(), "container names from containerd ("+tasks+")") {
+		t.Errorf("start-up notes do not name the containerd source:\n%s", top.stderr())
 	}
-	m := regexp.MustCompile(`serving metrics on (http://\S+)/metrics`).FindStringSubmatch(serve.stderr.String())
+	m := regexp.MustCompile(`serving metrics on (http://\S+)/metrics`).FindStringSubmatch(serve.stderr())
 	if m == nil {
-		t.Fatalf("no metrics address: %s", serve.stderr.String())
+		t.Fatalf("no metrics address: %s", serve.stderr())
 	}
 	metrics := m[1] + "/metrics"
 
@@ -354,7 +348,7 @@ func TestCRIPodNamed(t *testing.T) {
 
 	// tracer top: the process under the pod, and the finding.
 	if err := top.cmd.Wait(); err != nil {
-		t.Fatalf("tracer top: %v\n%s", err, top.stderr.String())
+		t.Fatalf("tracer top: %v\n%s", err, top.stderr())
 	}
 	var doc struct {
 		Processes []struct {

@@ -1,5 +1,5 @@
 // Package report turns recordings into post-mortems: it replays the
-// recorded events through the same events.Aggregator (and so the same
+// recorded events through the same aggregate.Aggregator (and so the same
 // findings rules) that ran live, and renders what it found as text, JSON
 // or a self-contained HTML page.
 package report

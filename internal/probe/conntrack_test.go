@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/conntracer/conntracer/internal/events"
 	"github.com/conntracer/conntracer/internal/kernel"
 	"github.com/conntracer/conntracer/internal/testenv"

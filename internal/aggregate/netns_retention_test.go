@@ -3,6 +3,7 @@ package aggregate
 import (
 	"github.com/conntracer/conntracer/internal/events"
 
+	"slices"
 	"testing"
 	"time"
 )
@@ -71,7 +72,24 @@ func TestNetNSRetentionAndReuse(t *testing.T) {
 		t.Fatalf("kernel counter delta %d, want 10", d)
 	}
 
+	findingsOf := func() []string {
+		apply(events.Event{Kind: events.KindSockSampleDone}) // findings are evaluated at the end of a round
+		var kinds []string
+		for _, f := range a.Snapshot().Findings {
+			if f.NetNS == ino {
+				kinds = append(kinds, f.Kind)
+			}
+		}
+		return kinds
+	}
+	if k := findingsOf(); !slices.Contains(k, "conntrack_table_full") {
+		t.Fatalf("before: findings of the namespace %v, want conntrack_table_full", k)
+	}
+
 	ident(events.KindNetNSGone, ino)
+	if k := findingsOf(); len(k) > 0 {
+		t.Errorf("namespace gone: its findings stay: %v", k)
+	}
 	if c := ct(ino); c != nil {
 		t.Errorf("namespace gone: its conntrack object stays: %+v", c)
 	}

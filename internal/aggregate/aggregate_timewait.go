@@ -264,6 +264,17 @@ func (t *timeWaitTable) dumpDone(netns uint32, ns uint64) {
 	t.dumps++
 }
 
+// forgetNetNS removes the entries of a namespace that is gone: its
+// timewait sockets went with it.
+func (t *timeWaitTable) forgetNetNS(netns uint32) {
+	for k, e := range t.m {
+		if k.netns == netns {
+			t.remove(k, e)
+		}
+	}
+	delete(t.covered, netns)
+}
+
 // expire removes the entries whose timer has fired by kernel time ns.
 func (t *timeWaitTable) expire(ns uint64) {
 	if ns < t.lastSweep+expireEvery || len(t.m) == 0 {

@@ -3,6 +3,7 @@ package aggregate
 import (
 	"github.com/conntracer/conntracer/internal/events"
 
+	"net/netip"
 	"slices"
 	"testing"
 	"time"
@@ -86,7 +87,25 @@ func TestNetNSRetentionAndReuse(t *testing.T) {
 		t.Fatalf("before: findings of the namespace %v, want conntrack_table_full", k)
 	}
 
+	apply(events.Event{Kind: events.KindTimeWait, Conn: events.Conn{NetNS: ino, Family: events.FamilyIPv4,
+		Local: netip.MustParseAddrPort("10.0.0.1:40000"), Remote: netip.MustParseAddrPort("10.0.0.2:80")},
+		Sample: events.Sample{TimeNs: 1e9, ExpiresNs: 61e9}})
+	timeWait := func() (n int) {
+		for _, c := range a.Snapshot().TimeWait.ByNetNS {
+			if c.NetNS == ino {
+				n += int(c.Total)
+			}
+		}
+		return n
+	}
+	if n := timeWait(); n != 1 {
+		t.Fatalf("before: %d TIME_WAIT sockets in the namespace, want 1", n)
+	}
+
 	ident(events.KindNetNSGone, ino)
+	if n := timeWait(); n != 0 {
+		t.Errorf("namespace gone: %d of its TIME_WAIT sockets stay", n)
+	}
 	if k := findingsOf(); len(k) > 0 {
 		t.Errorf("namespace gone: its findings stay: %v", k)
 	}

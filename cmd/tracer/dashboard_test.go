@@ -121,12 +121,7 @@ func TestDashboardQueriesAgainstPrometheus(t *testing.T) {
 	testenv.RequireTool(t, "prometheus")
 	testenv.RequireTool(t, "nft")
 	ns := testenv.NewNetNS(t)
-	testenv.NFT(t, ns, `table inet dashtest {
-	chain out {
-		type filter hook output priority 0;
-		ct state new counter
-	}
-}`)
+	testenv.TrackConntrack(t, ns, "dashtest")
 	r := startServe(t, "--netns", ns.Name, "--sample-interval", "200ms", "--netns-interval", "300ms",
 		"--reconcile-interval", "1s", "--unix-interval", "0")
 	base := startPrometheus(t, r.addr)

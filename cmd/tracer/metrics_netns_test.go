@@ -43,12 +43,7 @@ func TestServeConntrackDropsFromEmptyTableAndNamespaceGone(t *testing.T) {
 	testenv.RequireTool(t, "nft")
 	ns := testenv.NewNetNS(t)
 	l := testenv.StartListener(t, ns, "ctd-listen", 1024)
-	testenv.NFT(t, ns, `table inet ctdtest {
-	chain out {
-		type filter hook output priority 0;
-		ct state new counter
-	}
-}`)
+	testenv.TrackConntrack(t, ns, "ctdtest")
 	const every = 300 * time.Millisecond
 	r := startServe(t, "--netns", ns.Name, "--sample-interval", "200ms", "--netns-interval", every.String(),
 		"--reconcile-interval", "0", "--unix-interval", "0", "--counters-interval", "0")

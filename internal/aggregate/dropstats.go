@@ -99,6 +99,9 @@ func (s *DropStats) Apply(ev *events.Event, now time.Time) {
 			} else {
 				delete(s.offsets, k) // the kernel's key was evicted and began anew
 			}
+			if n == 0 {
+				return // the departed namespace's key, read again: nothing new
+			}
 		}
 		s.counts[k] = n
 	case events.KindNetNSGone:

@@ -76,12 +76,15 @@ func TestServeConntrackDropsFromEmptyTableAndNamespaceGone(t *testing.T) {
 	})
 	t.Logf("conntrack drops: kernel %d, tracer %d (%d connects failed)", st.Drop, st.Drop, b.Failed)
 
+	if got, _ := scrape(t, r.addr, "conntracer_", label); true {
+		t.Logf("series of the namespace before it is deleted:\n%s", got)
+	}
 	l.Stop()
 	f.Close()
 	ns.Delete(t)
 	gone := time.Now()
 	waitFor(t, 10*time.Second, "series of the deleted namespace gone", func() (bool, string) {
-		got, err := scrape(t, r.addr, "conntracer_conntrack_", label)
+		got, err := scrape(t, r.addr, "conntracer_", label) // every series of the namespace
 		return got == "" && err == nil, fmt.Sprint(got, err)
 	})
 	// Two sampler rounds, and the socket round that publishes the

@@ -125,14 +125,14 @@ func (t *timeWaitTable) replace(k tuple, e twEntry, old twEntry, had bool) {
 	} else {
 		e.inPorts = t.ports.addTimeWait(k)
 	}
+	t.m[k] = e
+	if e.pending {
+		return // not counted: no census line of 0 for its namespace
+	}
 	c := t.byNetNS[k.netns]
 	if c == nil {
 		c = &twCount{}
 		t.byNetNS[k.netns] = c
-	}
-	t.m[k] = e
-	if e.pending {
-		return
 	}
 	c.total++
 	if e.remote == nil {

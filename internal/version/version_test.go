@@ -29,7 +29,7 @@ func main() { fmt.Print(version.Get()) }
 		t.Fatal(err)
 	}
 	// Inside the module, so that the internal package may be imported.
-	src, err := os.MkdirTemp(".", "stampcheck")
+	src, err := os.MkdirTemp(".", "_stampcheck") // "_": invisible to ./... patterns of builds beside the test
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -52,6 +52,7 @@ func openLive(cfg session.Config, opts probe.Options, web webConfig, stderr io.W
 	if l.metrics, err = listenMetrics(web, reg, stderr); err != nil {
 		return nil, err
 	}
+	l.metrics.serveHealth(l.sess.Health().Progress, stallAfter)
 	fmt.Fprintf(stderr, "tracer: serving metrics on %s/metrics\n", l.metrics.URL())
 	return l, nil
 }

@@ -230,12 +230,25 @@ func (s *Session) RegisterMetrics(reg *prometheus.Registry, opts export.MetricsO
 	for _, a := range s.probe.Attachments() {
 		attached[a.Hook] = string(a.Mode)
 	}
+	if _, ok := s.ct.(*kernel.CtEvents); ok && attached[probe.ConntrackHook] == "" {
+		// The entries come from ctnetlink instead: not a hook that is off.
+		attached[probe.ConntrackHook] = ConntrackCtnetlink
+	}
 	health, err := export.NewHealth(reg, attached)
 	if err != nil {
 		return fmt.Errorf("register self-metrics: %w", err)
 	}
 	s.loop.health = health
 	return nil
+}
+
+// Health is the self-instrumentation RegisterMetrics made (nil before):
+// its Progress tells a health check whether the event loop moves.
+func (s *Session) Health() *export.Health {
+	if s.loop == nil {
+		return nil
+	}
+	return s.loop.health
 }
 
 // Run runs the event loop until ctx is done, with the sampler goroutine,

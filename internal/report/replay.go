@@ -73,17 +73,17 @@ type FindingSpan = aggregate.Finding
 
 // Report is a replayed recording.
 type Report struct {
-	Files    []File              `json:"files"`
-	From     time.Time           `json:"from"`
-	To       time.Time           `json:"to"`
-	Events   uint64              `json:"events"`
-	Step     time.Duration       `json:"-"` // of the timeline
-	Timeline []Step              `json:"timeline"`
+	Files    []File        `json:"files"`
+	From     time.Time     `json:"from"`
+	To       time.Time     `json:"to"`
+	Events   uint64        `json:"events"`
+	Step     time.Duration `json:"-"` // of the timeline
+	Timeline []Step        `json:"timeline"`
 	// Processes are the processes the timeline follows (Step.open).
-	Processes []ProcessKey     `json:"-"`
+	Processes []ProcessKey `json:"-"`
 	procIndex map[ProcessKey]int
-	Findings []FindingSpan       `json:"findings"` // every finding seen, with first and last seen
-	Final    *aggregate.Snapshot `json:"-"`        // the aggregate at the end
+	Findings  []FindingSpan       `json:"findings"` // every finding seen, with first and last seen
+	Final     *aggregate.Snapshot `json:"-"`        // the aggregate at the end
 }
 
 // Replay reads the recordings in order (each as far as it is intact) and

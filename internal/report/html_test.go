@@ -256,3 +256,43 @@ func TestHTMLChartsDrawOffline(t *testing.T) {
 		t.Errorf("the churner's row does not show 0 open and 45 in TIME_WAIT (screenshot: %s)", shot)
 	}
 }
+
+// TestLongRecordingCoarsens: two hours give a point a minute, no more
+// than 300 points, strictly in order, and the counts all there.
+func TestLongRecordingCoarsens(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "long.ctrec")
+	w, err := record.Create(path, record.Options{Header: record.Header{Host: "test"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2026, 11, 22, 1, 0, 0, 0, time.UTC)
+	var owner events.Process
+	owner.PID, owner.Source = 7, events.OwnerConnect
+	owner.SetComm("slow")
+	for i := range 720 {
+		kns := uint64(1e12) + uint64(i)*1e10
+		ev := events.Event{Kind: events.KindConnClosed, Conn: events.Conn{Cookie: uint64(i + 1), NetNS: 1, Family: events.FamilyIPv4,
+			Local: netip.MustParseAddrPort("10.0.0.1:40000"), Remote: netip.MustParseAddrPort("10.0.0.2:80"), Role: events.RoleActive,
+			Owner: owner, OpenNs: kns - 1e6, CloseNs: kns, EndState: events.EndTimeWait, ClosedBy: events.SideLocal, SeenOpen: true}}
+		if err := w.Write(&ev, t0.Add(time.Duration(i)*10*time.Second)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Replay([]string{path}, Options{Thresholds: aggregate.DefaultThresholds()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var closed uint64
+	for i, s := range rep.Timeline {
+		closed += s.Closed
+		if i > 0 && !s.Start.After(rep.Timeline[i-1].Start) {
+			t.Fatalf("step %d at %v after %v", i, s.Start, rep.Timeline[i-1].Start)
+		}
+	}
+	if rep.Step != time.Minute || len(rep.Timeline) != 120 || closed != 720 {
+		t.Fatalf("%d points of %v with %d closed, want 120 of 1m0s with 720", len(rep.Timeline), rep.Step, closed)
+	}
+}

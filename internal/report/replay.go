@@ -139,6 +139,7 @@ func Replay(paths []string, o Options) (*Report, error) {
 			m := now.Truncate(rep.Step)
 			if cur != nil && !m.Equal(cur.Start) {
 				closeStep()
+				m = now.Truncate(rep.Step) // the step may have grown
 			}
 			if n := len(rep.Timeline); cur == nil && n > 0 && rep.Timeline[n-1].Start.Equal(m) {
 				// The timeline just became coarser: its last step is

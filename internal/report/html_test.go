@@ -166,7 +166,7 @@ func TestShortRecordingHasAPointPerSecond(t *testing.T) {
 	if m := regexp.MustCompile(`"[A-Z][a-z][A-Za-z]*":`).FindString(js); m != "" {
 		t.Fatalf("report JSON has a Go field name %s", m)
 	}
-	if strings.Contains(js, "0001-01-01") || !strings.Contains(js, `"step_seconds": 1,`) {
+	if strings.Contains(js, "0001-01-01") || strings.Contains(js, "_ns\"") || !strings.Contains(js, `"step_seconds": 1,`) {
 		t.Fatalf("report JSON: zero time or no step_seconds: %.400s", js)
 	}
 	empty := &Report{Final: rep.Final}

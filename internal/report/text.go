@@ -117,14 +117,34 @@ type Document struct {
 // FileJSON is a recording read: its header and what the reader read and
 // skipped.
 type FileJSON struct {
-	Path          string        `json:"path"`
-	Header        record.Header `json:"header"`
-	Blocks        int           `json:"blocks"`
-	Events        uint64        `json:"events"`
-	LostBytes     int64         `json:"lost_bytes"`
-	LostBlocks    int           `json:"lost_blocks"`
-	RoundsSkipped int           `json:"rounds_skipped"`
-	Damage        []DamageJSON  `json:"damage"`
+	Path          string       `json:"path"`
+	Header        HeaderJSON   `json:"header"`
+	Blocks        int          `json:"blocks"`
+	Events        uint64       `json:"events"`
+	LostBytes     int64        `json:"lost_bytes"`
+	LostBlocks    int          `json:"lost_blocks"`
+	RoundsSkipped int          `json:"rounds_skipped"`
+	Damage        []DamageJSON `json:"damage"`
+}
+
+// HeaderJSON is a recording's header; the boot time a wall-clock time
+// (its nanoseconds since 1970 are above 2^53, which jq rounds).
+type HeaderJSON struct {
+	Version  int        `json:"version"`
+	Created  *time.Time `json:"created"`
+	Host     string     `json:"host"`
+	Kernel   string     `json:"kernel"`
+	Tracer   string     `json:"tracer"`
+	BootTime *time.Time `json:"boot_time"`
+	Command  string     `json:"command"`
+}
+
+func headerJSON(h record.Header) HeaderJSON {
+	j := HeaderJSON{Version: h.Version, Created: nullTime(h.Created), Host: h.Host, Kernel: h.Kernel, Tracer: h.Tracer, Command: h.Command}
+	if h.BootTimeNs != 0 {
+		j.BootTime = nullTime(time.Unix(0, h.BootTimeNs))
+	}
+	return j
 }
 
 // DamageJSON is a stretch of a recording that could not be read.
@@ -165,7 +185,7 @@ func (r *Report) Document() *Document {
 		StepSeconds: r.Step.Seconds(), Timeline: r.Timeline, Findings: []FindingJSON{},
 		Final: export.NewDocument(r.Final, time.Second, nil)}
 	for _, f := range r.Files {
-		fj := FileJSON{Path: f.Path, Header: f.Header, Blocks: f.Stats.Blocks, Events: f.Stats.Events, LostBytes: f.Stats.LostBytes,
+		fj := FileJSON{Path: f.Path, Header: headerJSON(f.Header), Blocks: f.Stats.Blocks, Events: f.Stats.Events, LostBytes: f.Stats.LostBytes,
 			LostBlocks: f.Stats.LostBlocks, RoundsSkipped: f.Stats.RoundsSkipped, Damage: []DamageJSON{}}
 		for _, dm := range f.Stats.Damage {
 			fj.Damage = append(fj.Damage, DamageJSON(dm))

@@ -315,7 +315,17 @@ func (s *Session) Final() (*aggregate.Snapshot, error) {
 	return s.loop.agg.Snapshot(), nil
 }
 
-// Close closes the recording, if any. The probe stays the caller's.
+// RecordErr is the first write failure of the recording or of a flight
+// dump (nil: none so far): the caller ends non-zero.
+func (s *Session) RecordErr() error {
+	if s.loop == nil {
+		return nil
+	}
+	return s.loop.rec.Err()
+}
+
+// Close closes the recording, if any, and returns its first write
+// failure. The probe stays the caller's. Idempotent.
 func (s *Session) Close() error {
 	if s.loop == nil {
 		return nil

@@ -3,13 +3,13 @@ package session
 import (
 	"github.com/conntracer/conntracer/internal/aggregate"
 	"github.com/conntracer/conntracer/internal/bootclock"
+	"github.com/conntracer/conntracer/internal/version"
 
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"syscall"
@@ -259,24 +259,10 @@ func (f *flightRing) dump(path string) error {
 	return out.Close()
 }
 
-// tracerVersion is the module version the binary was built from.
-func tracerVersion() string {
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		v := bi.Main.Version
-		for _, s := range bi.Settings {
-			if s.Key == "vcs.revision" {
-				v += " " + s.Value
-			}
-		}
-		return v
-	}
-	return "unknown"
-}
-
 // recordHeader describes this host and the tracer's command line for a
 // recording's header.
 func recordHeader() record.Header {
-	h := record.Header{Tracer: tracerVersion(), Command: strings.Join(os.Args, " ")}
+	h := record.Header{Tracer: "tracer " + version.Version(), Command: strings.Join(os.Args, " ")}
 	h.Host, _ = os.Hostname()
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		h.Kernel = strings.TrimSpace(string(b))

@@ -262,7 +262,7 @@ func (f *flightRing) dump(path string) error {
 // recordHeader describes this host and the tracer's command line for a
 // recording's header.
 func recordHeader() record.Header {
-	h := record.Header{Tracer: "tracer " + version.Version(), Command: strings.Join(os.Args, " ")}
+	h := record.Header{Tracer: version.Version(), Command: strings.Join(os.Args, " ")}
 	h.Host, _ = os.Hostname()
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		h.Kernel = strings.TrimSpace(string(b))

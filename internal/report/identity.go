@@ -48,11 +48,20 @@ func (n *recordedNames) lookup() events.CgroupLookup {
 	return func(cg uint64) *events.CgroupInfo { return n.cgroups[cg] }
 }
 
+// workload names a process's container or pod as the recording does, ""
+// when it does not.
+func (n *recordedNames) workload(pid uint32) string {
+	if info := n.cgroups[n.pids[pid]]; info != nil {
+		return info.Workload
+	}
+	return ""
+}
+
 // owner names a finding's process: its comm, then its workload when the
 // recording names its cgroup ("python3 shop/checkout-7d9f container api").
 func (n *recordedNames) owner(pid uint32, comm string) string {
-	if info := n.cgroups[n.pids[pid]]; info != nil && info.Workload != "" {
-		return comm + " " + info.Workload
+	if w := n.workload(pid); w != "" {
+		return comm + " " + w
 	}
 	return comm
 }

@@ -152,7 +152,7 @@ func (r *recorder) nameOwner(ev *events.Event, now time.Time) {
 	n.written[cg] = true
 	named := events.Event{Kind: events.KindCgroupIdentity, Cgroup: events.CgroupRecord{ID: cg, Info: *info}}
 	if r.file != nil {
-		r.check(r.file.Write(&named, now))
+		r.checkFile(r.file.Write(&named, now))
 	}
 	if r.flight != nil {
 		r.check(r.flight.Write(&named, now))

@@ -42,6 +42,9 @@ func TestEventJSONOneSchema(t *testing.T) {
 		{Kind: events.KindConntrackNew, ConntrackEntry: events.ConntrackEntry{NetNS: 9, TimeNs: 7e12, ID: 5, Family: events.FamilyIPv4, Proto: 6,
 			OrigSrc: netip.MustParseAddrPort("10.0.0.1:40000"), OrigDst: netip.MustParseAddrPort("10.0.0.2:80"), TCPState: 3}},
 		{Kind: events.KindKernelCounters, Counters: events.Counters{NetNS: 9, TimeNs: 7e12}},
+		{Kind: events.KindCgroupIdentity, Cgroup: events.CgroupRecord{ID: 7, Info: events.CgroupInfo{Path: "/kubepods/pod1/c",
+			Identity: events.Identity{Runtime: "containerd", Namespace: "shop", Pod: "checkout-7d9f", Container: "api"},
+			Workload: "shop/checkout-7d9f container api"}}},
 	}
 	goName := regexp.MustCompile(`"[A-Z][a-z][A-Za-z]*":`)
 	for i := range evs {
@@ -69,16 +72,17 @@ func TestEventJSONOneSchema(t *testing.T) {
 	}
 	// Spot checks: enums by name, times on the wall clock, null unknown.
 	want := map[int][]string{
-		0: {`"family":"ipv4"`, `"role":"active"`, `"last_state":"ESTABLISHED"`, `"comm":"nginx"`, `"open_time":"2026-11-01T01:23:20Z"`, `"close_time":null`, `"sampled_at":"2026-11-01T01:40:00Z"`, `"source":"connect"`},
-		1: {`"open_time":null`},
-		2: {`"expires_seconds":30`},
-		3: {`"port_low":32768`, `"port_high":60999`},
-		4: {`"errno":null`, `"latency_sum_ns":5000`, `"remote_addr":"10.0.0.2"`},
-		5: {`"path":"/run/php.sock"`, `"latency_sum_ns":null`, `"remote_addr":null`},
-		6: {`"location":"0xffffffff81234567"`, `"owner":null`, `"src_port":null`},
-		7: {`"timeout_established":432000`, `"timeout_time_wait":null`},
-		8: {`"orig_src":"10.0.0.1:40000"`, `"reply_src":null`},
-		9: {`"kernel_time":"2026-11-01T01:56:40Z"`},
+		0:  {`"family":"ipv4"`, `"role":"active"`, `"last_state":"ESTABLISHED"`, `"comm":"nginx"`, `"open_time":"2026-11-01T01:23:20Z"`, `"close_time":null`, `"sampled_at":"2026-11-01T01:40:00Z"`, `"source":"connect"`},
+		1:  {`"open_time":null`},
+		2:  {`"expires_seconds":30`},
+		3:  {`"port_low":32768`, `"port_high":60999`},
+		4:  {`"errno":null`, `"latency_sum_ns":5000`, `"remote_addr":"10.0.0.2"`},
+		5:  {`"path":"/run/php.sock"`, `"latency_sum_ns":null`, `"remote_addr":null`},
+		6:  {`"location":"0xffffffff81234567"`, `"owner":null`, `"src_port":null`},
+		7:  {`"timeout_established":432000`, `"timeout_time_wait":null`},
+		8:  {`"orig_src":"10.0.0.1:40000"`, `"reply_src":null`},
+		9:  {`"kernel_time":"2026-11-01T01:56:40Z"`},
+		10: {`"cgroup":{"id":7,"path":"/kubepods/pod1/c","runtime":"containerd","namespace":"shop","pod":"checkout-7d9f","container":"api","workload":"shop/checkout-7d9f container api","gone":false}`},
 	}
 	for i, ws := range want {
 		b, _ := json.Marshal(NewEventJSON(&evs[i], now, wall))

@@ -47,12 +47,15 @@ func addWebFlags(fs *pflag.FlagSet, w *webConfig, serve bool) {
 }
 
 func (w *webConfig) validate() error {
-	if w.metrics.TopProcesses < 0 || w.metrics.Destinations < 0 {
-		return usagef("--metrics.top-processes and --metrics.destinations must not be negative")
+	if m := w.metrics; m.TopProcesses < 0 || m.Destinations < 0 || m.TopProcesses > maxMetricsSeries || m.Destinations > maxMetricsSeries {
+		return usagef("--metrics.top-processes and --metrics.destinations must be from 0 to %d (each is several series in every scrape)", maxMetricsSeries)
 	}
 	if w.configFile != "" {
 		if w.listen == "" {
 			return usagef("--web.config.file needs --web.listen-address")
+		}
+		if err := checkWebConfigFile(w.configFile); err != nil {
+			return usagef("--web.config.file %s: %v", w.configFile, err)
 		}
 		if err := web.Validate(w.configFile); err != nil {
 			return usagef("--web.config.file %s: %v (see the exporter-toolkit web configuration docs)", w.configFile, err)

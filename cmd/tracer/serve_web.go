@@ -101,12 +101,13 @@ func listenMetrics(w webConfig, reg *prometheus.Registry, stderr io.Writer) (*me
 	addrs := []string{ln.Addr().String()}
 	systemd := false
 	handler := slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})
+	srv := &http.Server{Handler: mux, ErrorLog: slog.NewLogLogger(handler, slog.LevelWarn)}
+	ln = limitServer(srv, ln, maxMetricsConns) // serve_limits.go
 	return &metricsServer{
 		tls: w.configFile != "",
 		reg: reg,
 		ln:  ln,
-		srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
-			ErrorLog: slog.NewLogLogger(handler, slog.LevelWarn)},
+		srv: srv,
 		flags: &web.FlagConfig{
 			WebListenAddresses: &addrs,
 			WebSystemdSocket:   &systemd,

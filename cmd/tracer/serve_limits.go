@@ -34,10 +34,6 @@ const (
 	metricsWriteTimeout = 30 * time.Second
 	// metricsMaxHeaderBytes: a scrape's headers are a few hundred bytes.
 	metricsMaxHeaderBytes = 16 << 10
-	// minEvictAge: a connection is never evicted younger than this, so an
-	// admitted scrape has that long to send its request whatever the rate
-	// of the flood around it; newcomers are refused meanwhile.
-	minEvictAge = 200 * time.Millisecond
 	// freeAfterFlood: once no connection has been evicted or refused for
 	// this long, the memory the flood made the Go heap grow to is given
 	// back to the system at once rather than over minutes by the
@@ -81,7 +77,6 @@ type limitedConn struct {
 	net.Conn
 	l      *connLimiter
 	seq    uint64 // accept order: lower is older
-	since  time.Time
 	active bool   // serving a request (guarded by l.mu)
 	once   sync.Once
 }
@@ -118,12 +113,11 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 func (l *connLimiter) admit(nc net.Conn) (c, victim *limitedConn) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	now := time.Now()
 	if len(l.conns) >= l.max {
 		l.flood++
 		l.afterFlood()
 		for o := range l.conns {
-			if !o.active && now.Sub(o.since) >= minEvictAge && (victim == nil || o.seq < victim.seq) {
+			if !o.active && (victim == nil || o.seq < victim.seq) {
 				victim = o
 			}
 		}
@@ -133,7 +127,7 @@ func (l *connLimiter) admit(nc net.Conn) (c, victim *limitedConn) {
 		delete(l.conns, victim)
 	}
 	l.seq++
-	c = &limitedConn{Conn: nc, l: l, seq: l.seq, since: now}
+	c = &limitedConn{Conn: nc, l: l, seq: l.seq}
 	l.conns[c] = struct{}{}
 	return c, victim
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/conntracer/conntracer/internal/privdrop"
 	"github.com/conntracer/conntracer/internal/probe"
 	"github.com/conntracer/conntracer/internal/session"
 )
@@ -43,8 +44,13 @@ func openLive(cfg session.Config, opts probe.Options, web webConfig, stderr io.W
 		return nil, err
 	}
 	if web.listen == "" {
-		return l, nil
+		return l, l.dropPrivileges()
 	}
+	defer func() {
+		if err == nil {
+			err = l.dropPrivileges()
+		}
+	}()
 	reg := prometheus.NewRegistry()
 	if err := l.sess.RegisterMetrics(reg, web.metrics); err != nil {
 		return nil, err
@@ -83,4 +89,15 @@ func (l *live) close() {
 		}
 	}
 	l.probe.Close()
+}
+
+// dropPrivileges gives up, now that the programs are attached and the
+// start-up scan is done, every capability the rest does not need
+// (internal/privdrop says which are kept and why) and sets no_new_privs.
+func (l *live) dropPrivileges() error {
+	if err := privdrop.Drop(); err != nil {
+		return fmt.Errorf("drop privileges after attaching: %w", err)
+	}
+	fmt.Fprintf(l.stderr, "tracer: dropped every capability but %s; no_new_privs set\n", privdrop.Names())
+	return nil
 }

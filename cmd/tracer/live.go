@@ -44,13 +44,8 @@ func openLive(cfg session.Config, opts probe.Options, web webConfig, stderr io.W
 		return nil, err
 	}
 	if web.listen == "" {
-		return l, l.dropPrivileges()
+		return l, nil
 	}
-	defer func() {
-		if err == nil {
-			err = l.dropPrivileges()
-		}
-	}()
 	reg := prometheus.NewRegistry()
 	if err := l.sess.RegisterMetrics(reg, web.metrics); err != nil {
 		return nil, err
@@ -65,6 +60,11 @@ func openLive(cfg session.Config, opts probe.Options, web webConfig, stderr io.W
 // run runs the session, with the metrics server beside it, until ctx is
 // done.
 func (l *live) run(ctx context.Context) error {
+	if ctx.Value(privilegeDropKey{}) != nil {
+		if err := l.dropPrivileges(); err != nil {
+			return err
+		}
+	}
 	if l.metrics != nil {
 		return l.sess.Run(ctx, l.metrics.Run)
 	}
@@ -89,6 +89,15 @@ func (l *live) close() {
 		}
 	}
 	l.probe.Close()
+}
+
+// privilegeDropKey marks a context whose process is the tracer's own
+// (main), which may give up its capabilities; a test calling run in its
+// own process must keep them for the next test.
+type privilegeDropKey struct{}
+
+func withPrivilegeDrop(ctx context.Context) context.Context {
+	return context.WithValue(ctx, privilegeDropKey{}, true)
 }
 
 // dropPrivileges gives up, now that the programs are attached and the

@@ -24,6 +24,9 @@ import (
 func TestServeDropsPrivilegesAndStillFollowsNewNamespaces(t *testing.T) {
 	testenv.RequireRoot(t)
 	p := startServeProc(t, "--sample-interval", "200ms", "--reconcile-interval", "500ms", "--unix-interval", "0")
+	waitFor(t, 10*time.Second, "the tracer says it dropped its privileges", func() (bool, string) {
+		return strings.Contains(p.stderr.String(), "no_new_privs set"), p.stderr.String()
+	})
 	var keep uint64
 	for _, k := range privdrop.Kept {
 		keep |= 1 << k.Cap

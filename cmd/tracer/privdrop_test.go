@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -116,5 +117,54 @@ func TestServeDropsPrivilegesAndStillFollowsNewNamespaces(t *testing.T) {
 	waitFor(t, 15*time.Second, "TIME_WAIT of the new namespace from its sock_diag dump", func() (bool, string) {
 		v := sum("conntracer_time_wait_sockets", tw)
 		return v == conns, fmt.Sprintf("conntracer_time_wait_sockets{%s} %v, want %d; stderr: %s", tw, v, conns, p.stderr)
+	})
+}
+
+// TestNonRootTracer runs the tracer as uid 65534 with capabilities given
+// as ambient ones (what file capabilities on the binary give it at exec).
+// With the minimal set the README names, every hook attaches. Without
+// CAP_DAC_READ_SEARCH, tracefs (mounted mode 0700 here) is unreadable and
+// the hooks that need it say so: not "tracefs is not mounted", and no
+// attempt to mount it again (EBUSY with CAP_SYS_ADMIN).
+func TestNonRootTracer(t *testing.T) {
+	testenv.RequireRoot(t) // to become someone else
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	runAs := func(caps string) string {
+		t.Helper()
+		cmd := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+			"--inh-caps="+caps, "--ambient-caps="+caps, self)
+		cmd.Env = append(os.Environ(), runMainEnv+"=--duration 1s")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("tracer as uid 65534 with %s: %v\n%s", caps, err, out)
+		}
+		return string(out)
+	}
+	t.Run("minimal capabilities", func(t *testing.T) {
+		out := runAs("+bpf,+perfmon,+sys_admin,+net_admin,+sys_ptrace,+dac_read_search")
+		for _, want := range []string{"sock/inet_sock_set_state=tp_btf", "syscalls/sys_exit_accept4=tracepoint", "syscalls/sys_exit_connect=tracepoint", "no_new_privs set"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("output does not say %q:\n%s", want, out)
+			}
+		}
+	})
+	t.Run("tracefs unreadable", func(t *testing.T) {
+		st, err := os.Stat("/sys/kernel/tracing")
+		if err != nil || st.Mode().Perm()&0o005 == 0o005 {
+			t.Skipf("tracefs at /sys/kernel/tracing is readable by others here (%v, %v): nothing to diagnose", st, err)
+		}
+		out := runAs("+bpf,+perfmon,+sys_admin")
+		if !strings.Contains(out, "syscalls/sys_exit_accept4=off (tracefs is mounted at /sys/kernel/tracing") ||
+			!strings.Contains(out, "not readable by uid 65534: run as root, grant CAP_DAC_READ_SEARCH") {
+			t.Errorf("the accept hook's reason is not the unreadable tracefs:\n%s", out)
+		}
+		for _, wrong := range []string{"not mounted", "EBUSY", "device or resource busy"} {
+			if strings.Contains(out, wrong) {
+				t.Errorf("output says %q:\n%s", wrong, out)
+			}
+		}
 	})
 }

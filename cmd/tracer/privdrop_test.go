@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -120,6 +121,10 @@ func TestServeDropsPrivilegesAndStillFollowsNewNamespaces(t *testing.T) {
 	})
 }
 
+// fileCaps is the README's setcap line (and deploy/Dockerfile's, but for
+// cap_sys_resource, needed only before Linux 5.11).
+const fileCaps = "cap_bpf,cap_perfmon,cap_sys_admin,cap_net_admin,cap_sys_ptrace,cap_dac_read_search,cap_setpcap+ep"
+
 // TestNonRootTracer runs the tracer as uid 65534 with capabilities given
 // as ambient ones (what file capabilities on the binary give it at exec).
 // With the minimal set the README names, every hook attaches. Without
@@ -147,6 +152,33 @@ func TestNonRootTracer(t *testing.T) {
 		out := runAs("+bpf,+perfmon,+sys_admin,+net_admin,+sys_ptrace,+dac_read_search")
 		for _, want := range []string{"sock/inet_sock_set_state=tp_btf", "syscalls/sys_exit_accept4=tracepoint", "syscalls/sys_exit_connect=tracepoint", "no_new_privs set"} {
 			if !strings.Contains(out, want) {
+				t.Errorf("output does not say %q:\n%s", want, out)
+			}
+		}
+	})
+	t.Run("file capabilities", func(t *testing.T) {
+		// What the README and the container image do: capabilities on
+		// the binary, a non-root user, nothing inherited.
+		testenv.RequireTool(t, "setcap")
+		dir := t.TempDir()
+		if err := os.Chmod(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		bin := filepath.Join(dir, "tracer")
+		if out, err := exec.Command("cp", self, bin).CombinedOutput(); err != nil {
+			t.Fatalf("cp: %v %s", err, out)
+		}
+		if out, err := exec.Command("setcap", fileCaps, bin).CombinedOutput(); err != nil {
+			t.Fatalf("setcap: %v %s", err, out)
+		}
+		cmd := exec.Command("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", bin)
+		cmd.Env = append(os.Environ(), runMainEnv+"=--duration 1s")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("tracer with file capabilities as uid 65534: %v\n%s", err, out)
+		}
+		for _, want := range []string{"sock/inet_sock_set_state=tp_btf", "syscalls/sys_exit_accept4=tracepoint", "no_new_privs set"} {
+			if !strings.Contains(string(out), want) {
 				t.Errorf("output does not say %q:\n%s", want, out)
 			}
 		}

@@ -5,11 +5,15 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/conntracer/conntracer/internal/aggregate"
+	"github.com/conntracer/conntracer/internal/export"
+	"github.com/conntracer/conntracer/internal/report"
 	"github.com/conntracer/conntracer/internal/testenv"
 )
 
@@ -85,7 +89,9 @@ func procRecursionMisses(t *testing.T, pid int) (total uint64, progs int) {
 func TestRecursionMissesAreReported(t *testing.T) {
 	testenv.RequireRoot(t)
 	ns := testenv.NewNetNS(t)
-	p := startServeProc(t, "--netns", ns.Name, "--sample-interval", "1s", "--reconcile-interval", "0", "--unix-interval", "0")
+	path := filepath.Join(t.TempDir(), "churn.ctrec")
+	p := startServeProc(t, "--netns", ns.Name, "--sample-interval", "1s", "--reconcile-interval", "0", "--unix-interval", "0",
+		"--record", path, "--counters-interval", "1s")
 	const total = 60000
 	res := testenv.RunChurn(t, ns, 4, total)
 	t.Logf("churn: %d connections in %.1f s", res.Conns, res.Seconds)
@@ -121,5 +127,29 @@ func TestRecursionMissesAreReported(t *testing.T) {
 		res.Conns, printed, missing, after, metricsSum(t, p.addr, missed, `program="ct_state_btf"`), lost)
 	if missing > after+lost {
 		t.Errorf("%v records missing but only %v runs missed and %v lost reported: a loss nobody counted", missing, after, lost)
+	}
+
+	// The recording's last tracer counters carry them too, per object.
+	if err := p.stop(); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := report.Replay([]string{path}, report.Options{Thresholds: aggregate.DefaultThresholds()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var recorded uint64
+	found := false
+	for _, c := range export.NewDocument(rep.Final, 0, nil).KernelCounters {
+		if c.Kind == "tracer_counters" && c.Object != "" {
+			v, ok := c.Values["RecursionMisses"]
+			found = found || ok
+			recorded += v
+		}
+	}
+	if !found {
+		t.Fatal("no RecursionMisses in the recording's tracer counters")
+	}
+	if float64(recorded) < after {
+		t.Errorf("recorded RecursionMisses %d, fewer than the %v /metrics reported before the stop", recorded, after)
 	}
 }

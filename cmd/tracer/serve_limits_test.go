@@ -26,6 +26,26 @@ type serveProc struct {
 	cmd    *exec.Cmd
 	addr   string
 	stderr *lineWaiter
+	exited chan error
+	once   sync.Once
+	err    error // of stop
+}
+
+// stop sends SIGTERM and waits for the tracer to exit; safe to call twice.
+func (p *serveProc) stop() error {
+	p.once.Do(func() {
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case p.err = <-p.exited:
+			if p.err != nil {
+				p.err = fmt.Errorf("%w\n%s", p.err, p.stderr)
+			}
+		case <-time.After(15 * time.Second):
+			p.cmd.Process.Kill()
+			p.err = fmt.Errorf("tracer serve did not stop on SIGTERM\n%s", p.stderr)
+		}
+	})
+	return p.err
 }
 
 // startServeProc starts `tracer serve` with args on a free loopback port
@@ -43,24 +63,17 @@ func startServeProc(t *testing.T, args ...string) *serveProc {
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- p.cmd.Wait() }()
+	p.exited = make(chan error, 1)
+	go func() { p.exited <- p.cmd.Wait() }()
 	t.Cleanup(func() {
-		p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case err := <-exited:
-			if err != nil {
-				t.Errorf("tracer serve: %v\n%s", err, p.stderr)
-			}
-		case <-time.After(15 * time.Second):
-			p.cmd.Process.Kill()
-			t.Errorf("tracer serve did not stop on SIGTERM\n%s", p.stderr)
+		if err := p.stop(); err != nil {
+			t.Errorf("tracer serve: %v", err)
 		}
 	})
 	select {
 	case <-p.stderr.ready:
-	case err := <-exited:
-		exited <- err
+	case err := <-p.exited:
+		p.exited <- err
 		t.Fatalf("tracer serve stopped: %v\n%s", err, p.stderr)
 	case <-time.After(30 * time.Second):
 		t.Fatalf("tracer serve did not start: %s", p.stderr)

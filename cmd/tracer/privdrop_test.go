@@ -2,8 +2,6 @@ package main
 
 import (
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -80,31 +78,7 @@ func TestServeDropsPrivilegesAndStillFollowsNewNamespaces(t *testing.T) {
 			t.Fatalf("client: %s", res.Err)
 		}
 	}
-	sum := func(name string, labels ...string) float64 {
-		resp, err := http.Get("http://" + p.addr + "/metrics")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		var total float64
-	lines:
-		for _, line := range strings.Split(string(b), "\n") {
-			if !strings.HasPrefix(line, name+"{") {
-				continue
-			}
-			for _, l := range labels {
-				if !strings.Contains(line, l) {
-					continue lines
-				}
-			}
-			v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
-			if err == nil {
-				total += v
-			}
-		}
-		return total
-	}
+	sum := func(name string, labels ...string) float64 { return metricsSum(t, p.addr, name, labels...) }
 	waitFor(t, 15*time.Second, "connections of the new namespace counted", func() (bool, string) {
 		a := sum("conntracer_connections_closed_total", `comm="ctpdcli"`, `role="active"`)
 		s := sum("conntracer_connections_closed_total", `comm="ctpdsrv"`, `role="passive"`)

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"time"
 )
 
 // Upper bounds of the size flags. A size flag turns into kernel memory
@@ -31,6 +32,11 @@ const (
 	// maxRecordKeep: rotated recording files kept; beyond it the directory
 	// listing, not the data, is the problem, and rotation renames each.
 	maxRecordKeep = 1000
+	// maxFlight: the flight recorder keeps this much of the recording in
+	// memory (compressed blocks), so its memory is the event rate times the
+	// window: a day of a busy box would not fit. A longer history is what
+	// --record, on disk, is for.
+	maxFlight = time.Hour
 	// maxWebConfigBytes: exporter-toolkit reads the whole web config into
 	// memory (and again per connection): a real one is a few KB.
 	maxWebConfigBytes = 1 << 20

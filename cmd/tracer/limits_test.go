@@ -31,6 +31,7 @@ func TestSizeFlagsAreBounded(t *testing.T) {
 		{[]string{"--web.listen-address", "127.0.0.1:0", "--metrics.top-processes", "1000000"}, "must be from 0 to 10000"},
 		{[]string{"top", "--conntrack-events-buffer", "1073741824"}, "at most 268435456 (256 MiB of kernel memory per network namespace)"},
 		{[]string{"serve", "--record-keep", "100000"}, "--record-keep must be from 0 to 1000"},
+		{[]string{"record", "--flight-recorder", "24h", "--record", "x.ctrec"}, "--flight-recorder 24h0m0s: at most 1h0m0s (the window is held in memory"},
 	} {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			var stdout, stderr bytes.Buffer

@@ -80,21 +80,26 @@ func procRecursionMisses(t *testing.T, pid int) (total uint64, progs int) {
 }
 
 // TestRecursionMissesAreReported: under a churn of short loopback
-// connections from several threads, the kernel skips some runs of the
-// state program (a softirq state change arriving while the program
-// handles a process-context one on the same CPU), and the records of those
-// connections were missing with "0 lost" reported. Now the skipped runs
-// are in /metrics, equal to the kernel's own count in /proc/PID/fdinfo,
-// and every missing record is accounted for by them.
+// connections from six threads, clients closing first, the kernel skips
+// some runs of the state program (a softirq state change arriving while the
+// program handles a process-context one on the same CPU) and records go
+// missing: 1-97 of 80,000 here, each time exactly half the skipped runs,
+// which used to be reported as "0 lost". Now the skipped runs are in
+// /metrics, equal to the kernel's own count in /proc/PID/fdinfo, every
+// missing record is accounted for by them, and the recording carries them.
+// (They bound the loss; an exact count of lost records needs the kernel
+// side to see the skipped change, see the report of issue 18.)
 func TestRecursionMissesAreReported(t *testing.T) {
 	testenv.RequireRoot(t)
 	ns := testenv.NewNetNS(t)
 	path := filepath.Join(t.TempDir(), "churn.ctrec")
 	p := startServeProc(t, "--netns", ns.Name, "--sample-interval", "1s", "--reconcile-interval", "0", "--unix-interval", "0",
 		"--record", path, "--counters-interval", "1s")
-	const total = 60000
-	res := testenv.RunChurn(t, ns, 4, total)
-	t.Logf("churn: %d connections in %.1f s", res.Conns, res.Seconds)
+	start := time.Now()
+	made := clientFirstChurn(t, "/run/netns/"+ns.Name, 6, 40000)
+	t.Logf("churn: %d connections in %v", made, time.Since(start))
+	// Every connection is two sockets in the namespace, each one record.
+	records := 2 * made
 
 	const closed = "conntracer_connections_closed_total"
 	// The snapshot /metrics reads is published by the event loop: wait
@@ -103,11 +108,11 @@ func TestRecursionMissesAreReported(t *testing.T) {
 	var printed float64
 	stableSince := time.Now()
 	waitFor(t, 30*time.Second, "the churn's connections counted", func() (bool, string) {
-		v := metricsSum(t, p.addr, closed, `role="active"`)
+		v := metricsSum(t, p.addr, closed)
 		if v != printed {
 			printed, stableSince = v, time.Now()
 		}
-		return printed == float64(res.Conns) || time.Since(stableSince) > 2*time.Second, fmt.Sprintf("%v of %d", printed, res.Conns)
+		return printed == float64(records) || time.Since(stableSince) > 2*time.Second, fmt.Sprintf("%v of %d", printed, records)
 	})
 	const missed = "conntracer_program_runs_missed_total"
 	// Other tests' traffic may add misses at any time: the kernel's count
@@ -122,9 +127,9 @@ func TestRecursionMissesAreReported(t *testing.T) {
 		t.Errorf("%s %v..%v, the kernel's recursion_misses over the tracer's %d programs %d", missed, before, after, progs, kernel)
 	}
 	lost := metricsSum(t, p.addr, "conntracer_events_lost_total", `stage="kernel"`)
-	missing := float64(res.Conns) - printed
-	t.Logf("%d connections, %v active records, %v missing; reported: %v runs missed (state program %v), %v lost in the ring buffer",
-		res.Conns, printed, missing, after, metricsSum(t, p.addr, missed, `program="ct_state_btf"`), lost)
+	missing := float64(records) - printed
+	t.Logf("%d connections, %v of %d records, %v missing; reported: %v runs missed (state program %v), %v lost in the ring buffer",
+		made, printed, records, missing, after, metricsSum(t, p.addr, missed, `program="ct_state_btf"`), lost)
 	if missing > after+lost {
 		t.Errorf("%v records missing but only %v runs missed and %v lost reported: a loss nobody counted", missing, after, lost)
 	}

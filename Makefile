@@ -7,6 +7,10 @@ GO       ?= go
 export BPF2GO_CC    ?= clang-14
 export BPF2GO_STRIP ?= llvm-strip-14
 BIN      ?= tracer
+# The version stamped into the binary (tracer --version, conntracer_build_info,
+# recording headers): the nearest tag, the commit, and -dirty for local changes.
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+LDFLAGS  ?= -X github.com/conntracer/conntracer/internal/version.stamped=$(VERSION)
 # Arguments for `make run`, e.g. make run ARGS="--output json --port 6379".
 ARGS     ?=
 FUZZTIME ?= 15s
@@ -24,7 +28,7 @@ help: ## list the targets
 
 .PHONY: build
 build: ## build ./tracer (needs Go only: the BPF objects are committed)
-	$(GO) build -o $(BIN) ./cmd/tracer
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/tracer
 
 .PHONY: run
 run: build ## build and run the tracer with default settings (as root)

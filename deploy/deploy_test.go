@@ -159,6 +159,7 @@ func exported(t *testing.T) map[string]bool {
 	if _, err := export.NewHealth(reg, map[string]string{"h": "tp_btf"}); err != nil {
 		t.Fatal(err)
 	}
+	reg.MustRegister(export.NewBuildInfo("v", "r", "go")) // registered beside them by cmd/tracer
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -251,6 +252,49 @@ func TestAlertMetrics(t *testing.T) {
 	}
 	if n < 10 {
 		t.Errorf("%d alert rules", n)
+	}
+}
+
+// TestAlertRunbooks: every alert links its runbook, a section of
+// prometheus/runbooks.md, and every section is an alert's.
+func TestAlertRunbooks(t *testing.T) {
+	var rules struct {
+		Groups []struct {
+			Rules []struct {
+				Alert       string
+				Annotations map[string]string
+			}
+		}
+	}
+	b, err := os.ReadFile("prometheus/alerts.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(b, &rules); err != nil {
+		t.Fatal(err)
+	}
+	md, err := os.ReadFile("prometheus/runbooks.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sections := map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^## (\w+)$`).FindAllStringSubmatch(string(md), -1) {
+		sections[m[1]] = true
+	}
+	const prefix = "https://github.com/conntracer/conntracer/blob/main/deploy/prometheus/runbooks.md#"
+	for _, g := range rules.Groups {
+		for _, r := range g.Rules {
+			if want := prefix + strings.ToLower(r.Alert); r.Annotations["runbook_url"] != want {
+				t.Errorf("%s: runbook_url %q, want %q", r.Alert, r.Annotations["runbook_url"], want)
+			}
+			if !sections[r.Alert] {
+				t.Errorf("%s: no section \"## %s\" in prometheus/runbooks.md", r.Alert, r.Alert)
+			}
+			delete(sections, r.Alert)
+		}
+	}
+	for s := range sections {
+		t.Errorf("runbooks.md: section %s is no alert's", s)
 	}
 }
 

@@ -23,7 +23,7 @@ func runExport(args []string, stdout, stderr io.Writer) error {
 		return usageError{err}
 	}
 	if *help {
-		fmt.Fprintf(stdout, "Usage: tracer export FILE... [--format jsonl]\n\nConnections, failed connects and drops are written as the live stream writes\nthem (tracer --output json). Other events (sampler rounds, conntrack statistics,\nsuccessful connects) have time (when the event was applied), type, and the\nevent's parts that are set (conn, connect, drop, conntrack, sample). Socket-table\nrounds are written in full, as the aggregator saw them.\n\nFlags:\n%s", fs.FlagUsages())
+		fmt.Fprintf(stdout, "Usage: tracer export FILE... [--format jsonl]\n\nConnections, failed connects and drops are written as the live stream writes\nthem (tracer --output json). Other events (sampler rounds, conntrack statistics\nand entries, successful connects) have time (when the event was applied), type,\nand the event's parts that are set (conn, connect, drop, conntrack,\nconntrack_entry, sample, counters), in the schema the README documents:\nsnake_case, enums by name, kernel times as wall-clock times, null for what is\nnot known. Socket-table rounds are written in full, as the aggregator saw them.\n\nFlags:\n%s", fs.FlagUsages())
 		return nil
 	}
 	if *format != "jsonl" {
@@ -43,7 +43,8 @@ func runExport(args []string, stdout, stderr io.Writer) error {
 		// Connections, failed connects and drops in the live stream's JSON
 		// (documented in the README), with the recording host's boot time.
 		boot := r.Header().BootTimeNs
-		stream := export.NewStream(bw, export.FormatJSON, func(ns uint64) time.Time { return time.Unix(0, boot+int64(ns)).UTC() })
+		wall := func(ns uint64) time.Time { return time.Unix(0, boot+int64(ns)).UTC() }
+		stream := export.NewStream(bw, export.FormatJSON, wall)
 		for {
 			now, err := r.Next(&ev)
 			if errors.Is(err, io.EOF) {
@@ -59,7 +60,7 @@ func runExport(args []string, stdout, stderr io.Writer) error {
 					err = stream.Flush()
 				}
 			} else {
-				err = enc.Encode(export.NewEventJSON(&ev, now))
+				err = enc.Encode(export.NewEventJSON(&ev, now, wall))
 			}
 			if err != nil {
 				r.Close()

@@ -119,7 +119,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	}
 	cfg := &config{help: *help, duration: *duration, existing: pf.existing, web: web}
 	if cfg.help {
-		fmt.Fprintf(stdout, "Usage: tracer [flags]\n\nTraces every TCP connection's life and prints one line per finished\nconnection: owner, addresses, role, lifetime, bytes and how it ended.\n\nSubcommands:\n  top    live view per process and remote, with findings ('tracer top --help')\n  serve  daemon serving Prometheus metrics at /metrics ('tracer serve --help')\n  record record what top aggregates to a file ('tracer record --help')\n  report post-mortem of recordings: text, json or html ('tracer report --help')\n  export recorded events as JSON lines ('tracer export --help')\n\nFlags:\n%s", fs.FlagUsages())
+		fmt.Fprintf(stdout, "Usage: tracer [flags]\n\nTraces every TCP connection's life and prints one line per finished\nconnection: owner, addresses, role, lifetime, bytes and how it ended.\n\nSubcommands:\n  top    live view per process and remote, with findings ('tracer top --help')\n  serve  daemon serving Prometheus metrics at /metrics ('tracer serve --help')\n  record record what top aggregates to a file ('tracer record --help')\n  report post-mortem of recordings: text, json or html ('tracer report --help')\n  export recorded events as JSON lines ('tracer export --help')\n  version print the version and exit (also --version)\n\nFlags:\n%s", fs.FlagUsages())
 		return cfg, nil
 	}
 	if fs.NArg() > 0 {

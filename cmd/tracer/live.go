@@ -53,22 +53,30 @@ func openLive(cfg session.Config, opts probe.Options, web webConfig, stderr io.W
 	if l.metrics, err = listenMetrics(web, reg, stderr); err != nil {
 		return nil, err
 	}
+	l.metrics.serveHealth(l.sess.Health().Progress, stallAfter)
 	fmt.Fprintf(stderr, "tracer: serving metrics on %s/metrics\n", l.metrics.URL())
 	return l, nil
 }
 
 // run runs the session, with the metrics server beside it, until ctx is
-// done.
+// done. A recording that failed to write (full disk) fails the run, after
+// the aggregate ran on to the end.
 func (l *live) run(ctx context.Context) error {
 	if ctx.Value(privilegeDropKey{}) != nil {
 		if err := l.dropPrivileges(); err != nil {
 			return err
 		}
 	}
+	var err error
 	if l.metrics != nil {
-		return l.sess.Run(ctx, l.metrics.Run)
+		err = l.sess.Run(ctx, l.metrics.Run)
+	} else {
+		err = l.sess.Run(ctx)
 	}
-	return l.sess.Run(ctx)
+	if err == nil {
+		err = l.sess.RecordErr()
+	}
+	return err
 }
 
 // attachSummary says how each hook is attached, for the start-up line.
@@ -81,14 +89,15 @@ func (l *live) attachSummary() string {
 	return strings.Join(parts, ", ")
 }
 
-// close closes the recording, then the probe.
-func (l *live) close() {
+// close closes the recording, then the probe. It returns the recording's
+// failure (the recorder has said it on stderr already), for the exit.
+func (l *live) close() error {
+	var err error
 	if l.sess != nil {
-		if err := l.sess.Close(); err != nil {
-			fmt.Fprintf(l.stderr, "tracer: closing the recording: %v\n", err)
-		}
+		err = l.sess.Close()
 	}
 	l.probe.Close()
+	return err
 }
 
 // privilegeDropKey marks a context whose process is the tracer's own

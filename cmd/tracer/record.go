@@ -6,40 +6,56 @@ import (
 	"io"
 )
 
-// runRecord is `tracer record -o FILE [--duration D] [flags]`: the
-// session of `tracer top` without the view, writing what the aggregator
-// applies to FILE.
+// runRecord is `tracer record FILE [--duration D] [flags]`: the session
+// of `tracer top` without the view, writing what the aggregator applies
+// to FILE.
+//
+// Everywhere else -o is --output, a format; here it used to be the file.
+// The file is now the argument (as in `tracer report FILE`), or --record
+// FILE as in top and serve; -o FILE still works, with a note, so that
+// command lines written for earlier versions keep recording.
 func runRecord(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("tracer record")
 	cfg := &topConfig{liveConfig: *newLiveConfig()}
 	fs.BoolVarP(&cfg.help, "help", "h", false, "show this help")
-	fs.StringVarP(&cfg.session.Record.Path, "out", "o", "", "the recording file (mode 0600)")
+	var oldOut string
+	fs.StringVarP(&oldOut, "out", "o", "", "the recording file: give it as the argument instead")
+	_ = fs.MarkHidden("out")
 	duration := fs.Duration("duration", 0, "stop after this long (e.g. 1h); 0 runs until Ctrl-C or SIGTERM")
 	addRecordFlags(fs, &cfg.liveConfig)
-	// -o is the file here: --record is the same flag under top's name,
-	// and there is no view to turn off.
-	for _, name := range []string{"record", "no-view"} {
-		_ = fs.MarkHidden(name)
-	}
+	_ = fs.MarkHidden("no-view") // there is no view to turn off
 	finish := addSessionFlags(fs, &cfg.liveConfig)
 	addWebFlags(fs, &cfg.web, false)
 	if err := fs.Parse(args); err != nil {
 		return usageError{err}
 	}
 	if cfg.help {
-		fmt.Fprintf(stdout, "Usage: tracer record -o FILE [--duration D] [flags]\n\n"+
+		fmt.Fprintf(stdout, "Usage: tracer record FILE [--duration D] [flags]\n\n"+
 			"Records every event the aggregator of `tracer top` applies (connections, connect\n"+
 			"failures, drops, conntrack statistics, socket-table rounds as changes) to FILE,\n"+
-			"mode 0600, in zstd blocks sealed every second. Read it with `tracer report FILE`\n"+
-			"or `tracer export FILE`. Rotation: --record-rotate-size, --record-rotate-age,\n"+
-			"--record-keep.\n\nFlags:\n%s", fs.FlagUsages())
+			"mode 0600, in zstd blocks sealed every second, until --duration, Ctrl-C or\n"+
+			"SIGTERM; then says how many events and bytes it wrote. A write failure (full\n"+
+			"disk) is reported at once; tracing goes on and the exit status is 1. Read it\n"+
+			"with `tracer report FILE` or `tracer export FILE`. Rotation: --record-rotate-size,\n"+
+			"--record-rotate-age, --record-keep. (-o FILE, the form of earlier versions,\n"+
+			"still works.)\n\nFlags:\n%s", fs.FlagUsages())
 		return nil
 	}
-	if fs.NArg() > 0 {
-		return usagef("unexpected argument %q", fs.Arg(0))
+	files := fs.Args()
+	if oldOut != "" {
+		fmt.Fprintf(stderr, "tracer: note: -o is the output format in the other commands: write `tracer record %s`\n", oldOut)
+		files = append(files, oldOut)
 	}
-	if cfg.session.Record.Path == "" && cfg.session.Record.Flight <= 0 {
-		return usagef("tracer record needs -o FILE (where to write the recording)")
+	if cfg.session.Record.Path != "" {
+		files = append(files, cfg.session.Record.Path)
+	}
+	switch {
+	case len(files) > 1:
+		return usagef("tracer record writes one file, got %q", files)
+	case len(files) == 1:
+		cfg.session.Record.Path = files[0]
+	case cfg.session.Record.Flight <= 0:
+		return usagef("tracer record needs FILE (where to write the recording), e.g. tracer record incident.ctrec")
 	}
 	if err := finish(); err != nil {
 		return err

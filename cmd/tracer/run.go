@@ -9,6 +9,7 @@ import (
 	"github.com/conntracer/conntracer/internal/export"
 	"github.com/conntracer/conntracer/internal/probe"
 	"github.com/conntracer/conntracer/internal/session"
+	"github.com/conntracer/conntracer/internal/version"
 )
 
 // run is the whole program: the subcommand args name, or without one the
@@ -26,6 +27,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return runExport(args[1:], stdout, stderr)
 		case "serve":
 			return runServe(ctx, args[1:], stdout, stderr)
+		case "--version", "version":
+			_, err := fmt.Fprintln(stdout, version.Get())
+			return err
 		}
 	}
 	return runStream(ctx, args, stdout, stderr)

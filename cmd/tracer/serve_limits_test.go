@@ -114,9 +114,9 @@ func (p *serveProc) rssKB(t *testing.T) int {
 	return n
 }
 
-// scrape fetches /metrics within timeout and returns the value of the
+// scrapeWithin fetches /metrics within timeout and returns the value of the
 // series whose line starts with series ("" if absent).
-func scrape(addr, series string, timeout time.Duration) (string, error) {
+func scrapeWithin(addr, series string, timeout time.Duration) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
@@ -158,7 +158,7 @@ func TestMetricsServerSurvivesIdleConnections(t *testing.T) {
 	ns := testenv.NewNetNS(t)
 	p := startServeProc(t, "--netns", ns.Name, "--sample-interval", "200ms", "--reconcile-interval", "0", "--unix-interval", "0")
 	const sampled = `conntracer_events_read_total{stage="sampler"}`
-	if _, err := scrape(p.addr, sampled, 5*time.Second); err != nil {
+	if _, err := scrapeWithin(p.addr, sampled, 5*time.Second); err != nil {
 		t.Fatalf("first scrape: %v", err)
 	}
 	time.Sleep(time.Second) // settle: the samplers' first rounds
@@ -213,7 +213,7 @@ func TestMetricsServerSurvivesIdleConnections(t *testing.T) {
 			done = true
 		case <-time.After(500 * time.Millisecond):
 			t0 := time.Now()
-			_, err := scrape(p.addr, sampled, time.Second)
+			_, err := scrapeWithin(p.addr, sampled, time.Second)
 			floodScrapes++
 			if err != nil || time.Since(t0) > time.Second {
 				floodFails++
@@ -231,13 +231,13 @@ func TestMetricsServerSurvivesIdleConnections(t *testing.T) {
 
 	// After the flood, with every connection still open on our side.
 	t0 := time.Now()
-	before, err := scrape(p.addr, sampled, time.Second)
+	before, err := scrapeWithin(p.addr, sampled, time.Second)
 	if err != nil {
 		t.Fatalf("scrape after %d idle connections: %v", len(conns), err)
 	}
 	t.Logf("scrape after the flood answered in %v", time.Since(t0))
 	waitFor(t, 5*time.Second, "the samplers keep reading after the flood", func() (bool, string) {
-		v, err := scrape(p.addr, sampled, time.Second)
+		v, err := scrapeWithin(p.addr, sampled, time.Second)
 		return err == nil && v != before, fmt.Sprintf("%s: %q then %q (%v)", sampled, before, v, err)
 	})
 	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", p.cmd.Process.Pid))

@@ -17,6 +17,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/conntracer/conntracer/internal/export"
+	"github.com/conntracer/conntracer/internal/version"
 )
 
 // defaultListenAddress is the exporter's port: 9477, unclaimed in the
@@ -69,6 +70,7 @@ func (w *webConfig) validate() error {
 type metricsServer struct {
 	tls    bool // a web config file is given: TLS may be on
 	reg    *prometheus.Registry
+	mux    *http.ServeMux
 	ln     net.Listener
 	srv    *http.Server
 	flags  *web.FlagConfig
@@ -82,7 +84,9 @@ func listenMetrics(w webConfig, reg *prometheus.Registry, stderr io.Writer) (*me
 	if err != nil {
 		return nil, fmt.Errorf("--web.listen-address %s: %w (pick a free port)", w.listen, err)
 	}
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	build := version.Get()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		export.NewBuildInfo(build.Version, build.Revision, build.GoVersion))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		EnableOpenMetrics: true,
@@ -91,13 +95,16 @@ func listenMetrics(w webConfig, reg *prometheus.Registry, stderr io.Writer) (*me
 	landing, err := web.NewLandingPage(web.LandingConfig{
 		Name:        "conntracer",
 		Description: "eBPF tracer of the TCP connection lifecycle",
-		Links:       []web.LandingLinks{{Address: "/metrics", Text: "Metrics"}},
+		Version:     build.Version,
+		Profiling:   "false", // no /debug/pprof handlers: links would answer 404
+		Links: []web.LandingLinks{{Address: "/metrics", Text: "Metrics"},
+			{Address: healthyPath, Text: "Health (is the event loop moving)"}, {Address: readyPath, Text: "Readiness"}},
 	})
 	if err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("landing page: %w", err)
 	}
-	mux.Handle("/", landing)
+	mux.Handle("/", onlyRoot(landing))
 	addrs := []string{ln.Addr().String()}
 	systemd := false
 	handler := slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})
@@ -106,6 +113,7 @@ func listenMetrics(w webConfig, reg *prometheus.Registry, stderr io.Writer) (*me
 	return &metricsServer{
 		tls: w.configFile != "",
 		reg: reg,
+		mux: mux,
 		ln:  ln,
 		srv: srv,
 		flags: &web.FlagConfig{

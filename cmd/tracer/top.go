@@ -82,13 +82,22 @@ func runTop(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 }
 
 // runLive runs `tracer top` or `tracer record` (no view) as cfg says.
-func runLive(ctx context.Context, cfg *topConfig, stdout, stderr io.Writer) error {
+func runLive(ctx context.Context, cfg *topConfig, stdout, stderr io.Writer) (err error) {
 	l, err := openLive(cfg.session, cfg.probe, cfg.web, stderr)
 	if err != nil {
 		return err
 	}
-	defer l.close()
+	defer func() {
+		// The recording's last block is written on close: a failure
+		// then fails the command too.
+		if cerr := l.close(); err == nil {
+			err = cerr
+		}
+	}()
 	what := "Ctrl-C or q to stop"
+	if cfg.noView {
+		what = "Ctrl-C or SIGTERM to stop"
+	}
 	if cfg.once {
 		what = fmt.Sprintf("printing one snapshot in %s", cfg.interval)
 	}

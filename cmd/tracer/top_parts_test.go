@@ -15,7 +15,7 @@ import (
 
 // TestTopShowsConnectUnixAndDrops runs the scenarios of the connect and
 // drop tests (connect_test.go, connect_tcp_test.go, drops_test.go in the
-// root package) under one `tracer top --once --output json`, and checks
+// internal/probe) under one `tracer top --once --output json`, and checks
 // that the document's sections carry them, through the aggregator and the
 // samplers that `tracer top` feeds it with:
 //   - a Unix listener with backlog 1 that never accepts and a client

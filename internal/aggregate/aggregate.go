@@ -245,6 +245,9 @@ func (a *Aggregator) Apply(ev *events.Event, now time.Time) {
 		a.tw.dumpDone(ev.Conn.NetNS, ev.Sample.TimeNs)
 	case events.KindPortRange:
 		a.ports.setRange(ev.Conn.NetNS, ev.Sample.PortLow, ev.Sample.PortHigh)
+	case events.KindNetNSGone:
+		a.tw.forgetNetNS(ev.Counters.NetNS)
+		delete(a.ports.ranges, ev.Counters.NetNS) // a namespace reusing the inode has its own
 	}
 }
 

@@ -62,6 +62,13 @@ func (a *Aggregator) applyParts(ev *events.Event) {
 		a.conntrack.Apply(ev, a.now)
 	case events.KindKernelCounters, events.KindTracerCounters:
 		a.counters.Apply(ev, a.now)
+	case events.KindNetNSNew, events.KindNetNSGone:
+		// Per-namespace state is forgotten when its namespace goes (else
+		// its series stay for ever, and a namespace reusing its inode
+		// inherits them); a new namespace's counters start from zero.
+		a.conntrack.Apply(ev, a.now)
+		a.drops.Apply(ev, a.now)
+		a.counters.Apply(ev, a.now)
 	}
 }
 

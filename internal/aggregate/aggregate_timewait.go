@@ -125,14 +125,14 @@ func (t *timeWaitTable) replace(k tuple, e twEntry, old twEntry, had bool) {
 	} else {
 		e.inPorts = t.ports.addTimeWait(k)
 	}
+	t.m[k] = e
+	if e.pending {
+		return // not counted: no census line of 0 for its namespace
+	}
 	c := t.byNetNS[k.netns]
 	if c == nil {
 		c = &twCount{}
 		t.byNetNS[k.netns] = c
-	}
-	t.m[k] = e
-	if e.pending {
-		return
 	}
 	c.total++
 	if e.remote == nil {
@@ -262,6 +262,17 @@ func (t *timeWaitTable) dumpDone(netns uint32, ns uint64) {
 	}
 	t.inDump = false
 	t.dumps++
+}
+
+// forgetNetNS removes the entries of a namespace that is gone: its
+// timewait sockets went with it.
+func (t *timeWaitTable) forgetNetNS(netns uint32) {
+	for k, e := range t.m {
+		if k.netns == netns {
+			t.remove(k, e)
+		}
+	}
+	delete(t.covered, netns)
 }
 
 // expire removes the entries whose timer has fired by kernel time ns.

@@ -39,6 +39,9 @@ type ConntrackStats struct {
 	// lifecycle is reported, and the socket index they are joined with.
 	tables map[uint32]*ctTable
 	socks  ctSockets
+	// fresh: namespaces that appeared after tracing started
+	// (KindNetNSNew) and have no sample yet: their baselines are zero.
+	fresh map[uint32]bool
 }
 
 type conntrackNS struct {
@@ -116,7 +119,7 @@ type ConntrackNSSnapshot struct {
 
 // NewConntrackStats returns an empty aggregate.
 func NewConntrackStats() *ConntrackStats {
-	return &ConntrackStats{ns: map[uint32]*conntrackNS{}, tables: map[uint32]*ctTable{}}
+	return &ConntrackStats{ns: map[uint32]*conntrackNS{}, tables: map[uint32]*ctTable{}, fresh: map[uint32]bool{}}
 }
 
 func (s *ConntrackStats) get(netns uint32) *conntrackNS {
@@ -131,20 +134,34 @@ func (s *ConntrackStats) get(netns uint32) *conntrackNS {
 // Apply folds one event in; other kinds are ignored.
 func (s *ConntrackStats) Apply(ev *events.Event, now time.Time) {
 	switch ev.Kind {
+	case events.KindNetNSNew:
+		s.fresh[ev.Counters.NetNS] = true
+	case events.KindNetNSGone:
+		ino := ev.Counters.NetNS
+		delete(s.ns, ino)
+		delete(s.tables, ino)
+		delete(s.fresh, ino)
 	case events.KindConntrackStats:
 		c := ev.Conntrack
 		n := s.get(c.NetNS)
-		if n.lastAt.IsZero() {
+		if n.lastAt.IsZero() && !s.fresh[c.NetNS] {
 			n.first = c
 			n.last = c
 			n.lastAt = now
 			n.pending = n.pending[:0]
 			return
 		}
-		rose := c.Drop - n.last.Drop
-		if c.Drop < n.last.Drop { // counters reset (namespace's conntrack restarted)
-			rose = 0
+		if n.lastAt.IsZero() || c.Drop < n.last.Drop || c.Insert < n.last.Insert ||
+			c.InsertFailed < n.last.InsertFailed || c.EarlyDrop < n.last.EarlyDrop ||
+			c.Invalid < n.last.Invalid || c.SearchRestart < n.last.SearchRestart {
+			// A namespace born within the trace, or counters that went
+			// back: another namespace under a reused inode that nothing
+			// reported. Either way its counters started at zero here.
+			delete(s.fresh, c.NetNS)
+			n.first = events.Conntrack{NetNS: c.NetNS}
+			n.last = n.first
 		}
+		rose := c.Drop - n.last.Drop
 		for i := range n.pending {
 			if uint64(i) >= rose {
 				break

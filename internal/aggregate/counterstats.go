@@ -13,6 +13,9 @@ import (
 // seen: the snapshot shows the last values and the deltas between them.
 type CounterStats struct {
 	m map[counterKey]*counterEntry
+	// fresh: namespaces that appeared after tracing started
+	// (KindNetNSNew) and have no counters yet: they count from zero.
+	fresh map[uint32]bool
 }
 
 type counterKey struct {
@@ -26,9 +29,27 @@ type counterEntry struct {
 	firstTime, lastTime time.Time
 }
 
-// Apply takes KindKernelCounters and KindTracerCounters events.
+// Apply takes KindKernelCounters and KindTracerCounters events, and
+// KindNetNSNew and KindNetNSGone: a namespace's counters are forgotten when
+// it goes, and count from zero when it appeared within the trace.
 func (s *CounterStats) Apply(ev *events.Event, now time.Time) {
-	if ev.Kind != events.KindKernelCounters && ev.Kind != events.KindTracerCounters {
+	switch ev.Kind {
+	case events.KindNetNSNew:
+		if s.fresh == nil {
+			s.fresh = map[uint32]bool{}
+		}
+		s.fresh[ev.Counters.NetNS] = true
+		return
+	case events.KindNetNSGone:
+		delete(s.fresh, ev.Counters.NetNS)
+		for k := range s.m {
+			if k.kind == events.KindKernelCounters && k.netns == ev.Counters.NetNS {
+				delete(s.m, k)
+			}
+		}
+		return
+	case events.KindKernelCounters, events.KindTracerCounters:
+	default:
 		return
 	}
 	if s.m == nil {
@@ -36,11 +57,44 @@ func (s *CounterStats) Apply(ev *events.Event, now time.Time) {
 	}
 	k := counterKey{ev.Kind, ev.Counters.NetNS, ev.Counters.Object}
 	e, ok := s.m[k]
-	if !ok {
+	names := events.CounterNames(ev.Kind)
+	switch {
+	case !ok && ev.Kind == events.KindKernelCounters && s.fresh[k.netns]:
+		delete(s.fresh, k.netns)
+		e = &counterEntry{first: zeroCounts(ev.Counters, names), firstTime: now}
+		s.m[k] = e
+	case !ok:
 		e = &counterEntry{first: ev.Counters, firstTime: now}
 		s.m[k] = e
+	case wentBack(&e.last, &ev.Counters, names):
+		// Another namespace under a reused inode that nothing reported
+		// (or a restarted source): its counts started at zero, and a
+		// change is never negative.
+		e.first, e.firstTime = zeroCounts(ev.Counters, names), now
 	}
 	e.last, e.lastTime = ev.Counters, now
+}
+
+// zeroCounts returns c with its counts (not its gauges) zeroed: the
+// baseline of a source that started counting within the trace.
+func zeroCounts(c events.Counters, names []string) events.Counters {
+	for i, n := range names {
+		if i < len(c.Values) && !events.KernelGauges[n] {
+			c.Values[i] = 0
+		}
+	}
+	return c
+}
+
+// wentBack tells whether a count (not a gauge) is lower in cur than in
+// prev.
+func wentBack(prev, cur *events.Counters, names []string) bool {
+	for i, n := range names {
+		if i < len(cur.Values) && !events.KernelGauges[n] && cur.Values[i] < prev.Values[i] {
+			return true
+		}
+	}
+	return false
 }
 
 // CounterSnapshot is one source's counters: the last values and their

@@ -4,6 +4,7 @@ import (
 	"github.com/conntracer/conntracer/internal/events"
 
 	"cmp"
+	"maps"
 	"slices"
 	"time"
 )
@@ -17,6 +18,14 @@ type DropStats struct {
 	counts    map[dropStatKey]uint64
 	comms     map[uint32][16]byte // pid -> comm, from records and overflows
 	overflows map[listenerKey]*ListenerOverflow
+	// offsets: the counts the kernel's keys of departed namespaces had
+	// when the namespace went. The kernel's counter map keeps such a key
+	// until it is evicted, and a namespace reusing the inode adds to it:
+	// what is above the offset is the new namespace's.
+	offsets map[dropStatKey]uint64
+	// departed: drops by reason of namespaces that are gone, so that the
+	// node's totals never go down.
+	departed map[string]uint64
 }
 
 type dropStatKey struct {
@@ -66,6 +75,8 @@ func NewDropStats() *DropStats {
 		counts:    map[dropStatKey]uint64{},
 		comms:     map[uint32][16]byte{},
 		overflows: map[listenerKey]*ListenerOverflow{},
+		offsets:   map[dropStatKey]uint64{},
+		departed:  map[string]uint64{},
 	}
 }
 
@@ -80,7 +91,33 @@ func (s *DropStats) Apply(ev *events.Event, now time.Time) {
 	case events.KindDropCount:
 		// Cumulative per kernel key: the latest value is the total. Keys
 		// are bounded by the kernel map (LRU, 16384 entries).
-		s.counts[dropStatKey{d.ReasonName, d.Symbol, d.NetNS, d.Owner.PID, d.NoCT}] = d.Count
+		k := dropStatKey{d.ReasonName, d.Symbol, d.NetNS, d.Owner.PID, d.NoCT}
+		n := d.Count
+		if off, ok := s.offsets[k]; ok {
+			if n >= off {
+				n -= off
+			} else {
+				delete(s.offsets, k) // the kernel's key was evicted and began anew
+			}
+			if n == 0 {
+				return // the departed namespace's key, read again: nothing new
+			}
+		}
+		s.counts[k] = n
+	case events.KindNetNSGone:
+		ino := ev.Counters.NetNS
+		for k, n := range s.counts {
+			if k.netns == ino {
+				s.departed[k.reason] += n
+				s.offsets[k] += n
+				delete(s.counts, k)
+			}
+		}
+		for k := range s.overflows {
+			if k.netns == ino {
+				delete(s.overflows, k)
+			}
+		}
 	case events.KindListenOverflow:
 		k := listenerKey{d.NetNS, d.Dst.String()}
 		o := s.overflows[k]
@@ -99,6 +136,9 @@ func (s *DropStats) Apply(ev *events.Event, now time.Time) {
 type DropSnapshot struct {
 	ByReason        []DropCount        `json:"by_reason"`
 	ListenOverflows []ListenerOverflow `json:"listen_overflows"`
+	// Departed: the drops, by reason, of namespaces that are gone (their
+	// lines left ByReason): node totals add them.
+	Departed map[string]uint64 `json:"departed,omitempty"`
 }
 
 // Snapshot returns the aggregate, largest counts first. It merges keys
@@ -130,6 +170,9 @@ func (s *DropStats) Snapshot() DropSnapshot {
 		}
 	}
 	var snap DropSnapshot
+	if len(s.departed) > 0 {
+		snap.Departed = maps.Clone(s.departed)
+	}
 	for _, dc := range merged {
 		snap.ByReason = append(snap.ByReason, *dc)
 	}

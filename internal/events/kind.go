@@ -72,6 +72,16 @@ const (
 	// KindConntrackStats is one namespace's conntrack statistics, sampled
 	// through ctnetlink (cumulative kernel counters summed over CPUs).
 	KindConntrackStats Kind = 43
+	// KindNetNSNew says that network namespace Counters.NetNS appeared
+	// after tracing started (or its inode now names another namespace):
+	// every counter the kernel keeps for it started at zero within the
+	// trace, so its baselines are zero, not its first sample.
+	KindNetNSNew Kind = 44
+	// KindNetNSGone says that network namespace Counters.NetNS no longer
+	// exists (or its inode was reused by another one): what is kept per
+	// namespace is forgotten; a later event with the same inode is about
+	// another namespace.
+	KindNetNSGone Kind = 45
 
 	// Counters (kcounters.go): periodic snapshots of counters the kernel
 	// and the tracer keep themselves.
@@ -142,6 +152,8 @@ var kindNames = [...]string{
 	KindDropCount:            "drop_count",
 	KindListenOverflow:       "listen_overflow",
 	KindConntrackStats:       "conntrack_stats",
+	KindNetNSNew:             "netns_new",
+	KindNetNSGone:            "netns_gone",
 	KindKernelCounters:       "kernel_counters",
 	KindTracerCounters:       "tracer_counters",
 	KindConntrackNew:         "conntrack_new",

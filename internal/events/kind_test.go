@@ -25,6 +25,8 @@ func TestKindNumbersAndNames(t *testing.T) {
 		{KindDropCount, 41, "drop_count"},
 		{KindListenOverflow, 42, "listen_overflow"},
 		{KindConntrackStats, 43, "conntrack_stats"},
+		{KindNetNSNew, 44, "netns_new"},
+		{KindNetNSGone, 45, "netns_gone"},
 		{KindKernelCounters, 48, "kernel_counters"},
 		{KindTracerCounters, 49, "tracer_counters"},
 		{KindConntrackNew, 56, "conntrack_new"},

@@ -160,6 +160,9 @@ func (c *Collector) collectNode(ch chan<- prometheus.Metric, s *aggregate.Snapsh
 
 	// Drops by reason.
 	byReason := map[string]uint64{}
+	for r, n := range s.Drops.Departed { // namespaces gone: totals never go down
+		byReason[r] += n
+	}
 	for _, dc := range s.Drops.ByReason {
 		byReason[dc.Reason] += dc.Count
 	}
@@ -175,11 +178,12 @@ func (c *Collector) collectNode(ch chan<- prometheus.Metric, s *aggregate.Snapsh
 	for _, ns := range sortedKeys(listen) {
 		counter(d.listenOverflows, listen[ns], netnsLabel(ns))
 	}
+	// Unix backlog overflows in the callers' namespaces: a path socket
+	// belongs to no namespace (UnixPathStats.NetNS is 0 for paths).
 	unix := map[uint32]uint64{}
-	for i := range s.Unix {
-		u := &s.Unix[i]
-		for _, cl := range u.Callers {
-			unix[u.NetNS] += cl.Counts["EAGAIN"] // the backlog is full
+	for i := range s.ConnectFailures {
+		if f := &s.ConnectFailures[i]; f.Family == "unix" && f.Counts["EAGAIN"] > 0 {
+			unix[f.NetNS] += f.Counts["EAGAIN"] // the backlog is full
 		}
 	}
 	for _, ns := range sortedKeys(unix) {

@@ -1,7 +1,9 @@
 package export
 
 import (
+	"strings"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -28,12 +30,17 @@ type HealthCounts struct {
 // them through atomics, so neither waits for the other.
 type Health struct {
 	c [9]atomic.Int64
+	// progress: when the event loop last handed over its counts (it does
+	// whenever the ring buffer runs dry, at most twice a second), in Unix
+	// ns; 0 until it first does. created: when the Health was made.
+	progress atomic.Int64
+	created  time.Time
 }
 
 // NewHealth registers the tracer's own metrics on reg; attached lists the
 // hooks with their attach mode ("" when the hook is off).
 func NewHealth(reg prometheus.Registerer, attached map[string]string) (*Health, error) {
-	h := &Health{}
+	h := &Health{created: time.Now()}
 	read := func(i int) func() float64 { return func() float64 { return float64(h.c[i].Load()) } }
 	counter := func(name, help string, labels prometheus.Labels, i int) prometheus.Collector {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "conntracer_" + name, Help: help, ConstLabels: labels}, read(i))
@@ -63,7 +70,9 @@ func NewHealth(reg prometheus.Registerer, attached map[string]string) (*Health, 
 		if mode == "" {
 			mode, v = "off", 0
 		}
-		att.WithLabelValues(hook, mode).Set(v)
+		for _, h := range hookLabels(hook) {
+			att.WithLabelValues(h, mode).Set(v)
+		}
 	}
 	cs = append(cs, att)
 	for _, c := range cs {
@@ -74,10 +83,57 @@ func NewHealth(reg prometheus.Registerer, attached map[string]string) (*Health, 
 	return h, nil
 }
 
+// hookLabels turns an attachment's name into clean label values, one per
+// kernel hook: the probe's names are written for people, e.g.
+// "syscalls/sys_exit_{sendto,sendmsg,sendmmsg} (unix dgram, write off)"
+// becomes syscalls/sys_exit_sendto, syscalls/sys_exit_sendmsg and
+// syscalls/sys_exit_sendmmsg; "conntrack entries" becomes
+// conntrack_entries.
+func hookLabels(name string) []string {
+	if i := strings.Index(name, " ("); i >= 0 {
+		name = name[:i] // the remark is for the start-up line
+	}
+	name = strings.ReplaceAll(strings.TrimSpace(name), " ", "_")
+	open, end := strings.IndexByte(name, '{'), strings.IndexByte(name, '}')
+	if open < 0 || end < open {
+		return []string{name}
+	}
+	var out []string
+	for _, alt := range strings.Split(name[open+1:end], ",") {
+		out = append(out, hookLabels(name[:open]+alt+name[end+1:])...)
+	}
+	return out
+}
+
+// Progress returns when the event loop last handed over its counts, or
+// when the Health was made if it has not yet; started says whether it has.
+// A loop that is alive does at least every poll interval (and at most
+// twice a second), so an old time means a wedged loop.
+func (h *Health) Progress() (last time.Time, started bool) {
+	if ns := h.progress.Load(); ns != 0 {
+		return time.Unix(0, ns), true
+	}
+	return h.created, false
+}
+
 // Set stores the latest counts; safe from any goroutine.
 func (h *Health) Set(c HealthCounts) {
+	h.progress.Store(time.Now().UnixNano())
 	for i, v := range [9]int64{int64(c.Records), int64(c.BadRecords), int64(c.Lost), int64(c.SampledEvents),
 		int64(c.RingUsedBytes), int64(c.RingSizeBytes), int64(c.SockEntries), int64(c.SockMaxEntries), int64(c.ConntrackLost)} {
 		h.c[i].Store(v)
 	}
+}
+
+// NewBuildInfo returns the conntracer_build_info metric: constant 1,
+// labelled with the build's version, VCS revision and Go version, the way
+// exporters report theirs (join on it to see which version runs where).
+func NewBuildInfo(version, revision, goVersion string) prometheus.Collector {
+	g := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name:        "conntracer_build_info",
+		Help:        "1, labelled with the version, VCS revision and Go version the running tracer was built from.",
+		ConstLabels: prometheus.Labels{"version": version, "revision": revision, "goversion": goVersion},
+	})
+	g.Set(1)
+	return g
 }

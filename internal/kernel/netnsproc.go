@@ -7,6 +7,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // NetNSProc holds what the sampler reads from /proc inside a namespace.
@@ -23,6 +25,10 @@ type NetNSProc struct {
 	// ProcStat is /proc/net/stat/nf_conntrack summed over CPUs, by column
 	// name (nil when conntrack is not loaded).
 	ProcStat map[string]uint64
+	// Cookie is the namespace's netns cookie (SO_NETNS_COOKIE, Linux
+	// 5.14+): unlike its inode number, never reused while the system
+	// runs. 0 where the kernel does not tell.
+	Cookie uint64
 }
 
 // ReadNetNSProc reads the namespace-scoped /proc files of the namespace
@@ -49,6 +55,7 @@ func readNetNSProc(nsFD int, ino uint32) (NetNSProc, error) {
 		if b, err := os.ReadFile("/proc/thread-self/net/stat/nf_conntrack"); err == nil {
 			p.ProcStat, _ = parseConntrackProcStat(b)
 		}
+		p.Cookie = netnsCookie()
 		return nil
 	})
 	return p, err
@@ -107,4 +114,21 @@ func parseConntrackProcStat(b []byte) (map[string]uint64, error) {
 		}
 	}
 	return out, nil
+}
+
+// netnsCookie returns the cookie of the calling thread's network
+// namespace, read from a socket made there for the purpose (the kernel
+// offers it only as a socket option, SO_NETNS_COOKIE), or 0 where the
+// kernel lacks it (before 5.14).
+func netnsCookie() uint64 {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0
+	}
+	defer unix.Close(fd)
+	v, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, unix.SO_NETNS_COOKIE)
+	if err != nil {
+		return 0
+	}
+	return v
 }

@@ -34,6 +34,17 @@ type NetNSSampler struct {
 	Watcher  ConntrackNSWatcher
 	prevOver map[uint32]uint64
 	procDir  string
+	// Namespace identity: the cookie each inode had at the last round
+	// (0: the kernel gives none), so that a namespace appearing after the
+	// first round, or an inode reused by another namespace, is reported
+	// (KindNetNSNew, KindNetNSGone) and its counters start from zero.
+	cookies map[uint32]uint64
+	rounds  int
+	// zeroCT holds the last all-zero conntrack statistics of a namespace
+	// whose table was unused (not sent: a line per idle namespace says
+	// nothing). It is sent just before the first non-zero sample, as that
+	// namespace's baseline: the first drops count.
+	zeroCT map[uint32]events.Conntrack
 }
 
 // ConntrackNSWatcher follows the conntrack tables of the namespaces the
@@ -49,7 +60,8 @@ type ConntrackNSWatcher interface {
 // NewNetNSSampler returns a sampler of every namespace. The first Sample
 // takes the baselines: overflow deltas start from it.
 func NewNetNSSampler() *NetNSSampler {
-	return &NetNSSampler{prevOver: map[uint32]uint64{}, procDir: "/proc"}
+	return &NetNSSampler{prevOver: map[uint32]uint64{}, procDir: "/proc",
+		cookies: map[uint32]uint64{}, zeroCT: map[uint32]events.Conntrack{}}
 }
 
 // Sample returns the events of one tick. bootNs stamps them
@@ -84,7 +96,40 @@ func (s *NetNSSampler) Sample(bootNs uint64) ([]events.Event, []error) {
 			delete(s.prevOver, ino) // namespace gone: nothing can leak
 		}
 	}
+	for ino := range s.cookies {
+		if !seen[ino] {
+			evs = append(evs, s.gone(ino, bootNs))
+		}
+	}
+	s.rounds++
 	return evs, warnings
+}
+
+// identity returns the events that tell the aggregator that namespace ino
+// is not the one it knew under that inode: KindNetNSNew for a namespace
+// first seen after the first round (its counters all started within the
+// trace), preceded by KindNetNSGone when the inode now names another
+// namespace (its cookie changed: inodes are reused once freed).
+func (s *NetNSSampler) identity(ino uint32, cookie, bootNs uint64) []events.Event {
+	prev, known := s.cookies[ino]
+	var evs []events.Event
+	if known && prev != 0 && cookie != 0 && prev != cookie {
+		evs = append(evs, s.gone(ino, bootNs))
+		known = false
+	}
+	s.cookies[ino] = cookie
+	if !known && s.rounds > 0 {
+		evs = append(evs, events.Event{Kind: events.KindNetNSNew, Counters: events.Counters{NetNS: ino, TimeNs: bootNs}})
+	}
+	return evs
+}
+
+// gone forgets namespace ino and returns the KindNetNSGone event.
+func (s *NetNSSampler) gone(ino uint32, bootNs uint64) events.Event {
+	delete(s.cookies, ino)
+	delete(s.zeroCT, ino)
+	delete(s.prevOver, ino)
+	return events.Event{Kind: events.KindNetNSGone, Counters: events.Counters{NetNS: ino, TimeNs: bootNs}}
 }
 
 func (s *NetNSSampler) sampleOne(fd int, ino uint32, bootNs uint64) ([]events.Event, []error) {
@@ -96,6 +141,7 @@ func (s *NetNSSampler) sampleOne(fd int, ino uint32, bootNs uint64) ([]events.Ev
 	if err != nil {
 		return nil, []error{fmt.Errorf("netns %d: %w", ino, err)}
 	}
+	evs = append(evs, s.identity(ino, proc.Cookie, bootNs)...)
 	// Conntrack: only where the module is loaded and this namespace has
 	// used it (a table that never held an entry and counted nothing is
 	// not worth a line per namespace).
@@ -115,13 +161,22 @@ func (s *NetNSSampler) sampleOne(fd int, ino uint32, bootNs uint64) ([]events.Ev
 		switch {
 		case err != nil:
 			warnings = append(warnings, fmt.Errorf("netns %d: %w", ino, err))
-		case ct.Entries != 0 || ct.Insert != 0 || ct.Drop != 0 || ct.Invalid != 0 || ct.InsertFailed != 0:
+		default:
 			ct.NetNS = ino
 			ct.TimeNs = bootNs
 			ct.TimeoutEstablished = proc.TimeoutEstablished
 			ct.TimeoutTimeWait = proc.TimeoutTimeWait
 			ct.TimeoutCloseWait = proc.TimeoutCloseWait
 			ct.TimeoutSynSent = proc.TimeoutSynSent
+			if ct.Entries == 0 && ct.Insert == 0 && ct.Drop == 0 && ct.Invalid == 0 && ct.InsertFailed == 0 &&
+				ct.EarlyDrop == 0 && ct.SearchRestart == 0 {
+				s.zeroCT[ino] = ct
+				break
+			}
+			if z, ok := s.zeroCT[ino]; ok {
+				delete(s.zeroCT, ino)
+				evs = append(evs, events.Event{Kind: events.KindConntrackStats, Conntrack: z})
+			}
 			evs = append(evs, events.Event{Kind: events.KindConntrackStats, Conntrack: ct})
 		}
 	}

@@ -93,7 +93,7 @@ func BenchmarkChurnOverhead(b *testing.B) {
 			p, done, stop := startChurnProbe(b)
 			defer p.Close()
 			// Loading left garbage (kernel BTF, specs): collect it now,
-			// as `tracer` does once tracing runs (cmd/tracer/memory.go).
+			// as `tracer` does once tracing runs (internal/session/memory.go).
 			runtime.GC()
 			for b.Loop() {
 				for i := 0; i < pairs; i++ {

@@ -205,7 +205,7 @@ func testConntrackInKernel(t *testing.T, mode AttachMode) {
 		t.Fatal(err)
 	}
 	beforeStats := ctStats(t, fd)
-	restore := lowerConntrackMax(t, 32)
+	restore := testenv.LowerConntrackMax(t, 32)
 	b := testenv.StartBurst(t, ns, "ctk-churner", server.Addr4(), 80, 1200*time.Millisecond)
 	b.Release(t)
 	restore()

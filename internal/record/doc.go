@@ -21,6 +21,15 @@
 // that meets a damaged block scans forward to the next block magic and
 // reports the bytes it skipped.
 //
+// # Limits
+//
+// A reader trusts nothing in a file: a block decompresses to at most
+// 64 MiB, holds exactly the records its header counts and at most 4 per
+// compressed byte (a zstd bomb compresses better than any recording);
+// socket-table rounds, which hand out the whole table again, are bounded
+// per block and per keyframe, and the table itself (format.go). Memory
+// is proportional to one block; only regular files are opened.
+//
 // # Sampler rounds
 //
 // The socket-table sampler reports every live socket every second

@@ -18,9 +18,42 @@ var (
 // blockHeaderLen is the size of a block header, magic included.
 const blockHeaderLen = 4 + 4 + 4 + 4 + 4 + 8 + 8 + 4
 
-// maxRawBlock bounds a block's decompressed size: a damaged length field
-// must not make the reader allocate gigabytes.
-const maxRawBlock = 64 << 20
+// Limits of the format that a reader enforces, so that a damaged or
+// crafted file costs memory in proportion to one block and time in
+// proportion to its own size (see reader.go's checkBlock).
+const (
+	// maxRawBlock bounds a block's decompressed size: a damaged length
+	// field must not make the reader allocate gigabytes. Writers seal a
+	// block every second or MaxBlockEvents (65536) events, a few MiB.
+	maxRawBlock = 64 << 20
+	// minRecordLen is the smallest encoded record (kind, time delta,
+	// parts mask): a block cannot hold more than raw/minRecordLen.
+	minRecordLen = 3
+	// maxRecordsPerPackedByte bounds how well a block may compress.
+	// Recorded events compress to 9-25 bytes each (0.04-0.11 records per
+	// packed byte measured on churn, socket-table keyframes of 100,000
+	// sockets and the recordings in testdata); only the same record
+	// repeated compresses further, which is how a zstd bomb turns 2 KB
+	// into a million events.
+	maxRecordsPerPackedByte = 4
+	// maxRoundsPerBlock bounds the socket-table rounds one block may
+	// rebuild: a block spans about a second (Options.BlockEvery), and
+	// each round hands out the whole table again, so rounds are what a
+	// crafted file would repeat. 64 allows a 16 ms sample interval.
+	maxRoundsPerBlock = 64
+	// maxDeltaRounds bounds the rounds rebuilt from one keyframe: writers
+	// write a keyframe every minute (Options.KeyframeEvery), 3,600 rounds
+	// at a 17 ms sample interval.
+	maxDeltaRounds = 3600
+	// maxRoundSockets bounds the rebuilt socket table (the live sampler
+	// reads every socket of the host; two million is beyond any host the
+	// tracer was run on).
+	maxRoundSockets = 1 << 21
+)
+
+// maxPacked is the largest compressed size zstd gives raw bytes (its
+// worst case adds a block header per 128 KiB and a frame header).
+func maxPacked(raw uint32) int64 { return int64(raw) + int64(raw)>>7 + 1<<10 }
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 

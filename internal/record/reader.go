@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"syscall"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -63,11 +64,28 @@ type Reader struct {
 	queue   []queued
 	qi      int
 	scratch events.Event
+
+	// The block being read: where it is, what its header promised and
+	// what it held so far (checkBlock, Next).
+	blockStart, blockEnd int64
+	blockSeq             uint32
+	recordsLeft          uint32 // records the header promised, not yet decoded
+	blockRounds          int    // socket-table rounds rebuilt from this block
+	deltaRounds          int    // rounds rebuilt since the last keyframe
+	// Blocks found damaged since the last intact one, to count what is
+	// lost before the first intact block and after the last.
+	damagedSince  int
+	damagedMaxSeq int64 // -1: none whose header could be read
 }
 
-// Open opens the recording at path and reads its header.
+// Open opens the recording at path and reads its header. Only regular
+// files are read: a recording is read with random access and its size
+// bounds what the reader accepts, which a FIFO, pipe or device does not
+// give (and a FIFO without a writer would block the open for ever).
 func Open(path string) (*Reader, error) {
-	f, err := os.Open(path)
+	// O_NONBLOCK: opening a FIFO that no one writes returns at once, so
+	// that it can be refused below instead of hanging silently.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open recording: %w", err)
 	}
@@ -75,6 +93,11 @@ func Open(path string) (*Reader, error) {
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("open recording: %w", err)
+	}
+	if !st.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%s: %w: it is %s; recordings are read from regular files (copy it to a file first, e.g. cat %s > rec.ctrec)",
+			path, ErrNotRegular, describeMode(st.Mode()), path)
 	}
 	r, err := NewReader(f, st.Size(), path)
 	if err != nil {
@@ -85,10 +108,30 @@ func Open(path string) (*Reader, error) {
 	return r, nil
 }
 
+// ErrNotRegular is returned by Open for a FIFO, pipe, socket, device or
+// directory.
+var ErrNotRegular = errors.New("not a regular file")
+
+func describeMode(m os.FileMode) string {
+	switch {
+	case m&os.ModeNamedPipe != 0:
+		return "a FIFO or pipe"
+	case m&os.ModeSocket != 0:
+		return "a socket"
+	case m&os.ModeCharDevice != 0:
+		return "a character device"
+	case m&os.ModeDevice != 0:
+		return "a block device"
+	case m.IsDir():
+		return "a directory"
+	}
+	return "not a regular file (" + m.String() + ")"
+}
+
 // NewReader reads a recording of size bytes from ra; name is used in
 // errors.
 func NewReader(ra io.ReaderAt, size int64, name string) (*Reader, error) {
-	r := &Reader{name: name, ra: ra, size: size, rounds: newRoundReader()}
+	r := &Reader{name: name, ra: ra, size: size, rounds: newRoundReader(), damagedMaxSeq: -1}
 	if size == 0 {
 		return nil, fmt.Errorf("%s: empty file: nothing was recorded", name)
 	}
@@ -156,8 +199,8 @@ func (r *Reader) Next(ev *events.Event) (time.Time, error) {
 		}
 		r.queue, r.qi = r.queue[:0], 0
 		if !r.inBlock || !r.dec.more() {
-			if r.inBlock && r.dec.err != nil {
-				r.damage(r.off, 0, fmt.Sprintf("block %d: %v", r.nextSeq-1, r.dec.err))
+			if r.inBlock {
+				r.endBlock()
 			}
 			r.inBlock = false
 			ok, err := r.nextBlock()
@@ -165,6 +208,7 @@ func (r *Reader) Next(ev *events.Event) (time.Time, error) {
 				return time.Time{}, err
 			}
 			if !ok {
+				r.countTail()
 				if r.stats.Events == 0 && len(r.stats.Damage) > 0 {
 					return time.Time{}, fmt.Errorf("%s: no intact block: %d bytes damaged (%s)", r.name, r.stats.LostBytes, r.stats.Damage[0].Why)
 				}
@@ -172,6 +216,11 @@ func (r *Reader) Next(ev *events.Event) (time.Time, error) {
 			}
 			continue
 		}
+		if r.recordsLeft == 0 {
+			r.blockFails(fmt.Errorf("holds more records than its header's %d", r.blockRecords()))
+			continue
+		}
+		r.recordsLeft--
 		now, kind := r.dec.event(&r.scratch)
 		if r.dec.err != nil {
 			continue
@@ -181,11 +230,15 @@ func (r *Reader) Next(ev *events.Event) (time.Time, error) {
 		case kind == kindRound:
 			r.dec.round(&r.marker)
 			if r.dec.err == nil {
-				r.rounds.marker(&r.marker)
+				r.startRound()
 			}
 			continue
 		case r.rounds.in && r.scratch.Kind == events.KindSockOpen:
 			if !r.rounds.skip {
+				if _, ok := r.rounds.table[keyOf(&r.scratch)]; !ok && len(r.rounds.table) >= maxRoundSockets {
+					r.blockFails(fmt.Errorf("socket-table round of more than %d sockets", maxRoundSockets))
+					continue
+				}
 				r.rounds.table[keyOf(&r.scratch)] = r.scratch
 			}
 			continue
@@ -199,6 +252,58 @@ func (r *Reader) Next(ev *events.Event) (time.Time, error) {
 	}
 }
 
+// startRound applies a round marker, within the limits on rounds: a round
+// hands out the whole table again, so repeated rounds are what would make
+// a small file expand without bound.
+func (r *Reader) startRound() {
+	r.blockRounds++
+	if r.marker.keyframe {
+		r.deltaRounds = 0
+	} else {
+		r.deltaRounds++
+	}
+	switch {
+	case r.blockRounds > maxRoundsPerBlock:
+		r.blockFails(fmt.Errorf("more than %d socket-table rounds in one block", maxRoundsPerBlock))
+	case r.deltaRounds > maxDeltaRounds:
+		r.blockFails(fmt.Errorf("more than %d socket-table rounds since a keyframe", maxDeltaRounds))
+	default:
+		r.rounds.marker(&r.marker)
+	}
+}
+
+// blockRecords is what the current block's header promised.
+func (r *Reader) blockRecords() uint32 {
+	var hdr [blockHeaderLen]byte
+	if _, err := r.ra.ReadAt(hdr[:], r.blockStart); err != nil {
+		return 0
+	}
+	return parseBlockHeader(hdr[:]).events
+}
+
+// blockFails stops reading the current block: the rest of it is damage,
+// and rounds need a new keyframe.
+func (r *Reader) blockFails(err error) {
+	if r.dec.err == nil {
+		r.dec.err = err
+	}
+	r.dec.off = len(r.dec.data)
+	r.queue, r.qi = r.queue[:0], 0
+}
+
+// endBlock checks that the block held what its header promised.
+func (r *Reader) endBlock() {
+	err := r.dec.err
+	if err == nil && r.recordsLeft != 0 {
+		err = fmt.Errorf("holds %d records fewer than its header's %d", r.recordsLeft, r.blockRecords())
+	}
+	if err == nil {
+		return
+	}
+	r.damage(r.blockStart, r.blockEnd-r.blockStart, fmt.Sprintf("block %d: %v (events before it were read)", r.blockSeq, err))
+	r.rounds.lost()
+}
+
 func (r *Reader) damage(off, n int64, why string) {
 	r.stats.LostBytes += n
 	if len(r.stats.Damage) < 100 {
@@ -206,14 +311,34 @@ func (r *Reader) damage(off, n int64, why string) {
 	}
 }
 
+// checkBlock says what is wrong with a block header found at start, ""
+// if nothing: the limits of the format (format.go) and of the file.
+func (r *Reader) checkBlock(h *blockHeader, start int64) string {
+	switch {
+	case h.raw > maxRawBlock:
+		return fmt.Sprintf("block header damaged: %d bytes decompressed, more than a block may hold (%d)", h.raw, maxRawBlock)
+	case int64(h.packed) > maxPacked(h.raw):
+		return fmt.Sprintf("block header damaged: %d bytes compressed for %d decompressed", h.packed, h.raw)
+	case int64(h.events)*minRecordLen > int64(h.raw):
+		return fmt.Sprintf("block header damaged: %d events cannot fit in %d bytes", h.events, h.raw)
+	case int64(h.events) > int64(h.packed)*maxRecordsPerPackedByte+64:
+		return fmt.Sprintf("block claims %d events from %d compressed bytes: more than recorded events compress to (a zstd bomb?)", h.events, h.packed)
+	case start+blockHeaderLen+int64(h.packed) > r.size:
+		return cutShort
+	}
+	return ""
+}
+
+const cutShort = "cut short: the recorder stopped while writing a block"
+
 // nextBlock finds, checks and decompresses the next intact block.
 func (r *Reader) nextBlock() (bool, error) {
 	hdr := make([]byte, blockHeaderLen)
 	for r.off < r.size {
 		start := r.off
 		if r.size-start < blockHeaderLen {
-			r.damage(start, r.size-start, "cut short: the recorder stopped while writing a block")
-			r.stats.LostBlocks++
+			r.damage(start, r.size-start, cutShort)
+			r.damagedSince++
 			r.off = r.size
 			return false, nil
 		}
@@ -226,12 +351,7 @@ func (r *Reader) nextBlock() (bool, error) {
 			why = "no block starts here"
 		} else {
 			h = parseBlockHeader(hdr)
-			switch {
-			case h.raw > maxRawBlock || int64(h.packed) > r.size:
-				why = "block header damaged"
-			case start+blockHeaderLen+int64(h.packed) > r.size:
-				why = "cut short: the recorder stopped while writing a block"
-			}
+			why = r.checkBlock(&h, start)
 		}
 		if why == "" {
 			r.packed = grow(r.packed, int(h.packed))
@@ -245,29 +365,59 @@ func (r *Reader) nextBlock() (bool, error) {
 			} else {
 				r.raw = raw
 				r.off = start + blockHeaderLen + int64(h.packed)
-				if r.seqSeen && h.seq != r.nextSeq {
-					if h.seq > r.nextSeq {
-						r.stats.LostBlocks += int(h.seq - r.nextSeq)
-					}
-					r.rounds.lost()
-				}
-				r.seqSeen, r.nextSeq = true, h.seq+1
-				r.stats.Blocks++
+				r.intact(&h)
+				r.blockStart, r.blockEnd, r.blockSeq = start, r.off, h.seq
+				r.recordsLeft, r.blockRounds = h.events, 0
 				r.dec.reset(r.raw, h.first)
 				r.inBlock = true
 				return true, nil
 			}
 		}
-		// Skip to the next block magic after start.
+		// Skip to the next block magic after start. A block whose magic
+		// is intact is one block lost; its number, if plausible, says
+		// how many were lost at the end of the file (countTail).
 		next := r.scan(start + 1)
-		if why == "cut short: the recorder stopped while writing a block" && next == r.size {
-			r.stats.LostBlocks++
+		if why != "no block starts here" {
+			r.damagedSince++
+			if r.seqSeen && int64(h.seq) >= int64(r.nextSeq) && int64(h.seq) < int64(r.nextSeq)+r.size/blockHeaderLen {
+				r.damagedMaxSeq = max(r.damagedMaxSeq, int64(h.seq))
+			}
 		}
 		r.damage(start, next-start, why)
 		r.rounds.lost()
 		r.off = next
 	}
 	return false, nil
+}
+
+// intact counts the blocks lost before the intact block h: the gap in
+// block numbers since the last intact one, or, before the first, the
+// damaged blocks found (a flight recorder's dump starts at any number).
+func (r *Reader) intact(h *blockHeader) {
+	switch {
+	case r.seqSeen && h.seq != r.nextSeq:
+		if h.seq > r.nextSeq {
+			r.stats.LostBlocks += int(h.seq - r.nextSeq)
+		} else {
+			r.stats.LostBlocks += r.damagedSince
+		}
+		r.rounds.lost()
+	case !r.seqSeen:
+		r.stats.LostBlocks += r.damagedSince
+	}
+	r.damagedSince, r.damagedMaxSeq = 0, -1
+	r.seqSeen, r.nextSeq = true, h.seq+1
+	r.stats.Blocks++
+}
+
+// countTail counts the blocks lost after the last intact one.
+func (r *Reader) countTail() {
+	n := r.damagedSince
+	if r.damagedMaxSeq >= 0 {
+		n = max(n, int(r.damagedMaxSeq-int64(r.nextSeq))+1)
+	}
+	r.stats.LostBlocks += n
+	r.damagedSince, r.damagedMaxSeq = 0, -1
 }
 
 // scan returns the offset of the next block magic at or after off, or the

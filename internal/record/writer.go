@@ -73,7 +73,9 @@ type Writer struct {
 	fileStart    time.Time
 	fileSize     int64
 	totalEvents  uint64
+	totalBlocks  int
 	totalWritten int64
+	rotations    int
 	err          error // sticky: the first write error
 }
 
@@ -291,6 +293,7 @@ func (w *Writer) seal() error {
 	binary.LittleEndian.PutUint32(w.out[hdrEnd-4:], blockCRC(w.out[:hdrEnd], packed))
 	w.seq++
 	w.totalEvents += uint64(w.nEvents)
+	w.totalBlocks++
 	w.nEvents = 0
 	if err := w.put(w.out); err != nil {
 		return err
@@ -323,6 +326,7 @@ func (w *Writer) maybeRotate() error {
 		return w.err
 	}
 	w.seq = 0
+	w.rotations++
 	if err := w.openFile(); err != nil {
 		w.err = err
 	}
@@ -353,6 +357,18 @@ func (w *Writer) Close() error {
 
 // Events returns how many events were written in sealed blocks.
 func (w *Writer) Events() uint64 { return w.totalEvents }
+
+// Blocks returns how many blocks were written.
+func (w *Writer) Blocks() int { return w.totalBlocks }
+
+// Rotated says where the older part went, for a summary line: "" when
+// the file never rotated.
+func (w *Writer) Rotated() string {
+	if w.rotations == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (rotated %d times: older parts in %s.1 to %s.%d)", w.rotations, w.path, w.path, min(w.rotations, w.opts.Keep))
+}
 
 // BytesWritten returns how many bytes went to the files (headers included).
 func (w *Writer) BytesWritten() int64 { return w.totalWritten }

@@ -1,5 +1,5 @@
 // Package report turns recordings into post-mortems: it replays the
-// recorded events through the same events.Aggregator (and so the same
+// recorded events through the same aggregate.Aggregator (and so the same
 // findings rules) that ran live, and renders what it found as text, JSON
 // or a self-contained HTML page.
 package report
@@ -31,16 +31,41 @@ type File struct {
 	Stats  record.Stats  `json:"stats"`
 }
 
-// Minute is one row of the timeline.
-type Minute struct {
+// Step is one point of the timeline: counts over the step, gauges at its
+// end. The step's length is chosen from the recording's (Report.Step).
+type Step struct {
 	Start          time.Time         `json:"start"`
-	Opened         uint64            `json:"opened"` // connections whose close was recorded in this minute, handshake seen
+	Opened         uint64            `json:"opened"` // connections whose close was recorded in this step, handshake seen
 	Closed         uint64            `json:"closed"`
 	FailedConnects uint64            `json:"failed_connects"`
 	Drops          map[string]uint64 `json:"drops"`             // by reason
-	TimeWait       uint32            `json:"time_wait"`         // at the end of the minute
-	ConntrackFill  float64           `json:"conntrack_fill"`    // fullest namespace, at the end of the minute
+	TimeWait       uint32            `json:"time_wait"`         // at the end of the step
+	ConntrackFill  float64           `json:"conntrack_fill"`    // fullest namespace, at the end of the step
 	ConntrackCount uint64            `json:"conntrack_entries"` // its entries
+	// open connections (TIME_WAIT not included) per process at the end
+	// of the step, by the index of Report.Processes; only processes
+	// with connections open then.
+	open map[int]uint32
+}
+
+// steps are the timeline's possible steps, each a multiple of the one
+// before, so that a finer timeline merges into a coarser one.
+var steps = []time.Duration{time.Second, 5 * time.Second, 15 * time.Second, time.Minute, 5 * time.Minute,
+	15 * time.Minute, time.Hour, 6 * time.Hour, 24 * time.Hour}
+
+// maxSteps is the most points a timeline has: the step grows (steps)
+// when a recording would give more. A 15 s recording gets 15 points of a
+// second, a 3 min incident 180, an hour 240 of 15 s.
+const maxSteps = 300
+
+// maxTrackedProcesses bounds the processes whose open connections the
+// timeline follows (the first seen with connections open).
+const maxTrackedProcesses = 4096
+
+// ProcessKey names a process across the timeline.
+type ProcessKey struct {
+	PID  uint32 `json:"pid"`
+	Comm string `json:"comm"`
 }
 
 // FindingSpan is a finding and the time it was first and last seen.
@@ -48,13 +73,17 @@ type FindingSpan = aggregate.Finding
 
 // Report is a replayed recording.
 type Report struct {
-	Files    []File              `json:"files"`
-	From     time.Time           `json:"from"`
-	To       time.Time           `json:"to"`
-	Events   uint64              `json:"events"`
-	Timeline []Minute            `json:"timeline"`
-	Findings []FindingSpan       `json:"findings"` // every finding seen, with first and last seen
-	Final    *aggregate.Snapshot `json:"-"`        // the aggregate at the end
+	Files    []File        `json:"files"`
+	From     time.Time     `json:"from"`
+	To       time.Time     `json:"to"`
+	Events   uint64        `json:"events"`
+	Step     time.Duration `json:"-"` // of the timeline
+	Timeline []Step        `json:"timeline"`
+	// Processes are the processes the timeline follows (Step.open).
+	Processes []ProcessKey `json:"-"`
+	procIndex map[ProcessKey]int
+	Findings  []FindingSpan       `json:"findings"` // every finding seen, with first and last seen
+	Final     *aggregate.Snapshot `json:"-"`        // the aggregate at the end
 }
 
 // Replay reads the recordings in order (each as far as it is intact) and
@@ -64,11 +93,11 @@ func Replay(paths []string, o Options) (*Report, error) {
 	// Drop events carry the names they had live; the port lookup of
 	// port_exhaustion needs the live kernel and is left out.
 	agg.SetConnectRules(aggregate.DefaultConnectRules(), nil)
-	rep := &Report{}
+	rep := &Report{Step: steps[0], procIndex: map[ProcessKey]int{}}
 	spans := map[string]*aggregate.Finding{}
-	var cur *Minute
+	var cur *Step
 	var ev events.Event
-	closeMinute := func() {
+	closeStep := func() {
 		if cur == nil {
 			return
 		}
@@ -79,9 +108,13 @@ func Replay(paths []string, o Options) (*Report, error) {
 				cur.ConntrackFill, cur.ConntrackCount = c.Fill, c.Entries
 			}
 		}
+		cur.open = rep.openByProcess(s)
 		mergeFindings(spans, s.Findings)
 		rep.Timeline = append(rep.Timeline, *cur)
 		cur = nil
+		if len(rep.Timeline) > maxSteps {
+			rep.coarsen()
+		}
 	}
 	for _, p := range paths {
 		r, err := record.Open(p)
@@ -103,12 +136,19 @@ func Replay(paths []string, o Options) (*Report, error) {
 			if ns := ev.NetNS(); o.NetNS != 0 && ns != 0 && ns != o.NetNS {
 				continue
 			}
-			m := now.Truncate(time.Minute)
+			m := now.Truncate(rep.Step)
 			if cur != nil && !m.Equal(cur.Start) {
-				closeMinute()
+				closeStep()
+				m = now.Truncate(rep.Step) // the step may have grown
+			}
+			if n := len(rep.Timeline); cur == nil && n > 0 && rep.Timeline[n-1].Start.Equal(m) {
+				// The timeline just became coarser: its last step is
+				// still open.
+				last := rep.Timeline[n-1]
+				rep.Timeline, cur = rep.Timeline[:n-1], &last
 			}
 			if cur == nil {
-				cur = &Minute{Start: m, Drops: map[string]uint64{}}
+				cur = &Step{Start: m, Drops: map[string]uint64{}}
 			}
 			count(cur, &ev)
 			agg.Apply(&ev, now)
@@ -121,7 +161,7 @@ func Replay(paths []string, o Options) (*Report, error) {
 		rep.Files = append(rep.Files, File{Path: p, Header: r.Header(), Stats: r.Stats()})
 		r.Close()
 	}
-	closeMinute()
+	closeStep()
 	rep.Final = agg.Snapshot()
 	mergeFindings(spans, rep.Final.Findings)
 	for _, f := range spans {
@@ -134,8 +174,71 @@ func Replay(paths []string, o Options) (*Report, error) {
 	return rep, nil
 }
 
-// count adds an event to its minute's counters.
-func count(m *Minute, ev *events.Event) {
+// openByProcess reads the open connections (TIME_WAIT not included) of
+// each process from a snapshot.
+func (r *Report) openByProcess(s *aggregate.Snapshot) map[int]uint32 {
+	out := map[int]uint32{}
+	for i := range s.Processes {
+		p := &s.Processes[i]
+		n := p.Open() - p.TimeWait
+		k := ProcessKey{PID: p.PID, Comm: p.Comm}
+		idx, ok := r.procIndex[k]
+		if !ok {
+			if n == 0 || len(r.Processes) >= maxTrackedProcesses {
+				continue
+			}
+			idx = len(r.Processes)
+			r.Processes = append(r.Processes, k)
+			r.procIndex[k] = idx
+		}
+		out[idx] = n
+	}
+	return out
+}
+
+// coarsen moves the timeline to the next step: counts add up, gauges
+// (TIME_WAIT, conntrack, open connections) are those at the end.
+func (r *Report) coarsen() {
+	i := slices.Index(steps, r.Step)
+	if i < 0 || i+1 == len(steps) {
+		return
+	}
+	r.Step = steps[i+1]
+	var out []Step
+	for _, s := range r.Timeline {
+		s.Start = s.Start.Truncate(r.Step)
+		if n := len(out); n > 0 && out[n-1].Start.Equal(s.Start) {
+			m := &out[n-1]
+			m.Opened += s.Opened
+			m.Closed += s.Closed
+			m.FailedConnects += s.FailedConnects
+			for k, v := range s.Drops {
+				m.Drops[k] += v
+			}
+			m.TimeWait, m.ConntrackFill, m.ConntrackCount, m.open = s.TimeWait, s.ConntrackFill, s.ConntrackCount, s.open
+			continue
+		}
+		out = append(out, s)
+	}
+	r.Timeline = out
+}
+
+// OpenSeries returns the open connections (TIME_WAIT not included) of
+// process k at each step of the timeline.
+func (r *Report) OpenSeries(k ProcessKey) []uint32 {
+	out := make([]uint32, len(r.Timeline))
+	idx, ok := r.procIndex[k]
+	if !ok {
+		return out
+	}
+	for i := range r.Timeline {
+		out[i] = r.Timeline[i].open[idx]
+	}
+	return out
+}
+
+// count adds an event to its step's counters.
+func count(m *Step, ev *events.Event) {
 	switch ev.Kind {
 	case events.KindConnClosed:
 		m.Closed++

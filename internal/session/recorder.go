@@ -3,13 +3,13 @@ package session
 import (
 	"github.com/conntracer/conntracer/internal/aggregate"
 	"github.com/conntracer/conntracer/internal/bootclock"
+	"github.com/conntracer/conntracer/internal/version"
 
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"syscall"
@@ -44,7 +44,12 @@ type recorder struct {
 	seen   map[string]bool
 	usr1   chan os.Signal
 	stderr io.Writer
-	failed bool
+	path   string
+	// err is the first write failure (full disk, I/O error) of the file
+	// or of a flight dump: the recording stopped or a dump is missing, so
+	// the process must end non-zero (Err) though the aggregate goes on.
+	err    error
+	closed bool
 }
 
 // newRecorder returns nil when cfg records nothing.
@@ -52,7 +57,7 @@ func newRecorder(cfg RecordConfig, stderr io.Writer) (*recorder, error) {
 	if cfg.Path == "" && cfg.Flight <= 0 {
 		return nil, nil
 	}
-	r := &recorder{stderr: stderr, seen: make(map[string]bool), dir: cfg.FlightDir}
+	r := &recorder{stderr: stderr, seen: make(map[string]bool), dir: cfg.FlightDir, path: cfg.Path}
 	opts := record.Options{Header: recordHeader(), RotateSize: cfg.RotateSize, RotateAge: cfg.RotateAge, Keep: cfg.Keep}
 	if cfg.Path != "" {
 		w, err := record.Create(cfg.Path, opts)
@@ -81,7 +86,7 @@ func (r *recorder) Record(ev *events.Event, now time.Time) {
 		return
 	}
 	if r.file != nil {
-		r.check(r.file.Write(ev, now))
+		r.checkFile(r.file.Write(ev, now))
 	}
 	if r.flight != nil {
 		r.check(r.flight.Write(ev, now))
@@ -95,7 +100,7 @@ func (r *recorder) Tick(now time.Time, snap *aggregate.Snapshot) {
 		return
 	}
 	if r.file != nil {
-		r.check(r.file.Tick(now))
+		r.checkFile(r.file.Tick(now))
 	}
 	if r.flight == nil {
 		return
@@ -131,35 +136,74 @@ func (r *recorder) dump(now time.Time, why string) {
 	}
 	path := filepath.Join(r.dir, "tracer-flight-"+now.UTC().Format("20060102T150405.000")+".ctrec")
 	if err := r.ring.dump(path); err != nil {
-		fmt.Fprintf(r.stderr, "tracer: flight recorder: %v\n", err)
+		// A dump that did not reach the disk is a post-mortem lost: as
+		// loud as a failed recording, and the exit says so too.
+		os.Remove(path)
+		r.fail(fmt.Errorf("flight recorder: %s: %w", why, err))
 		return
 	}
 	fmt.Fprintf(r.stderr, "tracer: flight recorder: %s: wrote the last %s to %s\n", why, r.ring.window, path)
 }
 
-func (r *recorder) check(err error) {
-	if err != nil && !r.failed {
-		r.failed = true
-		fmt.Fprintf(r.stderr, "tracer: recording stopped: %v\n", err)
+// checkFile reports a failure of the recording file.
+func (r *recorder) checkFile(err error) {
+	if err != nil && r.err == nil {
+		r.fail(fmt.Errorf("recording to %s stopped: %w", r.path, err))
 	}
 }
 
-// Close flushes what is left.
-func (r *recorder) Close() error {
+// check reports a failure of the flight recorder's writer (in memory:
+// only an encoding error could fail it).
+func (r *recorder) check(err error) {
+	if err != nil && r.err == nil {
+		r.fail(fmt.Errorf("flight recorder: %w", err))
+	}
+}
+
+// fail reports a write failure at once, once: recording stops (the writer's
+// error is sticky), the aggregate goes on, and Err makes the exit non-zero.
+func (r *recorder) fail(err error) {
+	if r.err != nil {
+		return
+	}
+	r.err = err
+	fmt.Fprintf(r.stderr, "tracer: ERROR: %v\n"+
+		"tracer: ERROR: nothing more is recorded; the tracer keeps running and will exit with status 1 (free space, then restart the recording)\n", err)
+}
+
+// Err is the first write failure of the recording or of a flight dump.
+func (r *recorder) Err() error {
 	if r == nil {
 		return nil
 	}
+	return r.err
+}
+
+// Close flushes what is left and says what the recording holds: the
+// summary line, or the failure (also returned). Idempotent.
+func (r *recorder) Close() error {
+	if r == nil || r.closed {
+		return r.Err()
+	}
+	r.closed = true
 	if r.usr1 != nil {
 		signal.Stop(r.usr1)
 	}
-	var err error
 	if r.flight != nil {
 		r.flight.Close()
 	}
-	if r.file != nil {
-		err = r.file.Close()
+	if r.file == nil {
+		return r.err
 	}
-	return err
+	r.checkFile(r.file.Close())
+	if r.err == nil {
+		fmt.Fprintf(r.stderr, "tracer: recorded %d events in %d blocks, %d bytes, to %s%s\n",
+			r.file.Events(), r.file.Blocks(), r.file.BytesWritten(), r.path, r.file.Rotated())
+	} else {
+		fmt.Fprintf(r.stderr, "tracer: ERROR: %s is incomplete: %d events in %d blocks reached it\n",
+			r.path, r.file.Events(), r.file.Blocks())
+	}
+	return r.err
 }
 
 // flightRing keeps a recording's header and its last blocks in memory: a
@@ -215,24 +259,10 @@ func (f *flightRing) dump(path string) error {
 	return out.Close()
 }
 
-// tracerVersion is the module version the binary was built from.
-func tracerVersion() string {
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		v := bi.Main.Version
-		for _, s := range bi.Settings {
-			if s.Key == "vcs.revision" {
-				v += " " + s.Value
-			}
-		}
-		return v
-	}
-	return "unknown"
-}
-
 // recordHeader describes this host and the tracer's command line for a
 // recording's header.
 func recordHeader() record.Header {
-	h := record.Header{Tracer: tracerVersion(), Command: strings.Join(os.Args, " ")}
+	h := record.Header{Tracer: version.Version(), Command: strings.Join(os.Args, " ")}
 	h.Host, _ = os.Hostname()
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		h.Kernel = strings.TrimSpace(string(b))

@@ -230,6 +230,10 @@ func (s *Session) RegisterMetrics(reg *prometheus.Registry, opts export.MetricsO
 	for _, a := range s.probe.Attachments() {
 		attached[a.Hook] = string(a.Mode)
 	}
+	if _, ok := s.ct.(*kernel.CtEvents); ok && attached[probe.ConntrackHook] == "" {
+		// The entries come from ctnetlink instead: not a hook that is off.
+		attached[probe.ConntrackHook] = ConntrackCtnetlink
+	}
 	health, err := export.NewHealth(reg, attached)
 	if err != nil {
 		return fmt.Errorf("register self-metrics: %w", err)
@@ -239,6 +243,15 @@ func (s *Session) RegisterMetrics(reg *prometheus.Registry, opts export.MetricsO
 		return fmt.Errorf("register recursion misses: %w", err)
 	}
 	return nil
+}
+
+// Health is the self-instrumentation RegisterMetrics made (nil before):
+// its Progress tells a health check whether the event loop moves.
+func (s *Session) Health() *export.Health {
+	if s.loop == nil {
+		return nil
+	}
+	return s.loop.health
 }
 
 // Run runs the event loop until ctx is done, with the sampler goroutine,
@@ -305,7 +318,17 @@ func (s *Session) Final() (*aggregate.Snapshot, error) {
 	return s.loop.agg.Snapshot(), nil
 }
 
-// Close closes the recording, if any. The probe stays the caller's.
+// RecordErr is the first write failure of the recording or of a flight
+// dump (nil: none so far): the caller ends non-zero.
+func (s *Session) RecordErr() error {
+	if s.loop == nil {
+		return nil
+	}
+	return s.loop.rec.Err()
+}
+
+// Close closes the recording, if any, and returns its first write
+// failure. The probe stays the caller's. Idempotent.
 func (s *Session) Close() error {
 	if s.loop == nil {
 		return nil

@@ -139,3 +139,31 @@ func TestFlightRingKeepsTheWindow(t *testing.T) {
 		t.Errorf("dump mode: %v %v", fi, err)
 	}
 }
+
+// TestFlightDumpFailureIsAFailure: a flight recorder dump that cannot be
+// written is reported at once, naming the file, and makes the recorder's
+// error (the exit status) non-nil; recording goes on.
+func TestFlightDumpFailureIsAFailure(t *testing.T) {
+	var stderr bytes.Buffer
+	dir := filepath.Join(t.TempDir(), "gone")
+	r, err := newRecorder(RecordConfig{Flight: time.Minute, FlightDir: dir}, &stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	_, closed := oldConn()
+	now := time.Unix(1_700_000_000, 0)
+	r.Record(&closed, now)
+	r.dump(now, "SIGUSR1")
+	if r.Err() == nil || !strings.Contains(stderr.String(), "tracer: ERROR: flight recorder: SIGUSR1") || !strings.Contains(stderr.String(), dir) {
+		t.Fatalf("err %v, stderr %q", r.Err(), stderr.String())
+	}
+	// Still recording: the next event is taken without a new error.
+	r.Record(&closed, now.Add(time.Second))
+	if n := strings.Count(stderr.String(), "tracer: ERROR:"); n != 2 {
+		t.Fatalf("%d error lines, want the 2 of the one failure: %s", n, stderr.String())
+	}
+	if err := r.Close(); err == nil {
+		t.Fatal("Close forgot the failure")
+	}
+}

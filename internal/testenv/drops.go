@@ -148,6 +148,9 @@ func StartListener(t testing.TB, ns *NetNS, comm string, backlog int) *Listener 
 	return l
 }
 
+// Stop ends the listener process (its namespace can then be deleted).
+func (l *Listener) Stop() { _ = l.proc.release() }
+
 func runListener() error {
 	backlog, _ := strconv.Atoi(os.Getenv(burstEnv))
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)

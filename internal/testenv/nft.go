@@ -59,3 +59,11 @@ func RequireTool(t testing.TB, name string) {
 		t.Skipf("%s not installed (apt-get install %s)", name, name)
 	}
 }
+
+// TrackConntrack makes conntrack track the namespace's new flows (an nft
+// `ct state new` rule in table inet name): conntrack is per namespace and
+// only tracks one where a rule, NAT or a match needs it.
+func TrackConntrack(t testing.TB, ns *NetNS, name string) {
+	t.Helper()
+	NFT(t, ns, "table inet "+name+" {\n\tchain out {\n\t\ttype filter hook output priority 0;\n\t\tct state new counter\n\t}\n}")
+}

@@ -29,8 +29,9 @@ func RequireRoot(t testing.TB) {
 
 // NetNS is a network namespace created for one test and deleted after it.
 type NetNS struct {
-	Name  string
-	Inode uint32
+	Name    string
+	Inode   uint32
+	deleted bool
 }
 
 // NewNetNS creates a namespace with a unique name and loopback up, and
@@ -45,7 +46,11 @@ func NewNetNS(t testing.TB) *NetNS {
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
 	}
+	n := &NetNS{Name: name}
 	t.Cleanup(func() {
+		if n.deleted {
+			return
+		}
 		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
 			t.Errorf("ip netns del %s: %v: %s", name, err, out)
 		}
@@ -57,7 +62,18 @@ func NewNetNS(t testing.TB) *NetNS {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &NetNS{Name: name, Inode: ino}
+	n.Inode = ino
+	return n
+}
+
+// Delete deletes the namespace now (it goes once no process is left in
+// it), for tests of what happens when namespaces go.
+func (n *NetNS) Delete(t testing.TB) {
+	t.Helper()
+	if out, err := exec.Command("ip", "netns", "del", n.Name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns del %s: %v: %s", n.Name, err, out)
+	}
+	n.deleted = true
 }
 
 // Command returns a command that runs inside the namespace.

@@ -16,7 +16,7 @@ ARGS     ?=
 FUZZTIME ?= 15s
 
 # Debian packages the targets below rely on (command=package).
-TEST_TOOLS := ip=iproute2 ss=iproute2 nstat=iproute2 nft=nftables conntrack=conntrack unshare=util-linux setpriv=util-linux chromium=chromium prometheus=prometheus promtool=prometheus bpftrace=bpftrace podman=podman runc=runc containerd=containerd ctr=containerd busybox=busybox-static
+TEST_TOOLS := ip=iproute2 ss=iproute2 nstat=iproute2 nft=nftables conntrack=conntrack unshare=util-linux setpriv=util-linux chromium=chromium prometheus=prometheus promtool=prometheus bpftrace=bpftrace podman=podman runc=runc containerd=containerd ctr=containerd busybox=busybox-static setcap=libcap2-bin
 GEN_TOOLS  := clang-14=clang-14 llvm-strip-14=llvm-14 bpftool=bpftool
 GEN_HEADERS := /usr/include/bpf/bpf_helpers.h=libbpf-dev
 

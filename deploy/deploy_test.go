@@ -89,11 +89,22 @@ func TestKubernetesManifests(t *testing.T) {
 	if !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
 		t.Errorf("drop ALL capabilities first, got %v", sc.Capabilities.Drop)
 	}
-	allowed := []corev1.Capability{"BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH", "SYS_RESOURCE"}
+	allowed := []corev1.Capability{"BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH", "SYS_RESOURCE", "SETPCAP"}
 	for _, cp := range sc.Capabilities.Add {
 		if !slices.Contains(allowed, cp) {
 			t.Errorf("capability %s is not one the tracer needs", cp)
 		}
+	}
+	// Non-root with file capabilities: the tracer drops what it no longer
+	// needs itself once attached (internal/privdrop).
+	if sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot || sc.RunAsUser == nil || *sc.RunAsUser == 0 {
+		t.Error("the tracer runs as a non-root user with file capabilities")
+	}
+	if sc.AllowPrivilegeEscalation == nil || !*sc.AllowPrivilegeEscalation {
+		t.Error("allowPrivilegeEscalation false sets no_new_privs before exec: the kernel would ignore the binary's file capabilities")
+	}
+	if !slices.Contains(c.Args, "--web.listen-address=$(NODE_IP):9477") {
+		t.Errorf("on the host network the metrics port binds the node's address, not every interface: args %v", c.Args)
 	}
 	if c.Resources.Limits.Cpu().IsZero() || c.Resources.Limits.Memory().IsZero() {
 		t.Error("resource limits missing")

@@ -62,11 +62,11 @@ func (f *probeFlags) options() (probe.Options, error) {
 	if o.AttachMode, err = probe.ParseAttachMode(f.attachMode); err != nil {
 		return o, usageError{err}
 	}
-	if r := o.RingBufferBytes; r < 4096 || r&(r-1) != 0 {
-		return o, usagef("--ring-buffer-bytes %d: must be a power of two of at least 4096", r)
+	if r := o.RingBufferBytes; r < 4096 || r > maxRingBufferBytes || r&(r-1) != 0 {
+		return o, usagef("--ring-buffer-bytes %d: must be a power of two of at least 4096 and at most %d (1 GiB: it is pinned kernel memory)", r, maxRingBufferBytes)
 	}
-	if o.MaxSockets == 0 {
-		return o, usagef("--max-sockets must be at least 1")
+	if o.MaxSockets == 0 || o.MaxSockets > maxMaxSockets {
+		return o, usagef("--max-sockets %d: must be from 1 to %d (about 200 bytes of kernel memory each; beyond the limit the least recently used are evicted)", o.MaxSockets, maxMaxSockets)
 	}
 	if f.netns != "" {
 		if o.Filter.NetNS, err = parseNetNS(f.netns); err != nil {
@@ -143,6 +143,9 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	}
 	if *pollEvery <= 0 {
 		return nil, usagef("--poll-interval must be positive")
+	}
+	if *wakeupBytes > uint64(cfg.probe.RingBufferBytes) {
+		return nil, usagef("--wakeup-bytes %d: must not exceed --ring-buffer-bytes (%d), or the reader is woken only by --poll-interval", *wakeupBytes, cfg.probe.RingBufferBytes)
 	}
 	cfg.probe.PollInterval = *pollEvery
 	cfg.probe.WakeupBytes = *wakeupBytes

@@ -8,6 +8,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/conntracer/conntracer/internal/privdrop"
 	"github.com/conntracer/conntracer/internal/probe"
 	"github.com/conntracer/conntracer/internal/session"
 )
@@ -61,6 +62,11 @@ func openLive(cfg session.Config, opts probe.Options, web webConfig, stderr io.W
 // done. A recording that failed to write (full disk) fails the run, after
 // the aggregate ran on to the end.
 func (l *live) run(ctx context.Context) error {
+	if ctx.Value(privilegeDropKey{}) != nil {
+		if err := l.dropPrivileges(); err != nil {
+			return err
+		}
+	}
 	var err error
 	if l.metrics != nil {
 		err = l.sess.Run(ctx, l.metrics.Run)
@@ -92,4 +98,24 @@ func (l *live) close() error {
 	}
 	l.probe.Close()
 	return err
+}
+
+// privilegeDropKey marks a context whose process is the tracer's own
+// (main), which may give up its capabilities; a test calling run in its
+// own process must keep them for the next test.
+type privilegeDropKey struct{}
+
+func withPrivilegeDrop(ctx context.Context) context.Context {
+	return context.WithValue(ctx, privilegeDropKey{}, true)
+}
+
+// dropPrivileges gives up, now that the programs are attached and the
+// start-up scan is done, every capability the rest does not need
+// (internal/privdrop says which are kept and why) and sets no_new_privs.
+func (l *live) dropPrivileges() error {
+	if err := privdrop.Drop(); err != nil {
+		return fmt.Errorf("drop privileges after attaching: %w", err)
+	}
+	fmt.Fprintf(l.stderr, "tracer: dropped every capability but %s; no_new_privs set\n", privdrop.Names())
+	return nil
 }

@@ -78,6 +78,15 @@ func addSessionFlags(fs *pflag.FlagSet, cfg *liveConfig) func() error {
 		if ct.EventsBuffer < 0 || ct.Refresh <= 0 {
 			return usagef("--conntrack-events-buffer must not be negative, --conntrack-refresh-interval must be positive")
 		}
+		if ct.EventsBuffer > maxEventsBuffer {
+			return usagef("--conntrack-events-buffer %d: at most %d (256 MiB of kernel memory per network namespace)", ct.EventsBuffer, maxEventsBuffer)
+		}
+		if r := &s.Record; r.Keep < 0 || r.Keep > maxRecordKeep || r.RotateSize < 0 || r.RotateAge < 0 || r.Flight < 0 {
+			return usagef("--record-keep must be from 0 to %d, --record-rotate-size, --record-rotate-age and --flight-recorder not negative", maxRecordKeep)
+		}
+		if s.Record.Flight > maxFlight {
+			return usagef("--flight-recorder %v: at most %v (the window is held in memory; use --record for longer)", s.Record.Flight, maxFlight)
+		}
 		if th.PortUseShare <= 0 || th.PortUseShare > 1 {
 			return usagef("--finding.port-use %v: give a share between 0 and 1, e.g. 0.8", th.PortUseShare)
 		}

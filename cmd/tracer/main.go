@@ -21,7 +21,9 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	// The process is the tracer's own: it gives up its privileges once
+	// attached (live.go). Tests that call run in-process do not.
+	err := run(withPrivilegeDrop(ctx), os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(exitCode(err, os.Stderr))
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/conntracer/conntracer/internal/bootclock"
 	"github.com/conntracer/conntracer/internal/export"
+	"github.com/conntracer/conntracer/internal/probe"
 	"github.com/conntracer/conntracer/internal/session"
 	"github.com/conntracer/conntracer/internal/version"
 )
@@ -69,8 +70,9 @@ func runStream(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	n := printer.Counts()
 	st := l.probe.Stats()
-	fmt.Fprintf(stderr, "tracer: %d connections printed, %d filtered out; %d records read, %d lost in the kernel, %d undecodable\n",
-		n.Connections, n.Filtered, st.Records, st.Lost, st.BadRecords)
+	missed, missedBy := recursionMisses(l.probe)
+	fmt.Fprintf(stderr, "tracer: %d connections printed, %d filtered out; %d records read, %d lost in the kernel, %d state changes not seen (program not run: recursion%s), %d undecodable\n",
+		n.Connections, n.Filtered, st.Records, st.Lost, missed, missedBy, st.BadRecords)
 	if !cfg.probe.NoConnect {
 		fmt.Fprintf(stderr, "tracer: %d failed connect() calls printed\n", n.ConnectFailures)
 	}
@@ -81,4 +83,20 @@ func runStream(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintf(stderr, "tracer: the ring buffer overflowed: raise --ring-buffer-bytes (now %d) or narrow the filters\n", cfg.probe.RingBufferBytes)
 	}
 	return runErr
+}
+
+// recursionMisses sums the programs' skipped runs for the summary, naming
+// each program that missed any.
+func recursionMisses(p *probe.Probe) (total uint64, by string) {
+	progs, err := p.RecursionMisses()
+	if err != nil {
+		return 0, fmt.Sprintf(": unreadable, %v", err)
+	}
+	for _, pm := range progs {
+		if pm.Misses > 0 {
+			total += pm.Misses
+			by += fmt.Sprintf(", %s/%s %d", pm.Object, pm.Program, pm.Misses)
+		}
+	}
+	return total, by
 }

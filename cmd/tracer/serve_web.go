@@ -48,12 +48,15 @@ func addWebFlags(fs *pflag.FlagSet, w *webConfig, serve bool) {
 }
 
 func (w *webConfig) validate() error {
-	if w.metrics.TopProcesses < 0 || w.metrics.Destinations < 0 {
-		return usagef("--metrics.top-processes and --metrics.destinations must not be negative")
+	if m := w.metrics; m.TopProcesses < 0 || m.Destinations < 0 || m.TopProcesses > maxMetricsSeries || m.Destinations > maxMetricsSeries {
+		return usagef("--metrics.top-processes and --metrics.destinations must be from 0 to %d (each is several series in every scrape)", maxMetricsSeries)
 	}
 	if w.configFile != "" {
 		if w.listen == "" {
 			return usagef("--web.config.file needs --web.listen-address")
+		}
+		if err := checkWebConfigFile(w.configFile); err != nil {
+			return usagef("--web.config.file %s: %v", w.configFile, err)
 		}
 		if err := web.Validate(w.configFile); err != nil {
 			return usagef("--web.config.file %s: %v (see the exporter-toolkit web configuration docs)", w.configFile, err)
@@ -105,13 +108,14 @@ func listenMetrics(w webConfig, reg *prometheus.Registry, stderr io.Writer) (*me
 	addrs := []string{ln.Addr().String()}
 	systemd := false
 	handler := slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})
+	srv := &http.Server{Handler: mux, ErrorLog: slog.NewLogLogger(handler, slog.LevelWarn)}
+	ln = limitServer(srv, ln, maxMetricsConns) // serve_limits.go
 	return &metricsServer{
 		tls: w.configFile != "",
 		reg: reg,
 		mux: mux,
 		ln:  ln,
-		srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
-			ErrorLog: slog.NewLogLogger(handler, slog.LevelWarn)},
+		srv: srv,
 		flags: &web.FlagConfig{
 			WebListenAddresses: &addrs,
 			WebSystemdSocket:   &systemd,

@@ -34,6 +34,10 @@ var TracerCounterNames = [...]string{
 	"Records", "Undecodable",
 	// Sampler batches waiting for the event loop (Object "", a gauge).
 	"BatchesWaiting",
+	// "RecursionMisses": runs of the object's programs the kernel skipped
+	// because a BPF program was already running on the CPU (the
+	// programs' recursion_misses): state changes never seen.
+	"RecursionMisses",
 }
 
 // KernelGauges are the KernelCounterNames that are levels, not counts:

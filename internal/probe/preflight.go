@@ -69,8 +69,12 @@ func CheckBTF() error {
 // classic tracepoints need to resolve a tracepoint's id by name. If it is
 // not, it mounts it (we run as root) and reports that it did.
 func EnsureTracefs() (mounted bool, err error) {
-	if _, err := os.Stat(tracefsPath + "/events"); err == nil {
+	_, err = os.Stat(tracefsPath + "/events")
+	if err == nil {
 		return false, nil
+	}
+	if uerr := tracefsUnreadable(err); uerr != nil { // tracefs_access.go
+		return false, uerr
 	}
 	if err := unix.Mount("tracefs", tracefsPath, "tracefs", 0, ""); err != nil {
 		return false, fmt.Errorf("tracefs is not mounted at %s and mounting it failed (%w): run `mount -t tracefs tracefs %s`", tracefsPath, err, tracefsPath)

@@ -3,13 +3,17 @@ package session
 import (
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/conntracer/conntracer/internal/events"
+	"github.com/conntracer/conntracer/internal/probe"
 )
 
 // tracerCounters applies the tracer's own loss counters as
 // KindTracerCounters events, at most once per --counters-interval: one
 // event per BPF object (records the kernel could not write to the ring
-// buffer) and one with the reader's totals (records read, undecodable,
+// buffer, runs of its programs the kernel skipped: recursion.go in
+// internal/probe) and one with the reader's totals (records read, undecodable,
 // sampler batches waiting). It runs on the event loop (Drained), or on
 // the goroutine that owns the loop before and after it runs, because the
 // probe's reader counts are the event loop's.
@@ -22,10 +26,17 @@ func (l *loop) tracerCounters(now time.Time, force bool) {
 	if err != nil {
 		return // the maps are gone: the probe is closing
 	}
+	misses, err := l.probe.RecursionMissesByObject()
+	if err != nil || len(misses) != len(objs) {
+		misses = nil // the programs are gone: the probe is closing
+	}
 	ev := events.Event{Kind: events.KindTracerCounters}
-	for _, o := range objs {
+	for i, o := range objs {
 		ev.Counters = events.Counters{Object: o.Object}
 		ev.Counters.Values[tcLost] = o.Lost
+		if misses != nil {
+			ev.Counters.Values[tcRecursionMisses] = misses[i].Lost
+		}
 		l.apply(&ev, now)
 	}
 	if l.ct != nil {
@@ -48,4 +59,37 @@ const (
 	tcRecords
 	tcUndecodable
 	tcBatches
+	tcRecursionMisses
 )
+
+// missesCollector serves each program's recursion misses in /metrics,
+// read from the kernel at scrape time (one BPF_OBJ_GET_INFO_BY_FD per
+// program): they are a stage where records are lost, beside
+// conntracer_events_lost_total, under a name of their own because they
+// count skipped program runs, per program, not records.
+type missesCollector struct {
+	probe interface {
+		RecursionMisses() ([]probe.ProgramMisses, error)
+	}
+	desc *prometheus.Desc
+}
+
+func newMissesCollector(p *probe.Probe) *missesCollector {
+	return &missesCollector{probe: p, desc: prometheus.NewDesc("conntracer_program_runs_missed_total",
+		"Runs of a BPF program the kernel skipped because a BPF program was already running on that CPU "+
+			"(its recursion_misses, e.g. a softirq state change interrupting a process-context one): events lost before any record was written.",
+		[]string{"object", "program"}, nil)}
+}
+
+func (c *missesCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *missesCollector) Collect(ch chan<- prometheus.Metric) {
+	progs, err := c.probe.RecursionMisses()
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.desc, err)
+		return
+	}
+	for _, p := range progs {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(p.Misses), p.Object, p.Program)
+	}
+}

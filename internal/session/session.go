@@ -246,6 +246,9 @@ func (s *Session) RegisterMetrics(reg *prometheus.Registry, opts export.MetricsO
 		return fmt.Errorf("register self-metrics: %w", err)
 	}
 	s.loop.health = health
+	if err := reg.Register(newMissesCollector(s.probe)); err != nil { // counters.go
+		return fmt.Errorf("register recursion misses: %w", err)
+	}
 	return nil
 }
 

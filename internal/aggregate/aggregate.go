@@ -140,8 +140,12 @@ const startTick = 10_000_000
 // thousands of them, each line a record touches is a likely cache miss
 // (see connStats).
 type procStats struct {
-	key      ProcKey
-	comm     [16]byte
+	key  ProcKey
+	comm [16]byte
+	// commStr is comm as the last snapshot gave it: a snapshot of 10,000
+	// processes allocated a string per process every round (Snapshot
+	// refreshes it when comm changed).
+	commStr  string
 	cgroupID uint64
 	source   events.OwnerSource
 	connStats
@@ -154,6 +158,9 @@ type procStats struct {
 type remoteStats struct {
 	key  RemoteKey
 	proc *procStats
+	// name is key.String(), made by the first snapshot that lists r:
+	// every snapshot used to render every remote again.
+	name string
 	connStats
 }
 

@@ -242,7 +242,10 @@ func (a *Aggregator) Snapshot() *Snapshot {
 	var remotes []*remoteStats
 	for i, p := range procs {
 		ps := &s.Processes[i]
-		ps.PID, ps.StartNs, ps.Comm, ps.CgroupID = p.key.PID, p.key.StartNs, string(commBytes(&p.comm)), p.cgroupID
+		if p.commStr != string(commBytes(&p.comm)) { // compared without allocating
+			p.commStr = string(commBytes(&p.comm))
+		}
+		ps.PID, ps.StartNs, ps.Comm, ps.CgroupID = p.key.PID, p.key.StartNs, p.commStr, p.cgroupID
 		p.connStats.snapshot(&ps.ConnSnapshot, a.now, a.lastNs)
 		ps.Moved = p.moved
 		remotes = remotes[:0]
@@ -255,7 +258,10 @@ func (a *Aggregator) Snapshot() *Snapshot {
 		ps.Remotes, allRemotes = allRemotes[:len(remotes):len(remotes)], allRemotes[len(remotes):]
 		for j, r := range remotes {
 			rs := &ps.Remotes[j]
-			rs.Key, rs.Remote = r.key, r.key.String()
+			if r.name == "" {
+				r.name = r.key.String()
+			}
+			rs.Key, rs.Remote = r.key, r.name
 			r.connStats.snapshot(&rs.ConnSnapshot, a.now, a.lastNs)
 			if !r.key.Passive {
 				rs.PortRange = a.ports.rangeSize(r.key.NetNS)

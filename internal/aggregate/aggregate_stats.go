@@ -60,13 +60,15 @@ func (w *rateWindow) rates(sec int64) (r [3]float64) {
 	if sec-w.sec > 60 || w.sec-sec >= windowSeconds-60 {
 		return r // idle for a minute (most remotes), or a clock far behind
 	}
+	// The seconds after w.sec have counted nothing yet: start at the
+	// first that has. The loop has no branch: a snapshot of 10,000
+	// processes with 3 remotes each calls this 80,000 times, and the
+	// test per second was most of the snapshot's time.
+	from := max(sec-w.sec, 1)
 	var total uint64
-	from := 1
 	for i, n := range RateWindows {
-		for ; from <= n; from++ {
-			if s := sec - int64(from); s <= w.sec {
-				total += uint64(w.n[s%windowSeconds])
-			}
+		for ; from <= int64(n); from++ {
+			total += uint64(w.n[uint64(sec-from)%windowSeconds])
 		}
 		r[i] = float64(total) / float64(n)
 	}

@@ -144,6 +144,11 @@ type TimeWaitSnapshot struct {
 	// one, Total equals the kernel's count at the dump.
 	Reconciliations uint64
 	ByNetNS         []NetNSTimeWait
+	// Sockets is, per namespace, every timewait socket the tracer holds:
+	// Total and those still in substate FIN_WAIT2, which the kernel's
+	// sockstat counts as tw too. The TIME_WAIT sampler compares it with
+	// sockstat and dumps only the namespaces where they differ.
+	Sockets map[uint32]uint32 `json:"-"`
 }
 
 // NetNSTimeWait is the TIME_WAIT census of one network namespace.
@@ -280,6 +285,13 @@ func (a *Aggregator) Snapshot() *Snapshot {
 		s.TimeWait.ByNetNS = append(s.TimeWait.ByNetNS, NetNSTimeWait{NetNS: netns, Total: c.total, Unattributed: c.unattributed})
 	}
 	slices.SortFunc(s.TimeWait.ByNetNS, func(x, y NetNSTimeWait) int { return cmp.Compare(x.NetNS, y.NetNS) })
+	s.TimeWait.Sockets = make(map[uint32]uint32, len(a.tw.byNetNS)+len(a.tw.pending))
+	for netns, c := range a.tw.byNetNS {
+		s.TimeWait.Sockets[netns] += c.total
+	}
+	for netns, n := range a.tw.pending {
+		s.TimeWait.Sockets[netns] += n
+	}
 	s.Departed = a.departed.snapshot()
 	a.partSnapshots(s)
 	return s

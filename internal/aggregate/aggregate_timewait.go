@@ -77,6 +77,10 @@ type timeWaitTable struct {
 	ports     *portTable
 	m         map[tuple]twEntry
 	byNetNS   map[uint32]*twCount
+	// pending counts, per namespace, the entries in substate FIN_WAIT2:
+	// not in the census, but timewait sockets that the kernel's sockstat
+	// counts as tw (Snapshot's TimeWait.Sockets).
+	pending map[uint32]uint32
 	gen       uint32
 	inDump    bool
 	dumpStart uint64
@@ -91,6 +95,7 @@ func newTimeWaitTable(ports *portTable) timeWaitTable {
 		ports:   ports,
 		m:       make(map[tuple]twEntry),
 		byNetNS: make(map[uint32]*twCount),
+		pending: make(map[uint32]uint32),
 		covered: make(map[uint32]struct{}),
 	}
 }
@@ -127,6 +132,7 @@ func (t *timeWaitTable) replace(k tuple, e twEntry, old twEntry, had bool) {
 	}
 	t.m[k] = e
 	if e.pending {
+		t.pending[k.netns]++
 		return // not counted: no census line of 0 for its namespace
 	}
 	c := t.byNetNS[k.netns]
@@ -153,6 +159,9 @@ func (t *timeWaitTable) remove(k tuple, e twEntry) {
 // uncount takes e out of the census and its owner's count.
 func (t *timeWaitTable) uncount(k tuple, e twEntry) {
 	if e.pending {
+		if t.pending[k.netns]--; t.pending[k.netns] == 0 {
+			delete(t.pending, k.netns)
+		}
 		return
 	}
 	if c := t.byNetNS[k.netns]; c != nil {

@@ -34,7 +34,14 @@ import (
 // The sock_diag request asks for TIME_WAIT alone (idiag_states), so the
 // kernel walks the hash tables but sends only the timewait sockets: the
 // cost grows with the sockets in the table, the traffic with TIME_WAIT.
-func TimeWaitDump(buf []events.Event) (evs []events.Event, warnings []error, err error) {
+//
+// need, if not nil, decides per namespace whether to dump it, from the
+// number of timewait sockets its sockstat counts (tw, -1 when unreadable):
+// a caller that already knows that many skips the dump, whose cost grows
+// with the very pile-up it counts. A namespace skipped sends nothing (no
+// Done: the aggregator keeps what it knew), and when every namespace was
+// skipped evs is empty (no final Done: nothing was reconciled).
+func TimeWaitDump(buf []events.Event, need func(ino uint32, tw int) bool) (evs []events.Event, warnings []error, err error) {
 	evs = buf[:0]
 	start := bootclock.Now()
 	pids, err := listPIDs("/proc")
@@ -43,17 +50,22 @@ func TimeWaitDump(buf []events.Event) (evs []events.Event, warnings []error, err
 	}
 	cands, warnings := listNetNS("/proc", pids, netnsRunDir, selfMountinfo)
 	var failures []error
-	dumped := 0
+	read, dumped := 0, 0
 	for _, ino := range cands.inodes() {
-		n, err := dumpTimeWaitNetNS(ino, cands[ino], start, &evs)
+		did, err := dumpTimeWaitNetNS(ino, cands[ino], start, need, &evs)
 		if err != nil {
 			failures = append(failures, err)
 			continue
 		}
-		_ = n
-		dumped++
+		read++
+		if did {
+			dumped++
+		}
 	}
-	if dumped == 0 {
+	if read > 0 && dumped == 0 {
+		return evs, append(warnings, failures...), nil
+	}
+	if read == 0 {
 		if len(failures) == 0 {
 			failures = append(failures, errors.New("no network namespace found"))
 		}
@@ -63,21 +75,26 @@ func TimeWaitDump(buf []events.Event) (evs []events.Event, warnings []error, err
 	return evs, append(warnings, failures...), nil
 }
 
-// dumpTimeWaitNetNS appends the events of namespace ino.
-func dumpTimeWaitNetNS(ino uint32, paths []string, start uint64, evs *[]events.Event) (int, error) {
+// dumpTimeWaitNetNS appends the events of namespace ino, unless need
+// (see TimeWaitDump) says it is not needed; it reports whether it dumped.
+func dumpTimeWaitNetNS(ino uint32, paths []string, start uint64, need func(uint32, int) bool, evs *[]events.Event) (bool, error) {
 	ns, err := openNetNS(ino, paths)
 	if err != nil {
-		return 0, fmt.Errorf("open netns %d: %w", ino, err)
+		return false, fmt.Errorf("open netns %d: %w", ino, err)
 	}
-	sock, lo, hi, tw, err := openDiagInNetNS(ns, ino)
+	sock, lo, hi, tw, err := openDiagInNetNS(ns, ino, need)
 	ns.Close()
 	if err != nil {
-		return 0, fmt.Errorf("netns %d: %w", ino, err)
+		return false, fmt.Errorf("netns %d: %w", ino, err)
+	}
+	if sock == nil {
+		return false, nil // need said no
 	}
 	defer sock.Close()
 	if err := sock.SetReceiveTimeout(&unix.Timeval{Sec: int64(diagTimeout / time.Second)}); err != nil {
-		return 0, fmt.Errorf("netns %d: set sock_diag timeout: %w", ino, err)
+		return false, fmt.Errorf("netns %d: set sock_diag timeout: %w", ino, err)
 	}
+	tw = max(tw, 0)
 	// Room for the namespace's timewait sockets at once: the events are
 	// big, and growing the slice while tens of thousands arrive copied
 	// them over and over (measured: most of the dump's CPU under churn).
@@ -96,35 +113,41 @@ func dumpTimeWaitNetNS(ino uint32, paths []string, start uint64, evs *[]events.E
 		}
 		if err != nil && !errors.Is(err, errDumpInterrupted) {
 			*evs = (*evs)[:mark-1]
-			return 0, fmt.Errorf("dump %s TIME_WAIT sockets in netns %d: %w", events.Family(fam), ino, err)
+			return false, fmt.Errorf("dump %s TIME_WAIT sockets in netns %d: %w", events.Family(fam), ino, err)
 		}
 		mark = len(*evs)
 	}
 	*evs = append(*evs, events.Event{Kind: events.KindTimeWaitDone, Conn: events.Conn{NetNS: ino}, Sample: events.Sample{TimeNs: start}})
-	return len(*evs), nil
+	return true, nil
 }
 
-// openDiagInNetNS opens a sock_diag socket inside namespace ns and reads
-// its ephemeral port range there, and how many timewait sockets its
-// sockstat counts (a size hint, 0 when unreadable): a socket belongs to
-// the namespace of the thread that creates it, and /proc/sys/net and
-// /proc/thread-self/net answer for the namespace of the thread that opens
-// the file.
-func openDiagInNetNS(ns netns.NsHandle, ino uint32) (*nl.NetlinkSocket, uint16, uint16, int, error) {
+// openDiagInNetNS reads how many timewait sockets the sockstat of
+// namespace ns counts (-1 when unreadable) and, if need (nil: always)
+// wants the dump, opens a sock_diag socket there and reads the
+// namespace's ephemeral port range; else the socket is nil. A socket
+// belongs to the namespace of the thread that creates it, and
+// /proc/sys/net and /proc/thread-self/net answer for the namespace of the
+// thread that opens the file.
+func openDiagInNetNS(ns netns.NsHandle, ino uint32, need func(uint32, int) bool) (*nl.NetlinkSocket, uint16, uint16, int, error) {
 	var (
 		s      *nl.NetlinkSocket
 		lo, hi uint16
-		tw     int
+		tw     = -1
 	)
 	err := inNetNS(int(ns), ino, func() error {
-		var err error
-		if s, err = nl.Subscribe(unix.NETLINK_INET_DIAG); err != nil {
-			return err
-		}
 		if b, err := os.ReadFile("/proc/thread-self/net/sockstat"); err == nil {
 			vals := map[string]uint64{}
 			parseSockstat(b, vals)
-			tw = int(min(vals["SockstatTCPTw"], 1<<22))
+			if v, ok := vals["SockstatTCPTw"]; ok {
+				tw = int(min(v, 1<<22))
+			}
+		}
+		if need != nil && !need(ino, tw) {
+			return nil
+		}
+		var err error
+		if s, err = nl.Subscribe(unix.NETLINK_INET_DIAG); err != nil {
+			return err
 		}
 		lo, hi, err = readPortRange()
 		return err

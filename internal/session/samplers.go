@@ -7,6 +7,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/conntracer/conntracer/internal/aggregate"
 	"github.com/conntracer/conntracer/internal/bootclock"
 	"github.com/conntracer/conntracer/internal/events"
 	"github.com/conntracer/conntracer/internal/kernel"
@@ -90,7 +91,7 @@ func (l *loop) sampleAll(samplers []*sampler, stderr io.Writer) error {
 // round ends with KindSockSampleDone, on which the aggregator evaluates the
 // findings and the loop publishes a snapshot, so the other tables read in
 // the same pass are already in.
-func samplers(cfg *Config, socks *probe.SocketSampler, ct conntrackEntrySource, spare chan []events.Event) []*sampler {
+func samplers(cfg *Config, socks *probe.SocketSampler, ct conntrackEntrySource, spare chan []events.Event, published func() *aggregate.Snapshot) []*sampler {
 	nsSampler := kernel.NewNetNSSampler()
 	nsSampler.OnlyNetNS = cfg.NetNS
 	if w, ok := ct.(kernel.ConntrackNSWatcher); ok {
@@ -99,6 +100,7 @@ func samplers(cfg *Config, socks *probe.SocketSampler, ct conntrackEntrySource, 
 	// Sizes of the previous socket round and TIME_WAIT dump: rounds
 	// change little, so the next batch is sized once.
 	last, lastTW := 0, 0
+	tw := timeWaitGate{only: cfg.NetNS, every: fullDumpRounds * cfg.Intervals.Reconcile, published: published}
 	return []*sampler{
 		{name: "conntrack and listen overflows", every: cfg.Intervals.NetNS, read: func() ([]events.Event, error) {
 			now := bootclock.Now()
@@ -110,8 +112,8 @@ func samplers(cfg *Config, socks *probe.SocketSampler, ct conntrackEntrySource, 
 			return evs, err
 		}},
 		{name: "TIME_WAIT counts not reconciled with the kernel", every: cfg.Intervals.Reconcile, read: func() ([]events.Event, error) {
-			evs, _, err := kernel.TimeWaitDump(reuseBatch(spare, lastTW+lastTW/8+16))
-			lastTW = len(evs)
+			evs, _, err := kernel.TimeWaitDump(reuseBatch(spare, lastTW+lastTW/8+16), tw.round(time.Now()))
+			lastTW = max(len(evs), lastTW/2) // a round that dumped nothing keeps most of the size hint
 			return evs, err
 		}},
 		{name: "kernel TCP counters and sockstat", every: cfg.Intervals.Counters, read: func() ([]events.Event, error) {
@@ -196,4 +198,55 @@ func reuseBatch(spare chan []events.Event, n int) []events.Event {
 	default:
 	}
 	return make([]events.Event, 0, n)
+}
+
+// fullDumpRounds: a namespace whose sockstat agrees with the tracer is
+// still dumped every fullDumpRounds reconcile intervals (a minute by
+// default, the TIME_WAIT length), which puts right an attribution that a
+// matching count would hide.
+const fullDumpRounds = 12
+
+// timeWaitGate decides which namespaces a TIME_WAIT round dumps: those
+// whose sockstat tw count differs from the timewait sockets the tracer
+// holds there (the last published snapshot), and those not dumped for
+// every. A dump lists every timewait socket of the namespace, so its cost
+// grows with the pile-up it counts (up to tcp_max_tw_buckets); the check
+// costs one read of sockstat. Close records, reuse and the kernel's 60 s
+// keep the census between dumps, so a namespace where nothing changed is
+// not dumped again, and a disagreement (a record still in flight, an
+// expiry not yet swept, a socket the tracer never saw) is dumped as often
+// as before.
+type timeWaitGate struct {
+	only      uint32 // --netns: the other namespaces are filtered out anyway
+	every     time.Duration
+	published func() *aggregate.Snapshot
+	dumped    map[uint32]time.Time // last dump per namespace
+	next      map[uint32]time.Time // this round's, swapped in: gone namespaces drop out
+}
+
+// round returns the TimeWaitDump need function of one round at now.
+func (g *timeWaitGate) round(now time.Time) func(ino uint32, tw int) bool {
+	g.dumped, g.next = g.next, g.dumped
+	if g.next == nil {
+		g.next = make(map[uint32]time.Time)
+	}
+	clear(g.next)
+	var held map[uint32]uint32
+	if g.published != nil {
+		if s := g.published(); s != nil {
+			held = s.TimeWait.Sockets
+		}
+	}
+	return func(ino uint32, tw int) bool {
+		if g.only != 0 && ino != g.only {
+			return false
+		}
+		last, ok := g.dumped[ino]
+		if !ok || tw < 0 || held == nil || uint32(tw) != held[ino] || now.Sub(last) >= g.every {
+			g.next[ino] = now
+			return true
+		}
+		g.next[ino] = last
+		return false
+	}
 }

@@ -162,7 +162,7 @@ func (s *Session) openAggregate() error {
 	}
 	s.loop.ct = s.ct
 	fmt.Fprintf(s.stderr, "tracer: conntrack entries: %s\n", conntrackSourceName(s.ct))
-	s.samplers = samplers(&s.cfg, socks, s.ct, s.loop.spare)
+	s.samplers = samplers(&s.cfg, socks, s.ct, s.loop.spare, s.loop.Snapshot)
 	s.loop.probe = s.probe // the tracer's loss counters (counters.go)
 	// The recorder sees every event the aggregator applies, the start-up
 	// scan and first sampler round included (recorder.go).

@@ -74,13 +74,13 @@ type twCount struct {
 // TIME_WAIT socket keeps its local port), and counts in its owner's stats
 // through the owner's holdTimeWait and releaseTimeWait.
 type timeWaitTable struct {
-	ports     *portTable
-	m         map[tuple]twEntry
-	byNetNS   map[uint32]*twCount
+	ports   *portTable
+	m       map[tuple]twEntry
+	byNetNS map[uint32]*twCount
 	// pending counts, per namespace, the entries in substate FIN_WAIT2:
 	// not in the census, but timewait sockets that the kernel's sockstat
 	// counts as tw (Snapshot's TimeWait.Sockets).
-	pending map[uint32]uint32
+	pending   map[uint32]uint32
 	gen       uint32
 	inDump    bool
 	dumpStart uint64

@@ -145,10 +145,12 @@ type TimeWaitSnapshot struct {
 	Reconciliations uint64
 	ByNetNS         []NetNSTimeWait
 	// Sockets is, per namespace, every timewait socket the tracer holds:
-	// Total and those still in substate FIN_WAIT2, which the kernel's
-	// sockstat counts as tw too. The TIME_WAIT sampler compares it with
-	// sockstat and dumps only the namespaces where they differ.
+	// Total and those still in substate FIN_WAIT2 (Pending), which the
+	// kernel's sockstat counts as tw too. The TIME_WAIT sampler compares
+	// it with sockstat and dumps only the namespaces where they differ or
+	// where a socket is pending: only a dump shows it turned TIME_WAIT.
 	Sockets map[uint32]uint32 `json:"-"`
+	Pending map[uint32]uint32 `json:"-"`
 }
 
 // NetNSTimeWait is the TIME_WAIT census of one network namespace.
@@ -289,8 +291,10 @@ func (a *Aggregator) Snapshot() *Snapshot {
 	for netns, c := range a.tw.byNetNS {
 		s.TimeWait.Sockets[netns] += c.total
 	}
+	s.TimeWait.Pending = make(map[uint32]uint32, len(a.tw.pending))
 	for netns, n := range a.tw.pending {
 		s.TimeWait.Sockets[netns] += n
+		s.TimeWait.Pending[netns] = n
 	}
 	s.Departed = a.departed.snapshot()
 	a.partSnapshots(s)

@@ -209,7 +209,9 @@ const fullDumpRounds = 12
 // timeWaitGate decides which namespaces a TIME_WAIT round dumps: those
 // whose sockstat tw count differs from the timewait sockets the tracer
 // holds there (the last published snapshot), and those not dumped for
-// every. A dump lists every timewait socket of the namespace, so its cost
+// every, and those with a socket pending in substate FIN_WAIT2 (only a
+// dump shows it turned TIME_WAIT, and the census counts it from then on).
+// A dump lists every timewait socket of the namespace, so its cost
 // grows with the pile-up it counts (up to tcp_max_tw_buckets); the check
 // costs one read of sockstat. Close records, reuse and the kernel's 60 s
 // keep the census between dumps, so a namespace where nothing changed is
@@ -231,10 +233,10 @@ func (g *timeWaitGate) round(now time.Time) func(ino uint32, tw int) bool {
 		g.next = make(map[uint32]time.Time)
 	}
 	clear(g.next)
-	var held map[uint32]uint32
+	var held, pending map[uint32]uint32
 	if g.published != nil {
 		if s := g.published(); s != nil {
-			held = s.TimeWait.Sockets
+			held, pending = s.TimeWait.Sockets, s.TimeWait.Pending
 		}
 	}
 	return func(ino uint32, tw int) bool {
@@ -242,7 +244,7 @@ func (g *timeWaitGate) round(now time.Time) func(ino uint32, tw int) bool {
 			return false
 		}
 		last, ok := g.dumped[ino]
-		if !ok || tw < 0 || held == nil || uint32(tw) != held[ino] || now.Sub(last) >= g.every {
+		if !ok || tw < 0 || held == nil || uint32(tw) != held[ino] || pending[ino] > 0 || now.Sub(last) >= g.every {
 			g.next[ino] = now
 			return true
 		}

@@ -34,6 +34,12 @@ func TestTimeWaitGate(t *testing.T) {
 			t.Errorf("at %v, netns %d, sockstat tw %d (%s): dump %v, want %v", s.at, s.ino, s.tw, s.why, got, s.want)
 		}
 	}
+	// A socket pending in substate FIN_WAIT2 needs a dump, counts agreeing.
+	snap = &aggregate.Snapshot{TimeWait: aggregate.TimeWaitSnapshot{Sockets: map[uint32]uint32{1: 5}, Pending: map[uint32]uint32{1: 1}}}
+	if !g.round(t0.Add(82 * time.Second))(1, 5) {
+		t.Errorf("netns 1 with a pending socket: not dumped")
+	}
+	snap = &aggregate.Snapshot{TimeWait: aggregate.TimeWaitSnapshot{Sockets: map[uint32]uint32{1: 5}}}
 	// Both namespaces in one round: the new one is dumped, the other not.
 	need := g.round(t0.Add(85 * time.Second))
 	if need(1, 5) || !need(2, 0) {

@@ -200,7 +200,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		if err := json.Unmarshal(raw, &res); err != nil {
 			return fmt.Errorf("--render %s: %w", cfg.render, err)
 		}
-		return os.WriteFile(cfg.out, []byte(Render(&res)), 0o644)
+		return writeReport(cfg.out, Render(&res))
 	}
 	if os.Geteuid() != 0 {
 		return errors.New("the end-to-end sections load BPF programs and create network namespaces: run as root (sudo make bench)")
@@ -275,7 +275,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			return err
 		}
 	}
-	if err := os.WriteFile(cfg.out, []byte(Render(b.res)), 0o644); err != nil {
+	if err := writeReport(cfg.out, Render(b.res)); err != nil {
 		return err
 	}
 	b.logf("wrote %s in %.0f s", cfg.out, b.res.Elapsed)

@@ -1,7 +1,10 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"sort"
 	"strings"
 )
@@ -458,4 +461,29 @@ func sortedKeys[V any](m map[string]V) []string {
 func firstLine(s string) string {
 	l, _, _ := strings.Cut(s, "\n")
 	return l
+}
+
+// handMarker starts the part of BENCHMARKS.md that make bench does not
+// measure (profiles and A/B runs made by hand, each saying when and under
+// what load): regenerating the report keeps it, from the marker on.
+const handMarker = "<!-- measured by hand: make bench keeps this part as it is -->"
+
+// withHandPart returns the rendered report followed by old's hand part,
+// if old has one.
+func withHandPart(rendered, old string) string {
+	i := strings.Index(old, handMarker)
+	if i < 0 {
+		return rendered
+	}
+	return strings.TrimRight(rendered, "\n") + "\n\n" + old[i:]
+}
+
+// writeReport writes the rendered report to path, keeping the hand part
+// of the report it replaces.
+func writeReport(path, rendered string) error {
+	old, err := os.ReadFile(path)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("read the report to keep its hand-measured part: %w", err)
+	}
+	return os.WriteFile(path, []byte(withHandPart(rendered, string(old))), 0o644)
 }

@@ -224,3 +224,16 @@ func TestRotate(t *testing.T) {
 		t.Error(got)
 	}
 }
+
+// TestWithHandPart: regenerating the report keeps the hand-measured part
+// of the old one, from its marker on, and adds none when it had none.
+func TestWithHandPart(t *testing.T) {
+	hand := handMarker + "\n\n## By hand\n\nmeasured on a quiet machine\n"
+	got := withHandPart("# Benchmarks\n\nnew numbers\n", "# Benchmarks\n\nold numbers\n\n"+hand)
+	if want := "# Benchmarks\n\nnew numbers\n\n" + hand; got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	if got := withHandPart("# Benchmarks\n", "# Benchmarks\n\nold\n"); got != "# Benchmarks\n" {
+		t.Errorf("no hand part: got %q", got)
+	}
+}

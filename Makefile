@@ -49,7 +49,7 @@ fuzz: ## fuzz the ring buffer record decoder for $(FUZZTIME)
 # counts, BENCH_ARGS for its flags (e.g. --sections churn,storm).
 BENCH_BIN  ?= /tmp/conntracer-bench
 BENCH_ARGS ?=
-BENCH_TOOLS := bpftrace=bpftrace ip=iproute2
+BENCH_TOOLS := bpftrace=bpftrace ip=iproute2 tcplife=libbpf-tools nginx=nginx-light wrk=wrk
 
 .PHONY: bench
 bench: ## measure the tracer's cost (micro, churn A/B vs bpftrace, overload, storm, memory) into BENCHMARKS.md (as root; BENCH_QUICK=1: small counts)

@@ -48,12 +48,28 @@ func rotate(vs []string, n int) []string {
 
 // churnOnce runs the workload once beside a variant.
 func (b *bench) churnOnce(ctx context.Context, variant string, clients int) (ChurnRun, error) {
+	return b.workloadOnce(ctx, variant, nil, func(ns *netns) (int, float64, error) {
+		r, err := b.runChurn(ns, clients, b.cfg.conns)
+		return r.Conns, r.Seconds, err
+	})
+}
+
+// workloadOnce runs a workload once in a fresh namespace beside a
+// variant: prepare (if not nil) first, then the variant, then the
+// workload, which returns its connections and seconds, inside the CPU
+// window.
+func (b *bench) workloadOnce(ctx context.Context, variant string, prepare func(*netns) error, workload func(*netns) (int, float64, error)) (ChurnRun, error) {
 	run := ChurnRun{Variant: variant}
 	ns, err := b.newNetNS()
 	if err != nil {
 		return run, err
 	}
 	defer ns.delete()
+	if prepare != nil {
+		if err := prepare(ns); err != nil {
+			return run, err
+		}
+	}
 	p, t, err := b.startVariant(ctx, variant)
 	if err != nil {
 		return run, err
@@ -72,7 +88,8 @@ func (b *bench) churnOnce(ctx context.Context, variant string, clients int) (Chu
 	if err != nil {
 		return run, err
 	}
-	r, err := b.runChurn(ns, clients, b.cfg.conns)
+	ownBefore := p.cpuSeconds()
+	conns, secs, err := workload(ns)
 	if err != nil {
 		if p != nil {
 			p.stop()
@@ -84,7 +101,8 @@ func (b *bench) churnOnce(ctx context.Context, variant string, clients int) (Chu
 	if err != nil {
 		return run, err
 	}
-	run.Conns, run.Seconds, run.CPUSeconds = r.Conns, r.Seconds, after-before
+	run.Conns, run.Seconds, run.CPUSeconds = conns, secs, after-before
+	run.OwnCPUSeconds = p.cpuSeconds() - ownBefore
 	if t != nil {
 		// Losses are read after the run, once the health counters
 		// (updated at most twice a second) have caught up.
@@ -116,13 +134,16 @@ func summarizeChurn(runs []ChurnRun) []VariantSummary {
 	var out []VariantSummary
 	for _, v := range Variants {
 		s := VariantSummary{Variant: v}
-		var rates, cpus, absRate, absCPU []float64
+		var rates, cpus, absRate, absCPU, own []float64
 		for _, r := range runs {
 			if r.Variant != v {
 				continue
 			}
 			absRate = append(absRate, r.Rate())
 			absCPU = append(absCPU, r.CPUPerConn())
+			if r.OwnCPUSeconds > 0 {
+				own = append(own, r.OwnCPUSeconds/float64(r.Conns))
+			}
 			s.Lost += r.Lost
 			b, ok := base[r.Round]
 			if !ok {
@@ -134,7 +155,7 @@ func summarizeChurn(runs []ChurnRun) []VariantSummary {
 		if len(absRate) == 0 {
 			continue
 		}
-		s.MedianRate, s.MedianCPUPerConn = median(absRate), median(absCPU)
+		s.MedianRate, s.MedianCPUPerConn, s.MedianOwnPerConn = median(absRate), median(absCPU), median(own)
 		s.Rate, s.CPU = ratio(rates), ratio(cpus)
 		out = append(out, s)
 	}

@@ -61,10 +61,11 @@ type config struct {
 	benchtime  string
 	settle     time.Duration
 	idle       time.Duration
+	wrkRun     time.Duration
 	installDep bool
 }
 
-var allSections = []string{"micro", "churn", "unix", "storm", "memory"}
+var allSections = []string{"micro", "churn", "nginx", "unix", "storm", "memory"}
 
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs := pflag.NewFlagSet("bench", pflag.ContinueOnError)
@@ -84,6 +85,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.stormStep, "storm-step", 0, "length of one event-storm step; default 1s, quick 500ms")
 	fs.StringVar(&c.benchtime, "benchtime", "", "go test -benchtime of the micro-benchmarks; default 1s, quick 200ms")
 	fs.DurationVar(&c.settle, "settle", 0, "wait after a tracer is ready before measuring; default 1s, quick 300ms")
+	fs.DurationVar(&c.wrkRun, "wrk-run", 0, "length of one nginx + wrk run; default 5s, quick 2s")
 	fs.DurationVar(&c.idle, "idle", 0, "how long `tracer serve` idles before its memory is read; default 6s, quick 2s")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -111,6 +113,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	defD(&c.stormStep, time.Second, 500*time.Millisecond)
 	defD(&c.settle, time.Second, 300*time.Millisecond)
 	defD(&c.idle, 6*time.Second, 2*time.Second)
+	defD(&c.wrkRun, 5*time.Second, 2*time.Second)
 	if c.benchtime == "" {
 		c.benchtime = "1s"
 		if c.quick {
@@ -210,9 +213,19 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			return fmt.Errorf("%s not found: install it (make test-deps installs iproute2)", tool)
 		}
 	}
-	if contains(cfg.sections, "churn") {
+	if contains(cfg.sections, "churn") || contains(cfg.sections, "nginx") {
 		if _, err := exec.LookPath("bpftrace"); err != nil {
 			return errors.New("bpftrace not found: `make bench` installs Debian's bpftrace, or apt-get install bpftrace")
+		}
+		if _, err := exec.LookPath("tcplife"); err != nil {
+			return errors.New("tcplife not found: `make bench` installs Debian's libbpf-tools, or apt-get install libbpf-tools")
+		}
+	}
+	if contains(cfg.sections, "nginx") {
+		for _, tool := range []string{"nginx", "wrk"} {
+			if _, err := exec.LookPath(tool); err != nil {
+				return fmt.Errorf("%s not found: `make bench` installs Debian's nginx-light and wrk, or apt-get install nginx-light wrk", tool)
+			}
 		}
 	}
 	b := &bench{cfg: cfg, log: stderr, res: &Results{Quick: cfg.quick, Started: time.Now().UTC(), Errors: map[string]string{}, SectionSeconds: map[string]float64{}}}
@@ -246,7 +259,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 	}
 	sections := map[string]func(context.Context) error{
-		"micro": b.microSection, "churn": b.churnSection, "unix": b.unixSection,
+		"micro": b.microSection, "churn": b.churnSection, "nginx": b.nginxSection, "unix": b.unixSection,
 		"storm": b.stormSection, "memory": b.memorySection,
 	}
 	start := time.Now()

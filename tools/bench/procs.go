@@ -147,3 +147,40 @@ func (p *proc) exitErr() error {
 	}
 	return fmt.Errorf("%s: %v:\n%s", p.name, p.err, p.Tail())
 }
+
+// clockTick is the unit of /proc/PID/stat's CPU times (USER_HZ, 100 on
+// every Linux architecture the tracer supports).
+const clockTick = 0.01
+
+// cpuSeconds is the process's CPU time so far (utime + stime), 0 for no
+// process (the baseline) or one already gone: the variant's own cost,
+// which survives the load of a shared machine better than its wall-clock
+// rate.
+func (p *proc) cpuSeconds() float64 {
+	if p == nil {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.PID()))
+	if err != nil {
+		return 0
+	}
+	return parseStatCPU(string(b))
+}
+
+// parseStatCPU returns utime + stime of a /proc/PID/stat line in
+// seconds; the command name (field 2) may hold spaces and parentheses,
+// so the fields are counted from its last ')'.
+func parseStatCPU(stat string) float64 {
+	i := strings.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(stat[i+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	var utime, stime float64
+	fmt.Sscan(f[11], &utime)
+	fmt.Sscan(f[12], &stime)
+	return (utime + stime) * clockTick
+}

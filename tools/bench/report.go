@@ -42,6 +42,7 @@ func Render(r *Results) string {
 	renderTargets(&w, r)
 	renderMicro(&w, r)
 	renderChurn(&w, r)
+	renderNginx(&w, r)
 	renderUnix(&w, r)
 	renderStorm(&w, r)
 	renderMemory(&w, r)
@@ -123,6 +124,7 @@ func targets(r *Results) []verdict {
 			})
 		}
 	}
+	vs = append(vs, nginxTargets(r.Nginx)...)
 	var lost uint64
 	var runs int
 	for _, c := range r.Churn {
@@ -269,16 +271,78 @@ func renderChurn(w *strings.Builder, r *Results) {
 		"socket on `sock:inet_sock_set_state`, a lifetime histogram per comm). Tracers are separate\n"+
 		"processes, started before and stopped after each run; %d rounds.\n\n", r.Churn[0].Conns, r.Churn[0].Rounds)
 	for _, c := range r.Churn {
-		fmt.Fprintf(w, "**%d client(s)**\n\n| variant | conn/s (median) | conn/s vs baseline | CPU µs/conn (median) | CPU/conn vs baseline | lost |\n|---|---:|---|---:|---|---:|\n", c.Clients)
-		for _, v := range c.Variants {
-			lost := "-"
-			if v.Variant == VariantServe || v.Variant == VariantRecord {
-				lost = fmt.Sprint(v.Lost)
-			}
-			fmt.Fprintf(w, "| %s | %.0f | %s | %.1f | %s | %s |\n", v.Variant, v.MedianRate, ratioCell(v.Rate), v.MedianCPUPerConn*1e6, ratioCell(v.CPU), lost)
-		}
-		fmt.Fprintln(w)
+		fmt.Fprintf(w, "**%d client(s)**\n\n", c.Clients)
+		renderVariants(w, &c, "conn")
 	}
+}
+
+// renderVariants is the table of a workload's variants against the
+// baseline; unit names one connection (or request).
+func renderVariants(w *strings.Builder, c *ChurnSummary, unit string) {
+	fmt.Fprintf(w, "| variant | %[1]s/s (median) | %[1]s/s vs baseline | CPU µs/%[1]s (median) | CPU/%[1]s vs baseline | own process's CPU µs/%[1]s | lost |\n|---|---:|---|---:|---|---:|---:|\n", unit)
+	for _, v := range c.Variants {
+		lost, own := "-", "-"
+		if v.Variant == VariantServe || v.Variant == VariantRecord {
+			lost = fmt.Sprint(v.Lost)
+		}
+		if v.MedianOwnPerConn > 0 {
+			own = fmt.Sprintf("%.2f", v.MedianOwnPerConn*1e6)
+		}
+		fmt.Fprintf(w, "| %s | %.0f | %s | %.1f | %s | %s | %s |\n", v.Variant, v.MedianRate, ratioCell(v.Rate), v.MedianCPUPerConn*1e6, ratioCell(v.CPU), own, lost)
+	}
+	fmt.Fprintln(w)
+}
+
+// The nginx targets of issue 19.
+const (
+	targetNginxRate   = 0.95
+	targetNginxOwnCPU = 1e-6 // seconds of the tracer's own CPU per request
+)
+
+func nginxTargets(n *ChurnSummary) []verdict {
+	if n == nil {
+		return nil
+	}
+	s := n.Variant(VariantServe)
+	if s == nil {
+		return nil
+	}
+	vs := []verdict{{
+		fmt.Sprintf("nginx + wrk: `tracer serve` >= %.2fx baseline requests/s", targetNginxRate),
+		ratioCell(s.Rate),
+		met(s.Rate.Median >= targetNginxRate, fmt.Sprintf("by %.1f points", (targetNginxRate-s.Rate.Median)*100)),
+	}, {
+		"nginx + wrk: `tracer serve`'s own CPU <= 1 µs per request",
+		fmt.Sprintf("%.2f µs", s.MedianOwnPerConn*1e6),
+		met(s.MedianOwnPerConn <= targetNginxOwnCPU, fmt.Sprintf("(%.1fx)", s.MedianOwnPerConn/targetNginxOwnCPU)),
+	}}
+	for _, peer := range []string{VariantBpftrace, VariantTcplife} {
+		if p := n.Variant(peer); p != nil {
+			better := s.Rate.Median > p.Rate.Median && s.CPU.Median < p.CPU.Median
+			vs = append(vs, verdict{
+				fmt.Sprintf("nginx + wrk: ahead of %s on rate and CPU per request", peer),
+				fmt.Sprintf("rate %.3fx vs %.3fx, CPU %.3fx vs %.3fx", s.Rate.Median, p.Rate.Median, s.CPU.Median, p.CPU.Median),
+				met(better, "(see the nginx section)"),
+			})
+		}
+	}
+	return vs
+}
+
+func renderNginx(w *strings.Builder, r *Results) {
+	n := r.Nginx
+	if n == nil {
+		return
+	}
+	fmt.Fprintf(w, "## Web server: nginx + wrk\n\n"+
+		"Debian's nginx-light (worker processes auto, no access log) serving a 6-byte file on loopback\n"+
+		"in a fresh namespace to `wrk -t1 -c%d -H 'Connection: close'` (a connection per request, nginx\n"+
+		"closing first), beside the same variants as the churn, libbpf-tools' `tcplife` (Debian's\n"+
+		"libbpf-tools, a line per closed connection) included; %d rounds, order rotated each round.\n"+
+		"CPU is the whole machine's per request; the own process's column is the variant's\n"+
+		"utime + stime from `/proc/PID/stat` over the same window (user space and its system calls,\n"+
+		"not the in-kernel programs, which the traced processes pay).\n\n", n.Clients, n.Rounds)
+	renderVariants(w, n, "req")
 }
 
 func renderUnix(w *strings.Builder, r *Results) {

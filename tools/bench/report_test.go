@@ -217,10 +217,10 @@ func TestParseBusy(t *testing.T) {
 }
 
 func TestRotate(t *testing.T) {
-	if got := strings.Join(rotate(Variants, 1), ","); got != "serve,serve+record,bpftrace,baseline" {
+	if got := strings.Join(rotate(Variants, 1), ","); got != "serve,serve+record,bpftrace,tcplife,baseline" {
 		t.Error(got)
 	}
-	if got := strings.Join(rotate(Variants, 4), ","); got != strings.Join(Variants, ",") {
+	if got := strings.Join(rotate(Variants, len(Variants)), ","); got != strings.Join(Variants, ",") {
 		t.Error(got)
 	}
 }
@@ -235,5 +235,17 @@ func TestWithHandPart(t *testing.T) {
 	}
 	if got := withHandPart("# Benchmarks\n", "# Benchmarks\n\nold\n"); got != "# Benchmarks\n" {
 		t.Errorf("no hand part: got %q", got)
+	}
+}
+
+// TestParseStatCPU: utime and stime are fields 14 and 15, counted after
+// a command name with spaces and parentheses.
+func TestParseStatCPU(t *testing.T) {
+	line := "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 4 0 123 0 0"
+	if got := parseStatCPU(line); got < 3.2499 || got > 3.2501 {
+		t.Errorf("got %v s, want 3.25 (325 ticks)", got)
+	}
+	if got := parseStatCPU("garbage"); got != 0 {
+		t.Errorf("garbage: %v", got)
 	}
 }

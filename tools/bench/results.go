@@ -18,8 +18,11 @@ type Results struct {
 	// Commands are the command lines run, in order, for the report.
 	Commands []string `json:"commands"`
 
-	Micro  []MicroResult  `json:"micro"`
-	Churn  []ChurnSummary `json:"churn"`
+	Micro []MicroResult  `json:"micro"`
+	Churn []ChurnSummary `json:"churn"`
+	// Nginx is the web-server workload (nginx.go): Clients are wrk's
+	// connections, Conns the requests of the median baseline run.
+	Nginx  *ChurnSummary  `json:"nginx,omitempty"`
 	Unix   *UnixSummary   `json:"unix,omitempty"`
 	Storm  *StormSummary  `json:"storm,omitempty"`
 	Memory *MemorySummary `json:"memory,omitempty"`
@@ -60,10 +63,13 @@ const (
 	VariantServe    = "serve"
 	VariantRecord   = "serve+record"
 	VariantBpftrace = "bpftrace"
+	// VariantTcplife is libbpf-tools' tcplife (Debian's libbpf-tools),
+	// the peer operators run: a line per closed connection.
+	VariantTcplife = "tcplife"
 )
 
 // Variants in the order of the report.
-var Variants = []string{VariantBaseline, VariantServe, VariantRecord, VariantBpftrace}
+var Variants = []string{VariantBaseline, VariantServe, VariantRecord, VariantBpftrace, VariantTcplife}
 
 // ChurnRun is one run of the churn workload under one variant.
 type ChurnRun struct {
@@ -72,6 +78,10 @@ type ChurnRun struct {
 	Conns      int     `json:"conns"`
 	Seconds    float64 `json:"seconds"`
 	CPUSeconds float64 `json:"cpu_seconds"` // whole machine, busy time over the window
+	// OwnCPUSeconds is the variant's own process's CPU (utime + stime)
+	// over the same window: the tracer's user-space cost and its system
+	// calls, not the in-kernel programs paid by the traced processes.
+	OwnCPUSeconds float64 `json:"own_cpu_seconds,omitempty"`
 	// Lost is the tracer's kernel-side loss counter after the run
 	// (serve variants only).
 	Lost uint64 `json:"lost"`
@@ -99,10 +109,11 @@ type VariantSummary struct {
 	Variant string `json:"variant"`
 	// Absolute medians, for orientation only: the machine is shared.
 	MedianRate       float64 `json:"median_rate"`
-	MedianCPUPerConn float64 `json:"median_cpu_per_conn"` // seconds
-	Rate             Ratio   `json:"rate_ratio"`          // variant / baseline
-	CPU              Ratio   `json:"cpu_ratio"`           // variant / baseline, CPU per connection
-	Lost             uint64  `json:"lost"`                // summed over the runs
+	MedianCPUPerConn float64 `json:"median_cpu_per_conn"`               // seconds
+	MedianOwnPerConn float64 `json:"median_own_cpu_per_conn,omitempty"` // seconds, the variant's process
+	Rate             Ratio   `json:"rate_ratio"`                        // variant / baseline
+	CPU              Ratio   `json:"cpu_ratio"`                         // variant / baseline, CPU per connection
+	Lost             uint64  `json:"lost"`                              // summed over the runs
 }
 
 // ChurnSummary is the churn A/B for one number of clients.

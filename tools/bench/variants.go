@@ -98,6 +98,13 @@ func (b *bench) startVariant(ctx context.Context, variant string) (*proc, *trace
 	case VariantBpftrace:
 		p, err := b.startBpftrace(ctx)
 		return p, nil, err
+	case VariantTcplife:
+		// It prints its header once its programs are attached.
+		b.command("stdbuf -oL tcplife")
+		// Line-buffered, as on a terminal: into a pipe its stdio would
+		// hold the header (and every line) until it exits.
+		p, err := b.startProc(ctx, "tcplife", exec.Command("stdbuf", "-oL", "tcplife"), func(l string) bool { return strings.HasPrefix(l, "PID") }, 60*time.Second)
+		return p, nil, err
 	}
 	return nil, nil, fmt.Errorf("unknown variant %q", variant)
 }

@@ -36,7 +36,7 @@ func TestTimeWaitGate(t *testing.T) {
 	}
 	// A socket pending in substate FIN_WAIT2 needs a dump, counts agreeing.
 	snap = &aggregate.Snapshot{TimeWait: aggregate.TimeWaitSnapshot{Sockets: map[uint32]uint32{1: 5}, Pending: map[uint32]uint32{1: 1}}}
-	if !g.round(t0.Add(82 * time.Second))(1, 5) {
+	if !g.round(t0.Add(82*time.Second))(1, 5) {
 		t.Errorf("netns 1 with a pending socket: not dumped")
 	}
 	snap = &aggregate.Snapshot{TimeWait: aggregate.TimeWaitSnapshot{Sockets: map[uint32]uint32{1: 5}}}

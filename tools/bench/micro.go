@@ -20,12 +20,12 @@ type microSpec struct {
 // aggregate alone, findings, snapshot, Prometheus collect, stream
 // formatting, record encode; and the memory of 1 M tracked connections.
 var microSpecs = []microSpec{
-	{pkg: ".", re: "^(BenchmarkDecode|BenchmarkRecordPath|BenchmarkDecodeAggregate)$"},
-	{pkg: "./internal/events", re: "^(BenchmarkAggregatorApply|BenchmarkFindings10kProcesses|BenchmarkSnapshot10kProcesses)$"},
+	{pkg: "./internal/probe", re: "^(BenchmarkDecode|BenchmarkRecordPath|BenchmarkDecodeAggregate)$"},
+	{pkg: "./internal/aggregate", re: "^(BenchmarkAggregatorApply|BenchmarkFindings10kProcesses|BenchmarkSnapshot10kProcesses)$"},
 	{pkg: "./internal/export", re: "^(BenchmarkScrape10kProcesses|BenchmarkPrint)$"},
 	{pkg: "./internal/record", re: "^BenchmarkWriteConnClosed$"},
 	// One iteration: RSS grows only on the first (see the benchmark).
-	{pkg: "./internal/events", re: "^BenchmarkTrackedConnectionMemory$", benchtime: "1x"},
+	{pkg: "./internal/aggregate", re: "^BenchmarkTrackedConnectionMemory$", benchtime: "1x"},
 }
 
 // microSection runs the micro-benchmarks on one core (-cpu 1: the targets

@@ -267,8 +267,9 @@ func renderChurn(w *strings.Builder, r *Results) {
 		"testenv's churn program (connect, accept, close on loopback, about ten state changes per\n"+
 		"connection, the server closing first) in a fresh namespace, %d connections per run, beside:\n"+
 		"nothing (baseline); `tracer serve` with default settings (metrics and findings on); the same\n"+
-		"with `--record FILE`; and the bpftrace peer `tools/bench/peer.bt` (start time and name per\n"+
-		"socket on `sock:inet_sock_set_state`, a lifetime histogram per comm). Tracers are separate\n"+
+		"with `--record FILE`; the stream, `tracer --output json` into a file; the bpftrace peer\n"+
+		"`tools/bench/peer.bt` (start time and name per socket on `sock:inet_sock_set_state`, a\n"+
+		"lifetime histogram per comm); and libbpf-tools' `tcplife`. Tracers are separate\n"+
 		"processes, started before and stopped after each run; %d rounds.\n\n", r.Churn[0].Conns, r.Churn[0].Rounds)
 	for _, c := range r.Churn {
 		fmt.Fprintf(w, "**%d client(s)**\n\n", c.Clients)
@@ -311,11 +312,19 @@ func nginxTargets(n *ChurnSummary) []verdict {
 		fmt.Sprintf("nginx + wrk: `tracer serve` >= %.2fx baseline requests/s", targetNginxRate),
 		ratioCell(s.Rate),
 		met(s.Rate.Median >= targetNginxRate, fmt.Sprintf("by %.1f points", (targetNginxRate-s.Rate.Median)*100)),
-	}, {
+	}}
+	if st := n.Variant(VariantStream); st != nil {
+		vs = append(vs, verdict{
+			fmt.Sprintf("nginx + wrk: `tracer --output json` >= %.2fx baseline requests/s", targetRateRatio),
+			ratioCell(st.Rate),
+			met(st.Rate.Median >= targetRateRatio, fmt.Sprintf("by %.1f points", (targetRateRatio-st.Rate.Median)*100)),
+		})
+	}
+	vs = append(vs, verdict{
 		"nginx + wrk: `tracer serve`'s own CPU <= 1 µs per request",
 		fmt.Sprintf("%.2f µs", s.MedianOwnPerConn*1e6),
 		met(s.MedianOwnPerConn <= targetNginxOwnCPU, fmt.Sprintf("(%.1fx)", s.MedianOwnPerConn/targetNginxOwnCPU)),
-	}}
+	})
 	for _, peer := range []string{VariantBpftrace, VariantTcplife} {
 		if p := n.Variant(peer); p != nil {
 			better := s.Rate.Median > p.Rate.Median && s.CPU.Median < p.CPU.Median

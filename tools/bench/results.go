@@ -63,13 +63,16 @@ const (
 	VariantServe    = "serve"
 	VariantRecord   = "serve+record"
 	VariantBpftrace = "bpftrace"
+	// VariantStream is `tracer --output json` writing its stream to a
+	// file: the event stream without the aggregator.
+	VariantStream = "stream"
 	// VariantTcplife is libbpf-tools' tcplife (Debian's libbpf-tools),
 	// the peer operators run: a line per closed connection.
 	VariantTcplife = "tcplife"
 )
 
 // Variants in the order of the report.
-var Variants = []string{VariantBaseline, VariantServe, VariantRecord, VariantBpftrace, VariantTcplife}
+var Variants = []string{VariantBaseline, VariantServe, VariantRecord, VariantStream, VariantBpftrace, VariantTcplife}
 
 // ChurnRun is one run of the churn workload under one variant.
 type ChurnRun struct {

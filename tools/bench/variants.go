@@ -95,6 +95,14 @@ func (b *bench) startVariant(ctx context.Context, variant string) (*proc, *trace
 		}
 		b.onCleanup(func() { os.Remove(file) })
 		return t.proc, t, nil
+	case VariantStream:
+		// exec: the process measured is the tracer, not a shell.
+		file := filepath.Join(b.dir, fmt.Sprintf("stream-%d.json", time.Now().UnixNano()))
+		b.onCleanup(func() { os.Remove(file) })
+		b.command("tracer --output json > FILE")
+		cmd := exec.Command("sh", "-c", `exec "$0" --output json >"$1"`, b.tracer, file)
+		p, err := b.startProc(ctx, "tracer --output json", cmd, func(l string) bool { return strings.HasPrefix(l, "tracer: tracing") }, 60*time.Second)
+		return p, nil, err
 	case VariantBpftrace:
 		p, err := b.startBpftrace(ctx)
 		return p, nil, err

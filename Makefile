@@ -52,7 +52,7 @@ BENCH_ARGS ?=
 BENCH_TOOLS := bpftrace=bpftrace ip=iproute2 tcplife=libbpf-tools nginx=nginx-light wrk=wrk
 
 .PHONY: bench
-bench: ## measure the tracer's cost (micro, churn A/B vs bpftrace, overload, storm, memory) into BENCHMARKS.md (as root; BENCH_QUICK=1: small counts)
+bench: ## measure the tracer's cost (micro, churn and nginx A/B vs bpftrace and tcplife, overload, storm, memory) into BENCHMARKS.md (as root; BENCH_QUICK=1: small counts)
 	$(call ensure_tools,$(BENCH_TOOLS))
 	$(GO) build -o $(BENCH_BIN) ./tools/bench
 	$(BENCH_BIN) $(BENCH_ARGS)

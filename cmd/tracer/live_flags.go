@@ -37,7 +37,7 @@ func addSessionFlags(fs *pflag.FlagSet, cfg *liveConfig) func() error {
 	pf := addProbeFlags(fs, defaults)
 	addIdentityFlags(fs, &s.Identity)
 	fs.DurationVar(&iv.Sample, "sample-interval", iv.Sample, "how often the kernel's table of open sockets is read")
-	fs.DurationVar(&iv.Reconcile, "reconcile-interval", iv.Reconcile, "how often TIME_WAIT counts are reconciled with a sock_diag dump of every namespace (0: never)")
+	fs.DurationVar(&iv.Reconcile, "reconcile-interval", iv.Reconcile, "how often TIME_WAIT counts are checked against each namespace's sockstat, and a namespace that differs reconciled with a sock_diag dump (0: never)")
 	fs.DurationVar(&iv.NetNS, "netns-interval", iv.NetNS, "how often every namespace's conntrack statistics and listen overflows are read (0: never)")
 	fs.DurationVar(&iv.Counters, "counters-interval", iv.Counters, "how often the kernel's TCP counters (nstat), sockstat and the tracer's loss counters are read and recorded (0: never)")
 	fs.DurationVar(&iv.Unix, "unix-interval", iv.Unix, "how often listening Unix sockets (backlog, queue, owner) are read (0: never)")

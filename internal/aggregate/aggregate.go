@@ -34,6 +34,7 @@ import (
 type Aggregator struct {
 	th       Thresholds
 	now      time.Time
+	since    time.Time // the clock at the first event: rates cover no more
 	kernelNs uint64 // the latest kernel time seen in any event (boot ns)
 
 	procs map[ProcKey]*procStats
@@ -226,6 +227,9 @@ func NewAggregator(th Thresholds) *Aggregator {
 func (a *Aggregator) Apply(ev *events.Event, now time.Time) {
 	if now.After(a.now) {
 		a.now = now
+	}
+	if a.since.IsZero() {
+		a.since = now
 	}
 	a.applyParts(ev)
 	switch ev.Kind {

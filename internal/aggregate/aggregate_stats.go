@@ -55,8 +55,9 @@ func (w *rateWindow) sum(sec int64, n int) uint64 {
 }
 
 // rates returns events per second over the 1, 10 and 60 complete seconds
-// before sec (RateWindows), in one pass.
-func (w *rateWindow) rates(sec int64) (r [3]float64) {
+// before sec (RateWindows), in one pass, each count divided by the
+// seconds of its window that were watched (spans, from rateSpans).
+func (w *rateWindow) rates(sec int64, spans *[3]float64) (r [3]float64) {
 	if sec-w.sec > 60 || w.sec-sec >= windowSeconds-60 {
 		return r // idle for a minute (most remotes), or a clock far behind
 	}
@@ -68,9 +69,26 @@ func (w *rateWindow) rates(sec int64) (r [3]float64) {
 				total += uint64(w.n[s%windowSeconds])
 			}
 		}
-		r[i] = float64(total) / float64(n)
+		r[i] = float64(total) / spans[i]
 	}
 	return r
+}
+
+// rateSpans returns how many seconds of each window of RateWindows ending
+// at second sec the aggregator watched: the whole window, or the part
+// since its first event when it has run less (`tracer top --once
+// --interval 5s` watched 5 s of the 10 s window: dividing by 10 read 2.4x
+// under).
+func rateSpans(sec int64, since time.Time) (spans [3]float64) {
+	watched := float64(sec) - float64(since.UnixNano())/1e9
+	for i, n := range RateWindows {
+		spans[i] = float64(n)
+		if !since.IsZero() && watched < spans[i] {
+			// Under a millisecond watched, the window's count is 0 anyway.
+			spans[i] = max(watched, 1e-3)
+		}
+	}
+	return spans
 }
 
 // rate returns events per second over the n complete seconds before sec.

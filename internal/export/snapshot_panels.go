@@ -81,10 +81,29 @@ func panels(s *aggregate.Snapshot) []string {
 			ux = append(ux, dgramText(u))
 			continue
 		}
-		ux = append(ux, fmt.Sprintf("%s queue %d/%d (%d/%s) failed %d", u.Path, u.Queue, u.Backlog, u.ListenerPID, u.ListenerComm, failed(u)))
+		ux = append(ux, unixText(u, failed(u)))
 	}
 	add("UNIX", ux, len(unixPaths))
 	return out
+}
+
+// unixText renders a stream path: its listener's queue when a round of
+// the Unix listeners saw one ("queue 2/1 (44/php-fpm)"), else "no
+// listener sampled", and the failed connects.
+func unixText(u *aggregate.UnixPathStats, failed uint64) string {
+	listener := "no listener sampled"
+	if u.ListenerPID != 0 || u.Backlog != 0 {
+		listener = fmt.Sprintf("queue %d/%d (%s)", u.Queue, u.Backlog, procText(u.ListenerPID, u.ListenerComm))
+	}
+	return fmt.Sprintf("%s %s failed %d", u.Path, listener, failed)
+}
+
+// procText renders "44/php-fpm", or "owner unknown" for pid 0.
+func procText(pid uint32, comm string) string {
+	if pid == 0 {
+		return "owner unknown"
+	}
+	return fmt.Sprintf("%d/%s", pid, comm)
 }
 
 // dgramText renders a datagram path's failed sends: "/dev/log dgram sends

@@ -35,7 +35,7 @@ type Aggregator struct {
 	th       Thresholds
 	now      time.Time
 	since    time.Time // the clock at the first event: rates cover no more
-	kernelNs uint64 // the latest kernel time seen in any event (boot ns)
+	kernelNs uint64    // the latest kernel time seen in any event (boot ns)
 
 	procs map[ProcKey]*procStats
 	// procCache holds the processes of recent records and the remote of

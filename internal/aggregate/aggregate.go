@@ -171,6 +171,19 @@ func (r *remoteStats) releaseTimeWait() {
 	r.proc.timeWait--
 }
 
+// holdFinWait2 and releaseFinWait2 count a timewait socket still in
+// substate FIN_WAIT2 (an orphan: closed by its process, waiting for the
+// peer's FIN) in its owner's FIN_WAIT2, as ss lists it.
+func (r *remoteStats) holdFinWait2() {
+	r.finWait2++
+	r.proc.finWait2++
+}
+
+func (r *remoteStats) releaseFinWait2() {
+	r.finWait2--
+	r.proc.finWait2--
+}
+
 // existingConn is a socket the start-up scan found open, with its owner.
 // It counts as open in its start-up state until the kernel's table shows
 // it (it changed state: the table takes over) or it closes.

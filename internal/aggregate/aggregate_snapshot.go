@@ -185,6 +185,7 @@ func (s *connStats) snapshot(c *ConnSnapshot, now time.Time, roundNs uint64, spa
 			c.States[st].OldestAge = time.Duration(roundNs - sc.oldest)
 		}
 	}
+	c.States[events.TCPFinWait2].Count += s.finWait2
 	c.TimeWait = s.timeWait
 	c.States[events.TCPTimeWait].Count = s.timeWait
 	c.LifetimeKnown, c.ShortLived = s.lifeKnown, s.shortLived

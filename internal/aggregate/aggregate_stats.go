@@ -176,11 +176,16 @@ type connStats struct {
 	lifeKnown  uint64                      // closes whose lifetime is known (handshake seen)
 	shortLived uint64                      // of those, lifetimes under Thresholds.ShortLived
 	tx, rx     uint64
-	timeWait   uint32    // TIME_WAIT sockets this owner left behind, now
-	lastSeen   time.Time // last event that touched these stats
-	opens      rateWindow
-	closes     rateWindow
-	life       lifeHist
+	timeWait   uint32 // TIME_WAIT sockets this owner left behind, now
+	// finWait2 counts the orphans this owner left in FIN_WAIT2: timewait
+	// sockets in substate FIN_WAIT2, which the socket table no longer
+	// holds (the kernel turns an orphan reaching FIN_WAIT2 into one,
+	// tcp_rcv_state_process -> tcp_time_wait), while ss lists them.
+	finWait2 uint32
+	lastSeen time.Time // last event that touched these stats
+	opens    rateWindow
+	closes   rateWindow
+	life     lifeHist
 
 	// Sockets open now, by state: the last complete sample round, and
 	// the round being read.
@@ -249,7 +254,7 @@ func (s *connStats) open() bool {
 			return true
 		}
 	}
-	return s.timeWait > 0
+	return s.timeWait > 0 || s.finWait2 > 0
 }
 
 // The findings rules about one process and one remote: each reads the

@@ -3,7 +3,9 @@ package main
 import (
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/conntracer/conntracer/internal/export"
 	"github.com/conntracer/conntracer/internal/testenv"
 )
 
@@ -37,5 +39,60 @@ func TestTopFinWait2AgreesWithSS(t *testing.T) {
 	}
 	if got := p.States["FIN_WAIT2"]; got != uint32(kernel) {
 		t.Errorf("client's FIN_WAIT2: top %d, ss state fin-wait-2 %d (states %v)", got, kernel, p.States)
+	}
+}
+
+// TestTopPoolLeakBehindChurn: one process holds 60, then 120 ESTABLISHED
+// connections to a server while making 4 short connections a second to
+// it. The short ones' closes cancelled the growth (close ratio), so the
+// leak was never named; closes of short-lived connections no longer
+// count against it. The test watches 7 s instead of the rule's 60 s, so
+// the close ratio is cut tenfold to keep the old rule's arithmetic (4/s
+// over a minute against 0.5 x 60: 20 closes here against 0.1 x 120).
+func TestTopPoolLeakBehindChurn(t *testing.T) {
+	testenv.RequireRoot(t)
+	ns := testenv.NewNetNS(t)
+	srv := testenv.StartServer(t, ns, "ctr-pl-srv")
+	r := startTop(t, "--interval", "7s", "--netns", ns.Name, "--finding.pool-leak-close-ratio", "0.1")
+	var plan []testenv.Conn
+	for range 2 {
+		for range 60 {
+			plan = append(plan, testenv.Conn{Addr: srv.Addr4(), Req: 10, Resp: 10, Mode: testenv.ClientCloses, Hold: true})
+		}
+		for range 10 {
+			plan = append(plan, testenv.Conn{Addr: srv.Addr4(), Req: 10, Resp: 10, Mode: testenv.ClientCloses, Pause: 250 * time.Millisecond})
+		}
+	}
+	leaker := testenv.StartClient(t, ns, "ctr-pl-leaker", plan)
+	d := r.wait(t)
+	if p := procByPID(d, leaker.PID); p == nil || p.States["ESTABLISHED"] != 120 || p.Closed < 15 {
+		t.Fatalf("leaker: %+v, want 120 ESTABLISHED and its short connections closed", p)
+	}
+	f := findingOf(d, "pool_leak", func(f *export.Finding) bool { return f.PID == uint32(leaker.PID) })
+	if f == nil {
+		t.Fatalf("no pool_leak naming the leaker %d; findings: %+v", leaker.PID, d.Findings)
+	}
+	if f.Remote != srv.Addr4() || f.Evidence["established"] != 120 {
+		t.Errorf("pool_leak %+v, want %s and 120 established", f, srv.Addr4())
+	}
+}
+
+// TestTopNoReuseIgnoresRefusedConnects: 25 refused connects a second to
+// one address are no connections to reuse: connect_refused names them,
+// no_reuse ("25 new connections/s living 11 us") must not.
+func TestTopNoReuseIgnoresRefusedConnects(t *testing.T) {
+	testenv.RequireRoot(t)
+	ns := testenv.NewNetNS(t)
+	r := startTop(t, "--interval", "5s", "--netns", ns.Name)
+	res := testenv.RunConnects(t, ns, "ctr-refused", testenv.ConnectPlan{Addr: "127.0.0.1:1", Count: 100, PerSecond: 25})
+	if res.Errnos["ECONNREFUSED"] != 100 {
+		t.Fatalf("connects: %v, want 100 ECONNREFUSED", res.Errnos)
+	}
+	d := r.wait(t)
+	if f := findingOf(d, "no_reuse", func(f *export.Finding) bool { return f.PID == uint32(res.PID) }); f != nil {
+		t.Errorf("no_reuse for connects that were all refused: %+v", f)
+	}
+	if f := findingOf(d, "connect_refused", func(f *export.Finding) bool { return f.PID == uint32(res.PID) }); f == nil {
+		t.Errorf("no connect_refused naming %d: %+v", res.PID, d.Findings)
 	}
 }

@@ -156,6 +156,13 @@ type remoteStats struct {
 	key  RemoteKey
 	proc *procStats
 	connStats
+	// What the rules need beyond connStats: closes of connections that
+	// lived at least Thresholds.ShortLived (a pool recycling its
+	// connections closes those; churn beside a leak closes short ones:
+	// poolLeak), and connects that failed (never a connection to reuse:
+	// noReuse).
+	longCloses  rateWindow
+	failedOpens rateWindow
 }
 
 // holdTimeWait counts a TIME_WAIT socket that r's process left towards r,
@@ -409,6 +416,11 @@ func (a *Aggregator) closed(c *events.Conn) {
 	r.closed[c.Role]++
 	p.closes.add(sec)
 	r.closes.add(sec)
+	if c.EndState == events.EndConnectFailed {
+		r.failedOpens.add(sec)
+	} else if lt := c.LifetimeNs(); !c.SeenOpen || lt >= uint64(a.th.ShortLived) {
+		r.longCloses.add(sec)
+	}
 	if int(c.EndState) < len(p.ends) {
 		p.ends[c.EndState]++
 		r.ends[c.EndState]++

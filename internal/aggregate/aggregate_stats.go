@@ -262,7 +262,12 @@ func (s *connStats) open() bool {
 // lastNs), and adds what it finds to f (findings.go).
 
 // poolLeak: ESTABLISHED connections to one remote grew by at least
-// PoolLeakGrowth over PoolLeakWindow while few of them closed.
+// PoolLeakGrowth over PoolLeakWindow while few of them closed. Only
+// closes of connections that lived at least ShortLived count against the
+// growth: a process leaking its pool while also making a few short
+// connections a second to the same server (4/s beside 60 -> 120 held)
+// closes hundreds of those in a minute, which cancelled the growth; a
+// pool that recycles or shrinks closes long-lived ones.
 func (r *remoteStats) poolLeak(f *findingSet, th *Thresholds, lastNs uint64) {
 	if r.key.Passive {
 		return
@@ -279,12 +284,12 @@ func (r *remoteStats) poolLeak(f *findingSet, th *Thresholds, lastNs uint64) {
 	}
 	growth := est - old
 	win := max(1, int((lastNs-oldNs+999_999_999)/1_000_000_000))
-	closed := r.closes.sum(f.now.Unix()+1, win)
+	closed := r.longCloses.sum(f.now.Unix()+1, win)
 	if float64(closed) > th.PoolLeakCloseRatio*float64(growth) {
 		return
 	}
 	f.addRemote(FindingPoolLeak, r,
-		fmt.Sprintf("%d ESTABLISHED connections to %s, %d more than %ds ago, %d closed meanwhile: the pool keeps opening and never closes", est, r.key, growth, win, closed),
+		fmt.Sprintf("%d ESTABLISHED connections to %s, %d more than %ds ago, %d long-lived ones closed meanwhile: the pool keeps opening and never closes", est, r.key, growth, win, closed),
 		"cap the pool size and return connections to it; look for code paths that open a connection and never close it (a pool shared unsafely between threads)",
 		map[string]float64{"established": float64(est), "growth": float64(growth), "window_seconds": float64(win), "closed_in_window": float64(closed)})
 }
@@ -307,12 +312,15 @@ func (r *remoteStats) closeWaitLeak(f *findingSet, th *Thresholds, lastNs uint64
 }
 
 // noReuse: at least NoReuseRate new connections per second to one remote
-// over 10 s, with a median lifetime under NoReuseMedian.
+// over 10 s, with a median lifetime under NoReuseMedian. Connects that
+// failed (refused, timed out) are not connections that could have been
+// reused: they are left out of the rate (connect_refused and
+// connect_timeouts report them).
 func (r *remoteStats) noReuse(f *findingSet, th *Thresholds) {
 	if r.key.Passive || r.lifeKnown == 0 {
 		return
 	}
-	rate := r.opens.rate(f.now.Unix(), 10)
+	rate := r.opens.rate(f.now.Unix(), 10) - r.failedOpens.rate(f.now.Unix(), 10)
 	med := r.life.median()
 	if rate < th.NoReuseRate || med >= th.NoReuseMedian {
 		return

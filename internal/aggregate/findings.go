@@ -41,7 +41,8 @@ type Thresholds struct {
 	// pool_leak: ESTABLISHED connections from one process to one remote
 	// grew by at least PoolLeakGrowth over PoolLeakWindow (10 over 60 s;
 	// a shorter history is used while the tracer has run less), while at
-	// most PoolLeakCloseRatio times that growth closed in the window (0.5).
+	// most PoolLeakCloseRatio times that growth closed in the window (0.5),
+	// counting closes of connections that lived at least ShortLived.
 	PoolLeakWindow     time.Duration
 	PoolLeakGrowth     uint32
 	PoolLeakCloseRatio float64

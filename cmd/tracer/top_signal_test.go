@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -94,5 +95,59 @@ func TestTopNoReuseIgnoresRefusedConnects(t *testing.T) {
 	}
 	if f := findingOf(d, "connect_refused", func(f *export.Finding) bool { return f.PID == uint32(res.PID) }); f == nil {
 		t.Errorf("no connect_refused naming %d: %+v", res.PID, d.Findings)
+	}
+}
+
+// TestTopDropsFindingOnlyForTrouble: the frees a healthy namespace makes
+// (the RSTs answering refused connects, NO_SOCKET; connections reset
+// and closed with data unread) are counted in the drops section, but are
+// no `drops` finding: it fired on each with no threshold, pid 0 and the
+// remedy "see the kernel's enum". An nft rule dropping SYNs still is.
+func TestTopDropsFindingOnlyForTrouble(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.RequireTool(t, "nft")
+	ns := testenv.NewNetNS(t)
+	srv := testenv.StartServer(t, ns, "ctr-dr-srv")
+	dropNS := testenv.NewNetNS(t)
+	l := testenv.StartListener(t, dropNS, "ctr-dr-listen", 128)
+	testenv.NFT(t, dropNS, fmt.Sprintf(`table inet ctrtest {
+	chain out {
+		type filter hook output priority 0;
+		tcp dport %d counter drop comment "ruledrop"
+	}
+}`, l.Port))
+	r := startTop(t, "--interval", "5s")
+	testenv.RunConnects(t, ns, "ctr-dr-refused", testenv.ConnectPlan{Addr: "127.0.0.1:1", Count: 30})
+	var plan []testenv.Conn
+	for range 20 {
+		plan = append(plan,
+			testenv.Conn{Addr: srv.Addr4(), Req: 10, Resp: 100_000, Mode: testenv.ClientResets},
+			testenv.Conn{Addr: srv.Addr4(), Req: 10, Resp: 10, Mode: testenv.ClientCloses})
+	}
+	testenv.RunClient(t, ns, "ctr-dr-client", plan)
+	b := testenv.StartBurst(t, dropNS, "ctr-dr-dropped", fmt.Sprintf("127.0.0.1:%d", l.Port), 10, 1500*time.Millisecond)
+	b.Release(t)
+	ruleDrops := testenv.NFTCounter(t, dropNS, "ruledrop")
+	d := r.wait(t)
+
+	var routine []string
+	for _, c := range d.Drops.ByReason {
+		if c.NetNS == ns.Inode {
+			routine = append(routine, fmt.Sprintf("%s %d", c.Reason, c.Count))
+		}
+	}
+	if len(routine) == 0 {
+		t.Fatalf("no drops counted in the healthy namespace %d: %+v", ns.Inode, d.Drops.ByReason)
+	}
+	t.Logf("frees in the healthy namespace: %v", routine)
+	if f := findingOf(d, "drops", func(f *export.Finding) bool { return f.NetNS == ns.Inode }); f != nil {
+		t.Errorf("drops finding for routine frees %v: %+v", routine, f)
+	}
+	f := findingOf(d, "drops", func(f *export.Finding) bool { return f.NetNS == dropNS.Inode })
+	if ruleDrops < 10 {
+		t.Fatalf("nft dropped %d packets, want at least 10", ruleDrops)
+	}
+	if f == nil || f.Evidence["count"] != float64(ruleDrops) || !strings.Contains(f.Message, "NETFILTER_DROP") || f.PID != uint32(b.PID) {
+		t.Errorf("drops finding for the rule's %d drops by %d: %+v", ruleDrops, b.PID, f)
 	}
 }

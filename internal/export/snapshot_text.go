@@ -6,6 +6,7 @@ import (
 	"cmp"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -224,7 +225,11 @@ func RenderText(s *aggregate.Snapshot, o ViewOptions) string {
 				line(&b, fmt.Sprintf("  ... and %d more (f: all findings; tracer top --once --output json lists all)", len(findings)-i), o.Width)
 				break
 			}
-			line(&b, fmt.Sprintf("  %-21s %d %s  %s", f.Kind, f.PID, f.Comm, f.Message), o.Width)
+			pid := "-" // no process to name (a drop in softirq)
+			if f.PID != 0 {
+				pid = strconv.FormatUint(uint64(f.PID), 10)
+			}
+			line(&b, fmt.Sprintf("  %-21s %s %s  %s", f.Kind, pid, f.Comm, f.Message), o.Width)
 			if o.Findings && f.Remedy != "" {
 				line(&b, "      remedy: "+f.Remedy, o.Width)
 			}

@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -149,5 +151,42 @@ func TestTopDropsFindingOnlyForTrouble(t *testing.T) {
 	}
 	if f == nil || f.Evidence["count"] != float64(ruleDrops) || !strings.Contains(f.Message, "NETFILTER_DROP") || f.PID != uint32(b.PID) {
 		t.Errorf("drops finding for the rule's %d drops by %d: %+v", ruleDrops, b.PID, f)
+	}
+}
+
+// TestTopStartupLinesAgree: the start-up line names where conntrack
+// entries come from, as the note before it does (it said "conntrack
+// entries=off (...)" right after "conntrack entries: ctnetlink events"),
+// and a warning about processes the kernel will not show does not advise
+// CAP_SYS_PTRACE to a tracer that has it (root with every capability was
+// told to run as root with CAP_SYS_PTRACE about a VM's init).
+func TestTopStartupLinesAgree(t *testing.T) {
+	testenv.RequireRoot(t)
+	r := startTop(t, "--interval", "1s")
+	r.wait(t)
+	out := r.stderr.String()
+	_, source, ok := strings.Cut(out, "tracer: conntrack entries: ")
+	if !ok {
+		t.Fatalf("no conntrack entries note:\n%s", out)
+	}
+	source, _, _ = strings.Cut(source, "\n")
+	if _, hook, ok := strings.Cut(out, "conntrack entries="); ok {
+		hook, _, _ = strings.Cut(hook, "]")
+		if hook != source && !strings.Contains(source, "("+strings.Fields(hook)[0]+")") {
+			t.Errorf("start-up line says conntrack entries=%s, the note %q:\n%s", hook, source, out)
+		}
+	}
+	status, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, capEff, _ := strings.Cut(string(status), "CapEff:\t")
+	mask, err := strconv.ParseUint(strings.Fields(capEff)[0], 16, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const capSysPtrace = 19
+	if mask&(1<<capSysPtrace) != 0 && strings.Contains(out, "run as root with CAP_SYS_PTRACE") {
+		t.Errorf("a tracer holding CAP_SYS_PTRACE is told to get it:\n%s", out)
 	}
 }

@@ -201,6 +201,16 @@ func loadDropNames(stderr io.Writer) *events.DropNames {
 // Existing is how many connections the start-up scan found open.
 func (s *Session) Existing() int { return s.existing }
 
+// ConntrackEntries names the source of conntrack entry events in use
+// ("ctnetlink events", "in-kernel (fentry)..."), "off", or "" for a
+// session without the aggregator (the stream alone).
+func (s *Session) ConntrackEntries() string {
+	if s.loop == nil {
+		return ""
+	}
+	return conntrackSourceName(s.ct)
+}
+
 // Snapshot returns the aggregate the event loop last published (nil
 // without the aggregator); safe from any goroutine.
 func (s *Session) Snapshot() *aggregate.Snapshot {

@@ -190,3 +190,29 @@ func TestTopStartupLinesAgree(t *testing.T) {
 		t.Errorf("a tracer holding CAP_SYS_PTRACE is told to get it:\n%s", out)
 	}
 }
+
+// TestTopOnceRatesOverTheTimeWatched: `top --once --interval 4s` divides
+// what it saw by the seconds it watched, not by the 10 s window (it read
+// 2.4x under at 5 s). A client makes 40 connections in the first 3 s.
+func TestTopOnceRatesOverTheTimeWatched(t *testing.T) {
+	testenv.RequireRoot(t)
+	ns := testenv.NewNetNS(t)
+	srv := testenv.StartServer(t, ns, "ctr-rt-srv")
+	r := startTop(t, "--interval", "4s", "--netns", ns.Name)
+	var plan []testenv.Conn
+	for range 40 {
+		plan = append(plan, testenv.Conn{Addr: srv.Addr4(), Req: 1, Resp: 1, Mode: testenv.ClientCloses, Pause: 70 * time.Millisecond})
+	}
+	c := testenv.RunClient(t, ns, "ctr-rt-client", plan)
+	d := r.wait(t)
+	p := procByPID(d, c.PID)
+	if p == nil || p.Opened != 40 {
+		t.Fatalf("client: %+v, want 40 opened", p)
+	}
+	// The rate is over the complete seconds watched: at most the 4 s
+	// interval plus a second of start-up (8/s), at least the 2.8 s the
+	// client's pauses alone take (14.3/s). Over 10 s it read 4/s.
+	if got := p.OpensPerSecond["10s"]; got < 40.0/5 || got > 40/2.8 {
+		t.Errorf("opens per second over 10 s: %.2f, want 40 over the 2.8 to 5 s watched", got)
+	}
+}

@@ -23,24 +23,35 @@ type streamLine struct {
 	Count       uint64    `json:"count"`
 }
 
+// startTracer runs the stream (plain `tracer`) with args in the
+// background and returns once it is tracing; cancel stops it, and done
+// then reports how run returned.
+func startTracer(t *testing.T, args ...string) (stdout *bytes.Buffer, stderr *readyWriter, done chan error, cancel context.CancelFunc) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	stdout = new(bytes.Buffer)
+	stderr = &readyWriter{ready: make(chan struct{})}
+	done = make(chan error, 1)
+	go func() { done <- run(ctx, args, stdout, stderr) }()
+	select {
+	case <-stderr.ready:
+	case err := <-done:
+		cancel()
+		t.Fatalf("tracer stopped: %v\n%s", err, stderr)
+	case <-time.After(20 * time.Second):
+		cancel()
+		t.Fatalf("tracer did not start: %s", stderr)
+	}
+	return stdout, stderr, done, cancel
+}
+
 // runStreamWhile runs the stream with args until work has returned and
 // the lines it caused are out (the stream holds lines a second to order
 // them), and returns the lines and stderr.
 func runStreamWhile(t *testing.T, args []string, work func()) ([]streamLine, string) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
+	stdout, stderr, done, cancel := startTracer(t, args...)
 	defer cancel()
-	var stdout bytes.Buffer
-	stderr := &readyWriter{ready: make(chan struct{})}
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, args, &stdout, stderr) }()
-	select {
-	case <-stderr.ready:
-	case err := <-done:
-		t.Fatalf("tracer stopped: %v\n%s", err, stderr)
-	case <-time.After(20 * time.Second):
-		t.Fatalf("tracer did not start: %s", stderr)
-	}
 	work()
 	time.Sleep(700 * time.Millisecond) // the Unix counts' read interval (500 ms) and then some
 	cancel()

@@ -159,7 +159,8 @@ func TestTopDropsFindingOnlyForTrouble(t *testing.T) {
 // entries=off (...)" right after "conntrack entries: ctnetlink events"),
 // and a warning about processes the kernel will not show does not advise
 // CAP_SYS_PTRACE to a tracer that has it (root with every capability was
-// told to run as root with CAP_SYS_PTRACE about a VM's init).
+// told to run as root with CAP_SYS_PTRACE about a VM's init), nor comes
+// once from the start-up scan and again from each sampler.
 func TestTopStartupLinesAgree(t *testing.T) {
 	testenv.RequireRoot(t)
 	r := startTop(t, "--interval", "1s")
@@ -175,6 +176,9 @@ func TestTopStartupLinesAgree(t *testing.T) {
 		if hook != source && !strings.Contains(source, "("+strings.Fields(hook)[0]+")") {
 			t.Errorf("start-up line says conntrack entries=%s, the note %q:\n%s", hook, source, out)
 		}
+	}
+	if n := strings.Count(out, "network namespaces of "); n > 1 {
+		t.Errorf("the same unreadable namespaces reported %d times (start-up scan and each sampler):\n%s", n, out)
 	}
 	status, err := os.ReadFile("/proc/self/status")
 	if err != nil {

@@ -256,6 +256,15 @@ func TestRenderTextFitsManyFindings(t *testing.T) {
 	if !strings.Contains(out, "UNIX  /var/run/nscd/socket no listener sampled failed 2") || strings.Contains(out, "(0/)") {
 		t.Errorf("Unix path without listener:\n%s", out)
 	}
+	// A backlog overflow comes before a path nobody serves, however many
+	// ENOENT that one has.
+	s.Unix[0].Callers[0].Counts["ENOENT"] = 855
+	s.Unix = append(s.Unix, aggregate.UnixPathStats{Path: "/run/php/fpm.sock", ListenerPID: 44, ListenerComm: "php-fpm", Backlog: 1, Queue: 2,
+		Callers: []aggregate.UnixCaller{{PID: 45, Comm: "nginx", Counts: map[string]uint64{"EAGAIN": 12}}}})
+	out = RenderText(s, ViewOptions{Sort: ColOpens, Width: 300})
+	if !strings.Contains(out, "UNIX  /run/php/fpm.sock queue 2/1 (44/php-fpm) failed 12  |  /var/run/nscd/socket") {
+		t.Errorf("UNIX panel: the backlog overflow should come first:\n%s", out)
+	}
 	out = RenderText(s, ViewOptions{Sort: ColOpens, Width: 200, Findings: true})
 	if n := strings.Count(out, "remedy: look"); n != 30 || strings.Contains(out, "\n1000 ") || strings.Contains(out, "OPENED") {
 		t.Errorf("findings view: %d remedies, want 30, and no table:\n%s", n, out)

@@ -49,28 +49,28 @@ func TestTopFinWait2AgreesWithSS(t *testing.T) {
 // connections to a server while making 4 short connections a second to
 // it. The short ones' closes cancelled the growth (close ratio), so the
 // leak was never named; closes of short-lived connections no longer
-// count against it. The test watches 10 s (the plan takes 5 s and more
-// under emulation) instead of the rule's 60 s, so the close ratio is cut
-// to keep the old rule's arithmetic (4/s over a minute against 0.5 x 60:
-// 20 closes here against 0.1 x 120).
+// count against it. The test watches 14 s (the plan takes 4 s of pauses,
+// and 10 s in all under emulation) instead of the rule's 60 s, so the
+// close ratio is cut to keep the old rule's arithmetic (4/s over a
+// minute against 0.5 x 60: 16 closes here against 0.1 x 120).
 func TestTopPoolLeakBehindChurn(t *testing.T) {
 	testenv.RequireRoot(t)
 	ns := testenv.NewNetNS(t)
 	srv := testenv.StartServer(t, ns, "ctr-pl-srv")
-	r := startTop(t, "--interval", "10s", "--netns", ns.Name, "--finding.pool-leak-close-ratio", "0.1")
+	r := startTop(t, "--interval", "14s", "--netns", ns.Name, "--finding.pool-leak-close-ratio", "0.1")
 	var plan []testenv.Conn
 	for range 2 {
 		for range 60 {
 			plan = append(plan, testenv.Conn{Addr: srv.Addr4(), Req: 10, Resp: 10, Mode: testenv.ClientCloses, Hold: true})
 		}
-		for range 10 {
+		for range 8 {
 			plan = append(plan, testenv.Conn{Addr: srv.Addr4(), Req: 10, Resp: 10, Mode: testenv.ClientCloses, Pause: 250 * time.Millisecond})
 		}
 	}
 	leaker := testenv.StartClient(t, ns, "ctr-pl-leaker", plan)
 	d := r.wait(t)
-	if p := procByPID(d, leaker.PID); p == nil || p.States["ESTABLISHED"] != 120 || p.Closed < 15 {
-		t.Fatalf("leaker: %+v, want 120 ESTABLISHED and its short connections closed", p)
+	if p := procByPID(d, leaker.PID); p == nil || p.States["ESTABLISHED"] != 120 || p.Closed != 16 {
+		t.Fatalf("leaker: %+v, want 120 ESTABLISHED and its 16 short connections closed", p)
 	}
 	f := findingOf(d, "pool_leak", func(f *export.Finding) bool { return f.PID == uint32(leaker.PID) })
 	if f == nil {
@@ -196,18 +196,18 @@ func TestTopStartupLinesAgree(t *testing.T) {
 	}
 }
 
-// TestTopOnceRatesOverTheTimeWatched: `top --once --interval 6s` divides
+// TestTopOnceRatesOverTheTimeWatched: `top --once --interval 5s` divides
 // what it saw by the seconds it watched, not by the 10 s window (it read
-// 2.4x under at 5 s). A client makes 40 connections in 3 s or a little
-// more.
+// 2.4x under at 5 s). A client makes 40 connections at once, at the
+// start.
 func TestTopOnceRatesOverTheTimeWatched(t *testing.T) {
 	testenv.RequireRoot(t)
 	ns := testenv.NewNetNS(t)
 	srv := testenv.StartServer(t, ns, "ctr-rt-srv")
-	r := startTop(t, "--interval", "6s", "--netns", ns.Name)
+	r := startTop(t, "--interval", "5s", "--netns", ns.Name)
 	var plan []testenv.Conn
 	for range 40 {
-		plan = append(plan, testenv.Conn{Addr: srv.Addr4(), Req: 1, Resp: 1, Mode: testenv.ClientCloses, Pause: 70 * time.Millisecond})
+		plan = append(plan, testenv.Conn{Addr: srv.Addr4(), Req: 1, Resp: 1, Mode: testenv.ClientCloses})
 	}
 	c := testenv.RunClient(t, ns, "ctr-rt-client", plan)
 	d := r.wait(t)
@@ -215,10 +215,11 @@ func TestTopOnceRatesOverTheTimeWatched(t *testing.T) {
 	if p == nil || p.Opened != 40 {
 		t.Fatalf("client: %+v, want 40 opened", p)
 	}
-	// The rate is over the complete seconds watched: at most the 6 s
-	// interval plus a second of start-up (5.7/s), at least the 2.8 s the
-	// client's pauses alone take (14.3/s). Over 10 s it read 4/s.
-	if got := p.OpensPerSecond["10s"]; got < 40.0/7 || got > 40/2.8 {
-		t.Errorf("opens per second over 10 s: %.2f, want 40 over the 2.8 to 7 s watched", got)
+	// The rate is over the complete seconds watched: the 5 s interval
+	// and the start-up before it, 2.5 s at most even under emulation
+	// (40 / 7.5 s = 5.3/s); over 10 s it read 4/s. The connections fall
+	// in at least one complete second: at most 40/s.
+	if got := p.OpensPerSecond["10s"]; got < 40/7.5 || got > 40 {
+		t.Errorf("opens per second over 10 s: %.2f, want 40 over the 1 to 7.5 s watched", got)
 	}
 }

@@ -127,6 +127,9 @@ func (t *timeWaitTable) replace(k tuple, e twEntry, old twEntry, had bool) {
 	}
 	t.m[k] = e
 	if e.pending {
+		if e.remote != nil {
+			e.remote.holdFinWait2()
+		}
 		return // not counted: no census line of 0 for its namespace
 	}
 	c := t.byNetNS[k.netns]
@@ -153,6 +156,9 @@ func (t *timeWaitTable) remove(k tuple, e twEntry) {
 // uncount takes e out of the census and its owner's count.
 func (t *timeWaitTable) uncount(k tuple, e twEntry) {
 	if e.pending {
+		if e.remote != nil {
+			e.remote.releaseFinWait2()
+		}
 		return
 	}
 	if c := t.byNetNS[k.netns]; c != nil {

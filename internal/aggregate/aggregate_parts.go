@@ -77,7 +77,7 @@ func (a *Aggregator) applyParts(ev *events.Event) {
 func (a *Aggregator) partFindings() []Finding {
 	out := a.connect.ConnectFindings(a.now, a.connectRules, a.portInfo)
 	out = append(out, ConntrackFindings(a.conntrack.Snapshot())...)
-	out = append(out, DropFindings(a.drops.Snapshot())...)
+	out = append(out, DropFindings(a.drops.Snapshot(), a.now)...)
 	return out
 }
 

@@ -3,7 +3,14 @@ package aggregate
 import (
 	"fmt"
 	"strings"
+	"time"
 )
+
+// DropFindingWindow: a drops or listen_overflow finding stands while its
+// count rose within this window of now, and ends once the drops stop (a
+// finding must mean something is wrong now, and conntracer_findings must
+// be able to go down). The same window as DefaultConnectRules.
+const DropFindingWindow = 5 * time.Minute
 
 // Thresholds of the drop and conntrack findings.
 const (
@@ -98,9 +105,13 @@ var routineDropReasons = map[string]bool{
 // generic `drops` finding per reason and namespace, for reasons that are
 // not routine (routineDropReasons) once they reach dropFindingMin
 // packets.
-func DropFindings(snap DropSnapshot) []Finding {
+func DropFindings(snap DropSnapshot, now time.Time) []Finding {
 	var out []Finding
+	recent := func(last time.Time) bool { return now.Sub(last) <= DropFindingWindow }
 	for _, o := range snap.ListenOverflows {
+		if !recent(o.Last) {
+			continue
+		}
 		out = append(out, Finding{
 			Kind: "listen_overflow", PID: o.PID, Comm: o.Comm, Remote: o.Addr, NetNS: o.NetNS,
 			Since: o.First, Last: o.Last,
@@ -118,7 +129,7 @@ func DropFindings(snap DropSnapshot) []Finding {
 	byReason := map[k]*Finding{}
 	var order []k
 	for _, d := range snap.ByReason {
-		if routineDropReasons[d.Reason] {
+		if routineDropReasons[d.Reason] || !recent(d.Last) {
 			continue
 		}
 		key := k{d.Reason, d.NetNS}

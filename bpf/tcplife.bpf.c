@@ -245,3 +245,52 @@ int ct_accept_exit(struct sys_exit_ctx *ctx)
 {
 	return handle_accept(ctx->ret);
 }
+
+/*
+ * The same walk for kernels whose tracepoint programs may not call
+ * bpf_get_current_task_btf (before 5.11): every hop is a probe read from
+ * bpf_get_current_task(). tcplife.go loads these instead of the two above
+ * when a probe of that helper says the kernel lacks it.
+ */
+static __always_inline int handle_accept_probe(long fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt;
+	struct file *file = NULL;
+	struct sock_state *st;
+	__u64 key;
+
+	if (fd < 0)
+		return 0;
+	fdt = BPF_CORE_READ(task, files, fdt);
+	if (!fdt || (unsigned long)fd >= BPF_CORE_READ(fdt, max_fds))
+		return 0;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
+	if (!file)
+		return 0;
+	struct socket *sock = BPF_CORE_READ(file, private_data);
+	if (!sock)
+		return 0;
+	key = (__u64)BPF_CORE_READ(sock, sk);
+	if (!key)
+		return 0;
+	st = bpf_map_lookup_elem(&socks, &key);
+	if (!st || st->role != ROLE_PASSIVE)
+		return 0;
+	__u8 cg = owner_from_current_probe(&st->owner);
+	st->flags = (st->flags & ~(CONN_OWNER_LISTENER | CONN_CGROUP_MATCH)) | CONN_OWNER_ACCEPT | cg;
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int ct_accept4_exit_probe(struct sys_exit_ctx *ctx)
+{
+	return handle_accept_probe(ctx->ret);
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept")
+int ct_accept_exit_probe(struct sys_exit_ctx *ctx)
+{
+	return handle_accept_probe(ctx->ret);
+}

@@ -42,8 +42,8 @@ func (o *tcplifeObject) open(l *loader) (*ebpf.Collection, error) {
 		hook:    stateHook,
 		load:    loadTcplife,
 		without: accept.unused,
-		sizes:  map[string]uint32{tcplifeMapSocks: l.opts().MaxSockets},
-		only:   l.opts().AttachMode,
+		sizes:   map[string]uint32{tcplifeMapSocks: l.opts().MaxSockets},
+		only:    l.opts().AttachMode,
 		modes: tracepointModes("sock", "inet_sock_set_state", map[AttachMode]string{
 			AttachTPBTF:      tcplifeProgCtStateBtf,
 			AttachRawTP:      tcplifeProgCtStateRaw,

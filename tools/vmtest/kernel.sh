@@ -73,11 +73,12 @@ PRELOAD=(
 	inet_diag tcp_diag udp_diag
 )
 # Modules shipped (with their dependencies) for tests to `modprobe` or for the kernel to
-# auto-load (nft expressions, ip link types) but not loaded at boot.
+# auto-load (nft expressions, ip link types) but not loaded at boot. nft_counter is a module
+# before 5.15 or so (built into nf_tables later): without it `counter` fails with ENOENT.
 EXTRA=(
 	nf_conntrack_netlink nf_nat nft_nat nft_chain_nat nft_masq nft_redir
 	nft_reject_inet nft_reject_ipv4 nft_reject_ipv6 nft_fib_inet nft_fib_ipv4 nft_fib_ipv6
-	nft_limit nft_log nft_quota nft_connlimit nft_numgen nft_hash nft_socket nft_queue
+	nft_counter nft_limit nft_log nft_quota nft_connlimit nft_numgen nft_hash nft_socket nft_queue
 	nfnetlink_queue nfnetlink_log nf_log_syslog nft_compat
 	raw_diag unix_diag
 	sch_netem sch_htb sch_tbf sch_ingress sch_fq cls_bpf act_bpf cls_u32 act_mirred

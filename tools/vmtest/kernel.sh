@@ -74,7 +74,7 @@ PRELOAD=(
 )
 # Modules shipped (with their dependencies) for tests to `modprobe` or for the kernel to
 # auto-load (nft expressions, ip link types) but not loaded at boot. nft_counter is a module
-# before 5.15 or so (built into nf_tables later): without it `counter` fails with ENOENT.
+# in 5.10 (built into nf_tables in 6.1): without it an nft `counter` fails with ENOENT.
 EXTRA=(
 	nf_conntrack_netlink nf_nat nft_nat nft_chain_nat nft_masq nft_redir
 	nft_reject_inet nft_reject_ipv4 nft_reject_ipv6 nft_fib_inet nft_fib_ipv4 nft_fib_ipv6

@@ -80,7 +80,7 @@ func acceptProgs(l *loader) acceptVariant {
 		progs:  [2]string{tcplifeProgCtAccept4Exit, tcplifeProgCtAcceptExit},
 		unused: []string{tcplifeProgCtAccept4ExitProbe, tcplifeProgCtAcceptExitProbe},
 	}
-	if err := features.HaveProgramHelper(ebpf.TracePoint, asm.FnGetCurrentTaskBtf); !errors.Is(err, ebpf.ErrNotSupported) {
+	if kernelHasTaskBTF() {
 		return btf
 	}
 	l.note("accept() owners read with probe reads: this kernel's tracepoint programs cannot call bpf_get_current_task_btf (5.11+)")
@@ -116,3 +116,12 @@ func (o *tcplifeObject) attachAccept(l *loader, coll *ebpf.Collection, progs [2]
 
 // poll has nothing to do: every connection is a record.
 func (*tcplifeObject) poll(*events.Event, Handler, bool, bool) error { return nil }
+
+// kernelHasTaskBTF reports whether BPF programs may call
+// bpf_get_current_task_btf (5.11+: the tp_btf state program and the
+// faster accept programs need it). An answer other than "not supported"
+// (EPERM on locked-down kernels) counts as yes: loading decides.
+func kernelHasTaskBTF() bool {
+	err := features.HaveProgramHelper(ebpf.TracePoint, asm.FnGetCurrentTaskBtf)
+	return !errors.Is(err, ebpf.ErrNotSupported)
+}

@@ -172,6 +172,15 @@ func TestMetricsServerSurvivesIdleConnections(t *testing.T) {
 	if n < 2000 {
 		t.Skipf("fd limit %d of this test process is too low to flood with idle connections", lim.Cur)
 	}
+	if k := os.Getenv("VMTEST_KERNEL"); k != "" {
+		// Under full emulation (the kernel matrix's qemu TCG) the
+		// guest's CPU is tens of times slower: 10,000 connections keep
+		// the accept queue full for longer than any scrape deadline, so
+		// the scrapes measure the emulator. 2,000 is still 8 times the
+		// cap, which is what is under test.
+		n = 2000
+		t.Logf("kernel %s under emulation: a flood of %d connections", k, n)
+	}
 	// Dial n idle connections from 64 goroutines; the server may close
 	// them at once (evicted) or later: the client keeps whatever it has.
 	var (

@@ -217,6 +217,12 @@ static __always_inline void find_owner(struct sk_buff *skb, struct drop_event *e
 	}
 }
 
+/* Whether this kernel's kfree_skb carries a drop reason (5.17+). */
+static __always_inline bool has_drop_reason(void)
+{
+	return bpf_core_enum_value_exists(enum skb_drop_reason, SKB_DROP_REASON_NOT_SPECIFIED);
+}
+
 static __always_inline int handle_drop(struct sk_buff *skb, __u64 location, __u32 reason)
 {
 	struct drop_event e = {};
@@ -226,7 +232,11 @@ static __always_inline int handle_drop(struct sk_buff *skb, __u64 location, __u3
 	__u64 *count, one = 1;
 	__u64 now;
 
-	if (!keep_normal) {
+	/* Before 5.17 kfree_skb has no reason and enum skb_drop_reason does not
+	 * exist: every kfree_skb counts (normal frees went to consume_skb), by
+	 * location only. The check is a CO-RE constant: the other branch is
+	 * dead code the verifier never walks. */
+	if (!keep_normal && has_drop_reason()) {
 		if (reason == 0 /* SKB_NOT_DROPPED_YET */ ||
 		    reason == bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_NOT_SPECIFIED))
 			return 0;
@@ -264,7 +274,8 @@ static __always_inline int handle_drop(struct sk_buff *skb, __u64 location, __u3
 	 * skb->_nfct stays 0). A rule's drop of a tracked packet has one. User
 	 * space confirms with the namespace's conntrack `drop` statistic.
 	 */
-	if (reason == bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_NETFILTER_DROP) &&
+	if (has_drop_reason() &&
+	    reason == bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_NETFILTER_DROP) &&
 	    bpf_core_field_exists(skb->_nfct) && BPF_CORE_READ(skb, _nfct) == 0)
 		e.flags |= DROP_NO_CT;
 
@@ -295,20 +306,30 @@ static __always_inline int handle_drop(struct sk_buff *skb, __u64 location, __u3
 	return 0;
 }
 
+/* The reason argument is read only where it exists: the verifier refuses
+ * (tp_btf) or the attach refuses (raw tracepoint: max_ctx_offset) a read
+ * past the tracepoint's arguments, and handle_drop reads skb by probe
+ * reads only, so the untyped ctx[0] is enough. */
 SEC("tp_btf/kfree_skb")
-int BPF_PROG(ct_kfree_skb_btf, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
+int ct_kfree_skb_btf(unsigned long long *ctx)
 {
-	return handle_drop(skb, (__u64)location, (__u32)reason);
+	__u32 reason = has_drop_reason() ? (__u32)ctx[2] : 0;
+
+	return handle_drop((struct sk_buff *)ctx[0], ctx[1], reason);
 }
 
 SEC("raw_tracepoint/kfree_skb")
 int ct_kfree_skb_raw(struct bpf_raw_tracepoint_args *ctx)
 {
-	return handle_drop((struct sk_buff *)ctx->args[0], ctx->args[1], (__u32)ctx->args[2]);
+	__u32 reason = has_drop_reason() ? (__u32)ctx->args[2] : 0;
+
+	return handle_drop((struct sk_buff *)ctx->args[0], ctx->args[1], reason);
 }
 
 SEC("tracepoint/skb/kfree_skb")
 int ct_kfree_skb_tp(struct trace_event_raw_kfree_skb *ctx)
 {
-	return handle_drop((struct sk_buff *)ctx->skbaddr, (__u64)ctx->location, (__u32)ctx->reason);
+	__u32 reason = bpf_core_field_exists(ctx->reason) ? (__u32)ctx->reason : 0;
+
+	return handle_drop((struct sk_buff *)ctx->skbaddr, (__u64)ctx->location, reason);
 }

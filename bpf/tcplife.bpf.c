@@ -203,14 +203,41 @@ int ct_state_tp(struct trace_event_raw_inet_sock_set_state *ctx)
  * probe reads (about 25 ns each: measured, the seven probe reads of a
  * walk from bpf_get_current_task() were half of this program's time).
  */
+/* The socks entry of the socket behind an accepted descriptor's file, if
+ * we track it as a passive open (a file that is not a socket yields a
+ * pointer that is simply not a key in socks). */
+static __always_inline struct sock_state *passive_of(struct file *file)
+{
+	struct sock_state *st;
+	struct socket *sock;
+	__u64 key;
+
+	if (!file)
+		return NULL;
+	sock = BPF_CORE_READ(file, private_data);
+	if (!sock)
+		return NULL;
+	key = (__u64)BPF_CORE_READ(sock, sk);
+	if (!key)
+		return NULL;
+	st = bpf_map_lookup_elem(&socks, &key);
+	if (!st || st->role != ROLE_PASSIVE)
+		return NULL;
+	return st;
+}
+
+/* The accepting process becomes the owner (cg: its cgroup filter match). */
+static __always_inline void mark_accepted(struct sock_state *st, __u8 cg)
+{
+	st->flags = (st->flags & ~(CONN_OWNER_LISTENER | CONN_CGROUP_MATCH)) | CONN_OWNER_ACCEPT | cg;
+}
+
 static __always_inline int handle_accept(long fd)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct fdtable *fdt;
 	struct file *file = NULL;
-	struct socket *sock;
 	struct sock_state *st;
-	__u64 key;
 
 	if (fd < 0)
 		return 0;
@@ -218,19 +245,9 @@ static __always_inline int handle_accept(long fd)
 	if ((unsigned long)fd >= fdt->max_fds)
 		return 0;
 	bpf_probe_read_kernel(&file, sizeof(file), &fdt->fd[fd]);
-	if (!file)
-		return 0;
-	sock = BPF_CORE_READ(file, private_data);
-	if (!sock)
-		return 0;
-	key = (__u64)BPF_CORE_READ(sock, sk);
-	if (!key)
-		return 0;
-	st = bpf_map_lookup_elem(&socks, &key);
-	if (!st || st->role != ROLE_PASSIVE)
-		return 0;
-	__u8 cg = owner_from_current_btf(&st->owner);
-	st->flags = (st->flags & ~(CONN_OWNER_LISTENER | CONN_CGROUP_MATCH)) | CONN_OWNER_ACCEPT | cg;
+	st = passive_of(file);
+	if (st)
+		mark_accepted(st, owner_from_current_btf(&st->owner));
 	return 0;
 }
 
@@ -244,4 +261,42 @@ SEC("tracepoint/syscalls/sys_exit_accept")
 int ct_accept_exit(struct sys_exit_ctx *ctx)
 {
 	return handle_accept(ctx->ret);
+}
+
+/*
+ * The same walk for kernels whose tracepoint programs may not call
+ * bpf_get_current_task_btf (before 5.11): every hop is a probe read from
+ * bpf_get_current_task(). tcplife.go loads these instead of the two above
+ * when a probe of that helper says the kernel lacks it.
+ */
+static __always_inline int handle_accept_probe(long fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt;
+	struct file *file = NULL;
+	struct sock_state *st;
+
+	if (fd < 0)
+		return 0;
+	fdt = BPF_CORE_READ(task, files, fdt);
+	if (!fdt || (unsigned long)fd >= BPF_CORE_READ(fdt, max_fds))
+		return 0;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
+	st = passive_of(file);
+	if (st)
+		mark_accepted(st, owner_from_current_probe(&st->owner));
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int ct_accept4_exit_probe(struct sys_exit_ctx *ctx)
+{
+	return handle_accept_probe(ctx->ret);
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept")
+int ct_accept_exit_probe(struct sys_exit_ctx *ctx)
+{
+	return handle_accept_probe(ctx->ret);
 }

@@ -82,6 +82,7 @@ type config struct {
 	format   export.Format
 	duration time.Duration
 	existing bool
+	routine  bool // --connect-routine
 	filter   events.Filter
 	probe    probe.Options
 	web      webConfig // /metrics beside the stream, when a listen address is set
@@ -110,6 +111,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 		unixDgram   = fs.Bool("unix-dgram", true, "count Unix datagram sends failing on a full or vanished receiver (exit tracepoints of write, sendto, sendmsg, sendmmsg; needs --connect)")
 		dgramWrite  = fs.Bool("unix-dgram-write", false, "with --unix-dgram, also hook write(2) (connected datagram senders such as Go's log/syslog); costs every write() on the machine about 100 ns")
 		latency     = fs.Bool("connect-latency", false, "also hook the entry of connect() so that failed and Unix connects show their latency; costs every system call on the machine a little (about 0.5% of CPU under heavy connection churn)")
+		routine     = fs.Bool("connect-routine", false, "also print routine failed connects, which are otherwise only counted: Unix connects failing with ENOENT (no socket at that path), or with ECONNREFUSED to /var/run/nscd/socket, /run/nscd/socket or /dev/log (glibc programs try nscd and syslog, absent on most hosts)")
 		inProgress  = fs.Bool("connect-in-progress", false, "also send a record per non-blocking connect() that returns EINPROGRESS (otherwise counted only; its outcome is the connection's line)")
 		drops       = fs.Bool("drops", false, "also trace dropped packets (skb:kfree_skb) with their reason, location, tuple and owner")
 		keepNormal  = fs.Bool("drops-keep-normal", false, "also count frees with reason NOT_SPECIFIED or CONSUMED, which are mostly not drops")
@@ -122,7 +124,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	if err := fs.Parse(args); err != nil {
 		return nil, usageError{err}
 	}
-	cfg := &config{help: *help, duration: *duration, existing: pf.existing, web: web, identity: ids}
+	cfg := &config{help: *help, duration: *duration, existing: pf.existing, routine: *routine, web: web, identity: ids}
 	if cfg.help {
 		fmt.Fprintf(stdout, "Usage: tracer [flags]\n\nTraces every TCP connection's life and prints one line per finished\nconnection: owner, addresses, role, lifetime, bytes and how it ended.\n\nSubcommands:\n  top    live view per process and remote, with findings ('tracer top --help')\n  serve  daemon serving Prometheus metrics at /metrics ('tracer serve --help')\n  record record what top aggregates to a file ('tracer record --help')\n  report post-mortem of recordings: text, json or html ('tracer report --help')\n  export recorded events as JSON lines ('tracer export --help')\n  version print the version and exit (also --version)\n\nFlags:\n%s", fs.FlagUsages())
 		return cfg, nil

@@ -85,6 +85,15 @@ func (l *live) attachSummary() string {
 	parts := make([]string, len(as))
 	for i, a := range as {
 		parts[i] = a.String()
+		if a.Hook == probe.ConntrackHook && a.Mode == "" {
+			// The in-kernel hooks are off, and a note said why; what
+			// matters is where the entries come from instead ("off"
+			// here read as if there were none, next to the note that
+			// ctnetlink supplies them).
+			if src := l.sess.ConntrackEntries(); src != "" {
+				parts[i] = a.Hook + "=" + src
+			}
+		}
 	}
 	return strings.Join(parts, ", ")
 }

@@ -172,21 +172,8 @@ func TestJSONStreamNamesOwnersOfOldAndNewConnections(t *testing.T) {
 		{Addr: srv.Addr4(), Req: 100, Resp: 200, Mode: testenv.ClientCloses, Hold: true},
 	})
 
-	ctx, cancel := context.WithCancel(context.Background())
+	stdout, stderr, done, cancel := startTracer(t, "--output", "json", "--netns", ns.Name)
 	defer cancel()
-	var stdout bytes.Buffer
-	stderr := &readyWriter{ready: make(chan struct{})}
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"--output", "json", "--netns", ns.Name}, &stdout, stderr)
-	}()
-	select {
-	case <-stderr.ready:
-	case err := <-done:
-		t.Fatalf("tracer stopped: %v\n%s", err, stderr)
-	case <-time.After(20 * time.Second):
-		t.Fatalf("tracer did not start: %s", stderr)
-	}
 	if !strings.Contains(stderr.String(), "1 already open") && !strings.Contains(stderr.String(), "already open") {
 		t.Errorf("start-up line does not report existing connections: %s", stderr)
 	}
@@ -204,7 +191,7 @@ func TestJSONStreamNamesOwnersOfOldAndNewConnections(t *testing.T) {
 
 	var lines []jsonConn
 	out := stdout.String() // the decoder drains the buffer: keep it for the messages
-	dec := json.NewDecoder(&stdout)
+	dec := json.NewDecoder(stdout)
 	dec.DisallowUnknownFields()
 	for dec.More() {
 		var c jsonConn

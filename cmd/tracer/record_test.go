@@ -47,6 +47,7 @@ func TestRecordReplayGivesLiveNumbers(t *testing.T) {
 	srv := testenv.StartServer(t, ns, "ctr-srv")
 	path := filepath.Join(t.TempDir(), "live.ctrec")
 	r := startTop(t, "--interval", "5s", "--netns", ns.Name, "--record", path, "--reconcile-interval", "1s")
+	r.skipWhereKernelLacks(t, "syscalls/sys_exit_connect")
 	var hold, churn []testenv.Conn
 	for range 5 {
 		hold = append(hold, testenv.Conn{Addr: srv.Addr4(), Req: 10, Resp: 10, Mode: testenv.ClientCloses, Hold: true})

@@ -50,6 +50,7 @@ func runStream(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 
 	printer := session.NewPrinter(export.NewStream(stdout, cfg.format, export.Clock(bootclock.ToWall())), cfg.filter)
+	printer.PrintRoutine(cfg.routine)
 	scfg := session.Config{Existing: cfg.existing, NetNS: cfg.filter.NetNS, Printer: printer}
 	if cfg.web.listen != "" {
 		scfg = session.DefaultConfig()
@@ -74,7 +75,11 @@ func runStream(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fmt.Fprintf(stderr, "tracer: %d connections printed, %d filtered out; %d records read, %d lost in the kernel, %d state changes not seen (program not run: recursion%s), %d undecodable\n",
 		n.Connections, n.Filtered, st.Records, st.Lost, missed, missedBy, st.BadRecords)
 	if !cfg.probe.NoConnect {
-		fmt.Fprintf(stderr, "tracer: %d failed connect() calls printed\n", n.ConnectFailures)
+		fmt.Fprintf(stderr, "tracer: %d failed connect() calls printed", n.ConnectFailures)
+		if n.RoutineConnectFailures > 0 {
+			fmt.Fprintf(stderr, ", %d routine ones counted only (Unix ENOENT, nscd/syslog refused: --connect-routine prints them)", n.RoutineConnectFailures)
+		}
+		fmt.Fprintln(stderr)
 	}
 	if unsent, err := l.probe.UnsentDropRecords(); err == nil && (n.Drops > 0 || unsent > 0) {
 		fmt.Fprintf(stderr, "tracer: %d drops printed, %d more counted but not printed (--drop-records-per-sec)\n", n.Drops, unsent)

@@ -46,6 +46,7 @@ func TestTopShowsConnectUnixAndDrops(t *testing.T) {
 	testenv.ListenUnix(t, sock, "stream", 1)
 
 	r := startTop(t, "--interval", "6s", "--sample-interval", "500ms")
+	r.skipWhereKernelLacks(t, "syscalls/sys_exit_connect")
 	unixRes := testenv.RunConnects(t, nil, "ctr-unix-cli", testenv.ConnectPlan{Addr: sock, Count: 200, NonBlock: true})
 	refused := testenv.RunConnects(t, refusedNS, "ctr-refused-b", testenv.ConnectPlan{Addr: "127.0.0.1:9", Count: 20})
 	b := testenv.StartBurst(t, dropNS, "ctr-dropped", fmt.Sprintf("127.0.0.1:%d", l.Port), 5, 1500*time.Millisecond)

@@ -67,6 +67,26 @@ func startTop(t *testing.T, args ...string) *topRun {
 	return r
 }
 
+// skipWhereKernelLacks skips the test when the start-up line reports hook
+// off because the running kernel lacks what it needs (on 5.10, connect()
+// results: task local storage and bpf_task_pt_regs), naming it; a hook off
+// for any other reason is left for the test's assertions to catch.
+func (r *topRun) skipWhereKernelLacks(t *testing.T, hook string) {
+	t.Helper()
+	out := r.stderr.String()
+	i := strings.Index(out, hook+"=off (")
+	if i < 0 {
+		return
+	}
+	reason := out[i:]
+	if j := strings.IndexByte(reason, '\n'); j >= 0 {
+		reason = reason[:j]
+	}
+	if strings.Contains(reason, "this kernel lacks") {
+		t.Skipf("needs hook %s, which this kernel cannot run: %s", hook, reason)
+	}
+}
+
 // wait returns the document once the tracer printed it.
 func (r *topRun) wait(t *testing.T) *export.Document {
 	t.Helper()

@@ -34,7 +34,8 @@ import (
 type Aggregator struct {
 	th       Thresholds
 	now      time.Time
-	kernelNs uint64 // the latest kernel time seen in any event (boot ns)
+	since    time.Time // the clock at the first event: rates cover no more
+	kernelNs uint64    // the latest kernel time seen in any event (boot ns)
 
 	procs map[ProcKey]*procStats
 	// procCache holds the processes of recent records and the remote of
@@ -162,6 +163,13 @@ type remoteStats struct {
 	// every snapshot used to render every remote again.
 	name string
 	connStats
+	// What the rules need beyond connStats: closes of connections that
+	// lived at least Thresholds.ShortLived (a pool recycling its
+	// connections closes those; churn beside a leak closes short ones:
+	// poolLeak), and connects that failed (never a connection to reuse:
+	// noReuse).
+	longCloses  rateWindow
+	failedOpens rateWindow
 }
 
 // holdTimeWait counts a TIME_WAIT socket that r's process left towards r,
@@ -175,6 +183,19 @@ func (r *remoteStats) holdTimeWait() {
 func (r *remoteStats) releaseTimeWait() {
 	r.timeWait--
 	r.proc.timeWait--
+}
+
+// holdFinWait2 and releaseFinWait2 count a timewait socket still in
+// substate FIN_WAIT2 (an orphan: closed by its process, waiting for the
+// peer's FIN) in its owner's FIN_WAIT2, as ss lists it.
+func (r *remoteStats) holdFinWait2() {
+	r.finWait2++
+	r.proc.finWait2++
+}
+
+func (r *remoteStats) releaseFinWait2() {
+	r.finWait2--
+	r.proc.finWait2--
 }
 
 // existingConn is a socket the start-up scan found open, with its owner.
@@ -233,6 +254,9 @@ func NewAggregator(th Thresholds) *Aggregator {
 func (a *Aggregator) Apply(ev *events.Event, now time.Time) {
 	if now.After(a.now) {
 		a.now = now
+	}
+	if a.since.IsZero() {
+		a.since = now
 	}
 	a.applyParts(ev)
 	switch ev.Kind {
@@ -402,6 +426,11 @@ func (a *Aggregator) closed(c *events.Conn) {
 	r.closed[c.Role]++
 	p.closes.add(sec)
 	r.closes.add(sec)
+	if c.EndState == events.EndConnectFailed {
+		r.failedOpens.add(sec)
+	} else if lt := c.LifetimeNs(); !c.SeenOpen || lt >= uint64(a.th.ShortLived) {
+		r.longCloses.add(sec)
+	}
 	if int(c.EndState) < len(p.ends) {
 		p.ends[c.EndState]++
 		r.ends[c.EndState]++

@@ -77,14 +77,16 @@ func (a *Aggregator) applyParts(ev *events.Event) {
 func (a *Aggregator) partFindings() []Finding {
 	out := a.connect.ConnectFindings(a.now, a.connectRules, a.portInfo)
 	out = append(out, ConntrackFindings(a.conntrack.Snapshot())...)
-	out = append(out, DropFindings(a.drops.Snapshot())...)
+	out = append(out, DropFindings(a.drops.Snapshot(), a.now)...)
 	return out
 }
 
-// sortFindings orders findings of every kind for stable output.
+// sortFindings orders findings by severity (findingSeverity), then
+// stably by kind and subject, so that a view cut to a few rows keeps
+// what is failing now.
 func sortFindings(f []Finding) {
 	slices.SortFunc(f, func(x, y Finding) int {
-		return cmp.Or(cmp.Compare(x.Kind, y.Kind), cmp.Compare(x.PID, y.PID), cmp.Compare(x.Remote, y.Remote),
+		return cmp.Or(cmp.Compare(findingSeverity(x.Kind), findingSeverity(y.Kind)), cmp.Compare(x.Kind, y.Kind), cmp.Compare(x.PID, y.PID), cmp.Compare(x.Remote, y.Remote),
 			cmp.Compare(x.Path, y.Path), cmp.Compare(x.NetNS, y.NetNS))
 	})
 }

@@ -178,20 +178,21 @@ func (p *PortUse) Share() float64 {
 	return float64(p.Used) / float64(p.RangeSize)
 }
 
-func (s *connStats) snapshot(c *ConnSnapshot, now time.Time, roundNs uint64) {
+func (s *connStats) snapshot(c *ConnSnapshot, now time.Time, roundNs uint64, spans *[3]float64) {
 	c.OpenedActive, c.OpenedPassive = s.opened[events.RoleActive], s.opened[events.RolePassive]
 	c.Opened = s.opened[0] + s.opened[1] + s.opened[2]
 	c.ClosedActive, c.ClosedPassive = s.closed[events.RoleActive], s.closed[events.RolePassive]
 	c.Closed = s.closed[0] + s.closed[1] + s.closed[2]
 	sec := now.Unix()
-	c.OpenRate = s.opens.rates(sec)
-	c.CloseRate = s.closes.rates(sec)
+	c.OpenRate = s.opens.rates(sec, spans)
+	c.CloseRate = s.closes.rates(sec, spans)
 	for st, sc := range s.states {
 		c.States[st].Count = sc.n
 		if sc.n > 0 && sc.oldest <= roundNs {
 			c.States[st].OldestAge = time.Duration(roundNs - sc.oldest)
 		}
 	}
+	c.States[events.TCPFinWait2].Count += s.finWait2
 	c.TimeWait = s.timeWait
 	c.States[events.TCPTimeWait].Count = s.timeWait
 	c.LifetimeKnown, c.ShortLived = s.lifeKnown, s.shortLived
@@ -240,6 +241,7 @@ func (a *Aggregator) Snapshot() *Snapshot {
 		return cmp.Or(cmp.Compare(x.key.PID, y.key.PID), cmp.Compare(x.key.StartNs, y.key.StartNs))
 	})
 	s.Processes = make([]ProcessSnapshot, len(procs))
+	spans := rateSpans(a.now.Unix(), a.since)
 	nRemotes := 0
 	for _, p := range procs {
 		nRemotes += len(p.remotes)
@@ -253,7 +255,7 @@ func (a *Aggregator) Snapshot() *Snapshot {
 			p.commStr = string(commBytes(&p.comm))
 		}
 		ps.PID, ps.StartNs, ps.Comm, ps.CgroupID = p.key.PID, p.key.StartNs, p.commStr, p.cgroupID
-		p.connStats.snapshot(&ps.ConnSnapshot, a.now, a.lastNs)
+		p.connStats.snapshot(&ps.ConnSnapshot, a.now, a.lastNs, &spans)
 		ps.Moved = p.moved
 		remotes = remotes[:0]
 		for _, r := range p.remotes {
@@ -269,7 +271,7 @@ func (a *Aggregator) Snapshot() *Snapshot {
 				r.name = r.key.String()
 			}
 			rs.Key, rs.Remote = r.key, r.name
-			r.connStats.snapshot(&rs.ConnSnapshot, a.now, a.lastNs)
+			r.connStats.snapshot(&rs.ConnSnapshot, a.now, a.lastNs, &spans)
 			if !r.key.Passive {
 				rs.PortRange = a.ports.rangeSize(r.key.NetNS)
 				rs.PortsUsed = ports[dest{r.key.NetNS, r.key.Addr}]

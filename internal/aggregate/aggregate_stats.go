@@ -55,8 +55,9 @@ func (w *rateWindow) sum(sec int64, n int) uint64 {
 }
 
 // rates returns events per second over the 1, 10 and 60 complete seconds
-// before sec (RateWindows), in one pass.
-func (w *rateWindow) rates(sec int64) (r [3]float64) {
+// before sec (RateWindows), in one pass, each count divided by the
+// seconds of its window that were watched (spans, from rateSpans).
+func (w *rateWindow) rates(sec int64, spans *[3]float64) (r [3]float64) {
 	if sec-w.sec > 60 || w.sec-sec >= windowSeconds-60 {
 		return r // idle for a minute (most remotes), or a clock far behind
 	}
@@ -70,9 +71,26 @@ func (w *rateWindow) rates(sec int64) (r [3]float64) {
 		for ; from <= int64(n); from++ {
 			total += uint64(w.n[uint64(sec-from)%windowSeconds])
 		}
-		r[i] = float64(total) / float64(n)
+		r[i] = float64(total) / spans[i]
 	}
 	return r
+}
+
+// rateSpans returns how many seconds of each window of RateWindows ending
+// at second sec the aggregator watched: the whole window, or the part
+// since its first event when it has run less (`tracer top --once
+// --interval 5s` watched 5 s of the 10 s window: dividing by 10 read 2.4x
+// under).
+func rateSpans(sec int64, since time.Time) (spans [3]float64) {
+	watched := float64(sec) - float64(since.UnixNano())/1e9
+	for i, n := range RateWindows {
+		spans[i] = float64(n)
+		if !since.IsZero() && watched < spans[i] {
+			// Under a millisecond watched, the window's count is 0 anyway.
+			spans[i] = max(watched, 1e-3)
+		}
+	}
+	return spans
 }
 
 // rate returns events per second over the n complete seconds before sec.
@@ -160,11 +178,16 @@ type connStats struct {
 	lifeKnown  uint64                      // closes whose lifetime is known (handshake seen)
 	shortLived uint64                      // of those, lifetimes under Thresholds.ShortLived
 	tx, rx     uint64
-	timeWait   uint32    // TIME_WAIT sockets this owner left behind, now
-	lastSeen   time.Time // last event that touched these stats
-	opens      rateWindow
-	closes     rateWindow
-	life       lifeHist
+	timeWait   uint32 // TIME_WAIT sockets this owner left behind, now
+	// finWait2 counts the orphans this owner left in FIN_WAIT2: timewait
+	// sockets in substate FIN_WAIT2, which the socket table no longer
+	// holds (the kernel turns an orphan reaching FIN_WAIT2 into one,
+	// tcp_rcv_state_process -> tcp_time_wait), while ss lists them.
+	finWait2 uint32
+	lastSeen time.Time // last event that touched these stats
+	opens    rateWindow
+	closes   rateWindow
+	life     lifeHist
 
 	// Sockets open now, by state: the last complete sample round, and
 	// the round being read.
@@ -233,7 +256,7 @@ func (s *connStats) open() bool {
 			return true
 		}
 	}
-	return s.timeWait > 0
+	return s.timeWait > 0 || s.finWait2 > 0
 }
 
 // The findings rules about one process and one remote: each reads the
@@ -241,7 +264,12 @@ func (s *connStats) open() bool {
 // lastNs), and adds what it finds to f (findings.go).
 
 // poolLeak: ESTABLISHED connections to one remote grew by at least
-// PoolLeakGrowth over PoolLeakWindow while few of them closed.
+// PoolLeakGrowth over PoolLeakWindow while few of them closed. Only
+// closes of connections that lived at least ShortLived count against the
+// growth: a process leaking its pool while also making a few short
+// connections a second to the same server (4/s beside 60 -> 120 held)
+// closes hundreds of those in a minute, which cancelled the growth; a
+// pool that recycles or shrinks closes long-lived ones.
 func (r *remoteStats) poolLeak(f *findingSet, th *Thresholds, lastNs uint64) {
 	if r.key.Passive {
 		return
@@ -258,12 +286,12 @@ func (r *remoteStats) poolLeak(f *findingSet, th *Thresholds, lastNs uint64) {
 	}
 	growth := est - old
 	win := max(1, int((lastNs-oldNs+999_999_999)/1_000_000_000))
-	closed := r.closes.sum(f.now.Unix()+1, win)
+	closed := r.longCloses.sum(f.now.Unix()+1, win)
 	if float64(closed) > th.PoolLeakCloseRatio*float64(growth) {
 		return
 	}
 	f.addRemote(FindingPoolLeak, r,
-		fmt.Sprintf("%d ESTABLISHED connections to %s, %d more than %ds ago, %d closed meanwhile: the pool keeps opening and never closes", est, r.key, growth, win, closed),
+		fmt.Sprintf("%d ESTABLISHED connections to %s, %d more than %ds ago, %d long-lived ones closed meanwhile: the pool keeps opening and never closes", est, r.key, growth, win, closed),
 		"cap the pool size and return connections to it; look for code paths that open a connection and never close it (a pool shared unsafely between threads)",
 		map[string]float64{"established": float64(est), "growth": float64(growth), "window_seconds": float64(win), "closed_in_window": float64(closed)})
 }
@@ -286,12 +314,15 @@ func (r *remoteStats) closeWaitLeak(f *findingSet, th *Thresholds, lastNs uint64
 }
 
 // noReuse: at least NoReuseRate new connections per second to one remote
-// over 10 s, with a median lifetime under NoReuseMedian.
+// over 10 s, with a median lifetime under NoReuseMedian. Connects that
+// failed (refused, timed out) are not connections that could have been
+// reused: they are left out of the rate (connect_refused and
+// connect_timeouts report them).
 func (r *remoteStats) noReuse(f *findingSet, th *Thresholds) {
 	if r.key.Passive || r.lifeKnown == 0 {
 		return
 	}
-	rate := r.opens.rate(f.now.Unix(), 10)
+	rate := r.opens.rate(f.now.Unix(), 10) - r.failedOpens.rate(f.now.Unix(), 10)
 	med := r.life.median()
 	if rate < th.NoReuseRate || med >= th.NoReuseMedian {
 		return

@@ -314,11 +314,37 @@ func TestRateWindowRates(t *testing.T) {
 		w.add(s)
 		w.add(s)
 	}
-	r := w.rates(1060)
+	full := rateSpans(1060, time.Time{})
+	r := w.rates(1060, &full)
 	for i, n := range RateWindows {
 		if want := w.rate(1060, n); r[i] != want || want != 2 {
 			t.Errorf("window %d s: %v, want %v (2/s)", n, r[i], want)
 		}
+	}
+}
+
+// TestRatesOverWatchedTime: an aggregator that has watched 5 s divides
+// what it saw by 5 s, not by the 10 s window (`top --once --interval
+// 5s` read 2.4x under).
+func TestRatesOverWatchedTime(t *testing.T) {
+	a := NewAggregator(DefaultThresholds())
+	t0 := time.Unix(1000, 0)
+	var ev events.Event
+	ev.Kind = events.KindConnClosed
+	ev.Conn = events.Conn{Owner: events.Process{PID: 7, StartNs: 1}, Role: events.RoleActive, SeenOpen: true,
+		OpenNs: 1, CloseNs: 2, Local: netip.MustParseAddrPort("10.0.0.1:40000"), Remote: netip.MustParseAddrPort("10.0.0.2:80")}
+	// 4 connections a second for 5 s, from t0.
+	for i := 0; i < 20; i++ {
+		a.Apply(&ev, t0.Add(time.Duration(i)*250*time.Millisecond))
+	}
+	a.Apply(&events.Event{Kind: events.KindSockSampleDone}, t0.Add(5*time.Second))
+	s := a.Snapshot()
+	if len(s.Processes) != 1 {
+		t.Fatalf("%d processes, want 1", len(s.Processes))
+	}
+	p := s.Processes[0]
+	if p.OpenRate[1] != 4 || p.CloseRate[1] != 4 || p.CloseRate[2] != 4 {
+		t.Errorf("open/close rates over 10 s and 60 s after watching 5 s: %v %v, want 4/s", p.OpenRate, p.CloseRate)
 	}
 }
 

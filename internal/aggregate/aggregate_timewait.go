@@ -133,6 +133,9 @@ func (t *timeWaitTable) replace(k tuple, e twEntry, old twEntry, had bool) {
 	t.m[k] = e
 	if e.pending {
 		t.pending[k.netns]++
+		if e.remote != nil {
+			e.remote.holdFinWait2()
+		}
 		return // not counted: no census line of 0 for its namespace
 	}
 	c := t.byNetNS[k.netns]
@@ -161,6 +164,9 @@ func (t *timeWaitTable) uncount(k tuple, e twEntry) {
 	if e.pending {
 		if t.pending[k.netns]--; t.pending[k.netns] == 0 {
 			delete(t.pending, k.netns)
+		}
+		if e.remote != nil {
+			e.remote.releaseFinWait2()
 		}
 		return
 	}

@@ -3,7 +3,14 @@ package aggregate
 import (
 	"fmt"
 	"strings"
+	"time"
 )
+
+// DropFindingWindow: a drops or listen_overflow finding stands while its
+// count rose within this window of now, and ends once the drops stop (a
+// finding must mean something is wrong now, and conntracer_findings must
+// be able to go down). The same window as DefaultConnectRules.
+const DropFindingWindow = 5 * time.Minute
 
 // Thresholds of the drop and conntrack findings.
 const (
@@ -66,11 +73,45 @@ func ConntrackFindings(snap []ConntrackNSSnapshot) []Finding {
 	return out
 }
 
+// dropFindingMin is how many packets one reason must have dropped in one
+// namespace for a `drops` finding: a lone packet is not an incident.
+const dropFindingMin = 10
+
+// routineDropReasons are the kernel's frees that are part of normal
+// operation, counted (the DROPS panel, /metrics) but never a finding: a
+// finding must mean something is wrong. Each is what a healthy box does
+// all day:
+//   - QUEUE_PURGE: a socket's queues freed as it is destroyed
+//     (sk_stream_kill_queues): data its application closed without reading;
+//   - SOCKET_CLOSE, UNIX_DISCONNECT: buffers freed as a socket is released
+//     or disconnected (unix_release_sock, tcp_close);
+//   - NO_SOCKET: no socket for the packet: the RST answering a refused
+//     connect (connect_refused names those), a segment for a connection
+//     already gone;
+//   - TCP_CLOSE, TCP_RESET: segments reaching a socket that is closing or
+//     was reset;
+//   - TCP_OLD_DATA, TCP_OLD_SEQUENCE, TCP_OLD_ACK, TCP_TOO_OLD_ACK,
+//     TCP_OFOMERGE: duplicates of what was already received
+//     (retransmissions);
+//   - NOT_SPECIFIED, CONSUMED: frees, not drops (--drops-keep-normal).
+var routineDropReasons = map[string]bool{
+	"QUEUE_PURGE": true, "SOCKET_CLOSE": true, "UNIX_DISCONNECT": true, "NO_SOCKET": true,
+	"TCP_CLOSE": true, "TCP_RESET": true, "TCP_OLD_DATA": true, "TCP_OLD_SEQUENCE": true,
+	"TCP_OLD_ACK": true, "TCP_TOO_OLD_ACK": true, "TCP_OFOMERGE": true,
+	"NOT_SPECIFIED": true, "CONSUMED": true,
+}
+
 // DropFindings returns listen_overflow per overflowing listener and a
-// generic `drops` finding per reason and namespace.
-func DropFindings(snap DropSnapshot) []Finding {
+// generic `drops` finding per reason and namespace, for reasons that are
+// not routine (routineDropReasons) once they reach dropFindingMin
+// packets.
+func DropFindings(snap DropSnapshot, now time.Time) []Finding {
 	var out []Finding
+	recent := func(last time.Time) bool { return now.Sub(last) <= DropFindingWindow }
 	for _, o := range snap.ListenOverflows {
+		if !recent(o.Last) {
+			continue
+		}
 		out = append(out, Finding{
 			Kind: "listen_overflow", PID: o.PID, Comm: o.Comm, Remote: o.Addr, NetNS: o.NetNS,
 			Since: o.First, Last: o.Last,
@@ -88,6 +129,9 @@ func DropFindings(snap DropSnapshot) []Finding {
 	byReason := map[k]*Finding{}
 	var order []k
 	for _, d := range snap.ByReason {
+		if routineDropReasons[d.Reason] || !recent(d.Last) {
+			continue
+		}
 		key := k{d.Reason, d.NetNS}
 		f := byReason[key]
 		if f == nil {
@@ -100,7 +144,9 @@ func DropFindings(snap DropSnapshot) []Finding {
 		f.Message = fmt.Sprintf("%.0f packets dropped in netns %d: %s at %s", f.Evidence["count"], d.NetNS, d.Reason, d.Location)
 	}
 	for _, key := range order {
-		out = append(out, *byReason[key])
+		if f := byReason[key]; f.Evidence["count"] >= dropFindingMin {
+			out = append(out, *f)
+		}
 	}
 	return out
 }
@@ -118,7 +164,7 @@ func dropRemedy(reason string) string {
 	case strings.HasPrefix(reason, "QDISC") || reason == "CPU_BACKLOG":
 		return "the box cannot send or process packets as fast as they come: check qdisc limits, net.core.netdev_max_backlog"
 	}
-	return "see the kernel's enum skb_drop_reason for this reason"
+	return "the kernel explains each reason beside its name in include/net/dropreason-core.h; the location names the code that dropped it"
 }
 
 func topProcess(ps []ProcessCount) ProcessCount {

@@ -15,7 +15,10 @@ import (
 // rate-limited samples. Single writer: the event loop. Run DropNames before
 // it so that reasons carry names.
 type DropStats struct {
-	counts    map[dropStatKey]uint64
+	counts map[dropStatKey]uint64
+	// changed: when each key's count last rose, so that a finding about
+	// drops ends once they stop (DropFindingWindow).
+	changed   map[dropStatKey]time.Time
 	comms     map[uint32][16]byte // pid -> comm, from records and overflows
 	overflows map[listenerKey]*ListenerOverflow
 	// offsets: the counts the kernel's keys of departed namespaces had
@@ -50,6 +53,8 @@ type DropCount struct {
 	Comm     string `json:"comm,omitempty"`
 	Location string `json:"location"`
 	Count    uint64 `json:"count"`
+	// Last is when the count last rose (the latest of the merged keys).
+	Last time.Time `json:"last"`
 	// NoConntrackEntry: NETFILTER_DROP of packets conntrack had no entry
 	// for (a table-full drop if the namespace's drop statistic rose).
 	NoConntrackEntry bool `json:"no_conntrack_entry,omitempty"`
@@ -73,6 +78,7 @@ type ListenerOverflow struct {
 func NewDropStats() *DropStats {
 	return &DropStats{
 		counts:    map[dropStatKey]uint64{},
+		changed:   map[dropStatKey]time.Time{},
 		comms:     map[uint32][16]byte{},
 		overflows: map[listenerKey]*ListenerOverflow{},
 		offsets:   map[dropStatKey]uint64{},
@@ -103,6 +109,9 @@ func (s *DropStats) Apply(ev *events.Event, now time.Time) {
 				return // the departed namespace's key, read again: nothing new
 			}
 		}
+		if n > s.counts[k] {
+			s.changed[k] = now
+		}
 		s.counts[k] = n
 	case events.KindNetNSGone:
 		ino := ev.Counters.NetNS
@@ -111,6 +120,7 @@ func (s *DropStats) Apply(ev *events.Event, now time.Time) {
 				s.departed[k.reason] += n
 				s.offsets[k] += n
 				delete(s.counts, k)
+				delete(s.changed, k)
 			}
 		}
 		for k := range s.overflows {
@@ -165,6 +175,9 @@ func (s *DropStats) Snapshot() DropSnapshot {
 			merged[mk] = dc
 		}
 		dc.Count += n
+		if c := s.changed[key]; c.After(dc.Last) {
+			dc.Last = c
+		}
 		if n > best[mk] {
 			best[mk], dc.Location = n, key.location
 		}

@@ -84,8 +84,50 @@ func TestDropStatsCounts(t *testing.T) {
 	if len(snap.ListenOverflows) != 1 || snap.ListenOverflows[0].Overflows != 54 {
 		t.Fatalf("overflows: %+v", snap.ListenOverflows)
 	}
-	fs := DropFindings(snap)
+	fs := DropFindings(snap, now)
 	if len(fs) != 2 || fs[0].Kind != "listen_overflow" || fs[0].Comm != "server" || fs[1].Kind != "drops" || fs[1].Evidence["count"] != 120 {
 		t.Errorf("findings: %+v", fs)
+	}
+}
+
+// A drops or listen_overflow finding ends once its count stops rising for
+// DropFindingWindow, and comes back when it rises again: before, both
+// stood for ever once raised, so conntracer_findings never went down.
+func TestDropFindingsEndWhenDropsStop(t *testing.T) {
+	start := time.Unix(1000, 0)
+	s := NewDropStats()
+	count := func(n uint64, at time.Time) {
+		ev := &events.Event{Kind: events.KindDropCount, Drop: events.Drop{ReasonName: "NETFILTER_DROP", Symbol: "nft_do_chain+0x3e8", NetNS: 1, Count: n}}
+		s.Apply(ev, at)
+	}
+	overflow := func(at time.Time) {
+		ov := &events.Event{Kind: events.KindListenOverflow, Drop: events.Drop{NetNS: 1, Count: 3, Dst: netip.MustParseAddrPort("127.0.0.1:9999")}}
+		s.Apply(ov, at)
+	}
+	kinds := func(now time.Time) map[string]int {
+		m := map[string]int{}
+		for _, f := range DropFindings(s.Snapshot(), now) {
+			m[f.Kind]++
+		}
+		return m
+	}
+	count(50, start)
+	overflow(start)
+	if k := kinds(start.Add(time.Minute)); k["drops"] != 1 || k["listen_overflow"] != 1 {
+		t.Fatalf("while dropping: %v", k)
+	}
+	// The same cumulative count read again is not a new drop.
+	later := start.Add(DropFindingWindow + time.Minute)
+	count(50, later)
+	if k := kinds(later); len(k) != 0 {
+		t.Fatalf("%v after the drops stopped: want no finding", k)
+	}
+	count(80, later)
+	overflow(later)
+	if k := kinds(later); k["drops"] != 1 || k["listen_overflow"] != 1 {
+		t.Fatalf("drops again: %v", k)
+	}
+	if got := s.Snapshot().ByReason[0].Last; !got.Equal(later) {
+		t.Errorf("last rise %v, want %v", got, later)
 	}
 }

@@ -12,6 +12,23 @@ const (
 	FindingFinWait2Stuck  = "fin_wait2_stuck"
 )
 
+// findingSeverity ranks a finding kind, most urgent first: 0 for
+// connections or packets refused now (the table, the ports, a backlog are
+// full), 1 for leaks and pile-ups heading there, 2 for habits that cost
+// but fail nothing yet, 3 for the rest (drops by reason, unknown kinds).
+func findingSeverity(kind string) int {
+	switch kind {
+	case "conntrack_table_full", FindingPortExhaustion, "listen_overflow", "unix_backlog_overflow":
+		return 0
+	case FindingPoolLeak, FindingCloseWaitLeak, FindingTimeWaitPileup, "conntrack_near_full",
+		"unix_dgram_queue_full", "connect_timeouts":
+		return 1
+	case FindingFinWait2Stuck, FindingNoReuse, "connect_refused", "conntrack_long_timeouts":
+		return 2
+	}
+	return 3
+}
+
 // Thresholds tune the aggregator and its rules. Start from
 // DefaultThresholds; `tracer top` exposes each as a --finding.* flag.
 type Thresholds struct {
@@ -24,7 +41,8 @@ type Thresholds struct {
 	// pool_leak: ESTABLISHED connections from one process to one remote
 	// grew by at least PoolLeakGrowth over PoolLeakWindow (10 over 60 s;
 	// a shorter history is used while the tracer has run less), while at
-	// most PoolLeakCloseRatio times that growth closed in the window (0.5).
+	// most PoolLeakCloseRatio times that growth closed in the window (0.5),
+	// counting closes of connections that lived at least ShortLived.
 	PoolLeakWindow     time.Duration
 	PoolLeakGrowth     uint32
 	PoolLeakCloseRatio float64

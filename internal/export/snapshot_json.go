@@ -26,7 +26,7 @@ type Document struct {
 	Processes       []Process      `json:"processes"`
 	TimeWait        TimeWait       `json:"time_wait"`
 	Ports           []Port         `json:"ports"`
-	Findings        []Finding      `json:"findings"` // of every kind, sorted by kind
+	Findings        []Finding      `json:"findings"` // of every kind, most urgent first
 	Thresholds      map[string]any `json:"thresholds"`
 
 	// ConnectFailures: failed connect() calls per process and destination,

@@ -58,14 +58,16 @@ func panels(s *aggregate.Snapshot) []string {
 	}
 	add("CONNECT FAILED", cf, len(s.ConnectFailures))
 
-	// Unix paths with failures or a listener over its limit first.
+	// Unix paths whose queues overflow (EAGAIN: a saturated receiver)
+	// first, then by failures: a path nobody serves (glibc's tries of an
+	// absent nscd, ENOENT by the thousand) must not push them out.
 	unixPaths := slices.Clone(s.Unix)
-	failed := func(u *aggregate.UnixPathStats) uint64 {
+	count := func(u *aggregate.UnixPathStats, keep func(errno string) bool) uint64 {
 		var n uint64
 		for _, cs := range [][]aggregate.UnixCaller{u.Callers, u.DgramSendFailures} {
 			for _, c := range cs {
 				for k, v := range c.Counts {
-					if k != "OK" {
+					if keep(k) {
 						n += v
 					}
 				}
@@ -73,7 +75,11 @@ func panels(s *aggregate.Snapshot) []string {
 		}
 		return n
 	}
-	slices.SortStableFunc(unixPaths, func(a, b aggregate.UnixPathStats) int { return cmp.Compare(failed(&b), failed(&a)) })
+	failed := func(u *aggregate.UnixPathStats) uint64 { return count(u, func(k string) bool { return k != "OK" }) }
+	eagain := func(u *aggregate.UnixPathStats) uint64 { return count(u, func(k string) bool { return k == "EAGAIN" }) }
+	slices.SortStableFunc(unixPaths, func(a, b aggregate.UnixPathStats) int {
+		return cmp.Or(cmp.Compare(eagain(&b), eagain(&a)), cmp.Compare(failed(&b), failed(&a)))
+	})
 	var ux []string
 	for i := range unixPaths[:min(len(unixPaths), panelRows)] {
 		u := &unixPaths[i]
@@ -81,10 +87,29 @@ func panels(s *aggregate.Snapshot) []string {
 			ux = append(ux, dgramText(u))
 			continue
 		}
-		ux = append(ux, fmt.Sprintf("%s queue %d/%d (%d/%s) failed %d", u.Path, u.Queue, u.Backlog, u.ListenerPID, u.ListenerComm, failed(u)))
+		ux = append(ux, unixText(u, failed(u)))
 	}
 	add("UNIX", ux, len(unixPaths))
 	return out
+}
+
+// unixText renders a stream path: its listener's queue when a round of
+// the Unix listeners saw one ("queue 2/1 (44/php-fpm)"), else "no
+// listener sampled", and the failed connects.
+func unixText(u *aggregate.UnixPathStats, failed uint64) string {
+	listener := "no listener sampled"
+	if u.ListenerPID != 0 || u.Backlog != 0 {
+		listener = fmt.Sprintf("queue %d/%d (%s)", u.Queue, u.Backlog, procText(u.ListenerPID, u.ListenerComm))
+	}
+	return fmt.Sprintf("%s %s failed %d", u.Path, listener, failed)
+}
+
+// procText renders "44/php-fpm", or "owner unknown" for pid 0.
+func procText(pid uint32, comm string) string {
+	if pid == 0 {
+		return "owner unknown"
+	}
+	return fmt.Sprintf("%d/%s", pid, comm)
 }
 
 // dgramText renders a datagram path's failed sends: "/dev/log dgram sends

@@ -227,3 +227,46 @@ func TestColumnStep(t *testing.T) {
 		t.Errorf("Step does not cycle: %s %s %s", ColOpens.Step(-1), ColPID.Step(1), Column("bogus").Step(1))
 	}
 }
+
+// TestRenderTextFitsManyFindings: with more findings than the view lists,
+// the title line stays, every line (the "... and N more" one included)
+// fits the height, the sort marker reads as one, a Unix path without a
+// sampled listener says so, and the findings view (the `f` key) lists
+// every finding with its remedy.
+func TestRenderTextFitsManyFindings(t *testing.T) {
+	s := aggregatorWith(30).Snapshot()
+	for i := range 30 {
+		s.Findings = append(s.Findings, aggregate.Finding{Kind: "drops", PID: uint32(i), Message: "dropped", Remedy: "look"})
+	}
+	s.Unix = []aggregate.UnixPathStats{{Path: "/var/run/nscd/socket", Callers: []aggregate.UnixCaller{{PID: 9, Comm: "curl", Counts: map[string]uint64{"ENOENT": 2}}}}}
+	for _, h := range []int{12, 20, 40} {
+		out := RenderText(s, ViewOptions{Sort: ColOpens, Width: 120, Height: h})
+		lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+		if len(lines) > h {
+			t.Errorf("height %d: %d lines:\n%s", h, len(lines), out)
+		}
+		if !strings.HasPrefix(lines[0], "tracer top ") || !strings.Contains(lines[1], "*OPEN/s") || strings.Contains(lines[1], "OPEN/sv") {
+			t.Errorf("height %d: title or header lost:\n%s", h, out)
+		}
+		if !strings.Contains(out, "more (f: all findings") || !strings.Contains(out, "q: quit") {
+			t.Errorf("height %d: no \"more\" or help line:\n%s", h, out)
+		}
+	}
+	out := RenderText(s, ViewOptions{Sort: ColOpens, Width: 200})
+	if !strings.Contains(out, "UNIX  /var/run/nscd/socket no listener sampled failed 2") || strings.Contains(out, "(0/)") {
+		t.Errorf("Unix path without listener:\n%s", out)
+	}
+	// A backlog overflow comes before a path nobody serves, however many
+	// ENOENT that one has.
+	s.Unix[0].Callers[0].Counts["ENOENT"] = 855
+	s.Unix = append(s.Unix, aggregate.UnixPathStats{Path: "/run/php/fpm.sock", ListenerPID: 44, ListenerComm: "php-fpm", Backlog: 1, Queue: 2,
+		Callers: []aggregate.UnixCaller{{PID: 45, Comm: "nginx", Counts: map[string]uint64{"EAGAIN": 12}}}})
+	out = RenderText(s, ViewOptions{Sort: ColOpens, Width: 300})
+	if !strings.Contains(out, "UNIX  /run/php/fpm.sock queue 2/1 (44/php-fpm) failed 12  |  /var/run/nscd/socket") {
+		t.Errorf("UNIX panel: the backlog overflow should come first:\n%s", out)
+	}
+	out = RenderText(s, ViewOptions{Sort: ColOpens, Width: 200, Findings: true})
+	if n := strings.Count(out, "remedy: look"); n != 30 || strings.Contains(out, "\n1000 ") || strings.Contains(out, "OPENED") {
+		t.Errorf("findings view: %d remedies, want 30, and no table:\n%s", n, out)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"cmp"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -70,6 +71,9 @@ type ViewOptions struct {
 	// Identities names processes' containers and pods: a WORKLOAD column,
 	// matched by Filter, and the findings' lines (snapshot_identity.go).
 	Identities events.CgroupLookup
+	// Findings lists every finding with its remedy in place of the
+	// table (the `f` key).
+	Findings bool
 }
 
 // row is one line of the table.
@@ -170,22 +174,43 @@ func RenderText(s *aggregate.Snapshot, o ViewOptions) string {
 	if o.Remotes {
 		head += fmt.Sprintf(" %-28s", "REMOTE")
 	}
-	head += fmt.Sprintf(" %8s %8s %7s %7s %6s %7s %6s %6s %9s",
+	head += fmt.Sprintf(" %8s %8s %7s %8s %6s %7s %6s %6s %9s",
 		mark("OPEN/s", o.Sort == ColOpens), mark("CLOSE/s", o.Sort == ColCloses), mark("ESTAB", o.Sort == ColEstab),
 		mark("CL_WAIT", o.Sort == ColCloseWait), "FIN_W2", mark("T_WAIT", o.Sort == ColTimeWait),
 		mark("SHORT", o.Sort == ColShort), mark("PORTS", o.Sort == ColPorts), "OPENED")
 	if o.Identities != nil {
 		head += "  WORKLOAD"
 	}
-	line(&b, head, o.Width)
+	if !o.Findings {
+		line(&b, head, o.Width)
+	}
 
 	findings := s.Findings
-	maxFindings := 8
 	extra := panels(s)
+	if o.Findings {
+		extra = nil // the findings take the table's place
+	}
+	// Every line counts against the height: title, header, help, the
+	// panels, and the findings with their title and "... and N more".
+	// The table's rows get what is left (at least one, unless findings
+	// fill the screen), then findings are cut to fit.
+	shown := len(findings)
+	if !o.Findings {
+		shown = min(shown, maxFindings)
+	}
 	budget := -1
 	if o.Height > 0 {
-		fl := min(len(findings), maxFindings)
-		budget = max(o.Height-4-fl-boolInt(fl > 0)-len(extra), 1)
+		fixed := 1 + boolInt(!o.Findings) + boolInt(!o.NoHelp) + len(extra)
+		if o.Findings {
+			// Two lines a finding (its remedy), the title and the "more" line.
+			shown = min(shown, max((o.Height-fixed-2)/2, 0))
+		} else {
+			shown = min(shown, max(o.Height-fixed-1-2, 0)) // keep a row of the table
+		}
+		budget = max(o.Height-fixed-findingsLines(shown, len(findings)), 0)
+	}
+	if o.Findings {
+		budget = 0
 	}
 	for i, r := range rs {
 		if budget >= 0 && i >= budget {
@@ -195,7 +220,7 @@ func RenderText(s *aggregate.Snapshot, o ViewOptions) string {
 		if o.Remotes {
 			l += fmt.Sprintf(" %-28s", r.remote)
 		}
-		l += fmt.Sprintf(" %8.1f %8.1f %7d %7d %6d %7d %5.0f%% %5.0f%% %9d",
+		l += fmt.Sprintf(" %8.1f %8.1f %7d %8d %6d %7d %5.0f%% %5.0f%% %9d",
 			r.opens, r.closes, r.estab, r.closeW, r.finW2, r.timeW, 100*r.short, 100*r.ports, r.opened)
 		if r.workload != "" {
 			l += "  " + r.workload
@@ -206,13 +231,20 @@ func RenderText(s *aggregate.Snapshot, o ViewOptions) string {
 		line(&b, l, o.Width)
 	}
 	if len(findings) > 0 {
-		line(&b, "FINDINGS", o.Width)
+		line(&b, "FINDINGS (most urgent first)", o.Width)
 		for i, f := range findings {
-			if i == maxFindings {
-				line(&b, fmt.Sprintf("  ... and %d more (tracer top --once --output json lists all)", len(findings)-i), o.Width)
+			if i == shown {
+				line(&b, fmt.Sprintf("  ... and %d more (f: all findings; tracer top --once --output json lists all)", len(findings)-i), o.Width)
 				break
 			}
-			line(&b, fmt.Sprintf("  %-21s %d %s  %s", f.Kind, f.PID, o.findingOwner(s, &f), f.Message), o.Width)
+			pid := "-" // no process to name (a drop in softirq)
+			if f.PID != 0 {
+				pid = strconv.FormatUint(uint64(f.PID), 10)
+			}
+			line(&b, fmt.Sprintf("  %-21s %s %s  %s", f.Kind, pid, o.findingOwner(s, &f), f.Message), o.Width)
+			if o.Findings && f.Remedy != "" {
+				line(&b, "      remedy: "+f.Remedy, o.Width)
+			}
 		}
 	}
 	if !o.NoHelp {
@@ -220,16 +252,30 @@ func RenderText(s *aggregate.Snapshot, o ViewOptions) string {
 		if o.Filter != "" {
 			filter = "  filter: " + o.Filter
 		}
-		line(&b, "s/S: sort  r: process x remote  /: filter  esc: clear  q: quit"+filter, o.Width)
+		line(&b, "s/S: sort  r: process x remote  /: filter  esc: clear  f: findings  q: quit"+filter, o.Width)
 	}
 	return b.String()
 }
 
+// mark flags the sort column with a leading '*': a suffix ran into the
+// name ("OPEN/sv").
 func mark(name string, sorted bool) string {
 	if sorted {
-		return name + "v"
+		return "*" + name
 	}
 	return name
+}
+
+// maxFindings is how many findings the table view lists.
+const maxFindings = 8
+
+// findingsLines is how many lines the findings take when shown of total
+// are listed: their title, the rows, and "... and N more".
+func findingsLines(shown, total int) int {
+	if total == 0 {
+		return 0
+	}
+	return 1 + shown + boolInt(shown < total)
 }
 
 func line(b *strings.Builder, s string, width int) {

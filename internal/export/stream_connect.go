@@ -109,3 +109,40 @@ func (s *Stream) appendConnectJSON(b []byte, c *events.Connect) []byte {
 	b = strconv.AppendBool(b, c.NonBlocking)
 	return append(b, "}\n"...)
 }
+
+// routineUnixPaths are the sockets of optional local services that
+// programs try and carry on without: glibc's name service cache (every
+// getpwnam, getaddrinfo... tries it first when nscd is not running) and
+// syslog's /dev/log. A refused connect to them means the service is not
+// running, which is how most hosts are configured.
+var routineUnixPaths = [...]string{
+	"/var/run/nscd/socket", "/run/nscd/socket", "/dev/log",
+}
+
+// RoutineConnectFailure reports a failed connect() that is how programs
+// probe for an optional local service, not a sign of trouble, and so is
+// kept out of the default stream (counted, and printed with
+// --connect-routine): a Unix connect failing with ENOENT (no socket file
+// at that path: the service is not installed or not running), or with
+// ECONNREFUSED (a socket file nobody listens on) to a path of
+// routineUnixPaths. What is kept: every TCP failure, a Unix backlog
+// overflow (EAGAIN, the saturated upstream of FIELD-NOTES §4), and a
+// refused connect to any other path (a server that died and left its
+// socket file, e.g. php-fpm behind nginx), EACCES and the rest.
+func RoutineConnectFailure(c *events.Connect) bool {
+	if c.Family != events.FamilyUnix || !c.Failed() {
+		return false
+	}
+	switch c.Errno {
+	case events.ErrnoENOENT:
+		return true
+	case events.ErrnoECONNREFUSED:
+		p := c.Path.Bytes[:c.Path.Len]
+		for _, r := range routineUnixPaths {
+			if string(p) == r { // no allocation: compared in place
+				return true
+			}
+		}
+	}
+	return false
+}

@@ -109,7 +109,7 @@ func (c netnsCandidates) inodes() []uint32 {
 func listNetNS(procDir string, pids []int, netnsDir, mountinfo string) (netnsCandidates, []error) {
 	c := netnsCandidates{}
 	var warnings []error
-	denied := 0
+	var denied []int
 	for _, pid := range pids {
 		p := filepath.Join(procDir, strconv.Itoa(pid), "ns", "net")
 		ino, err := statInode(p)
@@ -117,15 +117,15 @@ func listNetNS(procDir string, pids []int, netnsDir, mountinfo string) (netnsCan
 		case err == nil:
 			c.add(ino, p)
 		case errors.Is(err, fs.ErrPermission):
-			denied++
+			denied = append(denied, pid)
 		case errors.Is(err, fs.ErrNotExist), errors.Is(err, unix.ESRCH):
 			// exited
 		default:
 			warnings = append(warnings, fmt.Errorf("network namespace of pid %d: %w", pid, err))
 		}
 	}
-	if denied > 0 {
-		warnings = append(warnings, fmt.Errorf("network namespaces of %d processes not readable (%w): connections only they can reach are missed; run as root with CAP_SYS_PTRACE", denied, fs.ErrPermission))
+	if len(denied) > 0 {
+		warnings = append(warnings, deniedError(procDir, "network namespaces", "connections in a namespace only they are in are missed", denied))
 	}
 
 	names, err := readDirNames(netnsDir)

@@ -57,7 +57,7 @@ func socketOwners(procDir string, pids []int, want map[uint32]struct{}, workers 
 
 	owners := make(map[uint32]uint32, len(want))
 	var warnings []error
-	denied := 0
+	var denied []int
 	for _, r := range results {
 		for ino, pid := range r.owners {
 			if cur, ok := owners[ino]; !ok || pid < cur {
@@ -65,10 +65,11 @@ func socketOwners(procDir string, pids []int, want map[uint32]struct{}, workers 
 			}
 		}
 		warnings = append(warnings, r.warnings...)
-		denied += r.denied
+		denied = append(denied, r.denied...)
 	}
-	if denied > 0 {
-		warnings = append(warnings, fmt.Errorf("fds of %d processes not readable (%w): owners of their sockets unknown; run as root (CAP_SYS_PTRACE)", denied, fs.ErrPermission))
+	if len(denied) > 0 {
+		slices.Sort(denied)
+		warnings = append(warnings, deniedError(procDir, "fds", "owners of their sockets unknown", denied))
 	}
 	return owners, warnings
 }
@@ -77,7 +78,7 @@ func socketOwners(procDir string, pids []int, want map[uint32]struct{}, workers 
 type fdScan struct {
 	owners   map[uint32]uint32
 	warnings []error
-	denied   int // processes whose fds we may not read
+	denied   []int // processes whose fds we may not read
 }
 
 // scanFDs reads the fd links of pids, in order, keeping the first process
@@ -91,7 +92,7 @@ func scanFDs(procDir string, pids []int, want map[uint32]struct{}) fdScan {
 		if err != nil {
 			switch {
 			case errors.Is(err, fs.ErrPermission):
-				r.denied++
+				r.denied = append(r.denied, pid)
 			case errors.Is(err, fs.ErrNotExist), errors.Is(err, unix.ESRCH):
 			default:
 				r.warnings = append(r.warnings, fmt.Errorf("list fds of pid %d: %w", pid, err))

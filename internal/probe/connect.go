@@ -5,9 +5,12 @@ package probe
 // counted in kernel maps that the event loop polls (connect_poll.go).
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
 
 	"github.com/conntracer/conntracer/internal/events"
 )
@@ -75,8 +78,9 @@ func (o *connectObject) open(l *loader) (*ebpf.Collection, error) {
 			connectVarConnectLatency: boolByte(opts.ConnectLatency),
 		},
 		modes: []modeHooks{{
-			mode:   AttachTracepoint,
-			attach: func(c *ebpf.Collection) ([]hookLink, error) { return attachSyscalls(c, tracepoints, progs) },
+			mode:    AttachTracepoint,
+			attach:  func(c *ebpf.Collection) ([]hookLink, error) { return attachSyscalls(c, tracepoints, progs) },
+			refused: connectRefused(),
 		}},
 	})
 	if err != nil || coll == nil {
@@ -166,4 +170,19 @@ func (p *Probe) ConnectCounters() (ConnectCounters, error) {
 		*dst = n
 	}
 	return c, nil
+}
+
+// connectRefused says why the connect() programs cannot load here, when a
+// feature probe knows it: they keep pending connects in task local storage
+// (BPF_MAP_TYPE_TASK_STORAGE, 5.11+) and read the arguments through
+// bpf_task_pt_regs (5.15+). nil when the probe says yes or cannot tell
+// (then loading decides).
+func connectRefused() error {
+	if err := features.HaveMapType(ebpf.TaskStorage); errors.Is(err, ebpf.ErrNotSupported) {
+		return fmt.Errorf("connect() results need task local storage (5.11+) and bpf_task_pt_regs (5.15+), which this kernel lacks: %w", err)
+	}
+	if err := features.HaveProgramHelper(ebpf.TracePoint, asm.FnTaskPtRegs); errors.Is(err, ebpf.ErrNotSupported) {
+		return fmt.Errorf("connect() results need bpf_task_pt_regs (5.15+), which this kernel lacks: %w", err)
+	}
+	return nil
 }

@@ -61,9 +61,8 @@ func TestUnixDgramSendFailuresCountedExactly(t *testing.T) {
 	opts := DefaultOptions()
 	opts.UnixDgramWrite = true // the cases include connected write()
 	tr := startTracing(t, opts)
-	if a := findAttachment(tr.probe.Attachments(), "unix dgram"); a == nil || a.Mode == "" {
-		t.Fatalf("unix dgram hooks not attached: %v", tr.probe.Attachments())
-	}
+	requireOn(t, tr, "connect")
+	requireOn(t, tr, "unix dgram")
 	// A receiver's limit, read when it is created: sends succeed until
 	// it holds one more than this (unix_recvq_full), then fail.
 	qlen, err := os.ReadFile("/proc/sys/net/unix/max_dgram_qlen")
@@ -173,9 +172,8 @@ func checkDgramStats(t *testing.T, tr *tracing, res testenv.ConnectResult, addr 
 func TestUnixDgramNoWrite(t *testing.T) {
 	testenv.RequireRoot(t)
 	tr := startTracing(t, DefaultOptions())
-	if a := findAttachment(tr.probe.Attachments(), "write off"); a == nil || a.Mode == "" {
-		t.Fatalf("unix dgram hooks: %v", tr.probe.Attachments())
-	}
+	requireOn(t, tr, "connect")
+	requireOn(t, tr, "write off")
 	dir := t.TempDir()
 	// Both from one process, write first: once its send() failures are
 	// reported, any write() failure would have been too.

@@ -85,7 +85,9 @@ func tracingNS(t *testing.T, ns *testenv.NetNS) *tracing {
 	t.Helper()
 	opts := DefaultOptions()
 	opts.Filter.NetNS = ns.Inode
-	return startTracing(t, opts)
+	tr := startTracing(t, opts)
+	requireOn(t, tr, "connect") // every test here counts connect() results
+	return tr
 }
 
 func TestConnectRefusedCountedOnce(t *testing.T) {

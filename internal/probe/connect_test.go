@@ -90,7 +90,7 @@ func testUnixConnectFailures(t *testing.T, opts Options) {
 	if opts.ConnectLatency {
 		wantHook = "syscalls/sys_{enter,exit}_connect"
 	}
-	if a := findAttachment(tr.probe.Attachments(), "connect"); a == nil || a.Mode == "" || a.Hook != wantHook {
+	if a := requireOn(t, tr, "connect"); a.Hook != wantHook {
 		t.Fatalf("connect hooks not attached as %s: %v", wantHook, tr.probe.Attachments())
 	}
 	dir := t.TempDir()

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 
 	"github.com/conntracer/conntracer/internal/bootclock"
 	"github.com/conntracer/conntracer/internal/events"
@@ -71,6 +72,9 @@ func (o *dropsObject) open(l *loader) (*ebpf.Collection, error) {
 		return nil, err
 	}
 	o.counts, o.unsent = coll.Maps[dropsMapDropCounts], coll.Maps[dropsMapUnsentRecords]
+	if !kernelHasDropReasons() {
+		l.note("drops counted by location only: this kernel's kfree_skb has no reason (5.17+)")
+	}
 	return coll, nil
 }
 
@@ -166,4 +170,17 @@ func decodeDrop(raw []byte, ev *events.Event) {
 		d.Owner.PID = r.Tgid
 		d.Owner.Comm = r.Comm
 	}
+}
+
+// kernelHasDropReasons reports whether the running kernel's BTF has enum
+// skb_drop_reason, the same check the BPF side makes (has_drop_reason in
+// bpf/drops.bpf.c). Unreadable BTF counts as yes: then the object could
+// not have loaded anyway.
+func kernelHasDropReasons() bool {
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		return true
+	}
+	var e *btf.Enum
+	return spec.TypeByName("skb_drop_reason", &e) == nil
 }

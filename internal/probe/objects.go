@@ -144,6 +144,10 @@ type loadSpec struct {
 	vars map[string]any
 	// sizes overrides maps' max_entries.
 	sizes map[string]uint32
+	// without names programs left out in every mode: variants of a
+	// program for other kernels (one variant loads, the object decides
+	// which by a feature probe).
+	without []string
 	// shares names the maps taken from an object loaded before (which
 	// must declare them alike: the shared headers of bpf/ do), instead of
 	// creating the object's own copies.
@@ -267,6 +271,12 @@ func (l *loader) prepare(s *loadSpec) (*ebpf.CollectionSpec, error) {
 			return nil, fmt.Errorf("map %s missing from the %s object", name, s.object)
 		}
 		m.MaxEntries = n
+	}
+	for _, name := range s.without {
+		if _, ok := spec.Programs[name]; !ok {
+			return nil, fmt.Errorf("program %s missing from the %s object", name, s.object)
+		}
+		delete(spec.Programs, name)
 	}
 	if _, ok := spec.Maps[mapLostRecords]; !ok {
 		return nil, fmt.Errorf("map %s missing from the %s object", mapLostRecords, s.object)

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
 
@@ -193,7 +195,14 @@ func Open(opts Options) (_ *Probe, err error) {
 		return nil, fmt.Errorf("remove memlock limit: %w", err)
 	}
 
-	p := &Probe{opts: opts, objects: newObjects()}
+	var notes []string
+	if opts.Filter.CgroupID != 0 && !kernelHasAncestorCgroup() {
+		// The programs test the subtree with this helper; without it the
+		// filter runs in user space only (which filters every event again).
+		opts.Filter.CgroupID, opts.Filter.CgroupLevel = 0, 0
+		notes = append(notes, "cgroup filter applied in user space only: this kernel's tracing programs cannot call bpf_get_current_ancestor_cgroup_id (5.11+)")
+	}
+	p := &Probe{opts: opts, objects: newObjects(), notes: notes}
 	defer func() {
 		if err != nil {
 			p.Close()
@@ -432,4 +441,12 @@ func (p *Probe) Close() error {
 		p.ring = nil
 	}
 	return errors.Join(errs...)
+}
+
+// kernelHasAncestorCgroup reports whether tracepoint programs may call
+// bpf_get_current_ancestor_cgroup_id (5.11+). An answer other than "not
+// supported" (EPERM on locked-down kernels) counts as yes: loading decides.
+func kernelHasAncestorCgroup() bool {
+	err := features.HaveProgramHelper(ebpf.TracePoint, asm.FnGetCurrentAncestorCgroupId)
+	return !errors.Is(err, ebpf.ErrNotSupported)
 }

@@ -146,30 +146,32 @@ type tcplifeSockState struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	tcplifeMapEvents            = "events"
-	tcplifeMapListeners         = "listeners"
-	tcplifeMapLostRecords       = "lost_records"
-	tcplifeMapSocks             = "socks"
-	tcplifeProgCtAccept4Exit    = "ct_accept4_exit"
-	tcplifeProgCtAcceptExit     = "ct_accept_exit"
-	tcplifeProgCtStateBtf       = "ct_state_btf"
-	tcplifeProgCtStateRaw       = "ct_state_raw"
-	tcplifeProgCtStateTp        = "ct_state_tp"
-	tcplifeVarFilterCgroupId    = "filter_cgroup_id"
-	tcplifeVarFilterCgroupLevel = "filter_cgroup_level"
-	tcplifeVarFilterComm        = "filter_comm"
-	tcplifeVarFilterCommSet     = "filter_comm_set"
-	tcplifeVarFilterFamily      = "filter_family"
-	tcplifeVarFilterNetns       = "filter_netns"
-	tcplifeVarFilterPort        = "filter_port"
-	tcplifeVarFilterTgid        = "filter_tgid"
-	tcplifeVarUnusedConnEnd     = "unused_conn_end"
-	tcplifeVarUnusedConnEvent   = "unused_conn_event"
-	tcplifeVarUnusedConnFlags   = "unused_conn_flags"
-	tcplifeVarUnusedConnRole    = "unused_conn_role"
-	tcplifeVarUnusedConnSide    = "unused_conn_side"
-	tcplifeVarUnusedRecordKind  = "unused_record_kind"
-	tcplifeVarWakeupBytes       = "wakeup_bytes"
+	tcplifeMapEvents              = "events"
+	tcplifeMapListeners           = "listeners"
+	tcplifeMapLostRecords         = "lost_records"
+	tcplifeMapSocks               = "socks"
+	tcplifeProgCtAccept4Exit      = "ct_accept4_exit"
+	tcplifeProgCtAccept4ExitProbe = "ct_accept4_exit_probe"
+	tcplifeProgCtAcceptExit       = "ct_accept_exit"
+	tcplifeProgCtAcceptExitProbe  = "ct_accept_exit_probe"
+	tcplifeProgCtStateBtf         = "ct_state_btf"
+	tcplifeProgCtStateRaw         = "ct_state_raw"
+	tcplifeProgCtStateTp          = "ct_state_tp"
+	tcplifeVarFilterCgroupId      = "filter_cgroup_id"
+	tcplifeVarFilterCgroupLevel   = "filter_cgroup_level"
+	tcplifeVarFilterComm          = "filter_comm"
+	tcplifeVarFilterCommSet       = "filter_comm_set"
+	tcplifeVarFilterFamily        = "filter_family"
+	tcplifeVarFilterNetns         = "filter_netns"
+	tcplifeVarFilterPort          = "filter_port"
+	tcplifeVarFilterTgid          = "filter_tgid"
+	tcplifeVarUnusedConnEnd       = "unused_conn_end"
+	tcplifeVarUnusedConnEvent     = "unused_conn_event"
+	tcplifeVarUnusedConnFlags     = "unused_conn_flags"
+	tcplifeVarUnusedConnRole      = "unused_conn_role"
+	tcplifeVarUnusedConnSide      = "unused_conn_side"
+	tcplifeVarUnusedRecordKind    = "unused_record_kind"
+	tcplifeVarWakeupBytes         = "wakeup_bytes"
 )
 
 // loadTcplife returns the embedded CollectionSpec for tcplife.
@@ -214,11 +216,13 @@ type tcplifeSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcplifeProgramSpecs struct {
-	CtAccept4Exit *ebpf.ProgramSpec `ebpf:"ct_accept4_exit"`
-	CtAcceptExit  *ebpf.ProgramSpec `ebpf:"ct_accept_exit"`
-	CtStateBtf    *ebpf.ProgramSpec `ebpf:"ct_state_btf"`
-	CtStateRaw    *ebpf.ProgramSpec `ebpf:"ct_state_raw"`
-	CtStateTp     *ebpf.ProgramSpec `ebpf:"ct_state_tp"`
+	CtAccept4Exit      *ebpf.ProgramSpec `ebpf:"ct_accept4_exit"`
+	CtAccept4ExitProbe *ebpf.ProgramSpec `ebpf:"ct_accept4_exit_probe"`
+	CtAcceptExit       *ebpf.ProgramSpec `ebpf:"ct_accept_exit"`
+	CtAcceptExitProbe  *ebpf.ProgramSpec `ebpf:"ct_accept_exit_probe"`
+	CtStateBtf         *ebpf.ProgramSpec `ebpf:"ct_state_btf"`
+	CtStateRaw         *ebpf.ProgramSpec `ebpf:"ct_state_raw"`
+	CtStateTp          *ebpf.ProgramSpec `ebpf:"ct_state_tp"`
 }
 
 // tcplifeMapSpecs contains maps before they are loaded into the kernel.
@@ -312,17 +316,21 @@ type tcplifeVariables struct {
 //
 // It can be passed to loadTcplifeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcplifePrograms struct {
-	CtAccept4Exit *ebpf.Program `ebpf:"ct_accept4_exit"`
-	CtAcceptExit  *ebpf.Program `ebpf:"ct_accept_exit"`
-	CtStateBtf    *ebpf.Program `ebpf:"ct_state_btf"`
-	CtStateRaw    *ebpf.Program `ebpf:"ct_state_raw"`
-	CtStateTp     *ebpf.Program `ebpf:"ct_state_tp"`
+	CtAccept4Exit      *ebpf.Program `ebpf:"ct_accept4_exit"`
+	CtAccept4ExitProbe *ebpf.Program `ebpf:"ct_accept4_exit_probe"`
+	CtAcceptExit       *ebpf.Program `ebpf:"ct_accept_exit"`
+	CtAcceptExitProbe  *ebpf.Program `ebpf:"ct_accept_exit_probe"`
+	CtStateBtf         *ebpf.Program `ebpf:"ct_state_btf"`
+	CtStateRaw         *ebpf.Program `ebpf:"ct_state_raw"`
+	CtStateTp          *ebpf.Program `ebpf:"ct_state_tp"`
 }
 
 func (p *tcplifePrograms) Close() error {
 	return _TcplifeClose(
 		p.CtAccept4Exit,
+		p.CtAccept4ExitProbe,
 		p.CtAcceptExit,
+		p.CtAcceptExitProbe,
 		p.CtStateBtf,
 		p.CtStateRaw,
 		p.CtStateTp,

@@ -91,7 +91,7 @@ func (l *loop) sampleAll(samplers []*sampler, stderr io.Writer) error {
 // round ends with KindSockSampleDone, on which the aggregator evaluates the
 // findings and the loop publishes a snapshot, so the other tables read in
 // the same pass are already in.
-func samplers(cfg *Config, socks *probe.SocketSampler, ct conntrackEntrySource, spare chan []events.Event, published func() *aggregate.Snapshot) []*sampler {
+func samplers(cfg *Config, socks *probe.SocketSampler, ct conntrackEntrySource, spare chan []events.Event, said *saidOnce, published func() *aggregate.Snapshot) []*sampler {
 	nsSampler := kernel.NewNetNSSampler()
 	nsSampler.OnlyNetNS = cfg.NetNS
 	if w, ok := ct.(kernel.ConntrackNSWatcher); ok {
@@ -105,7 +105,7 @@ func samplers(cfg *Config, socks *probe.SocketSampler, ct conntrackEntrySource, 
 		{name: "conntrack and listen overflows", every: cfg.Intervals.NetNS, read: func() ([]events.Event, error) {
 			now := bootclock.Now()
 			evs, warnings := nsSampler.Sample(now)
-			return evs, errors.Join(warnings...)
+			return evs, errors.Join(said.fresh(warnings)...)
 		}},
 		{name: "unix listeners", every: cfg.Intervals.Unix, read: func() ([]events.Event, error) {
 			evs, _, err := kernel.UnixListeners()
@@ -119,7 +119,7 @@ func samplers(cfg *Config, socks *probe.SocketSampler, ct conntrackEntrySource, 
 		{name: "kernel TCP counters and sockstat", every: cfg.Intervals.Counters, read: func() ([]events.Event, error) {
 			now := bootclock.Now()
 			evs, warnings := kernel.KernelCounters(cfg.NetNS, now)
-			return evs, errors.Join(warnings...)
+			return evs, errors.Join(said.fresh(warnings)...)
 		}},
 		{name: "socket table", every: cfg.Intervals.Sample, required: true, read: func() ([]events.Event, error) {
 			b := reuseBatch(spare, last+last/8+1)

@@ -91,6 +91,35 @@ type Session struct {
 	stderr io.Writer
 	// ids names containers and pods by cgroup id (identity.go).
 	ids *identities
+	// said holds the warnings already printed: the start-up scan and two
+	// samplers walk the same namespaces, and an unreadable one was
+	// reported three times.
+	said saidOnce
+}
+
+// saidOnce filters out warnings whose text was already let through.
+// The start-up scan, the samplers' first rounds and the sampler goroutine
+// use it, hence the lock.
+type saidOnce struct {
+	mu   sync.Mutex
+	seen map[string]bool
+}
+
+// fresh returns the warnings not seen before, and marks them seen.
+func (o *saidOnce) fresh(warnings []error) []error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.seen == nil {
+		o.seen = map[string]bool{}
+	}
+	var out []error
+	for _, w := range warnings {
+		if k := w.Error(); !o.seen[k] {
+			o.seen[k] = true
+			out = append(out, w)
+		}
+	}
+	return out
 }
 
 // sink is an event loop handler that also takes events applied at a
@@ -162,7 +191,7 @@ func (s *Session) openAggregate() error {
 	}
 	s.loop.ct = s.ct
 	fmt.Fprintf(s.stderr, "tracer: conntrack entries: %s\n", conntrackSourceName(s.ct))
-	s.samplers = samplers(&s.cfg, socks, s.ct, s.loop.spare, s.loop.Snapshot)
+	s.samplers = samplers(&s.cfg, socks, s.ct, s.loop.spare, &s.said, s.loop.Snapshot)
 	s.loop.probe = s.probe // the tracer's loss counters (counters.go)
 	// The recorder sees every event the aggregator applies, the start-up
 	// scan and first sampler round included (recorder.go).
@@ -183,6 +212,7 @@ func (s *Session) scanExisting() {
 	// init, processes that exit mid-scan): one line, not a flood.
 	if len(warnings) > 0 {
 		fmt.Fprintf(s.stderr, "tracer: note: start-up scan skipped %d item(s), e.g. %v\n", len(warnings), warnings[0])
+		s.said.fresh(warnings[:1])
 	}
 	now := time.Now()
 	for i := range evs {
@@ -209,6 +239,16 @@ func loadDropNames(stderr io.Writer) *events.DropNames {
 
 // Existing is how many connections the start-up scan found open.
 func (s *Session) Existing() int { return s.existing }
+
+// ConntrackEntries names the source of conntrack entry events in use
+// ("ctnetlink events", "in-kernel (fentry)..."), "off", or "" for a
+// session without the aggregator (the stream alone).
+func (s *Session) ConntrackEntries() string {
+	if s.loop == nil {
+		return ""
+	}
+	return conntrackSourceName(s.ct)
+}
 
 // Snapshot returns the aggregate the event loop last published (nil
 // without the aggregator); safe from any goroutine.

@@ -78,19 +78,37 @@ func TestTeeAttributesOnce(t *testing.T) {
 }
 
 // TestPrinterDoesNotAllocate: the stream's stage of the event loop, owners
-// table included, allocates nothing per connection.
+// table included, allocates nothing per connection, nor per Unix connect
+// count, held, merged and printed in time order.
 func TestPrinterDoesNotAllocate(t *testing.T) {
 	var out bytes.Buffer
 	p, _, _ := testSession(t, &out)
 	_, closed := oldConn()
 	closed.Conn.Cookie = 0
-	allocs := testing.AllocsPerRun(1000, func() {
+	unixFail := events.Event{Kind: events.KindConnect, Connect: events.Connect{Owner: closed.Conn.Owner,
+		Family: events.FamilyUnix, Errno: events.ErrnoEAGAIN, Count: 3, EndNs: 4_000_000_000}}
+	unixFail.Connect.Path.Set([]byte("/run/php/fpm.sock"))
+	now := uint64(4_500_000_000) // both held: under holdNs old
+	p.now = func() uint64 { return now }
+	run := func() {
 		ev := closed
 		p.HandleEvent(&ev)
+		ev = unixFail
+		p.HandleEvent(&ev) // a second count of the same key merges into the line
+		p.HandleEvent(&ev)
+		p.Drained()
+		now += 2_000_000_000
+		p.Drained() // old enough now: printed
+		now -= 2_000_000_000
 		if out.Len() > 1<<20 {
 			out.Reset()
 		}
-	})
+	}
+	run() // the held lines' slice grows once
+	if !strings.Contains(out.String(), `"count":6`) || strings.Index(out.String(), "connect_failed") > strings.Index(out.String(), "conn_closed") {
+		t.Fatalf("the Unix counts are not one line before the later close:\n%s", out.String())
+	}
+	allocs := testing.AllocsPerRun(1000, run)
 	if allocs != 0 {
 		t.Errorf("%v allocations per event", allocs)
 	}

@@ -81,6 +81,9 @@ type Conn struct {
 	// Hold keeps the connection open after the exchange until
 	// Client.Release; the other connections close at once.
 	Hold bool
+	// Pause is how long the client sleeps before this connection: a
+	// paced plan (a few short connections a second beside held ones).
+	Pause time.Duration `json:",omitempty"`
 }
 
 // HeaderBytes is the size of the request header, counted in the client's
@@ -293,6 +296,7 @@ func runClient() error {
 	}
 	var held []heldConn
 	for _, p := range plan {
+		time.Sleep(p.Pause)
 		r := &Result{Remote: p.Addr, Start: bootNs()}
 		c, err := exchange(p)
 		if err != nil {

@@ -99,6 +99,8 @@ func (m model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 			m.opts.Sort = m.opts.Sort.Step(-1)
 		case "r":
 			m.opts.Remotes = !m.opts.Remotes
+		case "f":
+			m.opts.Findings = !m.opts.Findings
 		case "/":
 			m.filtering = true
 		case "esc":

@@ -5,7 +5,7 @@
 #   tools/vmtest/deps.sh vagrant    # also Debian's vagrant (for `vagrant validate`)
 set -eu
 
-pkgs="qemu-system-x86 busybox-static xz-utils zstd cpio kmod binutils iproute2 nftables conntrack util-linux procps netbase"
+pkgs="qemu-system-x86 qemu-system-arm busybox-static xz-utils zstd cpio kmod binutils iproute2 nftables conntrack util-linux procps netbase"
 if [ "${1:-}" = vagrant ]; then
 	pkgs="vagrant"
 fi

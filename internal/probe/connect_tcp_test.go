@@ -141,7 +141,17 @@ func TestConnectPortExhaustion(t *testing.T) {
 		plan = append(plan, testenv.Conn{Addr: srv.Addr4(), Mode: testenv.ClientCloses})
 	}
 	testenv.RunClient(t, ns, "ctr-filler", plan)
-	tw := strings.Count(ns.Output(t, "ss", "-Htan", "state", "time-wait"), "\n")
+	// A client's socket waits in FIN_WAIT2 (a timewait socket in that
+	// substate) until the server's FIN arrives, which under the matrix's
+	// emulation can come after the client has returned: ask ss again for
+	// a few seconds.
+	tw := 0
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		tw = strings.Count(ns.Output(t, "ss", "-Htan", "state", "time-wait"), "\n")
+		if tw == 4 || time.Now().After(deadline) {
+			break
+		}
+	}
 	if tw != 4 {
 		t.Fatalf("ss shows %d sockets in TIME_WAIT, want the 4 that hold the port range", tw)
 	}

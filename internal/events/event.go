@@ -280,6 +280,8 @@ type Event struct {
 	Counters Counters
 	// Cgroup: KindCgroupIdentity (identity.go).
 	Cgroup CgroupRecord
+	// NetNSName: KindNetNSName (identity.go).
+	NetNSName NetNSRecord
 }
 
 // errnoNames covers the socket errors a connection can end with. Other values
@@ -333,6 +335,8 @@ func (ev *Event) NetNS() uint32 {
 		return ev.ConntrackEntry.NetNS
 	case KindKernelCounters, KindTracerCounters:
 		return ev.Counters.NetNS
+	case KindNetNSName:
+		return ev.NetNSName.Inode
 	}
 	return ev.Conn.NetNS
 }

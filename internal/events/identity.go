@@ -128,9 +128,30 @@ type CgroupRecord struct {
 	Info CgroupInfo
 }
 
-// NetNSLookup names a network namespace by its inode: the name `ip netns`
-// gives it, "" if none. The inode stays the namespace's identity (names
-// are the user's and may change); the name is shown beside it. Like
+// NetNSLookup names a network namespace by its inode: the name an
+// operator knows it by, "" if none is known (outputs then show the inode).
+// The names, in the order the resolver (internal/identity) prefers them:
+// the pod or container owning it ("shop/checkout-7d9f", "container web"),
+// its `ip netns` name, "host" for the init namespace. The inode stays the
+// namespace's identity (names are the user's and may change); the name is
+// shown beside it. Names are printable ASCII without '"' or '\\'. Like
 // CgroupLookup it must not allocate: the stream calls it on the event
 // loop.
 type NetNSLookup func(inode uint32) string
+
+// NetNSRecord is the payload of KindNetNSName: the name namespace Inode
+// had when it was recorded, and where the name came from (one of the
+// NetNSBy* values).
+type NetNSRecord struct {
+	Inode  uint32
+	Name   string
+	Source string
+}
+
+// Where a network namespace's name comes from (NetNSRecord.Source).
+const (
+	NetNSByPod       = "pod"       // the Kubernetes pod whose sandbox owns it
+	NetNSByContainer = "container" // the container whose processes live in it
+	NetNSByIPNetNS   = "netns"     // its `ip netns` name (/run/netns)
+	NetNSByHost      = "host"      // the init network namespace
+)

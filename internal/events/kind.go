@@ -9,7 +9,7 @@ package events
 // one. The numbers were assigned in blocks per source (per-connection
 // 1..4, sampler rounds 32..36, drops and namespace statistics 40..43,
 // counters 48..49, conntrack entries 56..60, Unix datagram sends 64,
-// cgroup identities 72);
+// cgroup identities 72, network namespace names 73);
 // kind_test.go pins every number and name.
 type Kind uint8
 
@@ -141,6 +141,12 @@ const (
 	// before the first event of a process in it, so that a report read
 	// after the container is gone still names it (identity.go).
 	KindCgroupIdentity Kind = 72
+	// KindNetNSName names a network namespace (Event.NetNSName: its inode
+	// and the name an operator knows it by: the pod or container owning
+	// it, its `ip netns` name, "host"). Recordings carry one per
+	// namespace, before the first event in it, so that a report read after
+	// the namespace is gone still names it.
+	KindNetNSName Kind = 73
 )
 
 // kindNames are the stable names of the kinds, by number: JSON output,
@@ -170,6 +176,7 @@ var kindNames = [...]string{
 	KindConntrackUpdate:      "conntrack_update",
 	KindUnixDgramSend:        "unix_dgram_send",
 	KindCgroupIdentity:       "cgroup_identity",
+	KindNetNSName:            "netns_name",
 }
 
 // String returns the kind's stable name ("conn_closed"...), "unknown" for

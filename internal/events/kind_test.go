@@ -36,6 +36,7 @@ func TestKindNumbersAndNames(t *testing.T) {
 		{KindConntrackUpdate, 60, "conntrack_update"},
 		{KindUnixDgramSend, 64, "unix_dgram_send"},
 		{KindCgroupIdentity, 72, "cgroup_identity"},
+		{KindNetNSName, 73, "netns_name"},
 	}
 	pinned := map[uint8]string{}
 	for _, tt := range kinds {

@@ -12,7 +12,8 @@ import (
 //
 //	kind byte | zigzag(now - previous now) | parts mask byte | parts...
 //
-// and each part (Conn, Connect, Drop, Conntrack, Sample, Counters, ConntrackEntry) is a sequence of
+// and each part (Conn, Connect, Drop, Conntrack, Sample, Counters, ConntrackEntry, Cgroup; then,
+// unmasked, the name of KindNetNSName) is a sequence of
 // varints and bytes. What repeats is said once per block: strings (drop
 // reasons, symbols, cgroup paths) and owners (Process) go into block-local
 // tables and are referred to by index afterwards; kernel times are deltas
@@ -44,6 +45,9 @@ const (
 	partCtEntry
 	// partCgroup (KindCgroupIdentity) was added within version 1 too.
 	partCgroup
+	// The mask byte is full: parts added since are written for their
+	// kind alone, after the masked parts (KindNetNSName: netnsName),
+	// within version 1 too.
 )
 
 // errCorrupt is what the decoder reports for bytes it cannot parse.
@@ -198,6 +202,17 @@ func (e *encoder) event(ev *events.Event, now int64) {
 	if mask&partCgroup != 0 {
 		e.cgroup(&ev.Cgroup)
 	}
+	if ev.Kind == events.KindNetNSName {
+		e.netnsName(&ev.NetNSName)
+	}
+}
+
+// netnsName writes a namespace's name: its inode, name and source, the
+// strings of the block's table.
+func (e *encoder) netnsName(n *events.NetNSRecord) {
+	e.u(uint64(n.Inode))
+	e.str(n.Name)
+	e.str(n.Source)
 }
 
 // cgroup writes a cgroup's identity: its id, path and names, each a
@@ -553,6 +568,11 @@ func (d *decoder) event(ev *events.Event) (now int64, kind uint8) {
 	}
 	if mask&partCgroup != 0 {
 		d.cgroup(&ev.Cgroup)
+	}
+	if ev.Kind == events.KindNetNSName {
+		ev.NetNSName.Inode = uint32(d.u())
+		ev.NetNSName.Name = d.str()
+		ev.NetNSName.Source = d.str()
 	}
 	return now, kind
 }

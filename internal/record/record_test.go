@@ -103,6 +103,8 @@ func everyKind() []stamped {
 		Namespace: "shop", Pod: "checkout-7d9f", Container: "api"}
 	add(events.Event{Kind: events.KindCgroupIdentity, Cgroup: events.CgroupRecord{ID: 77, Info: events.CgroupInfo{
 		Path: "/kubepods/burstable/pod7c2f1d3e-8a9b-4c5d-9e0f-1a2b3c4d5e6f/" + id.ContainerID, Identity: id, Workload: id.Workload(), Gone: true}}})
+	add(events.Event{Kind: events.KindNetNSName, NetNSName: events.NetNSRecord{Inode: 4026532999, Name: "shop/checkout-7d9f", Source: events.NetNSByPod}})
+	add(events.Event{Kind: events.KindNetNSName, NetNSName: events.NetNSRecord{Inode: 4026531840, Name: "host", Source: events.NetNSByHost}})
 	// Times going backwards a little, as wall clocks do.
 	out[len(out)-1].now = out[len(out)-1].now.Add(-time.Millisecond)
 	return out

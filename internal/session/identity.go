@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"sync"
 	"time"
 
 	"github.com/conntracer/conntracer/internal/events"
@@ -31,10 +30,8 @@ const DefaultIdentityRefresh = 2 * time.Second
 // (Lookup) by the event loop's stream, the scrapes and the renderings.
 type identities struct {
 	res *identity.Resolver
-	// netns names network namespaces (`ip netns`); replaced whole by
-	// refresh, read under mu.
-	mu      sync.RWMutex
-	netns   map[uint32]string
+	// nets names network namespaces (pod, container, `ip netns`, host).
+	nets    *identity.NetNSResolver
 	every   time.Duration
 	stderr  io.Writer
 	lastErr string // the last refresh error reported, to report changes once
@@ -49,7 +46,7 @@ func newIdentities(cfg IdentityConfig, stderr io.Writer) *identities {
 	}
 	res, note := identity.NewResolver(src)
 	fmt.Fprintf(stderr, "tracer: note: %s\n", note)
-	id := &identities{res: res, every: cfg.Refresh, stderr: stderr}
+	id := &identities{res: res, nets: identity.NewNetNSResolver("", res), every: cfg.Refresh, stderr: stderr}
 	if id.every <= 0 {
 		id.every = DefaultIdentityRefresh
 	}
@@ -60,15 +57,17 @@ func newIdentities(cfg IdentityConfig, stderr io.Writer) *identities {
 // refresh walks the cgroup tree and names what is new. Errors are notes,
 // reported when they change: the cgroup path is always there to show.
 func (id *identities) refresh() {
-	if names, err := kernel.NetNSNames(); err == nil {
-		id.mu.Lock()
-		id.netns = names
-		id.mu.Unlock()
-	}
 	paths, err := kernel.CgroupNames()
 	if err == nil {
 		err = id.res.Refresh(paths)
 	}
+	// After the cgroups: a namespace is named by the pod or container
+	// whose cgroup the resolver has just named.
+	ipNames, nerr := kernel.NetNSNames()
+	if nerr != nil && err == nil {
+		err = fmt.Errorf("ip netns names: %w", nerr)
+	}
+	id.nets.Refresh(ipNames)
 	msg := ""
 	if err != nil {
 		msg = err.Error()
@@ -97,11 +96,10 @@ func (id *identities) run(ctx context.Context) {
 // cgroup id, safe from any goroutine.
 func (s *Session) Identities() events.CgroupLookup { return s.ids.res.Lookup }
 
-func (id *identities) netnsName(ino uint32) string {
-	id.mu.RLock()
-	defer id.mu.RUnlock()
-	return id.netns[ino]
-}
+// NetNSNames returns the lookup of the session's network namespace names
+// by inode (pod, container, `ip netns` name, "host"), safe from any
+// goroutine.
+func (s *Session) NetNSNames() events.NetNSLookup { return s.ids.nets.Lookup }
 
 // cgroupPath names a cgroup id by its path, for the cgroup label.
 func (id *identities) cgroupPath(cg uint64) string {
@@ -114,10 +112,16 @@ func (id *identities) cgroupPath(cg uint64) string {
 // maxRecordedNames bounds the set of cgroups already named in a recording.
 const maxRecordedNames = 1 << 16
 
-// recordedNames are the cgroups whose identity a recording carries.
+// recordedNames are the cgroups whose identity, and the network
+// namespaces whose name, a recording carries.
 type recordedNames struct {
 	lookup  events.CgroupLookup
 	written map[uint64]bool
+	// netns names namespaces (nil: none recorded); netnsWritten holds
+	// each namespace's name as recorded, so that a namespace named later
+	// (its pod resolved) or its inode reused is recorded again.
+	netns        *identity.NetNSResolver
+	netnsWritten map[uint32]string
 }
 
 // nameOwner writes a KindCgroupIdentity event before the first event of a
@@ -126,6 +130,7 @@ type recordedNames struct {
 // names it. The lookup is a map read; the event is built only on a
 // cgroup's first sighting.
 func (r *recorder) nameOwner(ev *events.Event, now time.Time) {
+	r.nameNetNS(ev, now)
 	n := &r.names
 	if n.lookup == nil {
 		return
@@ -151,6 +156,36 @@ func (r *recorder) nameOwner(ev *events.Event, now time.Time) {
 	}
 	n.written[cg] = true
 	named := events.Event{Kind: events.KindCgroupIdentity, Cgroup: events.CgroupRecord{ID: cg, Info: *info}}
+	if r.file != nil {
+		r.checkFile(r.file.Write(&named, now))
+	}
+	if r.flight != nil {
+		r.check(r.flight.Write(&named, now))
+	}
+}
+
+// nameNetNS writes a KindNetNSName event before the first event in a
+// network namespace that has a name, and again when its name changes,
+// so that a report read after the namespace is gone still names it. The
+// lookup is a map read; the event is built only when the name is new.
+func (r *recorder) nameNetNS(ev *events.Event, now time.Time) {
+	n := &r.names
+	if n.netns == nil || ev.Kind == events.KindNetNSName || ev.Kind == events.KindCgroupIdentity {
+		return
+	}
+	ino := ev.NetNS()
+	if ino == 0 {
+		return
+	}
+	info := n.netns.Info(ino)
+	if info == nil || info.Name == "" || n.netnsWritten[ino] == info.Name {
+		return
+	}
+	if n.netnsWritten == nil || len(n.netnsWritten) >= maxRecordedNames {
+		n.netnsWritten = map[uint32]string{}
+	}
+	n.netnsWritten[ino] = info.Name
+	named := events.Event{Kind: events.KindNetNSName, NetNSName: events.NetNSRecord{Inode: ino, Name: info.Name, Source: info.Source}}
 	if r.file != nil {
 		r.checkFile(r.file.Write(&named, now))
 	}

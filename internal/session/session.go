@@ -140,7 +140,7 @@ func New(cfg Config, prb *probe.Probe, stderr io.Writer) (_ *Session, err error)
 	s.ids = newIdentities(cfg.Identity, stderr)
 	if p := cfg.Printer; p != nil {
 		p.owners, p.drops = s.owners, s.drops
-		p.setIdentities(s.ids.res.Lookup, s.ids.netnsName)
+		p.setIdentities(s.ids.res.Lookup, s.ids.nets.Lookup)
 	}
 	if cfg.Aggregate {
 		if err := s.openAggregate(); err != nil {
@@ -198,6 +198,7 @@ func (s *Session) openAggregate() error {
 	s.loop.rec, err = newRecorder(s.cfg.Record, s.stderr)
 	if s.loop.rec != nil {
 		s.loop.rec.names.lookup = s.ids.res.Lookup // names containers once (identity.go)
+		s.loop.rec.names.netns = s.ids.nets        // and network namespaces
 	}
 	return err
 }

@@ -117,6 +117,7 @@ func runLive(ctx context.Context, cfg *topConfig, stdout, stderr io.Writer) (err
 	if !cfg.once && !cfg.noView {
 		ui := top.NewUI(l.sess.Snapshot, cfg.interval, cfg.sortBy)
 		ui.Identities = l.sess.Identities()
+		ui.NetNSNames = l.sess.NetNSNames()
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -143,8 +144,9 @@ func runLive(ctx context.Context, cfg *topConfig, stdout, stderr io.Writer) (err
 		cgroups, _ := kernel.CgroupNames()
 		doc := export.NewDocument(snap, cfg.interval, cgroups)
 		doc.Name(snap, l.sess.Identities())
+		doc.NameNetNS(l.sess.NetNSNames())
 		return doc.WriteJSON(stdout)
 	}
-	_, err = io.WriteString(stdout, export.RenderText(snap, export.ViewOptions{Sort: cfg.sortBy, Width: 160, Identities: l.sess.Identities()}))
+	_, err = io.WriteString(stdout, export.RenderText(snap, export.ViewOptions{Sort: cfg.sortBy, Width: 160, Identities: l.sess.Identities(), NetNSNames: l.sess.NetNSNames()}))
 	return err
 }

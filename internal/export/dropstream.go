@@ -44,6 +44,11 @@ func (s *Stream) appendDropText(b []byte, ev *events.Event) []byte {
 	}
 	b = append(b, " netns "...)
 	b = strconv.AppendUint(b, uint64(d.NetNS), 10)
+	if name := s.netnsNameOf(d.NetNS); name != "" {
+		b = append(b, " ("...)
+		b = append(b, name...)
+		b = append(b, ')')
+	}
 	if d.Owner.PID != 0 {
 		b = append(b, " pid "...)
 		b = strconv.AppendUint(b, uint64(d.Owner.PID), 10)
@@ -78,6 +83,7 @@ func (s *Stream) appendDropJSON(b []byte, ev *events.Event) []byte {
 	b = append(b, d.Symbol...)
 	b = append(b, `","netns":`...)
 	b = strconv.AppendUint(b, uint64(d.NetNS), 10)
+	b = s.appendJSONNetNSName(b, d.NetNS)
 	b = append(b, `,"ifindex":`...)
 	b = strconv.AppendUint(b, uint64(d.Ifindex), 10)
 	b = append(b, `,"family":"`...)

@@ -31,6 +31,10 @@ type MetricsOptions struct {
 	// container for the labels of those names (metrics_identity.go); nil
 	// leaves them empty.
 	Identities events.CgroupLookup
+	// NetNSNames names network namespaces for the netns_name label beside
+	// netns on the per-namespace series (the pod, container, `ip netns`
+	// name or "host"; "" when nothing names it); nil: no such label.
+	NetNSNames events.NetNSLookup
 }
 
 // DefaultMetricsOptions are the exporter's defaults.
@@ -55,7 +59,7 @@ func NewCollector(snap func() *aggregate.Snapshot, opts MetricsOptions) *Collect
 	if opts.TopProcesses < 0 {
 		opts.TopProcesses = 0
 	}
-	return &Collector{snap: snap, opts: opts, d: newMetricDescs(opts.Identities != nil)}
+	return &Collector{snap: snap, opts: opts, d: newMetricDescs(opts.Identities != nil, opts.NetNSNames != nil)}
 }
 
 // Describe implements prometheus.Collector.
@@ -112,7 +116,7 @@ func (c *Collector) collectNode(ch chan<- prometheus.Metric, s *aggregate.Snapsh
 
 	// TIME_WAIT per namespace, from the reconciled census.
 	for _, ns := range s.TimeWait.ByNetNS {
-		gauge(d.timeWait, float64(ns.Total), netnsLabel(ns.NetNS))
+		gauge(d.timeWait, float64(ns.Total), c.netns(ns.NetNS)...)
 	}
 
 	// Port use: the busiest destination per namespace by default; per
@@ -123,7 +127,7 @@ func (c *Collector) collectNode(ch chan<- prometheus.Metric, s *aggregate.Snapsh
 		busiest[p.NetNS] = max(busiest[p.NetNS], p.Share())
 	}
 	for _, ns := range sortedKeys(busiest) {
-		gauge(d.portUseMax, busiest[ns], netnsLabel(ns))
+		gauge(d.portUseMax, busiest[ns], c.netns(ns)...)
 	}
 	type dest struct {
 		netns  uint32
@@ -147,8 +151,8 @@ func (c *Collector) collectNode(ch chan<- prometheus.Metric, s *aggregate.Snapsh
 	}
 	for _, k := range dests {
 		p := perDest[k]
-		gauge(d.destPorts, float64(p.Used), netnsLabel(k.netns), k.remote)
-		gauge(d.destRange, float64(p.RangeSize), netnsLabel(k.netns), k.remote)
+		gauge(d.destPorts, float64(p.Used), c.netns(k.netns, k.remote)...)
+		gauge(d.destRange, float64(p.RangeSize), c.netns(k.netns, k.remote)...)
 	}
 
 	// Connect failures by errno.
@@ -180,7 +184,7 @@ func (c *Collector) collectNode(ch chan<- prometheus.Metric, s *aggregate.Snapsh
 		listen[lo.NetNS] += lo.Overflows
 	}
 	for _, ns := range sortedKeys(listen) {
-		counter(d.listenOverflows, listen[ns], netnsLabel(ns))
+		counter(d.listenOverflows, listen[ns], c.netns(ns)...)
 	}
 	// Unix backlog overflows in the callers' namespaces: a path socket
 	// belongs to no namespace (UnixPathStats.NetNS is 0 for paths).
@@ -191,24 +195,24 @@ func (c *Collector) collectNode(ch chan<- prometheus.Metric, s *aggregate.Snapsh
 		}
 	}
 	for _, ns := range sortedKeys(unix) {
-		counter(d.unixOverflows, unix[ns], netnsLabel(ns))
+		counter(d.unixOverflows, unix[ns], c.netns(ns)...)
 	}
 
 	// Conntrack per namespace.
 	for i := range s.Conntrack {
 		ct := &s.Conntrack[i]
-		ns := netnsLabel(ct.NetNS)
-		gauge(d.ctEntries, float64(ct.Entries), ns)
-		gauge(d.ctMax, float64(ct.Max), ns)
-		counter(d.ctInserts, ct.Inserts, ns)
-		counter(d.ctInsertFailed, ct.InsertFailed, ns)
-		counter(d.ctDrops, ct.ConntrackDrops, ns)
-		counter(d.ctEarlyDrops, ct.EarlyDrops, ns)
+		ns := c.netns(ct.NetNS)
+		gauge(d.ctEntries, float64(ct.Entries), ns...)
+		gauge(d.ctMax, float64(ct.Max), ns...)
+		counter(d.ctInserts, ct.Inserts, ns...)
+		counter(d.ctInsertFailed, ct.InsertFailed, ns...)
+		counter(d.ctDrops, ct.ConntrackDrops, ns...)
+		counter(d.ctEarlyDrops, ct.EarlyDrops, ns...)
 		for _, st := range sortedKeys(ct.ByState) {
-			gauge(d.ctByState, float64(ct.ByState[st]), ns, st)
+			gauge(d.ctByState, float64(ct.ByState[st]), c.netns(ct.NetNS, st)...)
 		}
 		if ct.Dumps > 0 {
-			counter(d.ctDumps, ct.Dumps, ns)
+			counter(d.ctDumps, ct.Dumps, ns...)
 		}
 	}
 	byComm := map[string]uint64{}
@@ -235,6 +239,17 @@ func (c *Collector) collectNode(ch chan<- prometheus.Metric, s *aggregate.Snapsh
 
 func netnsLabel(ns uint32) string { return strconv.FormatUint(uint64(ns), 10) }
 
+// netns returns a per-namespace series' label values: netns, then
+// netns_name when the collector names namespaces, then extra. The name
+// adds no series: a namespace has one name at a time, and its series go
+// with it when the snapshot forgets the namespace (KindNetNSGone).
+func (c *Collector) netns(ns uint32, extra ...string) []string {
+	if c.opts.NetNSNames == nil {
+		return append([]string{netnsLabel(ns)}, extra...)
+	}
+	return append([]string{netnsLabel(ns), c.opts.NetNSNames(ns)}, extra...)
+}
+
 func sortedKeys[K cmp.Ordered, V any](m map[K]V) []K {
 	keys := make([]K, 0, len(m))
 	for k := range m {
@@ -249,7 +264,7 @@ func sortedKeys[K cmp.Ordered, V any](m map[K]V) []K {
 // checked against it.
 func MetricNames() []string {
 	var names []string
-	d := newMetricDescs(true)
+	d := newMetricDescs(true, true)
 	d.each(func(desc *prometheus.Desc) { names = append(names, descName(desc)) })
 	return names
 }

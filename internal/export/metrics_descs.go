@@ -22,9 +22,12 @@ type metricDescs struct {
 	ctByState, ctByComm, ctDumps                           *prometheus.Desc
 }
 
-func newMetricDescs(named bool) metricDescs {
+func newMetricDescs(named, netnsNamed bool) metricDescs {
 	proc := processLabels(named)
 	ns := []string{"netns"}
+	if netnsNamed {
+		ns = append(ns, "netns_name")
+	}
 	n := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc("conntracer_"+name, help, labels, nil)
 	}
@@ -44,8 +47,8 @@ func newMetricDescs(named bool) metricDescs {
 
 		timeWait:        n("time_wait_sockets", "Sockets in TIME_WAIT, per network namespace (reconciled with sock_diag dumps).", ns...),
 		portUseMax:      n("ephemeral_port_use_max_ratio", "Share of the ephemeral port range held towards the busiest destination, per network namespace.", ns...),
-		destPorts:       n("destination_ports_used", "Local ports held towards a destination (opt-in, capped: --metrics.destinations).", "netns", "destination"),
-		destRange:       n("destination_port_range_size", "Size of the ephemeral port range of the namespace of a destination (opt-in, with destination_ports_used).", "netns", "destination"),
+		destPorts:       n("destination_ports_used", "Local ports held towards a destination (opt-in, capped: --metrics.destinations).", append(ns[:len(ns):len(ns)], "destination")...),
+		destRange:       n("destination_port_range_size", "Size of the ephemeral port range of the namespace of a destination (opt-in, with destination_ports_used).", append(ns[:len(ns):len(ns)], "destination")...),
 		connectFailures: n("connect_failures_total", "Failed connect() calls, by errno name.", "errno"),
 		drops:           n("drops_total", "Packets the kernel dropped, by drop reason (from the running kernel's BTF).", "reason"),
 		listenOverflows: n("listen_overflows_total", "TCP listen queue overflows, per network namespace.", ns...),
@@ -56,7 +59,7 @@ func newMetricDescs(named bool) metricDescs {
 		ctInsertFailed:  n("conntrack_insert_failed_total", "Conntrack insertions that failed, per network namespace.", ns...),
 		ctDrops:         n("conntrack_drops_total", "Packets dropped because a conntrack entry could not be created (table full), per network namespace.", ns...),
 		ctEarlyDrops:    n("conntrack_early_drops_total", "Conntrack entries evicted early to make room, per network namespace.", ns...),
-		ctByState:       n("conntrack_entries_by_state", "TCP conntrack entries by conntrack TCP state, per network namespace (from the entry events: ctnetlink or in-kernel).", "netns", "state"),
+		ctByState:       n("conntrack_entries_by_state", "TCP conntrack entries by conntrack TCP state, per network namespace (from the entry events: ctnetlink or in-kernel).", append(ns[:len(ns):len(ns)], "state")...),
 		ctByComm:        n("conntrack_process_entries", "Conntrack entries held by the flows of the processes of a command (the top processes of each namespace, summed by comm).", "comm"),
 		ctDumps:         n("conntrack_table_dumps_total", "Dumps of a namespace's conntrack table replacing the tracer's view of it (one at start-up, one after each event loss, refreshes while entries older than the subscription remain), per network namespace.", ns...),
 		findings:        n("findings", "Active findings, by kind (pool_leak, time_wait_pileup, conntrack_table_full...).", "kind"),

@@ -46,6 +46,11 @@ type Document struct {
 	// Drops: packet drops by reason, namespace and owner, and listen-queue
 	// overflows per listener.
 	Drops aggregate.DropSnapshot `json:"drops"`
+	// NetNSNames names the network namespaces the document mentions, by
+	// inode (decimal): the pod or container owning each, its `ip netns`
+	// name, "host" (Document.NameNetNS). Namespaces nothing names are
+	// left out.
+	NetNSNames map[string]string `json:"netns_names,omitempty"`
 }
 
 // Stats are the connection statistics shared by processes and remotes.
@@ -97,9 +102,11 @@ type Process struct {
 
 // Remote is a process's connections to one remote endpoint.
 type Remote struct {
-	Remote  string `json:"remote"` // "10.0.0.2:6379"; "10.0.0.2:*" for accepted connections
-	NetNS   uint32 `json:"netns"`
-	Passive bool   `json:"passive"`
+	Remote string `json:"remote"` // "10.0.0.2:6379"; "10.0.0.2:*" for accepted connections
+	NetNS  uint32 `json:"netns"`
+	// NetNSName: the namespace's name, when known (Document.NameNetNS).
+	NetNSName string `json:"netns_name,omitempty"`
+	Passive   bool   `json:"passive"`
 	Stats
 	PortsUsed uint32 `json:"ports_used"`
 	PortRange uint32 `json:"port_range"`
@@ -133,18 +140,20 @@ type Port struct {
 
 // Finding is one rule's verdict.
 type Finding struct {
-	Kind     string             `json:"kind"`
-	PID      uint32             `json:"pid"`
-	Comm     string             `json:"comm"`
-	Remote   string             `json:"remote"`
-	Path     string             `json:"path,omitempty"`     // Unix socket path, for findings about one
-	Workload string             `json:"workload,omitempty"` // the process's container or pod (Document.Name)
-	NetNS    uint32             `json:"netns"`
-	Evidence map[string]float64 `json:"evidence"`
-	Since    time.Time          `json:"since"`
-	Last     time.Time          `json:"last"`
-	Message  string             `json:"message"`
-	Remedy   string             `json:"remedy"`
+	Kind     string `json:"kind"`
+	PID      uint32 `json:"pid"`
+	Comm     string `json:"comm"`
+	Remote   string `json:"remote"`
+	Path     string `json:"path,omitempty"`     // Unix socket path, for findings about one
+	Workload string `json:"workload,omitempty"` // the process's container or pod (Document.Name)
+	NetNS    uint32 `json:"netns"`
+	// NetNSName: the namespace's name, when known (Document.NameNetNS).
+	NetNSName string             `json:"netns_name,omitempty"`
+	Evidence  map[string]float64 `json:"evidence"`
+	Since     time.Time          `json:"since"`
+	Last      time.Time          `json:"last"`
+	Message   string             `json:"message"`
+	Remedy    string             `json:"remedy"`
 }
 
 // NewDocument converts a snapshot. cgroups names cgroup ids (may be nil).

@@ -17,7 +17,7 @@ const panelRows = 3
 // panels renders the compact panels of the other concerns, each only when
 // it has something to show: conntrack fill per namespace, drops by reason,
 // failed connects, Unix socket backlogs and failed datagram sends.
-func panels(s *aggregate.Snapshot) []string {
+func panels(s *aggregate.Snapshot, o *ViewOptions) []string {
 	var out []string
 	add := func(title string, items []string, total int) {
 		if len(items) == 0 {
@@ -32,8 +32,8 @@ func panels(s *aggregate.Snapshot) []string {
 
 	var ct []string
 	for _, c := range s.Conntrack[:min(len(s.Conntrack), panelRows)] {
-		ct = append(ct, fmt.Sprintf("netns %d %d/%d (%.0f%%) drop %d early %d ins_fail %d",
-			c.NetNS, c.Entries, c.Max, 100*c.Fill, c.ConntrackDrops, c.EarlyDrops, c.InsertFailed)+conntrackEntriesText(&c))
+		ct = append(ct, fmt.Sprintf("netns %s %d/%d (%.0f%%) drop %d early %d ins_fail %d",
+			o.netnsName(c.NetNS), c.Entries, c.Max, 100*c.Fill, c.ConntrackDrops, c.EarlyDrops, c.InsertFailed)+conntrackEntriesText(&c))
 	}
 	add("CONNTRACK", ct, len(s.Conntrack))
 
@@ -45,7 +45,7 @@ func panels(s *aggregate.Snapshot) []string {
 		if d.PID != 0 {
 			who = fmt.Sprintf(" %d/%s", d.PID, d.Comm)
 		}
-		dr = append(dr, fmt.Sprintf("%s %d (netns %d%s)", d.Reason, d.Count, d.NetNS, who))
+		dr = append(dr, fmt.Sprintf("%s %d (netns %s%s)", d.Reason, d.Count, o.netnsName(d.NetNS), who))
 	}
 	for _, o := range s.Drops.ListenOverflows[:min(len(s.Drops.ListenOverflows), panelRows)] {
 		dr = append(dr, fmt.Sprintf("LISTEN_OVERFLOW %s %d (%d/%s, backlog %d)", o.Addr, o.Overflows, o.PID, o.Comm, o.Backlog))

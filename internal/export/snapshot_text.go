@@ -71,6 +71,10 @@ type ViewOptions struct {
 	// Identities names processes' containers and pods: a WORKLOAD column,
 	// matched by Filter, and the findings' lines (snapshot_identity.go).
 	Identities events.CgroupLookup
+	// NetNSNames names network namespaces: a NETNS column (the pod,
+	// container, `ip netns` name or "host" owning the connections' namespace,
+	// else its inode), matched by Filter.
+	NetNSNames events.NetNSLookup
 	// Findings lists every finding with its remedy in place of the
 	// table (the `f` key).
 	Findings bool
@@ -92,6 +96,7 @@ type row struct {
 	opened   uint64
 	oldestCW time.Duration
 	workload string
+	netns    string // NETNS column, "" when off
 }
 
 func newRow(pid uint32, comm, remote string, c *aggregate.ConnSnapshot, ports float64) row {
@@ -113,6 +118,7 @@ func rows(s *aggregate.Snapshot, o *ViewOptions) []row {
 		if !o.Remotes {
 			r := newRow(p.PID, p.Comm, "", &p.ConnSnapshot, p.PortUse)
 			r.workload = o.workload(p.CgroupID)
+			r.netns = o.processNetNS(p)
 			if f == "" || r.matches(f) {
 				out = append(out, r)
 			}
@@ -126,6 +132,9 @@ func rows(s *aggregate.Snapshot, o *ViewOptions) []row {
 			}
 			r := newRow(p.PID, p.Comm, rs.Remote, &rs.ConnSnapshot, share)
 			r.workload = o.workload(p.CgroupID)
+			if o.NetNSNames != nil {
+				r.netns = o.netnsName(rs.Key.NetNS)
+			}
 			if f == "" || r.matches(f) {
 				out = append(out, r)
 			}
@@ -156,7 +165,8 @@ func rows(s *aggregate.Snapshot, o *ViewOptions) []row {
 
 func (r *row) matches(f string) bool {
 	return strings.Contains(strings.ToLower(r.comm), f) || strings.Contains(fmt.Sprint(r.pid), f) ||
-		strings.Contains(r.remote, f) || strings.Contains(strings.ToLower(r.workload), f)
+		strings.Contains(r.remote, f) || strings.Contains(strings.ToLower(r.workload), f) ||
+		strings.Contains(strings.ToLower(r.netns), f)
 }
 
 // RenderText renders a snapshot as text: a summary line, the table sorted
@@ -178,6 +188,9 @@ func RenderText(s *aggregate.Snapshot, o ViewOptions) string {
 		mark("OPEN/s", o.Sort == ColOpens), mark("CLOSE/s", o.Sort == ColCloses), mark("ESTAB", o.Sort == ColEstab),
 		mark("CL_WAIT", o.Sort == ColCloseWait), "FIN_W2", mark("T_WAIT", o.Sort == ColTimeWait),
 		mark("SHORT", o.Sort == ColShort), mark("PORTS", o.Sort == ColPorts), "OPENED")
+	if o.NetNSNames != nil {
+		head += fmt.Sprintf("  %-*s", netnsWidth, "NETNS")
+	}
 	if o.Identities != nil {
 		head += "  WORKLOAD"
 	}
@@ -186,7 +199,7 @@ func RenderText(s *aggregate.Snapshot, o ViewOptions) string {
 	}
 
 	findings := s.Findings
-	extra := panels(s)
+	extra := panels(s, &o)
 	if o.Findings {
 		extra = nil // the findings take the table's place
 	}
@@ -222,6 +235,9 @@ func RenderText(s *aggregate.Snapshot, o ViewOptions) string {
 		}
 		l += fmt.Sprintf(" %8.1f %8.1f %7d %8d %6d %7d %5.0f%% %5.0f%% %9d",
 			r.opens, r.closes, r.estab, r.closeW, r.finW2, r.timeW, 100*r.short, 100*r.ports, r.opened)
+		if o.NetNSNames != nil {
+			l += fmt.Sprintf("  %-*s", netnsWidth, r.netns)
+		}
 		if r.workload != "" {
 			l += "  " + r.workload
 		}

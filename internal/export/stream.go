@@ -101,9 +101,7 @@ func (s *Stream) Print(ev *events.Event) error {
 		if !s.header {
 			s.header = true
 			b = append(b, textHeader...)
-			if s.identities != nil {
-				b = append(pad(b[:len(b)-1], len(b)-1-len("END"), endWidth), textWorkloadHeader+"\n"...)
-			}
+			b = s.appendTextHeaderTail(b)
 		}
 		if isConnect {
 			b = s.appendConnectText(b, &ev.Connect)
@@ -193,7 +191,7 @@ func (s *Stream) appendText(b []byte, ev *events.Event) []byte {
 		b = append(b, events.ErrnoName(c.Error)...)
 		b = append(b, ')')
 	}
-	b = s.appendTextWorkload(b, start, c.Owner.CgroupID)
+	b = s.appendTextWorkload(b, start, c.Owner.CgroupID, c.NetNS)
 	return append(b, '\n')
 }
 

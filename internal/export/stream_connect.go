@@ -37,6 +37,7 @@ func (s *Stream) appendConnectText(b []byte, c *events.Connect) []byte {
 	start = len(b)
 	b = append(b, '-')
 	b = pad(b, start, 11)
+	start = len(b)
 	b = append(b, "connect_failed ("...)
 	b = append(b, events.ErrnoName(c.Errno)...)
 	b = append(b, ')')
@@ -44,6 +45,7 @@ func (s *Stream) appendConnectText(b []byte, c *events.Connect) []byte {
 		b = append(b, " x"...)
 		b = strconv.AppendUint(b, c.Count, 10)
 	}
+	b = s.appendTextWorkload(b, start, c.Owner.CgroupID, c.NetNS)
 	return append(b, '\n')
 }
 
@@ -77,6 +79,7 @@ func (s *Stream) appendConnectJSON(b []byte, c *events.Connect) []byte {
 	b = strconv.AppendUint(b, c.Owner.CgroupID, 10)
 	b = append(b, `,"netns":`...)
 	b = strconv.AppendUint(b, uint64(c.NetNS), 10)
+	b = s.appendJSONNetNSName(b, c.NetNS)
 	b = append(b, `,"family":"`...)
 	b = append(b, c.Family.String()...)
 	b = append(b, `","sock_type":"`...)

@@ -1,6 +1,10 @@
 package export
 
-import "github.com/conntracer/conntracer/internal/events"
+import (
+	"strconv"
+
+	"github.com/conntracer/conntracer/internal/events"
+)
 
 // SetIdentities names the owners' containers, pods or units through
 // lookup (nil: none): JSON lines gain the identity's fields, text lines a
@@ -10,24 +14,31 @@ import "github.com/conntracer/conntracer/internal/events"
 // Call before the first line.
 func (s *Stream) SetIdentities(lookup events.CgroupLookup) { s.identities = lookup }
 
-// SetNetNSNames names network namespaces in JSON lines (netns_name, beside
-// the netns inode) through lookup (nil: none); names must be printable
-// ASCII without '"' or '\\', as kernel.NetNSNames keeps them.
+// SetNetNSNames names network namespaces through lookup (nil: none):
+// JSON lines gain netns_name beside the netns inode, text lines a NETNS
+// column (the name, else the inode). Names must be printable ASCII
+// without '"' or '\\', as identity.NetNSResolver keeps them. Call before
+// the first line.
 func (s *Stream) SetNetNSNames(lookup events.NetNSLookup) { s.netnsNames = lookup }
 
 // appendJSONNetNSName appends `,"netns_name":"NAME"` when the namespace
 // has a name.
 func (s *Stream) appendJSONNetNSName(b []byte, ino uint32) []byte {
-	if s.netnsNames == nil || ino == 0 {
-		return b
-	}
-	name := s.netnsNames(ino)
+	name := s.netnsNameOf(ino)
 	if name == "" {
 		return b
 	}
 	b = append(b, `,"netns_name":"`...)
 	b = append(b, name...)
 	return append(b, '"')
+}
+
+// netnsNameOf is the namespace's name, "" when unknown or naming is off.
+func (s *Stream) netnsNameOf(ino uint32) string {
+	if s.netnsNames == nil || ino == 0 {
+		return ""
+	}
+	return s.netnsNames(ino)
 }
 
 // textWorkloadHeader is the text header's extra column, after END (whose
@@ -37,13 +48,53 @@ const textWorkloadHeader = "WORKLOAD"
 // endWidth is the END column's width when a WORKLOAD column follows it.
 const endWidth = 30
 
-// appendTextWorkload appends the WORKLOAD column to a text line whose END
-// column began at start: "-" when nothing is known.
-func (s *Stream) appendTextWorkload(b []byte, start int, cgroupID uint64) []byte {
-	if s.identities == nil {
+// textNetNSHeader is the NETNS column's header, after END and before
+// WORKLOAD; netnsWidth its width when WORKLOAD follows (a longer name
+// pushes WORKLOAD right).
+const textNetNSHeader = "NETNS"
+
+// appendTextHeaderTail widens the header's END column and names the
+// columns after it.
+func (s *Stream) appendTextHeaderTail(b []byte) []byte {
+	if s.identities == nil && s.netnsNames == nil {
+		return b
+	}
+	b = pad(b[:len(b)-1], len(b)-1-len("END"), endWidth) // the header ends "END\n"
+	if s.netnsNames != nil {
+		b = append(b, textNetNSHeader...)
+		if s.identities != nil {
+			b = pad(b, len(b)-len(textNetNSHeader), netnsWidth)
+		}
+	}
+	if s.identities != nil {
+		b = append(b, textWorkloadHeader...)
+	}
+	return append(b, '\n')
+}
+
+// appendTextWorkload appends the NETNS and WORKLOAD columns, those that
+// are on, to a text line whose END column began at start: the
+// namespace's name (its inode when nothing names it), the workload ("-"
+// when nothing is known).
+func (s *Stream) appendTextWorkload(b []byte, start int, cgroupID uint64, netns uint32) []byte {
+	if s.identities == nil && s.netnsNames == nil {
 		return b
 	}
 	b = pad(b, start, endWidth)
+	if s.netnsNames != nil {
+		start = len(b)
+		if name := s.netnsNameOf(netns); name != "" {
+			b = append(b, name...)
+		} else {
+			b = strconv.AppendUint(b, uint64(netns), 10)
+		}
+		if s.identities != nil {
+			b = pad(b, start, netnsWidth)
+		}
+	}
+	if s.identities == nil {
+		return b
+	}
 	if info := s.lookupIdentity(cgroupID); info != nil && info.Workload != "" {
 		return append(b, info.Workload...) // printable: the resolver cleans names
 	}

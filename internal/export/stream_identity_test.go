@@ -52,8 +52,14 @@ func TestStreamIdentity(t *testing.T) {
 		lines := strings.Split(strings.TrimSuffix(buf.String(), "\n"), "\n")
 		if f == FormatText {
 			head := lines[0]
-			if i, j := strings.Index(head, "END"), strings.Index(head, "WORKLOAD"); i < 0 || j != i+endWidth {
-				t.Errorf("header %q: want WORKLOAD %d columns after END", head, endWidth)
+			i, n, j := strings.Index(head, "END"), strings.Index(head, "NETNS"), strings.Index(head, "WORKLOAD")
+			if i < 0 || n != i+endWidth || j != n+netnsWidth {
+				t.Errorf("header %q: want NETNS %d columns after END, WORKLOAD %d after NETNS", head, endWidth, netnsWidth)
+			}
+			for k, want := range map[int]string{1: "blue", 2: "blue", 3: "4026531841"} {
+				if got := strings.Fields(lines[k][n:])[0]; got != want {
+					t.Errorf("line %d NETNS %q, want %q (the name, else the inode)", k, got, want)
+				}
 			}
 			col := strings.Index(head, "WORKLOAD")
 			if got := lines[1][col:]; got != "shop/checkout-7d9f container api" {

@@ -9,6 +9,9 @@ import "github.com/conntracer/conntracer/internal/events"
 type recordedNames struct {
 	cgroups map[uint64]*events.CgroupInfo
 	pids    map[uint32]uint64 // process -> its last cgroup id
+	// netns names network namespaces (KindNetNSName): the last name
+	// recorded for each inode.
+	netns map[uint32]string
 }
 
 // note takes what an event says about names.
@@ -21,6 +24,12 @@ func (n *recordedNames) note(ev *events.Event) {
 		}
 		info := ev.Cgroup.Info
 		n.cgroups[ev.Cgroup.ID] = &info
+		return
+	case events.KindNetNSName:
+		if n.netns == nil {
+			n.netns = map[uint32]string{}
+		}
+		n.netns[ev.NetNSName.Inode] = ev.NetNSName.Name
 		return
 	case events.KindConnClosed, events.KindConnExisting, events.KindSockOpen:
 		p = &ev.Conn.Owner
@@ -46,6 +55,15 @@ func (n *recordedNames) lookup() events.CgroupLookup {
 		return nil
 	}
 	return func(cg uint64) *events.CgroupInfo { return n.cgroups[cg] }
+}
+
+// netnsLookup is an events.NetNSLookup over the recorded namespace
+// names; nil when the recording names none.
+func (n *recordedNames) netnsLookup() events.NetNSLookup {
+	if len(n.netns) == 0 {
+		return nil
+	}
+	return func(ino uint32) string { return n.netns[ino] }
 }
 
 // workload names a process's container or pod as the recording does, ""

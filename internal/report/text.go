@@ -71,7 +71,7 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 	writeCountersText(&b, r.Final.KernelCounters)
 	b.WriteString("\nat the end of the recording\n")
-	b.WriteString(export.RenderText(r.Final, export.ViewOptions{Sort: export.ColOpens, Width: 160, Identities: r.names.lookup()}))
+	b.WriteString(export.RenderText(r.Final, export.ViewOptions{Sort: export.ColOpens, Width: 160, Identities: r.names.lookup(), NetNSNames: r.names.netnsLookup()}))
 	_, err := io.WriteString(w, b.String())
 	return err
 }
@@ -157,18 +157,21 @@ type DamageJSON struct {
 // FindingJSON is a finding with when it was first and last seen: the
 // fields and names of export.Finding, times null when unknown.
 type FindingJSON struct {
-	Kind     string             `json:"kind"`
-	PID      uint32             `json:"pid"`
-	Comm     string             `json:"comm"`
-	Remote   string             `json:"remote"`
-	Path     string             `json:"path,omitempty"`
-	Workload string             `json:"workload,omitempty"` // the process's container or pod, from the recording
-	NetNS    uint32             `json:"netns"`
-	Evidence map[string]float64 `json:"evidence"`
-	Since    *time.Time         `json:"since"`
-	Last     *time.Time         `json:"last"`
-	Message  string             `json:"message"`
-	Remedy   string             `json:"remedy"`
+	Kind     string `json:"kind"`
+	PID      uint32 `json:"pid"`
+	Comm     string `json:"comm"`
+	Remote   string `json:"remote"`
+	Path     string `json:"path,omitempty"`
+	Workload string `json:"workload,omitempty"` // the process's container or pod, from the recording
+	NetNS    uint32 `json:"netns"`
+	// NetNSName: the namespace's name as the recording has it (the pod,
+	// container, `ip netns` name or "host" owning it).
+	NetNSName string             `json:"netns_name,omitempty"`
+	Evidence  map[string]float64 `json:"evidence"`
+	Since     *time.Time         `json:"since"`
+	Last      *time.Time         `json:"last"`
+	Message   string             `json:"message"`
+	Remedy    string             `json:"remedy"`
 }
 
 // nullTime is t in UTC, nil when t is not known.
@@ -186,6 +189,7 @@ func (r *Report) Document() *Document {
 		StepSeconds: r.Step.Seconds(), Timeline: r.Timeline, Findings: []FindingJSON{},
 		Final: export.NewDocument(r.Final, time.Second, nil)}
 	d.Final.Name(r.Final, r.names.lookup())
+	d.Final.NameNetNS(r.names.netnsLookup())
 	for _, f := range r.Files {
 		fj := FileJSON{Path: f.Path, Header: headerJSON(f.Header), Blocks: f.Stats.Blocks, Events: f.Stats.Events, LostBytes: f.Stats.LostBytes,
 			LostBlocks: f.Stats.LostBlocks, RoundsSkipped: f.Stats.RoundsSkipped, Damage: []DamageJSON{}}
@@ -197,7 +201,7 @@ func (r *Report) Document() *Document {
 	for _, f := range r.Findings {
 		d.Findings = append(d.Findings, FindingJSON{Kind: f.Kind, PID: f.PID, Comm: f.Comm, Remote: f.Remote, Path: f.Path,
 			NetNS: f.NetNS, Evidence: f.Evidence, Since: nullTime(f.Since), Last: nullTime(f.Last), Message: f.Message, Remedy: f.Remedy,
-			Workload: r.names.workload(f.PID)})
+			Workload: r.names.workload(f.PID), NetNSName: r.names.netns[f.NetNS]})
 	}
 	return d
 }

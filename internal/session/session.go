@@ -271,6 +271,7 @@ func (s *Session) RegisterMetrics(reg *prometheus.Registry, opts export.MetricsO
 	// The identities' refresher keeps the cgroup tree's names (identity.go).
 	opts.CgroupName = s.ids.cgroupPath
 	opts.Identities = s.ids.res.Lookup
+	opts.NetNSNames = s.ids.nets.Lookup
 	if err := reg.Register(export.NewCollector(s.loop.Snapshot, opts)); err != nil {
 		return fmt.Errorf("register collector: %w", err)
 	}

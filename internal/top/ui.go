@@ -32,6 +32,9 @@ type UI struct {
 	// Identities names processes' containers and pods (a WORKLOAD
 	// column, matched by the filter); nil: none. Set before Run.
 	Identities events.CgroupLookup
+	// NetNSNames names network namespaces (a NETNS column, matched by
+	// the filter); nil: none. Set before Run.
+	NetNSNames events.NetNSLookup
 }
 
 // NewUI returns a view refreshed every `every` from snapshot().
@@ -41,7 +44,7 @@ func NewUI(snapshot func() *aggregate.Snapshot, every time.Duration, sort export
 
 // Run shows the view on the terminal until the user quits or ctx ends.
 func (u *UI) Run(ctx context.Context, out io.Writer) error {
-	m := model{ui: u, opts: export.ViewOptions{Sort: u.sort, Width: 120, Height: 40, Identities: u.Identities}, snap: u.snapshot()}
+	m := model{ui: u, opts: export.ViewOptions{Sort: u.sort, Width: 120, Height: 40, Identities: u.Identities, NetNSNames: u.NetNSNames}, snap: u.snapshot()}
 	p := tea.NewProgram(m, tea.WithContext(ctx), tea.WithOutput(out), tea.WithInput(os.Stdin), tea.WithAltScreen())
 	_, err := p.Run()
 	if errors.Is(err, tea.ErrInterrupted) || (errors.Is(err, tea.ErrProgramKilled) && ctx.Err() != nil) {

@@ -19,7 +19,7 @@ import (
 //     id): found by walking /proc (PID -> /proc/PID/ns/net, then the
 //     process's cgroup, named by the cgroup Resolver);
 //  2. its `ip netns` name (/run/netns bind mounts, as the caller read them);
-//  3. "host" for the namespace of PID 1;
+//  3. "host" for the init namespace (kthreadd's, else PID 1's);
 //  4. none: Lookup returns "" and outputs show the inode.
 //
 // Refresh rebuilds the table on one goroutine (the session's identity
@@ -67,7 +67,7 @@ func NewNetNSResolver(procRoot string, cgroups *Resolver) *NetNSResolver {
 // /proc allows, never an error.
 func (n *NetNSResolver) Refresh(ipNetNS map[uint32]string) {
 	table := make(map[uint32]*NetNSInfo, len(ipNetNS)+8)
-	host := nsInode(filepath.Join(n.proc, "1/ns/net"))
+	host := n.hostInode()
 	type owner struct {
 		info  NetNSInfo
 		score int // 2 pod, 1 container, 0 nothing yet
@@ -224,6 +224,19 @@ func (n *NetNSResolver) Info(inode uint32) *NetNSInfo {
 	n.mu.RLock()
 	defer n.mu.RUnlock()
 	return n.table[inode]
+}
+
+// hostInode is the init network namespace's inode: kthreadd's (kernel
+// threads run in init_net, and its namespace link is readable where
+// PID 1's may not be: a PID 1 of another security context), else PID 1's.
+// 0 when neither is readable, or /proc is not the initial PID namespace's.
+func (n *NetNSResolver) hostInode() uint32 {
+	if comm, err := os.ReadFile(filepath.Join(n.proc, "2/comm")); err == nil && string(comm) == "kthreadd\n" {
+		if ino := nsInode(filepath.Join(n.proc, "2/ns/net")); ino != 0 {
+			return ino
+		}
+	}
+	return nsInode(filepath.Join(n.proc, "1/ns/net"))
 }
 
 // nsInode reads a namespace link ("net:[4026531840]") and returns its

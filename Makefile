@@ -16,7 +16,7 @@ ARGS     ?=
 FUZZTIME ?= 15s
 
 # Debian packages the targets below rely on (command=package).
-TEST_TOOLS := ip=iproute2 ss=iproute2 nstat=iproute2 nft=nftables conntrack=conntrack unshare=util-linux setpriv=util-linux chromium=chromium prometheus=prometheus promtool=prometheus bpftrace=bpftrace podman=podman runc=runc containerd=containerd ctr=containerd busybox=busybox-static setcap=libcap2-bin
+TEST_TOOLS := ip=iproute2 ss=iproute2 nstat=iproute2 nft=nftables conntrack=conntrack unshare=util-linux setpriv=util-linux chromium=chromium prometheus=prometheus promtool=prometheus bpftrace=bpftrace podman=podman runc=runc containerd=containerd ctr=containerd /usr/lib/cni/bridge=containernetworking-plugins busybox=busybox-static setcap=libcap2-bin
 GEN_TOOLS  := clang-14=clang-14 llvm-strip-14=llvm-14 bpftool=bpftool
 GEN_HEADERS := /usr/include/bpf/bpf_helpers.h=libbpf-dev
 
@@ -114,7 +114,7 @@ define ensure_tools
 endef
 
 .PHONY: test-deps
-test-deps: ## install the tools the tests use (iproute2, nftables, conntrack, prometheus, chromium, bpftrace, podman, runc, containerd, busybox-static) if missing
+test-deps: ## install the tools the tests use (iproute2, nftables, conntrack, prometheus, chromium, bpftrace, podman, runc, containerd, CNI plugins, busybox-static) if missing
 	$(call ensure_tools,$(TEST_TOOLS))
 
 .PHONY: gen-deps

@@ -31,7 +31,12 @@ const (
 	podUID        = "7c2f1d3e-8a9b-4c5d-9e0f-1a2b3c4d5e6f"
 	containerName = "api"
 	workload      = podNamespace + "/" + podName + " container " + containerName
-	leaked        = 40 // connections the container opens, one every 500 ms, and never closes
+	// A second pod, with a network namespace of its own (CNI: a bridge),
+	// whose namespace the tracer must name by the pod, not by the
+	// `ip netns` name containerd gives it (cni-<uuid>).
+	netPodName = "cart-5c8b"
+	netPodUID  = "9d3e2f1a-0b1c-4d2e-8f3a-4b5c6d7e8f90"
+	leaked     = 40 // connections the container opens, one every 500 ms, and never closes
 )
 
 func requireTools(t *testing.T) string {
@@ -134,7 +139,10 @@ state = %q
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
-`, filepath.Join(dir, "root"), state, sock, filepath.Join(dir, "ttrpc.sock"), os.Getpid())
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = %q
+`, filepath.Join(dir, "root"), state, sock, filepath.Join(dir, "ttrpc.sock"), os.Getpid(), cniConfig(t, dir))
 	cfg := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(cfg, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
@@ -161,6 +169,31 @@ state = %q
 		return true, ""
 	})
 	return sock, filepath.Join(state, "io.containerd.runtime.v2.task")
+}
+
+// cniConfig writes a CNI network for the pods that have a network
+// namespace of their own: a bridge of this test's (no gateway, no
+// masquerade, removed after the test) with addresses from a range of
+// 10.233.0.0/16, the plugins from Debian's containernetworking-plugins.
+func cniConfig(t *testing.T, dir string) string {
+	t.Helper()
+	confDir := filepath.Join(dir, "cni")
+	if err := os.MkdirAll(confDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat("/usr/lib/cni/bridge"); err != nil {
+		t.Skip("CNI plugins not installed (make test-deps installs containernetworking-plugins)")
+	}
+	pid := os.Getpid()
+	bridge := fmt.Sprintf("ctcri%d", pid%100000)
+	conf := fmt.Sprintf(`{"cniVersion":"0.4.0","name":"ctcri","plugins":[{"type":"bridge","bridge":%q,
+  "ipam":{"type":"host-local","ranges":[[{"subnet":"10.233.%d.0/24"}]],"dataDir":%q}}]}`,
+		bridge, pid%250+1, filepath.Join(dir, "cni-ipam"))
+	if err := os.WriteFile(filepath.Join(confDir, "10-ctcri.conflist"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { exec.Command("ip", "link", "del", bridge).Run() })
+	return confDir
 }
 
 func tail(s string, n int) string {
@@ -334,6 +367,34 @@ func TestCRIPodNamed(t *testing.T) {
 		t.Fatalf("StartContainer: %v", err)
 	}
 
+	// The second pod: a sandbox alone, in a network namespace of its own.
+	netPodConfig := &runtimeapi.PodSandboxConfig{
+		Metadata:     &runtimeapi.PodSandboxMetadata{Name: netPodName, Namespace: podNamespace, Uid: netPodUID},
+		LogDirectory: filepath.Join(dir, "logs2"),
+		Linux: &runtimeapi.LinuxPodSandboxConfig{
+			CgroupParent: "/kubepods/besteffort/pod" + netPodUID,
+			SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
+				NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_POD},
+			},
+		},
+	}
+	netPod, err := cri.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: netPodConfig})
+	if err != nil {
+		t.Fatalf("RunPodSandbox (own network namespace): %v", err)
+	}
+	netPodGone := false
+	removeNetPod := func() {
+		if netPodGone {
+			return
+		}
+		netPodGone = true
+		cri.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: netPod.PodSandboxId})
+		if _, err := cri.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: netPod.PodSandboxId}); err != nil {
+			t.Errorf("RemovePodSandbox: %v", err)
+		}
+	}
+	defer removeNetPod()
+
 	// /metrics: the pod's sockets, labelled by namespace, pod, container.
 	labels := fmt.Sprintf(`container=%q,namespace=%q,pod=%q,state="ESTABLISHED"`, containerName, podNamespace, podName)
 	waitFor(t, 30*time.Second, "the pod's labels in /metrics", func() (bool, string) {
@@ -367,9 +428,22 @@ func TestCRIPodNamed(t *testing.T) {
 			Remote   string `json:"remote"`
 			Workload string `json:"workload"`
 		} `json:"findings"`
+		NetNSNames map[string]string `json:"netns_names"`
 	}
 	if err := json.Unmarshal(top.stdout.Bytes(), &doc); err != nil {
 		t.Fatalf("tracer top's document: %v\n%s", err, top.stdout.String())
+	}
+	// The second pod's namespace (its counters are sampled like every
+	// namespace's) is named by the pod, not cni-<uuid>.
+	netPodNS := ""
+	for ino, name := range doc.NetNSNames {
+		if name == podNamespace+"/"+netPodName {
+			netPodNS = ino
+		}
+	}
+	t.Logf("netns_names: %v", doc.NetNSNames)
+	if netPodNS == "" {
+		t.Errorf("tracer top names no network namespace %s/%s: netns_names %v", podNamespace, netPodName, doc.NetNSNames)
 	}
 	named := 0
 	for _, p := range doc.Processes {
@@ -393,8 +467,27 @@ func TestCRIPodNamed(t *testing.T) {
 		t.Errorf("no pool_leak finding naming %s -> %s: %+v", workload, addr, doc.Findings)
 	}
 
-	// Deleted, then reported: the recording still names the pod.
+	// Deleted, then reported: the recording still names the pod, and the
+	// second pod's network namespace.
 	removePod()
+	removeNetPod()
+	if netPodNS != "" {
+		out, err := exec.Command(bin, "report", "--output", "json", rec).Output()
+		if err != nil {
+			t.Fatalf("tracer report --output json: %v", err)
+		}
+		var rep struct {
+			Final struct {
+				NetNSNames map[string]string `json:"netns_names"`
+			} `json:"final"`
+		}
+		if err := json.Unmarshal(out, &rep); err != nil {
+			t.Fatalf("tracer report's document: %v", err)
+		}
+		if got := rep.Final.NetNSNames[netPodNS]; got != podNamespace+"/"+netPodName {
+			t.Errorf("the report names the deleted pod's namespace %s %q, want %s/%s", netPodNS, got, podNamespace, netPodName)
+		}
+	}
 	out, err := exec.Command(bin, "report", rec).CombinedOutput()
 	if err != nil {
 		t.Fatalf("tracer report: %v\n%s", err, out)

@@ -42,6 +42,15 @@ type EventJSON struct {
 	Sample         *SampleJSON         `json:"sample,omitempty"`
 	Counters       *CountersJSON       `json:"counters,omitempty"`
 	Cgroup         *CgroupJSON         `json:"cgroup,omitempty"`
+	NetNSName      *NetNSNameJSON      `json:"netns_name,omitempty"`
+}
+
+// NetNSNameJSON is a network namespace's name (netns_name records): its
+// inode, the name and where it came from (pod, container, netns, host).
+type NetNSNameJSON struct {
+	NetNS  uint32 `json:"netns"`
+	Name   string `json:"name"`
+	Source string `json:"source"`
 }
 
 // CgroupJSON is a cgroup's identity (cgroup_identity records): its id and
@@ -270,6 +279,9 @@ func NewEventJSON(ev *events.Event, now time.Time, wall func(uint64) time.Time) 
 	}
 	if c := &ev.Cgroup; *c != (events.CgroupRecord{}) {
 		x.Cgroup = &CgroupJSON{ID: c.ID, Path: c.Info.Path, Identity: c.Info.Identity, Workload: c.Info.Workload, Gone: c.Info.Gone}
+	}
+	if n := ev.NetNSName; ev.Kind == events.KindNetNSName {
+		x.NetNSName = &NetNSNameJSON{NetNS: n.Inode, Name: n.Name, Source: n.Source}
 	}
 	if ev.Counters != (events.Counters{}) {
 		c := ev.Counters

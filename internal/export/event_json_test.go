@@ -45,6 +45,7 @@ func TestEventJSONOneSchema(t *testing.T) {
 		{Kind: events.KindCgroupIdentity, Cgroup: events.CgroupRecord{ID: 7, Info: events.CgroupInfo{Path: "/kubepods/pod1/c",
 			Identity: events.Identity{Runtime: "containerd", Namespace: "shop", Pod: "checkout-7d9f", Container: "api"},
 			Workload: "shop/checkout-7d9f container api"}}},
+		{Kind: events.KindNetNSName, NetNSName: events.NetNSRecord{Inode: 9, Name: "shop/checkout-7d9f", Source: events.NetNSByPod}},
 	}
 	goName := regexp.MustCompile(`"[A-Z][a-z][A-Za-z]*":`)
 	for i := range evs {
@@ -82,6 +83,7 @@ func TestEventJSONOneSchema(t *testing.T) {
 		7:  {`"timeout_established":432000`, `"timeout_time_wait":null`},
 		8:  {`"orig_src":"10.0.0.1:40000"`, `"reply_src":null`},
 		9:  {`"kernel_time":"2026-11-01T01:56:40Z"`},
+		11: {`"netns_name":{"netns":9,"name":"shop/checkout-7d9f","source":"pod"}`},
 		10: {`"cgroup":{"id":7,"path":"/kubepods/pod1/c","runtime":"containerd","namespace":"shop","pod":"checkout-7d9f","container":"api","workload":"shop/checkout-7d9f container api","gone":false}`},
 	}
 	for i, ws := range want {

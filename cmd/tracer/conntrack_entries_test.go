@@ -191,7 +191,7 @@ func TestConntrackEntriesDestroyed(t *testing.T) {
 	up := []string{
 		`conntracer_conntrack_process_entries{comm="ctr-ct-seven"} 7`,
 		`conntracer_conntrack_process_entries{comm="ctr-ct-three"} 3`,
-		fmt.Sprintf(`conntracer_conntrack_entries_by_state{netns="%s",state="ESTABLISHED"} 10`, nsLabel),
+		fmt.Sprintf(`conntracer_conntrack_entries_by_state{netns="%s",netns_name=%q,state="ESTABLISHED"} 10`, nsLabel, ns.Name),
 	}
 	waitFor(t, 15*time.Second, "entries per process on /metrics", func() (bool, string) {
 		m := metrics()
@@ -220,7 +220,7 @@ func TestConntrackEntriesDestroyed(t *testing.T) {
 	})
 	m := metrics()
 	for _, w := range []string{
-		fmt.Sprintf(`conntracer_conntrack_table_dumps_total{netns="%s"} 1`, nsLabel),
+		fmt.Sprintf(`conntracer_conntrack_table_dumps_total{netns="%s",netns_name=%q} 1`, nsLabel, ns.Name),
 		`conntracer_events_lost_total{stage="ctnetlink"} 0`,
 	} {
 		if !strings.Contains(m, w+"\n") {

@@ -69,7 +69,7 @@ func TestServeConntrackDropsFromEmptyTableAndNamespaceGone(t *testing.T) {
 	if got, _ := scrape(t, r.addr, "conntracer_conntrack_", label); !strings.Contains(got, "conntracer_conntrack_entries{") {
 		t.Fatalf("no conntrack series for the namespace before it is deleted: %q", got)
 	}
-	want := fmt.Sprintf("conntracer_conntrack_drops_total{%s} %d", label, st.Drop)
+	want := fmt.Sprintf("conntracer_conntrack_drops_total{%s,netns_name=%q} %d", label, ns.Name, st.Drop)
 	waitFor(t, 10*time.Second, want, func() (bool, string) {
 		got, err := scrape(t, r.addr, "conntracer_conntrack_drops_total{", label)
 		return got == want && err == nil, fmt.Sprint(got, err)

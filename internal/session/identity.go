@@ -120,7 +120,7 @@ type recordedNames struct {
 	// netns names namespaces (nil: none recorded); netnsWritten holds
 	// each namespace's name as recorded, so that a namespace named later
 	// (its pod resolved) or its inode reused is recorded again.
-	netns        *identity.NetNSResolver
+	netns        func(inode uint32) *identity.NetNSInfo
 	netnsWritten map[uint32]string
 }
 
@@ -177,7 +177,7 @@ func (r *recorder) nameNetNS(ev *events.Event, now time.Time) {
 	if ino == 0 {
 		return
 	}
-	info := n.netns.Info(ino)
+	info := n.netns(ino)
 	if info == nil || info.Name == "" || n.netnsWritten[ino] == info.Name {
 		return
 	}

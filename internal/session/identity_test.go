@@ -3,14 +3,17 @@ package session
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/conntracer/conntracer/internal/events"
+	"github.com/conntracer/conntracer/internal/identity"
 	"github.com/conntracer/conntracer/internal/record"
 	"github.com/conntracer/conntracer/internal/report"
 )
@@ -102,5 +105,85 @@ func TestRecordingNamesContainersOnce(t *testing.T) {
 	}
 	if named != 1 {
 		t.Errorf("report's final document names %d processes as the pod, want 1", named)
+	}
+}
+
+// A recording names each network namespace before its first event, again
+// when its name changes (its pod named after its first events), and a
+// report of it names the namespace from the recording alone.
+func TestRecordingNamesNetNS(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "rec.ctrec")
+	rec, err := newRecorder(RecordConfig{Path: path}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const podNS, bareNS = 4026532301, 4026532302
+	name := &identity.NetNSInfo{Name: "pod 9d3e2f1a-0b1c-4d2e-8f3a-4b5c6d7e8f90", Source: events.NetNSByPod}
+	rec.names.netns = func(ino uint32) *identity.NetNSInfo {
+		if ino == podNS {
+			return name
+		}
+		return nil
+	}
+	t0 := time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC)
+	for i := range 20 {
+		if i == 10 { // the runtime answered: the pod's name
+			name = &identity.NetNSInfo{Name: "shop/cart-5c8b", Source: events.NetNSByPod}
+		}
+		ns := uint32(podNS)
+		if i%2 == 1 {
+			ns = bareNS
+		}
+		owner := events.Process{PID: 4242, TID: 4242, Source: events.OwnerConnect}
+		owner.SetComm("client")
+		kns := uint64(1e12) + uint64(i)*1e6
+		ev := events.Event{Kind: events.KindConnClosed, Conn: events.Conn{Cookie: uint64(i + 1), NetNS: ns, Family: events.FamilyIPv4,
+			Local:  netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), uint16(40000+i)),
+			Remote: netip.MustParseAddrPort("10.0.3.7:6379"), Role: events.RoleActive, Owner: owner,
+			OpenNs: kns - 1e5, CloseNs: kns, EndState: events.EndTimeWait, SeenOpen: true}}
+		rec.Record(&ev, t0.Add(time.Duration(i)*time.Millisecond))
+	}
+	if err := rec.Close(); err != nil {
+		t.Fatal(err)
+	}
+	r, err := record.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ev events.Event
+	var names []string
+	for i := 0; ; i++ {
+		_, err := r.Next(&ev)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ev.Kind == events.KindNetNSName {
+			names = append(names, fmt.Sprintf("%d@%d %s", ev.NetNSName.Inode, i, ev.NetNSName.Name))
+		}
+	}
+	r.Close()
+	// Before event 0 (record 0) and before event 10 (record 11).
+	want := []string{"4026532301@0 pod 9d3e2f1a-0b1c-4d2e-8f3a-4b5c6d7e8f90", "4026532301@11 shop/cart-5c8b"}
+	if !slices.Equal(names, want) {
+		t.Errorf("netns_name records %q, want %q", names, want)
+	}
+
+	rep, err := report.Replay([]string{path}, report.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := rep.Document().Final
+	if got := doc.NetNSNames; len(got) != 1 || got["4026532301"] != "shop/cart-5c8b" {
+		t.Errorf("report's netns_names %v, want the pod's namespace by its last name", got)
+	}
+	var text bytes.Buffer
+	if err := rep.WriteText(&text); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(text.String(), "NETNS") {
+		t.Errorf("report's table has no NETNS column:\n%s", text.String())
 	}
 }

@@ -198,7 +198,7 @@ func (s *Session) openAggregate() error {
 	s.loop.rec, err = newRecorder(s.cfg.Record, s.stderr)
 	if s.loop.rec != nil {
 		s.loop.rec.names.lookup = s.ids.res.Lookup // names containers once (identity.go)
-		s.loop.rec.names.netns = s.ids.nets        // and network namespaces
+		s.loop.rec.names.netns = s.ids.nets.Info   // and network namespaces
 	}
 	return err
 }

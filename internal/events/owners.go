@@ -16,6 +16,30 @@ package events
 // concurrent use.
 type Owners struct {
 	byCookie map[sockKey]existing
+	// cgroupByPID, on cgroup v1-only hosts, gives the cgroup id under
+	// which the identity resolver files a process's v1 cgroup (the
+	// kernel's id is the unified root's for every process there); nil
+	// elsewhere.
+	cgroupByPID func(pid uint32) uint64
+}
+
+// SetCgroupByPID makes Apply replace each owner's cgroup id with what
+// byPID returns for its pid, when that is not 0: on a cgroup v1-only host,
+// where the kernel's cgroup id is the same (the unified root's) for every
+// process, the identity resolver files each process's v1 cgroup under an
+// id of its own (internal/identity, v1.go). byPID runs on the event loop,
+// per event with an owner: it must not allocate or block. A recording
+// keeps the ids Apply set, so a replay names what the live run named.
+func (o *Owners) SetCgroupByPID(byPID func(pid uint32) uint64) { o.cgroupByPID = byPID }
+
+// cgroupOf sets p's cgroup id from its pid, when Owners knows one.
+func (o *Owners) cgroupOf(p *Process) {
+	if p.PID == 0 {
+		return
+	}
+	if cg := o.cgroupByPID(p.PID); cg != 0 {
+		p.CgroupID = cg
+	}
 }
 
 type existing struct {
@@ -40,6 +64,14 @@ func NewOwners() *Owners {
 // deleted when its connection closes, so it never grows past the start-up
 // snapshot.
 func (o *Owners) Apply(ev *Event) {
+	o.existing(ev)
+	if o.cgroupByPID != nil {
+		o.byPID(ev) // after a close took the owner of its existing entry
+	}
+}
+
+// existing records existing connections and attributes closed ones.
+func (o *Owners) existing(ev *Event) {
 	switch ev.Kind {
 	case KindConnExisting:
 		if ev.Conn.Cookie != 0 {
@@ -65,6 +97,18 @@ func (o *Owners) Apply(ev *Event) {
 				c.TxBytes-- // the SYN
 			}
 		}
+	}
+}
+
+// byPID sets the cgroup ids of ev's owner from its pid (SetCgroupByPID).
+func (o *Owners) byPID(ev *Event) {
+	switch ev.Kind {
+	case KindConnClosed, KindConnExisting, KindSockOpen:
+		o.cgroupOf(&ev.Conn.Owner)
+	case KindConnect, KindUnixListener, KindUnixDgramSend:
+		o.cgroupOf(&ev.Connect.Owner)
+	case KindDrop, KindDropCount, KindListenOverflow:
+		o.cgroupOf(&ev.Drop.Owner)
 	}
 }
 

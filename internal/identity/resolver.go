@@ -32,6 +32,9 @@ type Resolver struct {
 	// each removed cgroup was last seen. Only Refresh touches them.
 	names map[string]names
 	gone  map[uint64]time.Time
+	// pids maps processes to their cgroup's id on cgroup v1-only hosts
+	// (v1.go); replaced whole by RefreshByPID, read under mu.
+	pids map[uint32]uint64
 }
 
 // goneKeep is how long a removed cgroup stays in the table, marked Gone:

@@ -31,7 +31,9 @@ const DefaultIdentityRefresh = 2 * time.Second
 type identities struct {
 	res *identity.Resolver
 	// nets names network namespaces (pod, container, `ip netns`, host).
-	nets    *identity.NetNSResolver
+	nets *identity.NetNSResolver
+	// v1: no cgroup2 is mounted, processes are named by pid (RefreshByPID).
+	v1      bool
 	every   time.Duration
 	stderr  io.Writer
 	lastErr string // the last refresh error reported, to report changes once
@@ -46,7 +48,11 @@ func newIdentities(cfg IdentityConfig, stderr io.Writer) *identities {
 	}
 	res, note := identity.NewResolver(src)
 	fmt.Fprintf(stderr, "tracer: note: %s\n", note)
-	id := &identities{res: res, nets: identity.NewNetNSResolver("", res), every: cfg.Refresh, stderr: stderr}
+	id := &identities{res: res, nets: identity.NewNetNSResolver("", res), every: cfg.Refresh, stderr: stderr,
+		v1: !identity.CgroupV2Mounted("/proc/self/mountinfo")}
+	if id.v1 {
+		fmt.Fprintf(stderr, "tracer: note: cgroup v1 only (no cgroup2 mounted): processes are named by pid, from the v1 lines of /proc/PID/cgroup\n")
+	}
 	if id.every <= 0 {
 		id.every = DefaultIdentityRefresh
 	}
@@ -57,9 +63,14 @@ func newIdentities(cfg IdentityConfig, stderr io.Writer) *identities {
 // refresh walks the cgroup tree and names what is new. Errors are notes,
 // reported when they change: the cgroup path is always there to show.
 func (id *identities) refresh() {
-	paths, err := kernel.CgroupNames()
-	if err == nil {
-		err = id.res.Refresh(paths)
+	var err error
+	if id.v1 {
+		err = id.res.RefreshByPID("/proc")
+	} else {
+		var paths map[uint64]string
+		if paths, err = kernel.CgroupNames(); err == nil {
+			err = id.res.Refresh(paths)
+		}
 	}
 	// After the cgroups: a namespace is named by the pod or container
 	// whose cgroup the resolver has just named.

@@ -138,6 +138,9 @@ type sink interface {
 func New(cfg Config, prb *probe.Probe, stderr io.Writer) (_ *Session, err error) {
 	s := &Session{cfg: cfg, probe: prb, owners: events.NewOwners(), drops: loadDropNames(stderr), stderr: stderr}
 	s.ids = newIdentities(cfg.Identity, stderr)
+	if s.ids.v1 {
+		s.owners.SetCgroupByPID(s.ids.res.CgroupOfPID) // identity.go
+	}
 	if p := cfg.Printer; p != nil {
 		p.owners, p.drops = s.owners, s.drops
 		p.setIdentities(s.ids.res.Lookup, s.ids.nets.Lookup)

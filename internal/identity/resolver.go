@@ -4,10 +4,13 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"io/fs"
+	"net"
 	"net/http"
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/conntracer/conntracer/internal/events"
@@ -37,6 +40,27 @@ type Resolver struct {
 	pids map[uint32]uint64
 }
 
+// unreachable says why a runtime's socket that exists did not answer
+// (permission denied, refused, timed out), "" when there is no socket:
+// the runtime is absent, which is no failure. A socket only its owner or
+// group may write (CRI-O's is root's, mode 0660) is the DaemonSet's case:
+// the tracer runs as another user (deploy/kubernetes/conntracer.yaml).
+func unreachable(socket string, err error) string {
+	if _, serr := os.Stat(socket); errors.Is(serr, fs.ErrNotExist) {
+		return ""
+	}
+	why := err.Error()
+	var op *net.OpError
+	if errors.As(err, &op) && op.Err != nil {
+		why = socket + ": " + op.Op + ": " + op.Err.Error()
+	}
+	if errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM) {
+		why += fmt.Sprintf(" as uid %d: the socket is not writable by the tracer's user or groups; "+
+			"see the runtime socket note in deploy/kubernetes/conntracer.yaml", os.Getuid())
+	}
+	return why
+}
+
 // goneKeep is how long a removed cgroup stays in the table, marked Gone:
 // long enough for the aggregate's processes in it to expire (its idle
 // expiry is minutes), bounded by maxGone entries under heavy churn.
@@ -57,7 +81,7 @@ type engine struct {
 // path alone.
 func NewResolver(src Sources) (*Resolver, string) {
 	r := &Resolver{src: src, table: map[uint64]*events.CgroupInfo{}, names: map[string]names{}, gone: map[uint64]time.Time{}}
-	var used, absent []string
+	var used, absent, failed []string
 	try := func(name, socket, ping string) *http.Client {
 		if socket == "" {
 			return nil
@@ -65,7 +89,11 @@ func NewResolver(src Sources) (*Resolver, string) {
 		c := unixHTTP(socket)
 		resp, err := c.Get("http://localhost" + ping)
 		if err != nil {
-			absent = append(absent, name)
+			if why := unreachable(socket, err); why != "" {
+				failed = append(failed, name+" ("+why+")")
+			} else {
+				absent = append(absent, name)
+			}
 			return nil
 		}
 		resp.Body.Close()
@@ -83,14 +111,28 @@ func NewResolver(src Sources) (*Resolver, string) {
 		if st, err := os.Stat(src.ContainerdTasks); err == nil && st.IsDir() {
 			r.tasks = src.ContainerdTasks
 			used = append(used, RuntimeContainerd+" ("+src.ContainerdTasks+")")
+		} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			failed = append(failed, RuntimeContainerd+" ("+err.Error()+")")
 		} else {
 			absent = append(absent, RuntimeContainerd)
 		}
 	}
 	note := "container names from " + strings.Join(used, ", ")
 	if len(used) == 0 {
-		note = "no container runtime reachable (" + strings.Join(absent, ", ") +
-			"): containers are named by the id in their cgroup path"
+		note = "no container runtime reachable"
+		if len(absent) > 0 {
+			note += " (" + strings.Join(absent, ", ") + ")"
+		}
+		note += ": containers are named by the id in their cgroup path"
+	}
+	if len(failed) > 0 {
+		// A runtime that is there but did not answer is said by name,
+		// with why, even when another one names containers: its own
+		// containers keep the ids of their cgroup paths.
+		note += "; not queried: " + strings.Join(failed, "; ")
+		if len(used) > 0 {
+			note += " (its containers are named by the ids in their cgroup paths)"
+		}
 	}
 	return r, note
 }

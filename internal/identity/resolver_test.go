@@ -15,7 +15,12 @@ import (
 // serveUnix serves h on a Unix socket in a temporary directory.
 func serveUnix(t *testing.T, h http.Handler) string {
 	t.Helper()
-	sock := filepath.Join(t.TempDir(), "api.sock")
+	return serveUnixAt(t, filepath.Join(t.TempDir(), "api.sock"), h)
+}
+
+// serveUnixAt serves h on the Unix socket sock.
+func serveUnixAt(t *testing.T, sock string, h http.Handler) string {
+	t.Helper()
 	l, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)

@@ -154,3 +154,15 @@ func TestNetNSOwnerName(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkNetNSRefresh: one refresh of the namespace names on this host
+// (a walk of /proc, a cgroup read per unnamed namespace), as the identity
+// goroutine does every --identity-refresh.
+func BenchmarkNetNSRefresh(b *testing.B) {
+	res, _ := NewResolver(Sources{})
+	nets := NewNetNSResolver("", res)
+	ip, _ := kernel.NetNSNames()
+	for b.Loop() {
+		nets.Refresh(ip)
+	}
+}

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/conntracer/conntracer/internal/testenv"
 )
 
 // TestSizeFlagsAreBounded: every size flag refuses a value past its bound
@@ -46,7 +48,7 @@ func TestSizeFlagsAreBounded(t *testing.T) {
 			if !strings.Contains(stderr.String(), tt.want) {
 				t.Errorf("stderr %q does not contain %q", stderr.String(), tt.want)
 			}
-			if d := time.Since(start); d > 2*time.Second {
+			if d := time.Since(start); d > testenv.Scaled(2*time.Second) {
 				t.Errorf("refusing took %v: the value was acted on before it was checked", d)
 			}
 		})

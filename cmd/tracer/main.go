@@ -17,9 +17,15 @@ import (
 	"syscall"
 
 	"github.com/cilium/ebpf"
+	"github.com/conntracer/conntracer/internal/privdrop"
 )
 
 func main() {
+	// File capabilities without the effective bit (the container image's)
+	// are only permitted until the tracer raises them.
+	if err := privdrop.RaiseEffective(); err != nil {
+		os.Exit(exitCode(err, os.Stderr))
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	// The process is the tracer's own: it gives up its privileges once
 	// attached (live.go). Tests that call run in-process do not.

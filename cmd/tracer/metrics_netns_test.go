@@ -47,7 +47,10 @@ func TestServeConntrackDropsFromEmptyTableAndNamespaceGone(t *testing.T) {
 	const every = 300 * time.Millisecond
 	r := startServe(t, "--netns", ns.Name, "--sample-interval", "200ms", "--netns-interval", every.String(),
 		"--reconcile-interval", "0", "--unix-interval", "0", "--counters-interval", "0")
-	time.Sleep(2 * every) // the sampler has seen the empty table
+	label := fmt.Sprintf(`netns="%d"`, ns.Inode)
+	// The baseline: the sampler has seen the empty table (which has no
+	// series to wait for) before the burst fills it.
+	time.Sleep(testenv.Scaled(2 * every))
 
 	f, err := os.Open("/run/netns/" + ns.Name)
 	if err != nil {
@@ -65,7 +68,6 @@ func TestServeConntrackDropsFromEmptyTableAndNamespaceGone(t *testing.T) {
 	if st.Drop == 0 {
 		t.Fatalf("table never filled: %d connects failed, no conntrack drop", b.Failed)
 	}
-	label := fmt.Sprintf(`netns="%d"`, ns.Inode)
 	if got, _ := scrape(t, r.addr, "conntracer_conntrack_", label); !strings.Contains(got, "conntracer_conntrack_entries{") {
 		t.Fatalf("no conntrack series for the namespace before it is deleted: %q", got)
 	}
@@ -83,13 +85,13 @@ func TestServeConntrackDropsFromEmptyTableAndNamespaceGone(t *testing.T) {
 	f.Close()
 	ns.Delete(t)
 	gone := time.Now()
-	waitFor(t, 10*time.Second, "series of the deleted namespace gone", func() (bool, string) {
+	waitFor(t, testenv.Scaled(10*time.Second), "series of the deleted namespace gone", func() (bool, string) {
 		got, err := scrape(t, r.addr, "conntracer_", label) // every series of the namespace
 		return got == "" && err == nil, fmt.Sprint(got, err)
 	})
 	// Two sampler rounds, and the socket round that publishes the
-	// snapshot; the rest is slack for a loaded machine.
-	if took := time.Since(gone); took > 2*every+time.Second {
+	// snapshot; the rest is slack for a loaded (or emulated) machine.
+	if took := time.Since(gone); took > testenv.Scaled(2*every+time.Second) {
 		t.Errorf("series of the deleted namespace left /metrics after %s, want within two samples (%s)", took, 2*every)
 	} else {
 		t.Logf("series gone %s after the namespace was deleted", took.Round(time.Millisecond))

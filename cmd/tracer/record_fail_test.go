@@ -42,7 +42,10 @@ func TestRecordOnFullDiskFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(self)
-	cmd.Env = append(os.Environ(), runMainEnv+fmt.Sprintf("=record %s --netns %s --duration 20s", path, ns.Name))
+	// Churn fills the page within seconds on real hardware; under
+	// emulation each round of connections takes several times longer.
+	patience := testenv.Scaled(15 * time.Second)
+	cmd.Env = append(os.Environ(), runMainEnv+fmt.Sprintf("=record %s --netns %s --duration %s", path, ns.Name, patience+5*time.Second))
 	stderr := &lineWaiter{want: "tracer: ERROR:", ready: make(chan struct{})}
 	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
@@ -54,7 +57,7 @@ func TestRecordOnFullDiskFails(t *testing.T) {
 	t.Cleanup(func() { cmd.Process.Kill(); <-exited })
 
 	// Churn until the recorder reports the failure.
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(patience)
 	var conns []testenv.Conn
 	for range 200 {
 		conns = append(conns, testenv.Conn{Addr: srv.Addr4(), Req: 100, Resp: 1000, Mode: testenv.ClientCloses})
@@ -70,7 +73,7 @@ wait:
 		case <-time.After(time.Second):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no write failure reported after 15 s: %s", stderr)
+			t.Fatalf("no write failure reported after %s: %s", patience, stderr)
 		}
 	}
 	// At once: the tracer is still running (until --duration).

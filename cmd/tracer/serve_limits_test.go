@@ -179,10 +179,10 @@ func TestMetricsServerSurvivesIdleConnections(t *testing.T) {
 	// times the cap, which is what is under test), the server may first
 	// drain its accept queue, and only then must a scrape answer within a
 	// second.
-	emulated := os.Getenv("VMTEST_KERNEL") != ""
+	kernel, emulated := testenv.Emulated()
 	if emulated {
 		n = 2000
-		t.Logf("kernel %s under emulation: a flood of %d connections", os.Getenv("VMTEST_KERNEL"), n)
+		t.Logf("kernel %s under emulation: a flood of %d connections", kernel, n)
 	}
 	// Dial n idle connections from 64 goroutines; the server may close
 	// them at once (evicted) or later: the client keeps whatever it has.

@@ -212,14 +212,18 @@ func TestTopOnceRatesOverTheTimeWatched(t *testing.T) {
 	c := testenv.RunClient(t, ns, "ctr-rt-client", plan)
 	d := r.wait(t)
 	p := procByPID(d, c.PID)
-	if p == nil || p.Opened != 40 {
-		t.Fatalf("client: %+v, want 40 opened", p)
+	if p == nil {
+		t.Fatalf("client pid %d not in the document", c.PID)
+	}
+	if !exactButForMissedRuns(t, d, "client's connections opened", p.Opened, 40) {
+		t.FailNow()
 	}
 	// The rate is over the complete seconds watched: the 5 s interval
 	// and the start-up before it, 2.5 s at most even under emulation
 	// (40 / 7.5 s = 5.3/s); over 10 s it read 4/s. The connections fall
 	// in at least one complete second: at most 40/s.
-	if got := p.OpensPerSecond["10s"]; got < 40/7.5 || got > 40 {
-		t.Errorf("opens per second over 10 s: %.2f, want 40 over the 1 to 7.5 s watched", got)
+	opened := float64(p.Opened)
+	if got := p.OpensPerSecond["10s"]; got < opened/7.5 || got > opened {
+		t.Errorf("opens per second over 10 s: %.2f, want %.0f over the 1 to 7.5 s watched", got, opened)
 	}
 }

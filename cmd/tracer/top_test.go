@@ -281,11 +281,19 @@ func TestTopFindsLeaksAndAgreesWithSS(t *testing.T) {
 	if int(tw.Total) != twKernel {
 		t.Errorf("TIME_WAIT in the namespace: tracer %d, ss state time-wait %d", tw.Total, twKernel)
 	}
-	if tw.Unattributed != 5 {
-		t.Errorf("unattributed TIME_WAIT %d, want the 5 from before the tracer", tw.Unattributed)
+	// A close the kernel skipped the state program for leaves its
+	// TIME_WAIT unattributed: reported, and allowed for as such.
+	p := procByPID(d, churner.PID)
+	if p == nil {
+		t.Fatalf("churner pid %d not in the document", churner.PID)
 	}
-	if p := procByPID(d, churner.PID); p == nil || p.TimeWait != 60 || p.States["TIME_WAIT"] != 60 {
-		t.Errorf("churner: %+v, want 60 TIME_WAIT", p)
+	if exactButForMissedRuns(t, d, "churner's TIME_WAIT", uint64(p.TimeWait), 60) {
+		if p.States["TIME_WAIT"] != p.TimeWait {
+			t.Errorf("churner: %d TIME_WAIT by state, %d counted", p.States["TIME_WAIT"], p.TimeWait)
+		}
+		if want := 5 + 60 - uint64(p.TimeWait); uint64(tw.Unattributed) != want {
+			t.Errorf("unattributed TIME_WAIT %d, want the 5 from before the tracer and the %d missed", tw.Unattributed, 60-p.TimeWait)
+		}
 	}
 	if d.TimeWait.Reconciliations == 0 {
 		t.Errorf("no reconciliation ran")

@@ -1,6 +1,8 @@
-// Package privdrop gives up, once the BPF programs are loaded and
-// attached, every capability the tracer's remaining work does not need,
-// and sets no_new_privs, on every thread of the process.
+// Package privdrop manages the tracer's capabilities: at start it makes
+// the permitted ones effective (file capabilities given without the
+// effective bit), and once the BPF programs are loaded and attached it
+// gives up every capability the remaining work does not need and sets
+// no_new_privs, on every thread of the process.
 //
 // Capabilities, no_new_privs and the bounding set are per thread in
 // Linux; Go runs goroutines on many threads and the cgo-linked runtime
@@ -51,6 +53,45 @@ func Names() string {
 	return strings.Join(n, ",")
 }
 
+// RaiseEffective makes every permitted capability effective, on every
+// thread, for binaries given file capabilities without the effective bit
+// (`setcap ...+p`, as the container image does). With the effective bit
+// (`+ep`) the kernel refuses to run the binary at all (EPERM, and nothing
+// to say why) when the runtime bounds any of the file's capabilities
+// away, e.g. a container not given CAP_SYS_RESOURCE, which only kernels
+// before 5.11 need. Without it the exec succeeds with what is granted,
+// and the tracer says itself what is missing, hook by hook. A process
+// whose effective set is already its permitted set (root, +ep, ambient
+// capabilities) is left alone.
+func RaiseEffective() error {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var cur [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &cur[0]); err != nil {
+		return fmt.Errorf("read capabilities: %w", err)
+	}
+	if cur[0].Effective == cur[0].Permitted && cur[1].Effective == cur[1].Permitted {
+		return nil
+	}
+	next := cur
+	for i := range next {
+		next[i].Effective = next[i].Permitted
+	}
+	if e := capsetAllThreads(&hdr, &next); e != 0 {
+		return fmt.Errorf("make the permitted capabilities effective: %w", e)
+	}
+	return nil
+}
+
+// capsetAllThreads sets the capabilities of every thread of the process.
+// The pointers are converted in the call itself: psx's Syscall3 is
+// //go:uintptrescapes, which keeps them valid until it returns.
+func capsetAllThreads(hdr *unix.CapUserHeader, data *[2]unix.CapUserData) unix.Errno {
+	_, _, e := psx.Syscall3(unix.SYS_CAPSET, uintptr(unsafe.Pointer(hdr)), uintptr(unsafe.Pointer(&data[0])), 0)
+	runtime.KeepAlive(hdr)
+	runtime.KeepAlive(data)
+	return e
+}
+
 // Drop sets no_new_privs and reduces every thread's capabilities to those
 // of Kept that the process has (a non-root tracer given only some keeps
 // only those). It is not reversible: call it after the probe is attached.
@@ -89,12 +130,7 @@ func Drop() error {
 		next[i].Permitted = cur[i].Permitted & keep[i]
 		next[i].Effective = next[i].Permitted
 	}
-	// The pointers are converted in the call itself: psx's Syscall3 is
-	// //go:uintptrescapes, which keeps them valid until it returns.
-	_, _, e := psx.Syscall3(unix.SYS_CAPSET, uintptr(unsafe.Pointer(&hdr)), uintptr(unsafe.Pointer(&next[0])), 0)
-	runtime.KeepAlive(&hdr)
-	runtime.KeepAlive(&next)
-	if e != 0 {
+	if e := capsetAllThreads(&hdr, &next); e != 0 {
 		return fmt.Errorf("reduce capabilities to %s: %w", Names(), e)
 	}
 	return nil

@@ -17,10 +17,6 @@ import (
 	"github.com/conntracer/conntracer/internal/testenv"
 )
 
-// inVM reports whether the test runs in a kernel booted by tools/vmtest,
-// where fentry and kprobes work: there a missing hook is a failure.
-func inVM() (string, bool) { return os.LookupEnv("VMTEST_KERNEL") }
-
 // The in-kernel conntrack path is chosen where it attaches and otherwise
 // falls back cleanly: Open succeeds, the note and ConntrackInKernel say which
 // source is in use and why. On this host (fentry EPERM, no kprobes) that is
@@ -59,12 +55,12 @@ func TestConntrackInKernelSource(t *testing.T) {
 		if want := "conntrack hooks: in-kernel (" + string(hook.Mode) + ")"; note != want || src != "in-kernel ("+string(hook.Mode)+")" {
 			t.Errorf("note %q, source %q; want %q", note, src, want)
 		}
-		if k, vm := inVM(); vm && hook.Mode != AttachFentry && !noModuleBTF() {
+		if k, vm := testenv.Emulated(); vm && hook.Mode != AttachFentry && !noModuleBTF() {
 			t.Errorf("kernel %s: conntrack hooks attached as %s, want fentry (better modes failed: %v)", k, hook.Mode, hook.Err)
 		}
 		return
 	}
-	if k, vm := inVM(); vm {
+	if k, vm := testenv.Emulated(); vm {
 		t.Fatalf("kernel %s: in-kernel conntrack path unavailable: %v", k, hook.Err)
 	}
 	if src != "ctnetlink events" || !strings.HasPrefix(note, "conntrack hooks: unavailable, conntrack entries need ctnetlink (") {
@@ -146,7 +142,7 @@ func testConntrackInKernel(t *testing.T, mode AttachMode) {
 	src, ok := tr.probe.ConntrackInKernel()
 	if !ok {
 		why := tr.probe.Notes()
-		if k, vm := inVM(); vm && !(mode == AttachFentry && noModuleBTF()) {
+		if k, vm := testenv.Emulated(); vm && !(mode == AttachFentry && noModuleBTF()) {
 			t.Fatalf("kernel %s: in-kernel conntrack path unavailable: %v", k, why)
 		}
 		t.Skipf("%s does not attach to nf_conntrack on this kernel (%v); run it in the kernel matrix: make test-kernels RUN=TestConntrackInKernel", mode, why)

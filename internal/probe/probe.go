@@ -12,6 +12,7 @@ import (
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/ringbuf"
 	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
 
 	"github.com/conntracer/conntracer/internal/events"
 )
@@ -190,9 +191,8 @@ func Open(opts Options) (_ *Probe, err error) {
 	if err := CheckBTF(); err != nil {
 		return nil, err
 	}
-	// Kernels before 5.11 account BPF memory against RLIMIT_MEMLOCK.
-	if err := rlimit.RemoveMemlock(); err != nil {
-		return nil, fmt.Errorf("remove memlock limit: %w", err)
+	if err := removeMemlock(); err != nil {
+		return nil, err
 	}
 
 	var notes []string
@@ -449,4 +449,38 @@ func (p *Probe) Close() error {
 func kernelHasAncestorCgroup() bool {
 	err := features.HaveProgramHelper(ebpf.TracePoint, asm.FnGetCurrentAncestorCgroupId)
 	return !errors.Is(err, ebpf.ErrNotSupported)
+}
+
+// removeMemlock lifts RLIMIT_MEMLOCK where the kernel charges BPF memory
+// to it (before 5.11). cilium/ebpf's rlimit package decides whether it
+// does at package init, by creating a map with the limit at zero: before
+// main could make file capabilities given without the effective bit
+// effective (privdrop.RaiseEffective), so for such a tracer its answer is
+// "charged" on any kernel, and raising the limit then needs
+// CAP_SYS_RESOURCE, which newer kernels do not need and a container may
+// not be given. Where raising fails, the test is made again now, with
+// the capabilities in effect: a map created under a zero limit means the
+// limit does not matter.
+func removeMemlock() error {
+	err := rlimit.RemoveMemlock()
+	if err == nil {
+		return nil
+	}
+	var old unix.Rlimit
+	if unix.Prlimit(0, unix.RLIMIT_MEMLOCK, nil, &old) != nil {
+		return fmt.Errorf("remove memlock limit: %w", err)
+	}
+	zero := unix.Rlimit{Cur: 0, Max: old.Max}
+	if unix.Prlimit(0, unix.RLIMIT_MEMLOCK, &zero, nil) != nil {
+		return fmt.Errorf("remove memlock limit: %w", err)
+	}
+	m, mapErr := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	if restoreErr := unix.Prlimit(0, unix.RLIMIT_MEMLOCK, &old, nil); restoreErr != nil {
+		return fmt.Errorf("restore memlock limit: %w", restoreErr)
+	}
+	if mapErr != nil {
+		return fmt.Errorf("this kernel charges BPF memory to RLIMIT_MEMLOCK (before 5.11) and raising it failed (grant CAP_SYS_RESOURCE, or raise the limit for the tracer): %w", err)
+	}
+	m.Close()
+	return nil
 }

@@ -299,7 +299,7 @@ func TestDaemonSetImageRuns(t *testing.T) {
 	// The client's opens by its command name, and its TIME_WAIT sockets
 	// in the namespace: the second needs the tracer to enter the
 	// namespace (sock_diag), with the capabilities it kept.
-	tw := fmt.Sprintf(`conntracer_time_wait_sockets{netns="%d"} %d`, ns.Inode, n)
+	tw := fmt.Sprintf(`conntracer_time_wait_sockets{netns="%d",netns_name=%q} %d`, ns.Inode, ns.Name, n)
 	waitUntil(t, testenv.Scaled(15*time.Second), fmt.Sprintf("%d opens by img-client and %q", n, tw), func() (bool, string) {
 		_, body := get(addr, "/metrics")
 		var seen []string

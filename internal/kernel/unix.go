@@ -3,6 +3,7 @@ package kernel
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/conntracer/conntracer/internal/events"
 )
@@ -27,11 +28,14 @@ const tcpListenState = 10
 // Call it from a goroutine on a tick and hand the events to the event
 // loop: it reads /proc and netlink, which takes milliseconds.
 func UnixListeners() (evs []events.Event, warnings []error, err error) {
-	pids, err := listPIDs("/proc")
-	if err != nil {
-		return nil, nil, fmt.Errorf("list processes: %w", err)
-	}
-	cands, warnings := listNetNS("/proc", pids, netnsRunDir, selfMountinfo)
+	var l *NetNSList
+	return l.UnixListeners()
+}
+
+// UnixListeners is the package's UnixListeners on the shared listing.
+func (l *NetNSList) UnixListeners() (evs []events.Event, warnings []error, err error) {
+	cands, warnings := l.list()
+	warnings = slices.Clone(warnings) // the listing's own slice is shared
 	var (
 		inodes   []uint32
 		failures []error
@@ -62,7 +66,7 @@ func UnixListeners() (evs []events.Event, warnings []error, err error) {
 		want[ino] = struct{}{}
 	}
 	if len(want) > 0 {
-		pids, err := listPIDs("/proc")
+		pids, err := l.PIDs()
 		if err != nil {
 			return evs, append(warnings, fmt.Errorf("find listeners' processes: %w", err)), nil
 		}

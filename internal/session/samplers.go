@@ -92,8 +92,13 @@ func (l *loop) sampleAll(samplers []*sampler, stderr io.Writer) error {
 // findings and the loop publishes a snapshot, so the other tables read in
 // the same pass are already in.
 func samplers(cfg *Config, socks *probe.SocketSampler, ct conntrackEntrySource, spare chan []events.Event, said *saidOnce, published func() *aggregate.Snapshot) []*sampler {
+	// One listing of the namespaces serves every sampler: those due in
+	// the same pass share it, and it is kept up to date by change
+	// (kernel.NetNSList).
+	netns := kernel.NewNetNSList()
 	nsSampler := kernel.NewNetNSSampler()
 	nsSampler.OnlyNetNS = cfg.NetNS
+	nsSampler.NetNS = netns
 	if w, ok := ct.(kernel.ConntrackNSWatcher); ok {
 		nsSampler.Watcher = w // a namespace is followed from its first sample on
 	}
@@ -108,17 +113,17 @@ func samplers(cfg *Config, socks *probe.SocketSampler, ct conntrackEntrySource, 
 			return evs, errors.Join(said.fresh(warnings)...)
 		}},
 		{name: "unix listeners", every: cfg.Intervals.Unix, read: func() ([]events.Event, error) {
-			evs, _, err := kernel.UnixListeners()
+			evs, _, err := netns.UnixListeners()
 			return evs, err
 		}},
 		{name: "TIME_WAIT counts not reconciled with the kernel", every: cfg.Intervals.Reconcile, read: func() ([]events.Event, error) {
-			evs, _, err := kernel.TimeWaitDump(reuseBatch(spare, lastTW+lastTW/8+16), tw.round(time.Now()))
+			evs, _, err := netns.TimeWaitDump(reuseBatch(spare, lastTW+lastTW/8+16), tw.round(time.Now()))
 			lastTW = max(len(evs), lastTW/2) // a round that dumped nothing keeps most of the size hint
 			return evs, err
 		}},
 		{name: "kernel TCP counters and sockstat", every: cfg.Intervals.Counters, read: func() ([]events.Event, error) {
 			now := bootclock.Now()
-			evs, warnings := kernel.KernelCounters(cfg.NetNS, now)
+			evs, warnings := netns.KernelCounters(cfg.NetNS, now)
 			return evs, errors.Join(said.fresh(warnings)...)
 		}},
 		{name: "socket table", every: cfg.Intervals.Sample, required: true, read: func() ([]events.Event, error) {
@@ -131,9 +136,11 @@ func samplers(cfg *Config, socks *probe.SocketSampler, ct conntrackEntrySource, 
 }
 
 // runSamplers calls each sampler on its own interval and hands every
-// round to the event loop as one batch, until ctx is done. Samplers due
-// at the same moment run in list order.
-func runSamplers(ctx context.Context, samplers []*sampler, out chan<- []events.Event, stderr io.Writer) {
+// round to the event loop as one batch, until ctx is done, and calls handed
+// after each (the loop applies batches when it wakes, and an idle loop
+// waits long: probe.Probe.Wake). Samplers due at the same moment run in
+// list order.
+func runSamplers(ctx context.Context, samplers []*sampler, out chan<- []events.Event, handed func(), stderr io.Writer) {
 	next := make([]time.Time, len(samplers))
 	start := time.Now()
 	for i, s := range samplers {
@@ -175,6 +182,7 @@ func runSamplers(ctx context.Context, samplers []*sampler, out chan<- []events.E
 			}
 			select {
 			case out <- b:
+				handed()
 			case <-ctx.Done():
 				return
 			}

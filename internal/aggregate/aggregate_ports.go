@@ -1,10 +1,12 @@
 package aggregate
 
 import (
-	"github.com/conntracer/conntracer/internal/events"
-
+	"cmp"
 	"fmt"
 	"net/netip"
+	"slices"
+
+	"github.com/conntracer/conntracer/internal/events"
 )
 
 // portKey is one destination as seen from one local address: the unit the
@@ -134,6 +136,109 @@ func (t *portTable) publish() {
 		u.timeWait = n
 		t.use[pk] = u
 	}
+}
+
+// dest is a destination whatever the local address.
+type dest struct {
+	netns  uint32
+	remote netip.AddrPort
+}
+
+// byDest returns the ports held towards each destination, whatever the
+// local address, for (at least) the nWanted destinations that wanted
+// lists. It indexes the smaller side: every destination of the table when
+// it has no more than nWanted, else only those wanted, so that a table
+// of 50,000 destinations (a server's TIME_WAIT sockets, when its port lies
+// inside the ephemeral range: each towards another client port) costs
+// lookups, not a map of 50,000, when the host connects to few.
+func (t *portTable) byDest(nWanted int, wanted func(add func(dest))) map[dest]uint32 {
+	if len(t.use) <= nWanted {
+		ports := make(map[dest]uint32, len(t.use))
+		for k, u := range t.use {
+			ports[dest{k.netns, k.remote}] += u.used
+		}
+		return ports
+	}
+	ports := make(map[dest]uint32, nWanted)
+	wanted(func(d dest) { ports[d] = 0 })
+	for k, u := range t.use {
+		d := dest{k.netns, k.remote}
+		if n, ok := ports[d]; ok {
+			ports[d] = n + u.used
+		}
+	}
+	return ports
+}
+
+// top returns the k most used destinations, most used first (then by
+// namespace, remote and local address), with their exact counts. A bounded
+// selection: a heap of the k best seen so far, whose worst is replaced
+// when a better one comes, then a sort of those k. Sorting every
+// destination, 53,000 of them in the case of byDest, was 7% of a busy
+// tracer's CPU time.
+func (t *portTable) top(k int) []PortUse {
+	if len(t.use) == 0 || k <= 0 {
+		return nil
+	}
+	h := make([]PortUse, 0, min(k, len(t.use)))
+	// h is a heap with the worst kept at h[0]: worse(h[i], h[parent]) is
+	// never true.
+	worse := func(x, y *PortUse) bool { return portOrder(x, y) > 0 }
+	down := func(i int) {
+		for {
+			c := 2*i + 1
+			if c >= len(h) {
+				return
+			}
+			if c+1 < len(h) && worse(&h[c+1], &h[c]) {
+				c++
+			}
+			if !worse(&h[c], &h[i]) {
+				return
+			}
+			h[i], h[c] = h[c], h[i]
+			i = c
+		}
+	}
+	for pk, u := range t.use {
+		p := PortUse{NetNS: pk.netns, Local: pk.local, Remote: pk.remote,
+			Used: u.used, TimeWait: u.timeWait, RangeSize: t.rangeSize(pk.netns)}
+		if len(h) < k {
+			h = append(h, p)
+			for i := len(h) - 1; i > 0; {
+				parent := (i - 1) / 2
+				if !worse(&h[i], &h[parent]) {
+					break
+				}
+				h[i], h[parent] = h[parent], h[i]
+				i = parent
+			}
+			continue
+		}
+		if worse(&p, &h[0]) || portOrder(&p, &h[0]) == 0 {
+			continue
+		}
+		h[0] = p
+		down(0)
+	}
+	slices.SortFunc(h, func(x, y PortUse) int { return portOrder(&x, &y) })
+	return h
+}
+
+// portOrder is the order of Snapshot.Ports: most used first, then by
+// namespace, remote and local address. Most pairs differ in the count,
+// so the addresses are compared only when it is equal.
+func portOrder(x, y *PortUse) int {
+	if c := cmp.Compare(y.Used, x.Used); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(x.NetNS, y.NetNS); c != 0 {
+		return c
+	}
+	if c := x.Remote.Compare(y.Remote); c != 0 {
+		return c
+	}
+	return x.Local.Compare(y.Local)
 }
 
 // exhaustion is the port_exhaustion rule: the ports held towards one

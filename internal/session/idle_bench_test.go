@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"os"
+	"runtime"
+	"runtime/pprof"
 	"testing"
 	"time"
 
@@ -50,6 +52,18 @@ func BenchmarkIdleSession(b *testing.B) {
 	unix.Getrusage(unix.RUSAGE_SELF, &after)
 	wall := time.Since(start)
 	b.StopTimer()
+	// What the idle session keeps on its heap, for `go tool pprof`.
+	if path := os.Getenv("CONNTRACER_IDLE_HEAP_PROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		runtime.GC()
+		if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+			b.Fatal(err)
+		}
+		f.Close()
+	}
 	cancel()
 	if err := <-done; err != nil {
 		b.Fatal(err)

@@ -102,9 +102,12 @@ func samplers(cfg *Config, socks *probe.SocketSampler, ct conntrackEntrySource, 
 	if w, ok := ct.(kernel.ConntrackNSWatcher); ok {
 		nsSampler.Watcher = w // a namespace is followed from its first sample on
 	}
-	// Sizes of the previous socket round and TIME_WAIT dump: rounds
-	// change little, so the next batch is sized once.
-	last, lastTW := 0, 0
+	// Size of the previous socket round: rounds change little, so the
+	// next batch is sized once. (A TIME_WAIT dump sizes its batch from
+	// each namespace's sockstat count, and only if it dumps at all: most
+	// rounds dump nothing, and a batch sized from the last dump, 14 MiB
+	// for 10,000 sockets, was allocated every 5 s for nothing.)
+	last := 0
 	tw := timeWaitGate{only: cfg.NetNS, every: fullDumpRounds * cfg.Intervals.Reconcile, published: published}
 	return []*sampler{
 		{name: "conntrack and listen overflows", every: cfg.Intervals.NetNS, read: func() ([]events.Event, error) {
@@ -117,8 +120,13 @@ func samplers(cfg *Config, socks *probe.SocketSampler, ct conntrackEntrySource, 
 			return evs, err
 		}},
 		{name: "TIME_WAIT counts not reconciled with the kernel", every: cfg.Intervals.Reconcile, read: func() ([]events.Event, error) {
-			evs, _, err := netns.TimeWaitDump(reuseBatch(spare, lastTW+lastTW/8+16), tw.round(time.Now()))
-			lastTW = max(len(evs), lastTW/2) // a round that dumped nothing keeps most of the size hint
+			evs, _, err := netns.TimeWaitDump(spareBatch(spare), tw.round(time.Now()))
+			if len(evs) == 0 && cap(evs) > 0 { // nothing dumped: the batch goes back
+				select {
+				case spare <- evs:
+				default:
+				}
+			}
 			return evs, err
 		}},
 		{name: "kernel TCP counters and sockstat", every: cfg.Intervals.Counters, read: func() ([]events.Event, error) {
@@ -200,12 +208,26 @@ func runSamplers(ctx context.Context, samplers []*sampler, out chan<- []events.E
 func reuseBatch(spare chan []events.Event, n int) []events.Event {
 	select {
 	case b := <-spare:
-		if cap(b) >= n {
+		// One far bigger than needed is dropped, not reused: the churn
+		// that filled it is over, and a small round would keep it (and
+		// its MiB) alive for good.
+		if cap(b) >= n && cap(b) <= 4*n+minSpareBatch {
 			return b[:0]
 		}
 	default:
 	}
 	return make([]events.Event, 0, n)
+}
+
+// spareBatch returns an empty batch the event loop has finished with, or
+// nil if there is none.
+func spareBatch(spare chan []events.Event) []events.Event {
+	select {
+	case b := <-spare:
+		return b[:0]
+	default:
+		return nil
+	}
 }
 
 // fullDumpRounds: a namespace whose sockstat agrees with the tracer is

@@ -232,3 +232,45 @@ func aggregatorWithServerTimeWait(n int) *Aggregator {
 	a.Apply(&events.Event{Kind: events.KindSockSampleDone, Sample: events.Sample{TimeNs: uint64(n) * 2000}}, now)
 	return a
 }
+
+// BenchmarkSampleRoundServerTimeWait is a socket-table round's end (the
+// port table published, the findings evaluated) and its snapshot, with
+// the 50,000 server-side TIME_WAIT destinations of
+// BenchmarkSnapshotServerTimeWait: "unchanged" when nothing happened
+// since the last round (the port table is not rebuilt), "changed" with one
+// more TIME_WAIT socket each round (it is).
+func BenchmarkSampleRoundServerTimeWait(b *testing.B) {
+	for _, changed := range []bool{false, true} {
+		name := "unchanged"
+		if changed {
+			name = "changed"
+		}
+		b.Run(name, func(b *testing.B) {
+			const n = 50_000
+			a := aggregatorWithServerTimeWait(n)
+			now := time.Unix(1_700_000_000, 0)
+			done := events.Event{Kind: events.KindSockSampleDone, Sample: events.Sample{TimeNs: n * 2000}}
+			var ev events.Event
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if changed {
+					ev = events.Event{Kind: events.KindConnClosed}
+					c := &ev.Conn
+					c.NetNS, c.Family = 4026531840, events.FamilyIPv4
+					c.Owner = events.Process{PID: 4000, StartNs: 4000 * startTick, Source: events.OwnerAccept}
+					c.Owner.SetComm("server")
+					c.Role = events.RolePassive
+					c.Local = netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, 1}), 40000)
+					c.Remote = netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 9, byte(i >> 16), byte(i >> 8)}), uint16(i))
+					c.OpenNs, c.CloseNs, c.SeenOpen, c.EndState = 1, 2, true, events.EndTimeWait
+					a.Apply(&ev, now)
+				}
+				a.Apply(&done, now)
+				if s := a.Snapshot(); len(s.Ports) != MaxPorts {
+					b.Fatalf("%d destinations shown", len(s.Ports))
+				}
+			}
+		})
+	}
+}

@@ -99,6 +99,7 @@ func samplers(cfg *Config, socks *probe.SocketSampler, ct conntrackEntrySource, 
 	nsSampler := kernel.NewNetNSSampler()
 	nsSampler.OnlyNetNS = cfg.NetNS
 	nsSampler.NetNS = netns
+	unixSampler := &kernel.UnixSampler{NetNS: netns}
 	if w, ok := ct.(kernel.ConntrackNSWatcher); ok {
 		nsSampler.Watcher = w // a namespace is followed from its first sample on
 	}
@@ -116,7 +117,7 @@ func samplers(cfg *Config, socks *probe.SocketSampler, ct conntrackEntrySource, 
 			return evs, errors.Join(said.fresh(warnings)...)
 		}},
 		{name: "unix listeners", every: cfg.Intervals.Unix, read: func() ([]events.Event, error) {
-			evs, _, err := netns.UnixListeners()
+			evs, _, err := unixSampler.Sample()
 			return evs, err
 		}},
 		{name: "TIME_WAIT counts not reconciled with the kernel", every: cfg.Intervals.Reconcile, read: func() ([]events.Event, error) {

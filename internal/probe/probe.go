@@ -270,9 +270,18 @@ func (p *Probe) Run(ctx context.Context, h Handler) error {
 		ev  events.Event
 	)
 	draining := false
-	// A cancelled ctx ends the wait at once, however long it was.
-	stop := context.AfterFunc(ctx, p.Wake)
-	defer stop()
+	// A cancelled ctx ends the wait at once, however long it was. Run
+	// returns only once that call is over: the caller may Close next.
+	woken := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(woken)
+		p.Wake()
+	})
+	defer func() {
+		if !stop() {
+			<-woken
+		}
+	}()
 	poll := newPollBackoff(p.opts)
 	// wait sleeps until the kernel wakes the readers, Wake is called or
 	// the poll interval has passed, and leaves the reader's deadline such

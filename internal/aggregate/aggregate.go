@@ -278,7 +278,7 @@ func (a *Aggregator) Apply(ev *events.Event, now time.Time) {
 		a.ports.setRange(ev.Conn.NetNS, ev.Sample.PortLow, ev.Sample.PortHigh)
 	case events.KindNetNSGone:
 		a.tw.forgetNetNS(ev.Counters.NetNS)
-		delete(a.ports.ranges, ev.Counters.NetNS) // a namespace reusing the inode has its own
+		a.ports.forgetRange(ev.Counters.NetNS) // a namespace reusing the inode has its own
 	}
 }
 

@@ -177,3 +177,100 @@ func aggregatorWithProcesses(n int) *Aggregator {
 	a.Apply(&events.Event{Kind: events.KindSockSampleDone, Sample: events.Sample{TimeNs: uint64(n) * 10000}}, now)
 	return a
 }
+
+// BenchmarkSnapshotServerTimeWait is the snapshot of a server whose
+// listening port lies inside the ephemeral range, with 50,000 of its
+// connections in TIME_WAIT: each is a destination of its own in the port
+// table (the client's address and port), and Snapshot.Ports shows only
+// the MaxPorts most used.
+func BenchmarkSnapshotServerTimeWait(b *testing.B) {
+	const n = 50_000
+	a := aggregatorWithServerTimeWait(n)
+	if got := len(a.ports.use); got != n+1 {
+		b.Fatalf("%d destinations in the port table, want %d", got, n+1)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if s := a.Snapshot(); len(s.Ports) != MaxPorts {
+			b.Fatalf("%d destinations shown", len(s.Ports))
+		}
+	}
+}
+
+// aggregatorWithServerTimeWait returns an aggregator holding n server-side
+// TIME_WAIT sockets of one process listening on port 40000 (inside the
+// default ephemeral range), each towards another client port, plus a few
+// client connections to one destination: the most used, shown first.
+func aggregatorWithServerTimeWait(n int) *Aggregator {
+	a := NewAggregator(DefaultThresholds())
+	now := time.Unix(1_700_000_000, 0)
+	var ev events.Event
+	c := &ev.Conn
+	for i := 0; i < n+50; i++ {
+		ev = events.Event{Kind: events.KindConnClosed}
+		c.NetNS = 4026531840
+		c.Family = events.FamilyIPv4
+		c.Owner = events.Process{PID: 4000, StartNs: 4000 * startTick, Source: events.OwnerAccept}
+		c.Owner.SetComm("server")
+		c.Role = events.RolePassive
+		c.Local = netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, 1}), 40000)
+		c.Remote = netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 2, byte(i / 28000), 1}), uint16(32768+i%28000))
+		if i >= n { // the client side of 50 connections to one server
+			c.Owner = events.Process{PID: 5000, StartNs: 5000 * startTick, Source: events.OwnerConnect}
+			c.Owner.SetComm("client")
+			c.Role = events.RoleActive
+			c.Local = netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, 1}), uint16(50000+i-n))
+			c.Remote = netip.MustParseAddrPort("10.3.0.1:443")
+		}
+		c.OpenNs = uint64(i)*1000 + 1
+		c.CloseNs = c.OpenNs + 500_000
+		c.SeenOpen = true
+		c.EndState = events.EndTimeWait
+		a.Apply(&ev, now)
+	}
+	a.Apply(&events.Event{Kind: events.KindSockSampleDone, Sample: events.Sample{TimeNs: uint64(n) * 2000}}, now)
+	return a
+}
+
+// BenchmarkSampleRoundServerTimeWait is a socket-table round's end (the
+// port table published, the findings evaluated) and its snapshot, with
+// the 50,000 server-side TIME_WAIT destinations of
+// BenchmarkSnapshotServerTimeWait: "unchanged" when nothing happened
+// since the last round (the port table is not rebuilt), "changed" with one
+// more TIME_WAIT socket each round (it is).
+func BenchmarkSampleRoundServerTimeWait(b *testing.B) {
+	for _, changed := range []bool{false, true} {
+		name := "unchanged"
+		if changed {
+			name = "changed"
+		}
+		b.Run(name, func(b *testing.B) {
+			const n = 50_000
+			a := aggregatorWithServerTimeWait(n)
+			now := time.Unix(1_700_000_000, 0)
+			done := events.Event{Kind: events.KindSockSampleDone, Sample: events.Sample{TimeNs: n * 2000}}
+			var ev events.Event
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if changed {
+					ev = events.Event{Kind: events.KindConnClosed}
+					c := &ev.Conn
+					c.NetNS, c.Family = 4026531840, events.FamilyIPv4
+					c.Owner = events.Process{PID: 4000, StartNs: 4000 * startTick, Source: events.OwnerAccept}
+					c.Owner.SetComm("server")
+					c.Role = events.RolePassive
+					c.Local = netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, 1}), 40000)
+					c.Remote = netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 9, byte(i >> 16), byte(i >> 8)}), uint16(i))
+					c.OpenNs, c.CloseNs, c.SeenOpen, c.EndState = 1, 2, true, events.EndTimeWait
+					a.Apply(&ev, now)
+				}
+				a.Apply(&done, now)
+				if s := a.Snapshot(); len(s.Ports) != MaxPorts {
+					b.Fatalf("%d destinations shown", len(s.Ports))
+				}
+			}
+		})
+	}
+}

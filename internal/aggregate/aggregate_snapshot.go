@@ -212,23 +212,7 @@ func (a *Aggregator) Snapshot() *Snapshot {
 		Thresholds: a.th,
 		Findings:   slices.Clone(a.findings),
 	}
-	// Ports held towards each destination, whatever the local address.
-	type dest struct {
-		netns  uint32
-		remote netip.AddrPort
-	}
-	ports := make(map[dest]uint32, len(a.ports.use))
-	for k, u := range a.ports.use {
-		ports[dest{k.netns, k.remote}] += u.used
-		s.Ports = append(s.Ports, PortUse{NetNS: k.netns, Local: k.local, Remote: k.remote,
-			Used: u.used, TimeWait: u.timeWait, RangeSize: a.ports.rangeSize(k.netns)})
-	}
-	slices.SortFunc(s.Ports, func(x, y PortUse) int {
-		return cmp.Or(cmp.Compare(y.Used, x.Used), cmp.Compare(x.NetNS, y.NetNS), x.Remote.Compare(y.Remote), x.Local.Compare(y.Local))
-	})
-	if len(s.Ports) > MaxPorts {
-		s.Ports = s.Ports[:MaxPorts]
-	}
+	s.Ports = a.ports.top(MaxPorts)
 
 	// Sorted as pointers, then written in place: the snapshot structs
 	// are large, and 10,000 processes must cost little (see the
@@ -242,10 +226,26 @@ func (a *Aggregator) Snapshot() *Snapshot {
 	})
 	s.Processes = make([]ProcessSnapshot, len(procs))
 	spans := rateSpans(a.now.Unix(), a.since)
-	nRemotes := 0
+	nRemotes, nActive := 0, 0
 	for _, p := range procs {
 		nRemotes += len(p.remotes)
+		for k := range p.remotes {
+			if !k.Passive {
+				nActive++
+			}
+		}
 	}
+	// Ports held towards each destination, whatever the local address,
+	// for the remotes this host connects to.
+	ports := a.ports.byDest(nActive, func(add func(dest)) {
+		for _, p := range procs {
+			for _, r := range p.remotes {
+				if !r.key.Passive {
+					add(dest{r.key.NetNS, r.key.Addr})
+				}
+			}
+		}
+	})
 	// One allocation for every process's remotes, sliced per process.
 	allRemotes := make([]RemoteSnapshot, nRemotes)
 	var remotes []*remoteStats

@@ -1,7 +1,10 @@
 package aggregate
 
-import "github.com/conntracer/conntracer/internal/events"
-import "math"
+import (
+	"math"
+
+	"github.com/conntracer/conntracer/internal/events"
+)
 
 // ConnHistograms are the node's distributions of closed connections, the
 // ones /metrics exposes as histograms: lifetime by role and end state,

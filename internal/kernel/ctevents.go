@@ -64,6 +64,9 @@ type CtEvents struct {
 	// not TCP state changes): the dumps bring the states and correct what
 	// that source could not see (entries older than the tracer).
 	DumpEvery time.Duration
+	// Sent, if set, is called after each batch handed over on out: the
+	// session wakes its event loop with it (an idle loop waits long).
+	Sent func()
 
 	out chan<- []events.Event
 
@@ -99,6 +102,13 @@ type ctSock struct {
 	legacy  map[uint32]struct{}
 	dumped  bool
 	refresh time.Time
+}
+
+// sent calls Sent, if set.
+func (w *CtEvents) sent() {
+	if w.Sent != nil {
+		w.Sent()
+	}
 }
 
 // NewCtEvents returns a watcher that sends its batches on out. It starts
@@ -285,6 +295,7 @@ func (w *CtEvents) read(ctx context.Context, s *ctSock) {
 		select {
 		case w.out <- batch:
 			batch = make([]events.Event, 0, 64)
+			w.sent()
 			return true
 		case <-ctx.Done():
 			return false
@@ -431,6 +442,7 @@ func (w *CtEvents) resync(ctx context.Context, s *ctSock) bool {
 		select {
 		case w.out <- evs:
 			evs = make([]events.Event, 0, maxCtBatch)
+			w.sent()
 			return true
 		case <-ctx.Done():
 			return false

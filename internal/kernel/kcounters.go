@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -18,11 +19,14 @@ import (
 // namespace, stamped bootNs. warnings list namespaces that could not be
 // read; the others are still returned.
 func KernelCounters(only uint32, bootNs uint64) ([]events.Event, []error) {
-	pids, err := listPIDs("/proc")
-	if err != nil {
-		return nil, []error{fmt.Errorf("list processes: %w", err)}
-	}
-	cands, warnings := listNetNS("/proc", pids, netnsRunDir, selfMountinfo)
+	var l *NetNSList
+	return l.KernelCounters(only, bootNs)
+}
+
+// KernelCounters is the package's KernelCounters on the shared listing.
+func (l *NetNSList) KernelCounters(only uint32, bootNs uint64) ([]events.Event, []error) {
+	cands, warnings := l.list()
+	warnings = slices.Clone(warnings) // the listing's own slice is shared
 	var evs []events.Event
 	for _, ino := range cands.inodes() {
 		if only != 0 && ino != only {

@@ -128,48 +128,7 @@ func listNetNS(procDir string, pids []int, netnsDir, mountinfo string) (netnsCan
 		warnings = append(warnings, deniedError(procDir, "network namespaces", "connections in a namespace only they are in are missed", denied))
 	}
 
-	names, err := readDirNames(netnsDir)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		warnings = append(warnings, fmt.Errorf("list named network namespaces: %w", err))
-	}
-	for _, name := range names {
-		p := filepath.Join(netnsDir, name)
-		ino, err := nsfsInode(p)
-		if err != nil {
-			warnings = append(warnings, fmt.Errorf("named network namespace %q: %w", name, err))
-			continue
-		}
-		c.add(ino, p)
-	}
-
-	f, err := os.Open(mountinfo)
-	if err != nil {
-		warnings = append(warnings, fmt.Errorf("list bind-mounted network namespaces: %w", err))
-		return c, warnings
-	}
-	defer f.Close()
-	mounts, err := parseMountinfo(f)
-	if err != nil {
-		warnings = append(warnings, fmt.Errorf("list bind-mounted network namespaces: parse %s: %w", mountinfo, err))
-		return c, warnings
-	}
-	for _, m := range mounts {
-		if m.fstype != "nsfs" || !strings.HasPrefix(m.root, "net:[") {
-			continue
-		}
-		if strings.HasPrefix(m.point, netnsDir+"/") {
-			continue // already seen, and a failure there is already reported
-		}
-		ino, err := nsfsInode(m.point)
-		if err != nil {
-			// A mount we cannot see through (overmounted, or in a
-			// directory we may not search); not worth a warning when
-			// the namespace is reachable some other way.
-			continue
-		}
-		c.add(ino, m.point)
-	}
-	return c, warnings
+	return c, append(warnings, listPinnedNetNS(c, netnsDir, mountinfo)...)
 }
 
 // readDirNames lists a directory without sorting or stat-ing its entries,

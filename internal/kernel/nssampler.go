@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -31,7 +32,10 @@ type NetNSSampler struct {
 	// Watcher, if set, is told about every namespace where conntrack is
 	// loaded, each sample (a new one is subscribed when first seen), and
 	// which namespaces still exist.
-	Watcher  ConntrackNSWatcher
+	Watcher ConntrackNSWatcher
+	// NetNS is the namespace listing shared with the tracer's other
+	// samplers (nil: each Sample walks /proc itself).
+	NetNS    *NetNSList
 	prevOver map[uint32]uint64
 	procDir  string
 	// Namespace identity: the cookie each inode had at the last round
@@ -67,11 +71,8 @@ func NewNetNSSampler() *NetNSSampler {
 // Sample returns the events of one tick. bootNs stamps them
 // (CLOCK_BOOTTIME). warnings list namespaces that could not be read.
 func (s *NetNSSampler) Sample(bootNs uint64) ([]events.Event, []error) {
-	pids, err := listPIDs(s.procDir)
-	if err != nil {
-		return nil, []error{fmt.Errorf("list processes: %w", err)}
-	}
-	cands, warnings := listNetNS(s.procDir, pids, netnsRunDir, selfMountinfo)
+	cands, warnings := s.NetNS.list()
+	warnings = slices.Clone(warnings) // the listing's own slice is shared
 	var evs []events.Event
 	seen := make(map[uint32]bool, len(cands))
 	for _, ino := range cands.inodes() {
@@ -240,7 +241,7 @@ func (s *NetNSSampler) attributeOverflow(fd int, ino uint32, proc NetNSProc, del
 			d.Family = events.FamilyIPv4
 		}
 	}
-	pids, err := listPIDs(s.procDir)
+	pids, err := s.NetNS.PIDs()
 	if err != nil {
 		return ev, err
 	}

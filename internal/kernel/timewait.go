@@ -42,13 +42,16 @@ import (
 // Done: the aggregator keeps what it knew), and when every namespace was
 // skipped evs is empty (no final Done: nothing was reconciled).
 func TimeWaitDump(buf []events.Event, need func(ino uint32, tw int) bool) (evs []events.Event, warnings []error, err error) {
+	var l *NetNSList
+	return l.TimeWaitDump(buf, need)
+}
+
+// TimeWaitDump is the package's TimeWaitDump on the shared listing.
+func (l *NetNSList) TimeWaitDump(buf []events.Event, need func(ino uint32, tw int) bool) (evs []events.Event, warnings []error, err error) {
 	evs = buf[:0]
 	start := bootclock.Now()
-	pids, err := listPIDs("/proc")
-	if err != nil {
-		return nil, nil, fmt.Errorf("list processes: %w", err)
-	}
-	cands, warnings := listNetNS("/proc", pids, netnsRunDir, selfMountinfo)
+	cands, warnings := l.list()
+	warnings = slices.Clone(warnings) // the listing's own slice is shared
 	var failures []error
 	read, dumped := 0, 0
 	for _, ino := range cands.inodes() {

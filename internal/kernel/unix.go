@@ -3,6 +3,7 @@ package kernel
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/conntracer/conntracer/internal/events"
 )
@@ -27,11 +28,27 @@ const tcpListenState = 10
 // Call it from a goroutine on a tick and hand the events to the event
 // loop: it reads /proc and netlink, which takes milliseconds.
 func UnixListeners() (evs []events.Event, warnings []error, err error) {
-	pids, err := listPIDs("/proc")
-	if err != nil {
-		return nil, nil, fmt.Errorf("list processes: %w", err)
-	}
-	cands, warnings := listNetNS("/proc", pids, netnsRunDir, selfMountinfo)
+	return (&UnixSampler{}).Sample()
+}
+
+// UnixSampler is UnixListeners for a tracer that samples on a tick: it
+// reads the namespaces from a shared listing and remembers each
+// listener's owner. Finding an owner reads the fds of every process
+// (/proc/PID/fd), so it is done only for listeners not seen before, and
+// again for one whose owner is no longer listed: listeners live long and
+// stay with their process. (A listener passed to a process of lower pid
+// after it was first seen keeps the owner it had.) Not safe for
+// concurrent use.
+type UnixSampler struct {
+	NetNS  *NetNSList // nil: each Sample walks /proc itself
+	owners map[uint32]events.Process
+	scans  int // rounds that read every process's fds (tests)
+}
+
+// Sample is one round: see UnixListeners.
+func (s *UnixSampler) Sample() (evs []events.Event, warnings []error, err error) {
+	cands, warnings := s.NetNS.list()
+	warnings = slices.Clone(warnings) // the listing's own slice is shared
 	var (
 		inodes   []uint32
 		failures []error
@@ -56,25 +73,37 @@ func UnixListeners() (evs []events.Event, warnings []error, err error) {
 		return nil, warnings, fmt.Errorf("dump unix sockets: no network namespace could be read (run as root): %w", errors.Join(failures...))
 	}
 	warnings = append(warnings, failures...)
+	if len(inodes) == 0 {
+		clear(s.owners)
+		return evs, warnings, nil
+	}
 
-	want := make(map[uint32]struct{}, len(inodes))
+	pids, err := s.NetNS.PIDs()
+	if err != nil {
+		return evs, append(warnings, fmt.Errorf("find listeners' processes: %w", err)), nil
+	}
+	alive := make(map[uint32]bool, len(pids))
+	for _, pid := range pids {
+		alive[uint32(pid)] = true
+	}
+	// The owners still valid: of a listener still there, by a process
+	// still listed.
+	next := make(map[uint32]events.Process, len(inodes))
+	want := map[uint32]struct{}{}
 	for _, ino := range inodes {
+		if p, ok := s.owners[ino]; ok && alive[p.PID] {
+			next[ino] = p
+			continue
+		}
 		want[ino] = struct{}{}
 	}
 	if len(want) > 0 {
-		pids, err := listPIDs("/proc")
-		if err != nil {
-			return evs, append(warnings, fmt.Errorf("find listeners' processes: %w", err)), nil
-		}
+		s.scans++
 		owners, w := socketOwners("/proc", pids, want, 0)
 		warnings = append(warnings, w...)
 		r := newProcessReader("/proc", selfMountinfo)
 		procs := map[uint32]events.Process{}
-		for i := range evs {
-			pid, ok := owners[inodes[i]]
-			if !ok {
-				continue
-			}
+		for ino, pid := range owners {
 			p, ok := procs[pid]
 			if !ok {
 				var err error
@@ -83,6 +112,14 @@ func UnixListeners() (evs []events.Event, warnings []error, err error) {
 				}
 				procs[pid] = p
 			}
+			if p.PID != 0 {
+				next[ino] = p
+			}
+		}
+	}
+	s.owners = next
+	for i := range evs {
+		if p, ok := next[inodes[i]]; ok {
 			evs[i].Connect.Owner = p
 		}
 	}

@@ -145,3 +145,51 @@ func TestParseUnixDiag(t *testing.T) {
 		t.Error("a short message parsed")
 	}
 }
+
+// TestUnixSamplerKeepsOwners: a tracer's Unix sampler reads every
+// process's fds for a listener it has not seen, not again for one whose
+// owner is still there, and again for a new listener.
+func TestUnixSamplerKeepsOwners(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("privileged test: needs root to read every namespace's sockets (CI runs it as root)")
+	}
+	s := &UnixSampler{NetNS: NewNetNSList()}
+	owner := func(evs []events.Event, addr string) uint32 {
+		t.Helper()
+		for i := range evs {
+			if c := &evs[i].Connect; c.Path.String() == addr {
+				return c.Owner.PID
+			}
+		}
+		t.Fatalf("no listener sampled at %s", addr)
+		return 0
+	}
+	first := filepath.Join(t.TempDir(), "first.sock")
+	listenUnix(t, first, unix.SOCK_STREAM, 5, 0)
+	evs, _, err := s.Sample()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pid := owner(evs, first); pid != uint32(os.Getpid()) {
+		t.Errorf("first round: owner %d, want this test (pid %d)", pid, os.Getpid())
+	}
+	// The second round: the owner is kept (without a scan, unless another
+	// test's new listener needs one meanwhile).
+	evs, _, err = s.Sample()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pid := owner(evs, first); pid != uint32(os.Getpid()) {
+		t.Errorf("second round: owner %d, want this test (pid %d)", pid, os.Getpid())
+	}
+	second := filepath.Join(t.TempDir(), "second.sock")
+	listenUnix(t, second, unix.SOCK_STREAM, 5, 0)
+	scans := s.scans
+	evs, _, err = s.Sample()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pid := owner(evs, second); pid != uint32(os.Getpid()) || s.scans != scans+1 {
+		t.Errorf("new listener: owner %d after %d scans, want this test (pid %d) after one", pid, s.scans-scans, os.Getpid())
+	}
+}

@@ -73,6 +73,10 @@ type Options struct {
 	// below that the reader polls every PollInterval.
 	WakeupBytes  uint64
 	PollInterval time.Duration
+	// IdlePollInterval: after waits that brought no record the poll
+	// interval doubles up to this (pollBackoff); the kernel's wakeup at
+	// WakeupBytes still ends any wait at once.
+	IdlePollInterval time.Duration
 	// NoConnect leaves the connect() hooks (connect.go) off.
 	NoConnect bool
 	// ConnectInProgress sends a record for every connect() that returns
@@ -123,6 +127,9 @@ func DefaultOptions() Options {
 		MaxSockets:      131072,
 		WakeupBytes:     64 << 10,
 		PollInterval:    50 * time.Millisecond,
+		// The Unix connect counts are read at most this often anyway
+		// (unixPollInterval).
+		IdlePollInterval: unixPollInterval,
 
 		DropRecordsPerSec: 1000,
 	}
@@ -263,15 +270,29 @@ func (p *Probe) Run(ctx context.Context, h Handler) error {
 		ev  events.Event
 	)
 	draining := false
-	// wait sleeps until the kernel wakes the readers or PollInterval has
-	// passed, and leaves the reader's deadline such that the next ReadInto
-	// returns what is there without blocking.
+	// A cancelled ctx ends the wait at once, however long it was. Run
+	// returns only once that call is over: the caller may Close next.
+	woken := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(woken)
+		p.Wake()
+	})
+	defer func() {
+		if !stop() {
+			<-woken
+		}
+	}()
+	poll := newPollBackoff(p.opts)
+	// wait sleeps until the kernel wakes the readers, Wake is called or
+	// the poll interval has passed, and leaves the reader's deadline such
+	// that the next ReadInto returns what is there without blocking.
 	wait := func() {
+		every := poll.next(p.stats.Records)
 		if p.waiter == nil {
-			p.reader.SetDeadline(time.Now().Add(p.opts.PollInterval))
+			p.reader.SetDeadline(time.Now().Add(every))
 			return
 		}
-		p.waiter.wait(time.Now().Add(p.opts.PollInterval))
+		p.waiter.wait(time.Now().Add(every))
 		p.reader.SetDeadline(time.Now())
 	}
 	wait()
@@ -321,6 +342,55 @@ func (p *Probe) Run(ctx context.Context, h Handler) error {
 			return fmt.Errorf("read ring buffer: %w", err)
 		}
 	}
+}
+
+// Wake ends the event loop's current wait for the ring buffer (or the
+// next one, if it is not waiting), so that it calls Handler.Drained soon:
+// for whoever hands the loop work outside the ring buffer (the session's
+// sampler batches), now that an idle loop waits up to IdlePollInterval.
+// Safe to call from any goroutine.
+func (p *Probe) Wake() {
+	if p.waiter != nil {
+		p.waiter.wake()
+	}
+}
+
+// pollBackoff is how long the event loop waits for the ring buffer when
+// the kernel does not wake it: PollInterval while records come, doubling
+// after every wait that brought none, up to IdlePollInterval. An idle
+// tracer wakes twice a second instead of twenty times (the 50 ms poll
+// and the scheduling around it were a third of its CPU time), and under
+// load nothing changes: every wait brings records.
+//
+// Why no record can be lost to a longer wait: the programs submit with a
+// forced wakeup once WakeupBytes are waiting (bpf/records.h), and the
+// waiter, parked on the ring buffer's descriptor, returns on it at once,
+// however long its deadline; the wait only decides how late records
+// below WakeupBytes are read. So the backoff is on only where that wakeup
+// leaves room in the ring: WakeupBytes at most half of RingBufferBytes.
+type pollBackoff struct {
+	min, max, cur time.Duration
+	records       uint64 // the reader's count at the last wait
+}
+
+func newPollBackoff(o Options) pollBackoff {
+	b := pollBackoff{min: o.PollInterval, max: o.IdlePollInterval}
+	if b.max < b.min || o.WakeupBytes == 0 || o.WakeupBytes > uint64(o.RingBufferBytes)/2 {
+		b.max = b.min
+	}
+	return b
+}
+
+// next returns the next wait's length, given the reader's record count.
+func (b *pollBackoff) next(records uint64) time.Duration {
+	switch {
+	case b.cur == 0 || records != b.records:
+		b.cur = b.min
+	default:
+		b.cur = min(2*b.cur, b.max)
+	}
+	b.records = records
+	return b.cur
 }
 
 // poll runs every object's per-poll work (object.poll) on the event loop.

@@ -5,6 +5,7 @@ package probe
 import (
 	"fmt"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -25,6 +26,9 @@ import (
 type ringWaiter struct {
 	f  *os.File
 	rc syscall.RawConn
+	// woken is set by wake: a wake that comes before wait has set its
+	// deadline (which would undo the wake's) is seen by wait afterwards.
+	woken atomic.Bool
 }
 
 // newRingWaiter registers a duplicate of ring's descriptor with the
@@ -61,6 +65,9 @@ func (w *ringWaiter) wait(deadline time.Time) {
 	if err := w.f.SetReadDeadline(deadline); err != nil {
 		return
 	}
+	if w.woken.Swap(false) {
+		return
+	}
 	waited := false
 	// The callback runs before each wait of the poller and ends it by
 	// returning true: wait once (the descriptor is edge-triggered there),
@@ -70,6 +77,17 @@ func (w *ringWaiter) wait(deadline time.Time) {
 		waited = true
 		return done
 	})
+	// A wake during the wait ended it: it is spent. (One arriving from
+	// here on finds the loop on its way to Drained, which sees the work
+	// handed over before the wake.)
+	w.woken.Store(false)
+}
+
+// wake ends the current wait, or the next one if none is under way. Any
+// goroutine: a deadline set on the descriptor ends a wait pending on it.
+func (w *ringWaiter) wake() {
+	w.woken.Store(true)
+	_ = w.f.SetReadDeadline(time.Unix(1, 0))
 }
 
 // close removes the descriptor from the poller and closes it.

@@ -61,13 +61,13 @@ func chooseConntrackSource(cfg ConntrackConfig, probe *probe.Probe, out chan<- [
 	case ConntrackAuto, "":
 		if hooks, ok := probe.ConntrackInKernel(); ok {
 			w := kernel.NewCtEvents(out)
-			w.DumpEvery = cfg.Refresh
+			w.DumpEvery, w.Sent = cfg.Refresh, probe.Wake
 			return inKernelCtSource{w, hooks + ", TCP states from " + w.Name()}, nil
 		}
 		fallthrough
 	case ConntrackCtnetlink:
 		w := kernel.NewCtEvents(out)
-		w.ReadBuffer, w.RefreshEvery = cfg.EventsBuffer, cfg.Refresh
+		w.ReadBuffer, w.RefreshEvery, w.Sent = cfg.EventsBuffer, cfg.Refresh, probe.Wake
 		return w, nil
 	}
 	return nil, fmt.Errorf("conntrack entries %q: use auto, ctnetlink or off", cfg.Entries)

@@ -30,8 +30,9 @@ type loop struct {
 	health      *export.Health
 	probe       *probe.Probe
 	healthAt    time.Time
-	sampled     uint64 // events the samplers handed over
-	sockEntries int    // KindSockOpen events of the last socket-table round
+	sampled     uint64    // events the samplers handed over
+	sockEntries int       // KindSockOpen events of the last socket-table round
+	bigAt       time.Time // when the last batch worth recycling was applied
 
 	// The tracer's loss counters, applied every countersEvery (counters.go).
 	countersEvery time.Duration
@@ -105,10 +106,17 @@ func (l *loop) Drained() {
 				l.snap.Store(l.agg.Snapshot())
 			}
 			if cap(b) >= minSpareBatch {
-				select {
-				case l.spare <- b[:0]:
-				default:
+				// Recycled only while big batches keep coming (churn):
+				// an idle tracer's rare big batch (a TIME_WAIT dump of a
+				// standing pile, once a minute) is left to the garbage
+				// collector rather than kept, tens of MiB, for the next.
+				if now.Sub(l.bigAt) < spareKeep {
+					select {
+					case l.spare <- b[:0]:
+					default:
+					}
 				}
+				l.bigAt = now
 			}
 		default:
 			l.tracerCounters(time.Now(), false)
@@ -151,3 +159,8 @@ var _ probe.Handler = (*loop)(nil)
 
 // minSpareBatch is the smallest batch worth recycling (reuseBatch).
 const minSpareBatch = 256
+
+// spareKeep: a big batch is recycled when the previous one came less than
+// this long before it (the socket table's rounds under churn come every
+// second).
+const spareKeep = 3 * time.Second

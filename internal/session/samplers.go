@@ -92,14 +92,23 @@ func (l *loop) sampleAll(samplers []*sampler, stderr io.Writer) error {
 // findings and the loop publishes a snapshot, so the other tables read in
 // the same pass are already in.
 func samplers(cfg *Config, socks *probe.SocketSampler, ct conntrackEntrySource, spare chan []events.Event, said *saidOnce, published func() *aggregate.Snapshot) []*sampler {
+	// One listing of the namespaces serves every sampler: those due in
+	// the same pass share it, and it is kept up to date by change
+	// (kernel.NetNSList).
+	netns := kernel.NewNetNSList()
 	nsSampler := kernel.NewNetNSSampler()
 	nsSampler.OnlyNetNS = cfg.NetNS
+	nsSampler.NetNS = netns
+	unixSampler := &kernel.UnixSampler{NetNS: netns}
 	if w, ok := ct.(kernel.ConntrackNSWatcher); ok {
 		nsSampler.Watcher = w // a namespace is followed from its first sample on
 	}
-	// Sizes of the previous socket round and TIME_WAIT dump: rounds
-	// change little, so the next batch is sized once.
-	last, lastTW := 0, 0
+	// Size of the previous socket round: rounds change little, so the
+	// next batch is sized once. (A TIME_WAIT dump sizes its batch from
+	// each namespace's sockstat count, and only if it dumps at all: most
+	// rounds dump nothing, and a batch sized from the last dump, 14 MiB
+	// for 10,000 sockets, was allocated every 5 s for nothing.)
+	last := 0
 	tw := timeWaitGate{only: cfg.NetNS, every: fullDumpRounds * cfg.Intervals.Reconcile, published: published}
 	return []*sampler{
 		{name: "conntrack and listen overflows", every: cfg.Intervals.NetNS, read: func() ([]events.Event, error) {
@@ -108,17 +117,22 @@ func samplers(cfg *Config, socks *probe.SocketSampler, ct conntrackEntrySource, 
 			return evs, errors.Join(said.fresh(warnings)...)
 		}},
 		{name: "unix listeners", every: cfg.Intervals.Unix, read: func() ([]events.Event, error) {
-			evs, _, err := kernel.UnixListeners()
+			evs, _, err := unixSampler.Sample()
 			return evs, err
 		}},
 		{name: "TIME_WAIT counts not reconciled with the kernel", every: cfg.Intervals.Reconcile, read: func() ([]events.Event, error) {
-			evs, _, err := kernel.TimeWaitDump(reuseBatch(spare, lastTW+lastTW/8+16), tw.round(time.Now()))
-			lastTW = max(len(evs), lastTW/2) // a round that dumped nothing keeps most of the size hint
+			evs, _, err := netns.TimeWaitDump(spareBatch(spare), tw.round(time.Now()))
+			if len(evs) == 0 && cap(evs) > 0 { // nothing dumped: the batch goes back
+				select {
+				case spare <- evs:
+				default:
+				}
+			}
 			return evs, err
 		}},
 		{name: "kernel TCP counters and sockstat", every: cfg.Intervals.Counters, read: func() ([]events.Event, error) {
 			now := bootclock.Now()
-			evs, warnings := kernel.KernelCounters(cfg.NetNS, now)
+			evs, warnings := netns.KernelCounters(cfg.NetNS, now)
 			return evs, errors.Join(said.fresh(warnings)...)
 		}},
 		{name: "socket table", every: cfg.Intervals.Sample, required: true, read: func() ([]events.Event, error) {
@@ -131,9 +145,11 @@ func samplers(cfg *Config, socks *probe.SocketSampler, ct conntrackEntrySource, 
 }
 
 // runSamplers calls each sampler on its own interval and hands every
-// round to the event loop as one batch, until ctx is done. Samplers due
-// at the same moment run in list order.
-func runSamplers(ctx context.Context, samplers []*sampler, out chan<- []events.Event, stderr io.Writer) {
+// round to the event loop as one batch, until ctx is done, and calls handed
+// after each (the loop applies batches when it wakes, and an idle loop
+// waits long: probe.Probe.Wake). Samplers due at the same moment run in
+// list order.
+func runSamplers(ctx context.Context, samplers []*sampler, out chan<- []events.Event, handed func(), stderr io.Writer) {
 	next := make([]time.Time, len(samplers))
 	start := time.Now()
 	for i, s := range samplers {
@@ -175,6 +191,7 @@ func runSamplers(ctx context.Context, samplers []*sampler, out chan<- []events.E
 			}
 			select {
 			case out <- b:
+				handed()
 			case <-ctx.Done():
 				return
 			}
@@ -192,12 +209,26 @@ func runSamplers(ctx context.Context, samplers []*sampler, out chan<- []events.E
 func reuseBatch(spare chan []events.Event, n int) []events.Event {
 	select {
 	case b := <-spare:
-		if cap(b) >= n {
+		// One far bigger than needed is dropped, not reused: the churn
+		// that filled it is over, and a small round would keep it (and
+		// its MiB) alive for good.
+		if cap(b) >= n && cap(b) <= 4*n+minSpareBatch {
 			return b[:0]
 		}
 	default:
 	}
 	return make([]events.Event, 0, n)
+}
+
+// spareBatch returns an empty batch the event loop has finished with, or
+// nil if there is none.
+func spareBatch(spare chan []events.Event) []events.Event {
+	select {
+	case b := <-spare:
+		return b[:0]
+	default:
+		return nil
+	}
 }
 
 // fullDumpRounds: a namespace whose sockstat agrees with the tracer is

@@ -319,7 +319,7 @@ func (s *Session) Run(ctx context.Context, beside ...func(context.Context) error
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			runSamplers(ctx, s.samplers, s.loop.batches, s.stderr)
+			runSamplers(ctx, s.samplers, s.loop.batches, s.probe.Wake, s.stderr)
 		}()
 	}
 	if s.ct != nil {

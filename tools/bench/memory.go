@@ -83,11 +83,20 @@ func (b *bench) serveMemory(ctx context.Context, label string, extra ...any) (Pr
 	defer t.stop()
 	// Idle: past the first socket-table rounds, a TIME_WAIT dump (5 s)
 	// and a garbage collection of what start-up allocated.
+	// Its CPU time is measured over the second half of the wait, past
+	// start-up.
 	select {
-	case <-time.After(b.cfg.idle):
+	case <-time.After(b.cfg.idle / 2):
 	case <-ctx.Done():
 		return pm, ctx.Err()
 	}
+	cpu0, at0 := t.cpuSeconds(), time.Now()
+	select {
+	case <-time.After(b.cfg.idle - b.cfg.idle/2):
+	case <-ctx.Done():
+		return pm, ctx.Err()
+	}
+	pm.CPUPercent = 100 * (t.cpuSeconds() - cpu0) / time.Since(at0).Seconds()
 	st, err := statusBytes(t.PID())
 	if err != nil {
 		return pm, err
@@ -119,8 +128,8 @@ func (b *bench) serveMemory(ctx context.Context, label string, extra ...any) (Pr
 	if inspect != nil {
 		inspect(t.PID())
 	}
-	b.logf("memory %s: RSS %.1f MiB (anon %.1f, file %.1f, ring %.1f), HWM %.1f MiB, Go heap %.1f MiB, BPF maps %.1f MiB",
-		label, mib(pm.RSS), mib(pm.Anon), mib(pm.File), mib(pm.RingRSS), mib(pm.HWM), mib(pm.GoHeap), mib(pm.MapBytes))
+	b.logf("memory %s: CPU %.2f%% of a core, RSS %.1f MiB (anon %.1f, file %.1f, ring %.1f), HWM %.1f MiB, Go heap %.1f MiB, BPF maps %.1f MiB",
+		label, pm.CPUPercent, mib(pm.RSS), mib(pm.Anon), mib(pm.File), mib(pm.RingRSS), mib(pm.HWM), mib(pm.GoHeap), mib(pm.MapBytes))
 	return pm, t.stop()
 }
 

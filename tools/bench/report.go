@@ -17,6 +17,9 @@ const (
 	targetEventsPerS = 2e6
 	targetIdleRSS    = 32 << 20
 	targetPerConn    = 200.0
+	// issue 19: idle `tracer serve` with the default settings
+	targetIdleCPUPercent = 0.2
+	targetIdleServeRSS   = 48 << 20
 )
 
 // Render writes BENCHMARKS.md from the results.
@@ -157,6 +160,12 @@ func targets(r *Results) []verdict {
 	if m := r.Memory; m != nil && m.Idle4MiB.RSS > 0 {
 		vs = append(vs, verdict{"RSS idle <= 32 MiB with a 4 MiB ring buffer", fmt.Sprintf("%.1f MiB", mib(m.Idle4MiB.RSS)),
 			met(m.Idle4MiB.RSS <= targetIdleRSS, fmt.Sprintf("by %.1f MiB (%.1fx)", mib(m.Idle4MiB.RSS)-32, float64(m.Idle4MiB.RSS)/targetIdleRSS))})
+	}
+	if m := r.Memory; m != nil && m.Idle.CPUPercent > 0 {
+		vs = append(vs, verdict{"idle `tracer serve` <= 0.2% of a core and <= 48 MiB RSS",
+			fmt.Sprintf("%.2f%%, %.1f MiB", m.Idle.CPUPercent, mib(m.Idle.RSS)),
+			met(m.Idle.CPUPercent <= targetIdleCPUPercent && m.Idle.RSS <= targetIdleServeRSS,
+				fmt.Sprintf("(%.1fx the CPU, %.1f MiB over)", m.Idle.CPUPercent/targetIdleCPUPercent, max(0, mib(m.Idle.RSS)-mib(targetIdleServeRSS))))})
 	}
 	if m := r.Memory; m != nil && m.SocksMax > 0 {
 		vs = append(vs, verdict{"<= 200 bytes per tracked connection", fmt.Sprintf("%.0f B (kernel %.0f + user space %.0f)", m.PerConn(), m.KernelPerConn(), m.HeapPerConn),
@@ -423,7 +432,7 @@ func renderMemory(w *strings.Builder, r *Results) {
 		"includes ring, the resident pages of the ring buffer's mapping, which count twice because the\n"+
 		"kernel maps its data pages twice; Go heap from `/metrics`; BPF maps is the memlock of every map in\n"+
 		"`/proc/PID/fdinfo`: kernel memory, not part of RSS.\n\n", r.IdleSeconds)
-	fmt.Fprintf(w, "| | RSS MiB | peak (HWM) MiB | anon | file | ring | Go heap in use | BPF maps MiB | the machine then |\n|---|---:|---:|---:|---:|---:|---:|---:|---|\n")
+	fmt.Fprintf(w, "| | RSS MiB | peak (HWM) MiB | anon | file | ring | Go heap in use | BPF maps MiB | CPU %% of a core | the machine then |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
 	for _, pm := range []*ProcMemory{&m.Idle, &m.Idle4MiB, m.Churn, &m.Million} {
 		if pm == nil || pm.Label == "" {
 			continue
@@ -434,7 +443,11 @@ func renderMemory(w *strings.Builder, r *Results) {
 			}
 			return fmt.Sprintf("%.1f", mib(v))
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", pm.Label, cell(pm.RSS), cell(pm.HWM), cell(pm.Anon), cell(pm.File), cell(pm.RingRSS), cell(pm.GoHeap), cell(pm.MapBytes), pm.Context)
+		cpu := "-"
+		if pm.CPUPercent > 0 {
+			cpu = fmt.Sprintf("%.2f", pm.CPUPercent)
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", pm.Label, cell(pm.RSS), cell(pm.HWM), cell(pm.Anon), cell(pm.File), cell(pm.RingRSS), cell(pm.GoHeap), cell(pm.MapBytes), cpu, pm.Context)
 	}
 	fmt.Fprintf(w, "\nThe idle figures depend on the machine: `tracer serve` watches every namespace, so \"idle\"\n"+
 		"is the tracer's, not the machine's; the last column says what reached it meanwhile (records\n"+

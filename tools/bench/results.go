@@ -212,6 +212,10 @@ type ProcMemory struct {
 	RingRSS  uint64 `json:"ring_rss"`  // resident pages of the bpf-map mappings (the ring buffer)
 	GoHeap   uint64 `json:"go_heap"`   // go_memstats_heap_inuse_bytes
 	MapBytes uint64 `json:"map_bytes"` // memlock of every BPF map the process holds
+	// CPUPercent is the process's own CPU time (utime + stime from
+	// /proc/PID/stat) over the second half of the idle wait, in percent
+	// of one core: what an idle tracer costs the machine.
+	CPUPercent float64 `json:"cpu_percent,omitempty"`
 	// Context is what the tracer had to read at the time: network
 	// namespaces on the machine, TCP sockets of the initial one. Its
 	// start-up and sampling cost grow with both.

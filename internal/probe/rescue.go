@@ -64,6 +64,7 @@ func withRescuers(modes []modeHooks) []modeHooks {
 type rescuer struct {
 	state, prog string
 	rescued     *ebpf.Map // rescued_runs: per-CPU
+	link        int       // its link's index in Probe.links (benchmarks detach it alone)
 }
 
 // errNoRescueClassic is why the classic tracepoint mode has no rescuer.
@@ -95,7 +96,7 @@ func attachRescuer(l *loader, coll *ebpf.Collection, mode AttachMode) *rescuer {
 		return nil
 	}
 	l.attached(RescueHook, mode, nil, hl)
-	return &rescuer{state: r.state, prog: r.rescuer, rescued: coll.Maps[tcplifeMapRescuedRuns]}
+	return &rescuer{state: r.state, prog: r.rescuer, rescued: coll.Maps[tcplifeMapRescuedRuns], link: len(l.p.links) - 1}
 }
 
 // count sums the rescuer's per-CPU count of the runs it handled.

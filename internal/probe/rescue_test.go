@@ -3,10 +3,10 @@ package probe
 import (
 	"context"
 	"fmt"
-	"sync"
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"

@@ -257,8 +257,18 @@ func TestLossAccountingIsExact(t *testing.T) {
 				t.Errorf("records seen %d + reported lost %d (ring buffer %d, unhandled skipped runs %d) = %d, want exactly %d (2 per connection); the namespace's TCP counters: %v",
 					seen, reported, ringLost, d.unhandled, seen+reported, want, nonzero)
 			}
-			if d.unhandled != 0 || d.rescued != d.missed {
+			if d.unhandled != 0 || d.rescued < d.missed {
 				t.Errorf("of %d skipped runs of the state program, %d rescued and %d unhandled: want every one rescued (the rescuer is attached)", d.missed, d.rescued, d.unhandled)
+			}
+			if d.rescued > d.missed {
+				// The rescuer found no token for a state change the kernel
+				// did not count as skipped: one that reached the rescuer
+				// but not the state program (seen here only beside other
+				// processes' programs on the tracepoint, as above).
+				t.Logf("%d rescued for %d skipped: %d state changes reached the rescuer only", d.rescued, d.missed, d.rescued-d.missed)
+				if len(foreign) == 0 {
+					t.Errorf("rescued %d runs for %d skipped with the tracepoint the tracer's alone: the rescuer handled changes the state program also saw", d.rescued, d.missed)
+				}
 			}
 		})
 	}

@@ -37,7 +37,7 @@ import (
 // RescueHook is the Attachment of the state program's rescuer: attached in
 // the state program's mode (tp_btf or raw_tp), or off with the reason.
 // Absent when the state program is a classic tracepoint (a note says why).
-const RescueHook = stateHook + "/rescue"
+const RescueHook = stateHook + "_rescue"
 
 // rescuerOf names, per attach mode of the state hook, the state program
 // and its rescuer. The classic mode has none.

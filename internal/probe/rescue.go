@@ -21,11 +21,11 @@ package probe
 // Classic tracepoints cannot be rescued: trace_call_bpf takes the per-CPU
 // bpf_prog_active, which every classic tracepoint and kprobe program
 // shares, and skips all of the tracepoint's programs together (counting a
-// miss for each in recent kernels: bpf_prog_inc_misses_counters), so a second classic
-// program would be skipped with the first. (A raw_tracepoint rescuer
-// beside a classic state program would run, but the classic mode is only
-// used where raw tracepoints do not attach, or when asked for by
-// --attach-mode, which is for comparing the modes.)
+// miss for each in recent kernels: bpf_prog_inc_misses_counters), so a
+// second classic program would be skipped with the first. (A
+// raw_tracepoint rescuer beside a classic state program would run, but the
+// classic mode is only used where raw tracepoints do not attach, or when
+// asked for by --attach-mode, which is for comparing the modes.)
 
 import (
 	"errors"

@@ -31,9 +31,8 @@ type ProgramMisses struct {
 	// (rescue.go); 0 for a program without a rescuer. It is read before
 	// Misses, each rescue following its miss, so it does not exceed them,
 	// except for state changes the kernel delivered to the rescuer and not
-	// to the state program without counting a miss (seen on a host where
-	// other processes attached programs to the same tracepoint meanwhile):
-	// those were rescued too.
+	// to the state program without counting a miss (seen once on the
+	// shared development host): those were rescued too.
 	Rescued uint64
 	// Rescuer marks a rescuer program (ct_rescue_*). Its own skipped runs
 	// lose nothing by themselves: it is skipped only while it runs on that

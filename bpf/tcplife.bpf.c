@@ -26,6 +26,30 @@
  * loads for tp_btf, where the verifier knows the socket's type, and with
  * bpf_probe_read_kernel (BPF_CORE_READ) for the other two. Field offsets
  * are CO-RE relocated in both.
+ *
+ * The rescuer. The kernel does not run a tracing program on a CPU where
+ * that same program is already running: it counts a recursion miss instead
+ * (kernel/trace/bpf_trace.c, __bpf_trace_run: prog->active). This happens
+ * when an interrupt arrives while the state program handles a
+ * process-context state change (connect(), close(), listen()) and the
+ * softirq run on its way out changes another socket's state (loopback
+ * SYN-ACKs, ACKs and FINs): that change is never seen, and a record goes
+ * missing or comes out wrong. For tp_btf and raw_tracepoint the counter is
+ * the program's own, so a second program on the same tracepoint, the
+ * rescuer, still runs when the state program is skipped. The two cooperate
+ * through state_guard: the state program pushes a token naming its
+ * invocation (socket, old and new state) as its first act; the kernel
+ * calls the tracepoint's programs in the order they were attached, state
+ * program first, so the rescuer, run next for the same invocation, finds
+ * that token and pops it, and does nothing else. It finds none exactly when
+ * the kernel skipped the state program for this invocation: it then
+ * handles the change itself, with the same logic, and counts it in
+ * rescued_runs. Classic tracepoints cannot be rescued this way: their
+ * programs are skipped together (trace_call_bpf: the per-CPU
+ * bpf_prog_active is shared by every program), so a second one would be
+ * skipped with the first. probe/rescue.go attaches the rescuer and reads
+ * the count; the runs the state program missed that the rescuer did not
+ * handle (misses - rescued) are state changes nobody saw.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -117,6 +141,136 @@ struct tcp_sock___flags_in_sock {
 	struct inet_connection_sock___flags_in_sock inet_conn;
 } __attribute__((preserve_access_index));
 
+/*
+ * count_lost_nested counts a record that did not fit in the ring buffer,
+ * as count_lost does, but with an atomic add: the rescuer can interrupt the
+ * state program on the same CPU, and both write this counter (only when
+ * the ring buffer is full, so the lock prefix costs nothing otherwise).
+ */
+static __always_inline void count_lost_nested(void)
+{
+	__u32 zero = 0;
+	__u64 *n = bpf_map_lookup_elem(&lost_records, &zero);
+
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
+
+/*
+ * The state program's invocations whose rescuer has not run yet, per CPU:
+ * a stack of tokens in a ring of GUARD_SLOTS (depth counts pushes minus
+ * pops; slot depth-1 is the top). Normally it holds one token, for the
+ * length of one invocation. Nesting adds one per level. A token is left
+ * behind only when the rescuer itself was interrupted after its pop (the
+ * nested rescuer is then skipped, and the nested state program's token
+ * stays): such tokens are never the top for long, the ring overwrites them,
+ * and the rescuer ignores tokens older than GUARD_MAX_AGE runs of the state
+ * program, far more than run on one CPU between a state program and its
+ * rescuer (one softirq pass).
+ */
+#define GUARD_SLOTS 16
+#define GUARD_MAX_AGE (1u << 16)
+
+struct guard_token {
+	__u64 sk;
+	__u32 seq;    /* state_guard.seq when pushed */
+	__u16 states; /* oldstate << 8 | newstate */
+	__u16 pad;
+};
+
+struct state_guard {
+	__u64 seq;   /* runs of the state program on this CPU */
+	__u64 depth; /* tokens pushed minus tokens popped */
+	struct guard_token tok[GUARD_SLOTS];
+};
+
+/*
+ * state_guard: one entry (key 0) per CPU, the token stack above. Pushed by
+ * the state program (ct_state_btf, ct_state_raw) at each run, popped by the
+ * rescuer of the same invocation. Nothing is inserted or deleted: an array;
+ * user space never touches it.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct state_guard);
+} state_guard SEC(".maps");
+
+/*
+ * rescued_runs: per-CPU count of state changes the rescuer handled because
+ * the kernel skipped the state program. Only the rescuer increments it (it
+ * cannot interrupt itself: the kernel skips it too); user space sums the
+ * CPUs (rescue.go). An array: nothing to delete.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} rescued_runs SEC(".maps");
+
+static __always_inline __u16 guard_states(int oldstate, int newstate)
+{
+	return (__u16)(((oldstate & 0xff) << 8) | (newstate & 0xff));
+}
+
+/* guard_push: the state program's first act, before any check. */
+static __always_inline void guard_push(__u64 sk, int oldstate, int newstate)
+{
+	__u32 zero = 0;
+	struct state_guard *g = bpf_map_lookup_elem(&state_guard, &zero);
+
+	if (!g)
+		return;
+	__u64 d = g->depth;
+	__u64 seq = g->seq + 1;
+	struct guard_token *t = &g->tok[d & (GUARD_SLOTS - 1)];
+
+	g->seq = seq;
+	t->sk = sk;
+	t->seq = (__u32)seq;
+	t->states = guard_states(oldstate, newstate);
+	/* The token is whole before it is counted: a rescuer nested from
+	 * here on sees either the old depth or the complete token. */
+	asm volatile("" ::: "memory");
+	g->depth = d + 1;
+}
+
+/*
+ * guard_skipped: the rescuer's first act. It looks for this invocation's
+ * token from the top down (the slots above it belong to nested invocations
+ * that have finished, their rescuer skipped) and pops down to it: the state
+ * program ran, nothing to do. It returns true, and counts a rescue, when
+ * there is none: the kernel skipped the state program for this invocation.
+ * The slot depth - GUARD_SLOTS is not searched: a state program nested
+ * before its depth store may be writing it.
+ */
+static __always_inline bool guard_skipped(__u64 sk, int oldstate, int newstate)
+{
+	__u32 zero = 0;
+	struct state_guard *g = bpf_map_lookup_elem(&state_guard, &zero);
+
+	if (!g)
+		return false; /* cannot tell: never handle a change twice */
+	__u64 d = g->depth;
+	__u32 seq = (__u32)g->seq;
+	__u16 states = guard_states(oldstate, newstate);
+
+	for (__u32 i = 1; i < GUARD_SLOTS; i++) {
+		if (i > d)
+			break;
+		struct guard_token *t = &g->tok[(d - i) & (GUARD_SLOTS - 1)];
+
+		if (t->sk == sk && t->states == states && seq - t->seq < GUARD_MAX_AGE) {
+			g->depth = d - i;
+			return false;
+		}
+	}
+	percpu_inc(&rescued_runs, 0);
+	return true;
+}
+
 /* tp_btf: plain loads through BTF-typed pointers. */
 #define FN(name) name##_btf
 #define RD(p, path) ((p)->path)
@@ -159,6 +313,7 @@ struct tcp_sock___flags_in_sock {
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(ct_state_btf, struct sock *sk, int oldstate, int newstate)
 {
+	guard_push((__u64)sk, oldstate, newstate);
 	/*
 	 * Only full sockets change state through this tracepoint (TCP, and
 	 * SCTP and MPTCP's own sockets, which carry their own protocol), so
@@ -176,6 +331,34 @@ int ct_state_raw(struct bpf_raw_tracepoint_args *ctx)
 {
 	struct sock *sk = (struct sock *)ctx->args[0];
 
+	guard_push((__u64)sk, (int)ctx->args[1], (int)ctx->args[2]);
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	return handle_state_probe((struct tcp_sock *)sk, (int)ctx->args[1], (int)ctx->args[2]);
+}
+
+/*
+ * The rescuers of ct_state_btf and ct_state_raw (the design at the top):
+ * attached after them to the same tracepoint, in the same mode. A run
+ * whose state program ran (almost all) costs a map lookup and a compare.
+ */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(ct_rescue_btf, struct sock *sk, int oldstate, int newstate)
+{
+	if (!guard_skipped((__u64)sk, oldstate, newstate))
+		return 0;
+	if (sk->sk_protocol != IPPROTO_TCP)
+		return 0;
+	return handle_state_btf((struct tcp_sock *)sk, oldstate, newstate);
+}
+
+SEC("raw_tracepoint/inet_sock_set_state")
+int ct_rescue_raw(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct sock *sk = (struct sock *)ctx->args[0];
+
+	if (!guard_skipped((__u64)sk, (int)ctx->args[1], (int)ctx->args[2]))
+		return 0;
 	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
 	return handle_state_probe((struct tcp_sock *)sk, (int)ctx->args[1], (int)ctx->args[2]);

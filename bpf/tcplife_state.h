@@ -98,7 +98,7 @@ static __always_inline void FN(emit_close)(struct tcp_sock *tp, struct sock_stat
 
 	struct conn_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
-		count_lost();
+		count_lost_nested();
 		return;
 	}
 

@@ -85,10 +85,10 @@ func procRecursionMisses(t *testing.T, pid int) (total uint64, progs int) {
 // program handles a process-context one on the same CPU) and records go
 // missing: 1-97 of 80,000 here, each time exactly half the skipped runs,
 // which used to be reported as "0 lost". Now the skipped runs are in
-// /metrics, equal to the kernel's own count in /proc/PID/fdinfo, every
-// missing record is accounted for by them, and the recording carries them.
-// (They bound the loss; an exact count of lost records needs the kernel
-// side to see the skipped change, see the report of issue 18.)
+// /metrics, equal to the kernel's own count in /proc/PID/fdinfo, with those
+// the rescuer handled and those nobody did; every missing record is
+// accounted for by them, and the recording carries them. (The exact sum of
+// records is internal/probe's TestLossAccountingIsExact.)
 func TestRecursionMissesAreReported(t *testing.T) {
 	testenv.RequireRoot(t)
 	ns := testenv.NewNetNS(t)
@@ -127,11 +127,21 @@ func TestRecursionMissesAreReported(t *testing.T) {
 		t.Errorf("%s %v..%v, the kernel's recursion_misses over the tracer's %d programs %d", missed, before, after, progs, kernel)
 	}
 	lost := metricsSum(t, p.addr, "conntracer_events_lost_total", `stage="kernel"`)
+	rescued := metricsSum(t, p.addr, "conntracer_program_runs_rescued_total")
+	unhandled := metricsSum(t, p.addr, "conntracer_program_runs_unhandled_total")
 	missing := float64(records) - printed
-	t.Logf("%d connections, %v of %d records, %v missing; reported: %v runs missed (state program %v), %v lost in the ring buffer",
-		made, printed, records, missing, after, metricsSum(t, p.addr, missed, `program="ct_state_btf"`), lost)
+	t.Logf("%d connections, %v of %d records, %v missing; reported: %v runs missed (state program %v), %v rescued, %v unhandled, %v lost in the ring buffer",
+		made, printed, records, missing, after, metricsSum(t, p.addr, missed, `program="ct_state_btf"`), rescued, unhandled, lost)
 	if missing > after+lost {
 		t.Errorf("%v records missing but only %v runs missed and %v lost reported: a loss nobody counted", missing, after, lost)
+	}
+	for _, prog := range []string{"ct_state_btf", "ct_rescue_btf", "ct_state_raw", "ct_rescue_raw"} {
+		if v := metricsSum(t, p.addr, missed, `program="`+prog+`"`); v > 0 {
+			t.Logf("%s: %v runs missed", prog, v)
+		}
+	}
+	if rescued+unhandled > after {
+		t.Errorf("%v rescued + %v unhandled runs, more than the %v skipped", rescued, unhandled, after)
 	}
 
 	// The recording's last tracer counters carry them too, per object.
@@ -142,19 +152,21 @@ func TestRecursionMissesAreReported(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// RecursionMisses (not rescued) + Rescued + RescuerMisses is every
+	// skipped run, as /metrics counts them.
 	var recorded uint64
 	found := false
 	for _, c := range export.NewDocument(rep.Final, 0, nil).KernelCounters {
 		if c.Kind == "tracer_counters" && c.Object != "" {
 			v, ok := c.Values["RecursionMisses"]
 			found = found || ok
-			recorded += v
+			recorded += v + c.Values["Rescued"] + c.Values["RescuerMisses"]
 		}
 	}
 	if !found {
 		t.Fatal("no RecursionMisses in the recording's tracer counters")
 	}
 	if float64(recorded) < after {
-		t.Errorf("recorded RecursionMisses %d, fewer than the %v /metrics reported before the stop", recorded, after)
+		t.Errorf("recorded RecursionMisses + Rescued + RescuerMisses %d, fewer than the %v /metrics reported before the stop", recorded, after)
 	}
 }

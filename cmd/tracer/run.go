@@ -72,7 +72,7 @@ func runStream(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	n := printer.Counts()
 	st := l.probe.Stats()
 	missed, missedBy := recursionMisses(l.probe)
-	fmt.Fprintf(stderr, "tracer: %d connections printed, %d filtered out; %d records read, %d lost in the kernel, %d state changes not seen (program not run: recursion%s), %d undecodable\n",
+	fmt.Fprintf(stderr, "tracer: %d connections printed, %d filtered out; %d records read, %d lost in the kernel, %d state changes not seen (programs skipped by the kernel, recursion%s), %d undecodable\n",
 		n.Connections, n.Filtered, st.Records, st.Lost, missed, missedBy, st.BadRecords)
 	if !cfg.probe.NoConnect {
 		fmt.Fprintf(stderr, "tracer: %d failed connect() calls printed", n.ConnectFailures)
@@ -90,17 +90,25 @@ func runStream(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	return runErr
 }
 
-// recursionMisses sums the programs' skipped runs for the summary, naming
-// each program that missed any.
+// recursionMisses sums the state changes no program saw (runs the kernel
+// skipped that no rescuer handled) for the summary, naming each program
+// that missed any, with how many its rescuer handled.
 func recursionMisses(p *probe.Probe) (total uint64, by string) {
 	progs, err := p.RecursionMisses()
 	if err != nil {
 		return 0, fmt.Sprintf(": unreadable, %v", err)
 	}
 	for _, pm := range progs {
-		if pm.Misses > 0 {
-			total += pm.Misses
-			by += fmt.Sprintf(", %s/%s %d", pm.Object, pm.Program, pm.Misses)
+		switch {
+		case pm.Misses == 0:
+		case pm.Rescuer:
+			by += fmt.Sprintf(", %s/%s %d skipped (a rescuer: loses nothing itself)", pm.Object, pm.Program, pm.Misses)
+		case pm.Rescued > 0:
+			total += pm.Unhandled()
+			by += fmt.Sprintf(", %s/%s %d skipped, %d of them rescued", pm.Object, pm.Program, pm.Misses, pm.Rescued)
+		default:
+			total += pm.Unhandled()
+			by += fmt.Sprintf(", %s/%s %d skipped", pm.Object, pm.Program, pm.Misses)
 		}
 	}
 	return total, by

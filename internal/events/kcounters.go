@@ -34,10 +34,16 @@ var TracerCounterNames = [...]string{
 	"Records", "Undecodable",
 	// Sampler batches waiting for the event loop (Object "", a gauge).
 	"BatchesWaiting",
-	// "RecursionMisses": runs of the object's programs the kernel skipped
-	// because a BPF program was already running on the CPU (the
-	// programs' recursion_misses): state changes never seen.
+	// "RecursionMisses": state changes never seen: runs of the object's
+	// programs the kernel skipped because the program was already running
+	// on the CPU (their recursion_misses), less those a rescuer program
+	// handled instead (Rescued). Recordings made before the rescuer
+	// count every skipped run here.
 	"RecursionMisses",
+	// "Rescued": skipped runs of the state program that its rescuer
+	// handled (nothing lost); "RescuerMisses": the rescuer's own skipped
+	// runs, which lose nothing by themselves (internal/probe/recursion.go).
+	"Rescued", "RescuerMisses",
 }
 
 // KernelGauges are the KernelCounterNames that are levels, not counts:

@@ -56,7 +56,9 @@ func closeLinks(links []hookLink) {
 // runs it compares.
 func (p *Probe) detach() error {
 	var errs []error
-	for i := range p.links {
+	// Last attached first: a rescuer (rescue.go) must never run without
+	// the state program attached before it.
+	for i := len(p.links) - 1; i >= 0; i-- {
 		if p.links[i].Link != nil {
 			errs = append(errs, p.links[i].Close())
 			p.links[i].Link = nil
@@ -65,6 +67,8 @@ func (p *Probe) detach() error {
 	return errors.Join(errs...)
 }
 
+// reattach attaches in the order of the first attach (a rescuer after
+// its state program).
 func (p *Probe) reattach() error {
 	for i := range p.links {
 		if p.links[i].Link != nil {

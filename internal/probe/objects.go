@@ -105,6 +105,9 @@ func boolByte(b bool) uint8 {
 // its links, attachments and notes go.
 type loader struct {
 	p *Probe
+	// leftOut says why each optional program (modeHooks.optional) of
+	// the mode that loaded was left out, by program name.
+	leftOut map[string]error
 }
 
 // opts returns the probe's options.
@@ -167,6 +170,10 @@ type modeHooks struct {
 	// would fail the whole collection). Programs no mode lists are
 	// always loaded.
 	progs []string
+	// optional are those of progs the mode can do without: when the
+	// object does not load with them, it is loaded again without them
+	// (and loader.leftOut says why). attach must not need them.
+	optional []string
 	// attach attaches the loaded programs, all or none.
 	attach func(*ebpf.Collection) ([]hookLink, error)
 	// refused, if set, is why this mode cannot work here, known without
@@ -312,14 +319,27 @@ func (l *loader) try(spec *ebpf.CollectionSpec, s *loadSpec, m modeHooks) (*ebpf
 			repl[name] = m
 		}
 	}
-	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: repl})
-	if err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) && !errors.Is(err, unix.EPERM) {
-			// The verifier's log in full (%+v): it is the only clue.
-			return nil, nil, fmt.Errorf("load: %+v", err)
+	coll, err := newCollection(spec, repl)
+	if err != nil && len(m.optional) > 0 {
+		// Without the optional programs: if that loads, they were the
+		// cause.
+		without := spec.Copy()
+		for _, name := range m.optional {
+			delete(without.Programs, name)
 		}
-		return nil, nil, fmt.Errorf("load: %w", err)
+		var err2 error
+		if coll, err2 = newCollection(without, repl); err2 == nil {
+			if l.leftOut == nil {
+				l.leftOut = map[string]error{}
+			}
+			for _, name := range m.optional {
+				l.leftOut[name] = err
+			}
+		}
+		err = err2
+	}
+	if err != nil {
+		return nil, nil, err
 	}
 	links, err := m.attach(coll)
 	if err != nil {
@@ -327,6 +347,21 @@ func (l *loader) try(spec *ebpf.CollectionSpec, s *loadSpec, m modeHooks) (*ebpf
 		return nil, nil, err
 	}
 	return coll, links, nil
+}
+
+// newCollection loads spec, taking the maps of repl instead of creating
+// them.
+func newCollection(spec *ebpf.CollectionSpec, repl map[string]*ebpf.Map) (*ebpf.Collection, error) {
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{MapReplacements: repl})
+	if err != nil {
+		var ve *ebpf.VerifierError
+		if errors.As(err, &ve) && !errors.Is(err, unix.EPERM) {
+			// The verifier's log in full (%+v): it is the only clue.
+			return nil, fmt.Errorf("load: %+v", err)
+		}
+		return nil, fmt.Errorf("load: %w", err)
+	}
+	return coll, nil
 }
 
 // tracepointModes returns the modes in which one program on the kernel

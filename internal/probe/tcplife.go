@@ -22,10 +22,20 @@ const stateHook = "sock/inet_sock_set_state"
 // tcplifeObject is the one object the probe cannot do without: Open fails
 // when no attach mode of the state tracepoint works.
 type tcplifeObject struct {
-	socks *ebpf.Map // nil until loaded
+	socks  *ebpf.Map // nil until loaded
+	rescue *rescuer  // nil unless the state program has a rescuer attached
 }
 
 func (*tcplifeObject) name() string { return "tcplife" }
+
+// rescuerOrNil returns the object's attached rescuer, nil if it has none
+// (or o is nil: no tcplife object).
+func (o *tcplifeObject) rescuerOrNil() *rescuer {
+	if o == nil {
+		return nil
+	}
+	return o.rescue
+}
 
 func (*tcplifeObject) records() []recordType {
 	return []recordType{
@@ -37,18 +47,18 @@ func (*tcplifeObject) records() []recordType {
 // that both loads and attaches, then attaches the accept() hooks.
 func (o *tcplifeObject) open(l *loader) (*ebpf.Collection, error) {
 	accept := acceptProgs(l)
-	coll, _, failed, err := l.loadFirst(&loadSpec{
+	coll, mode, failed, err := l.loadFirst(&loadSpec{
 		object:  o.name(),
 		hook:    stateHook,
 		load:    loadTcplife,
 		without: accept.unused,
 		sizes:   map[string]uint32{tcplifeMapSocks: l.opts().MaxSockets},
 		only:    l.opts().AttachMode,
-		modes: tracepointModes("sock", "inet_sock_set_state", map[AttachMode]string{
+		modes: withRescuers(tracepointModes("sock", "inet_sock_set_state", map[AttachMode]string{
 			AttachTPBTF:      tcplifeProgCtStateBtf,
 			AttachRawTP:      tcplifeProgCtStateRaw,
 			AttachTracepoint: tcplifeProgCtStateTp,
-		}),
+		})),
 	})
 	if err != nil {
 		return nil, err
@@ -57,6 +67,7 @@ func (o *tcplifeObject) open(l *loader) (*ebpf.Collection, error) {
 		return nil, fmt.Errorf("attach %s: no attach mode worked: %w", stateHook, joinFailures(failed))
 	}
 	o.socks = coll.Maps[tcplifeMapSocks]
+	o.rescue = attachRescuer(l, coll, mode) // rescue.go
 	o.attachAccept(l, coll, accept.progs)
 	return coll, nil
 }

@@ -142,6 +142,19 @@ type tcplifeSockState struct {
 	Pad           [3]uint8
 }
 
+type tcplifeStateGuard struct {
+	_     structs.HostLayout
+	Seq   uint64
+	Depth uint64
+	Tok   [16]struct {
+		_      structs.HostLayout
+		Sk     uint64
+		Seq    uint32
+		States uint16
+		Pad    uint16
+	}
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -149,11 +162,15 @@ const (
 	tcplifeMapEvents              = "events"
 	tcplifeMapListeners           = "listeners"
 	tcplifeMapLostRecords         = "lost_records"
+	tcplifeMapRescuedRuns         = "rescued_runs"
 	tcplifeMapSocks               = "socks"
+	tcplifeMapStateGuard          = "state_guard"
 	tcplifeProgCtAccept4Exit      = "ct_accept4_exit"
 	tcplifeProgCtAccept4ExitProbe = "ct_accept4_exit_probe"
 	tcplifeProgCtAcceptExit       = "ct_accept_exit"
 	tcplifeProgCtAcceptExitProbe  = "ct_accept_exit_probe"
+	tcplifeProgCtRescueBtf        = "ct_rescue_btf"
+	tcplifeProgCtRescueRaw        = "ct_rescue_raw"
 	tcplifeProgCtStateBtf         = "ct_state_btf"
 	tcplifeProgCtStateRaw         = "ct_state_raw"
 	tcplifeProgCtStateTp          = "ct_state_tp"
@@ -220,6 +237,8 @@ type tcplifeProgramSpecs struct {
 	CtAccept4ExitProbe *ebpf.ProgramSpec `ebpf:"ct_accept4_exit_probe"`
 	CtAcceptExit       *ebpf.ProgramSpec `ebpf:"ct_accept_exit"`
 	CtAcceptExitProbe  *ebpf.ProgramSpec `ebpf:"ct_accept_exit_probe"`
+	CtRescueBtf        *ebpf.ProgramSpec `ebpf:"ct_rescue_btf"`
+	CtRescueRaw        *ebpf.ProgramSpec `ebpf:"ct_rescue_raw"`
 	CtStateBtf         *ebpf.ProgramSpec `ebpf:"ct_state_btf"`
 	CtStateRaw         *ebpf.ProgramSpec `ebpf:"ct_state_raw"`
 	CtStateTp          *ebpf.ProgramSpec `ebpf:"ct_state_tp"`
@@ -232,7 +251,9 @@ type tcplifeMapSpecs struct {
 	Events      *ebpf.MapSpec `ebpf:"events"`
 	Listeners   *ebpf.MapSpec `ebpf:"listeners"`
 	LostRecords *ebpf.MapSpec `ebpf:"lost_records"`
+	RescuedRuns *ebpf.MapSpec `ebpf:"rescued_runs"`
 	Socks       *ebpf.MapSpec `ebpf:"socks"`
+	StateGuard  *ebpf.MapSpec `ebpf:"state_guard"`
 }
 
 // tcplifeVariableSpecs contains global variables before they are loaded into the kernel.
@@ -279,7 +300,9 @@ type tcplifeMaps struct {
 	Events      *ebpf.Map `ebpf:"events"`
 	Listeners   *ebpf.Map `ebpf:"listeners"`
 	LostRecords *ebpf.Map `ebpf:"lost_records"`
+	RescuedRuns *ebpf.Map `ebpf:"rescued_runs"`
 	Socks       *ebpf.Map `ebpf:"socks"`
+	StateGuard  *ebpf.Map `ebpf:"state_guard"`
 }
 
 func (m *tcplifeMaps) Close() error {
@@ -287,7 +310,9 @@ func (m *tcplifeMaps) Close() error {
 		m.Events,
 		m.Listeners,
 		m.LostRecords,
+		m.RescuedRuns,
 		m.Socks,
+		m.StateGuard,
 	)
 }
 
@@ -320,6 +345,8 @@ type tcplifePrograms struct {
 	CtAccept4ExitProbe *ebpf.Program `ebpf:"ct_accept4_exit_probe"`
 	CtAcceptExit       *ebpf.Program `ebpf:"ct_accept_exit"`
 	CtAcceptExitProbe  *ebpf.Program `ebpf:"ct_accept_exit_probe"`
+	CtRescueBtf        *ebpf.Program `ebpf:"ct_rescue_btf"`
+	CtRescueRaw        *ebpf.Program `ebpf:"ct_rescue_raw"`
 	CtStateBtf         *ebpf.Program `ebpf:"ct_state_btf"`
 	CtStateRaw         *ebpf.Program `ebpf:"ct_state_raw"`
 	CtStateTp          *ebpf.Program `ebpf:"ct_state_tp"`
@@ -331,6 +358,8 @@ func (p *tcplifePrograms) Close() error {
 		p.CtAccept4ExitProbe,
 		p.CtAcceptExit,
 		p.CtAcceptExitProbe,
+		p.CtRescueBtf,
+		p.CtRescueRaw,
 		p.CtStateBtf,
 		p.CtStateRaw,
 		p.CtStateTp,

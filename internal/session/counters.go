@@ -35,7 +35,9 @@ func (l *loop) tracerCounters(now time.Time, force bool) {
 		ev.Counters = events.Counters{Object: o.Object}
 		ev.Counters.Values[tcLost] = o.Lost
 		if misses != nil {
-			ev.Counters.Values[tcRecursionMisses] = misses[i].Lost
+			ev.Counters.Values[tcRecursionMisses] = misses[i].Unhandled
+			ev.Counters.Values[tcRescued] = misses[i].Rescued
+			ev.Counters.Values[tcRescuerMisses] = misses[i].RescuerMisses
 		}
 		l.apply(&ev, now)
 	}
@@ -60,36 +62,63 @@ const (
 	tcUndecodable
 	tcBatches
 	tcRecursionMisses
+	tcRescued
+	tcRescuerMisses
 )
 
 // missesCollector serves each program's recursion misses in /metrics,
 // read from the kernel at scrape time (one BPF_OBJ_GET_INFO_BY_FD per
-// program): they are a stage where records are lost, beside
-// conntracer_events_lost_total, under a name of their own because they
-// count skipped program runs, per program, not records.
+// program, and the rescuer's per-CPU count): they are a stage where
+// records are lost, beside conntracer_events_lost_total, under names of
+// their own because they count skipped program runs, per program, not
+// records. Three series: every skipped run as the kernel counts it
+// (missed, rescuers included, so that it equals the kernel's
+// recursion_misses), those a rescuer handled instead (rescued), and those
+// nobody handled (unhandled: the loss).
 type missesCollector struct {
 	probe interface {
 		RecursionMisses() ([]probe.ProgramMisses, error)
 	}
-	desc *prometheus.Desc
+	missed, rescued, unhandled *prometheus.Desc
 }
 
 func newMissesCollector(p *probe.Probe) *missesCollector {
-	return &missesCollector{probe: p, desc: prometheus.NewDesc("conntracer_program_runs_missed_total",
-		"Runs of a BPF program the kernel skipped because a BPF program was already running on that CPU "+
-			"(its recursion_misses, e.g. a softirq state change interrupting a process-context one): events lost before any record was written.",
-		[]string{"object", "program"}, nil)}
+	labels := []string{"object", "program"}
+	return &missesCollector{
+		probe: p,
+		missed: prometheus.NewDesc("conntracer_program_runs_missed_total",
+			"Runs of a BPF program the kernel skipped because that program was already running on that CPU "+
+				"(its recursion_misses, e.g. a softirq state change interrupting a process-context one). "+
+				"Some are handled by a rescuer program (conntracer_program_runs_rescued_total); the rest are lost (conntracer_program_runs_unhandled_total).",
+			labels, nil),
+		rescued: prometheus.NewDesc("conntracer_program_runs_rescued_total",
+			"Runs of a BPF program the kernel skipped that its rescuer program handled instead: nothing lost.",
+			labels, nil),
+		unhandled: prometheus.NewDesc("conntracer_program_runs_unhandled_total",
+			"Runs of a BPF program the kernel skipped that no rescuer handled: events lost before any record was written "+
+				"(a rescuer's own skipped runs lose nothing and are not counted here).",
+			labels, nil),
+	}
 }
 
-func (c *missesCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c *missesCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.missed
+	ch <- c.rescued
+	ch <- c.unhandled
+}
 
 func (c *missesCollector) Collect(ch chan<- prometheus.Metric) {
 	progs, err := c.probe.RecursionMisses()
 	if err != nil {
-		ch <- prometheus.NewInvalidMetric(c.desc, err)
+		ch <- prometheus.NewInvalidMetric(c.missed, err)
 		return
 	}
 	for _, p := range progs {
-		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(p.Misses), p.Object, p.Program)
+		ch <- prometheus.MustNewConstMetric(c.missed, prometheus.CounterValue, float64(p.Misses), p.Object, p.Program)
+		if p.Rescuer {
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(c.rescued, prometheus.CounterValue, float64(p.Rescued), p.Object, p.Program)
+		ch <- prometheus.MustNewConstMetric(c.unhandled, prometheus.CounterValue, float64(p.Unhandled()), p.Object, p.Program)
 	}
 }

@@ -22,6 +22,19 @@
  *       unconfirmed entries are freed, never deleted). Two CPUs racing to
  *       delete one entry could both see the bit clear at entry; the window is
  *       a few instructions and both would report the same entry.
+ *       Where the compiler split it (Debian's 5.10 and 7.2: the exported
+ *       nf_ct_delete is test_and_set_bit plus a jump to nf_ct_delete.part.0,
+ *       and nf_conntrack's own callers, gc, early drop and the flush of
+ *       conntrack -F, test the bit themselves and call the part directly),
+ *       a hook on nf_ct_delete misses most removals. There the removal is
+ *       hooked one step further, at the unlink from the hash table that the
+ *       winning call runs exactly once per entry, after the bit is set:
+ *       __nf_ct_delete_from_lists (nf_ct_delete_from_lists on 5.10;
+ *       static, but a function of its own on every kernel measured, in the
+ *       module's BTF from 6.1). Its only caller is nf_ct_delete (or its
+ *       part), on both of its paths, so each confirmed entry it is given is
+ *       one removal, without the race above. The Go side picks the hook
+ *       from kallsyms (conntrack_kernel.go: ctRemovalHook).
  *   __nf_conntrack_alloc(net, zone, orig, repl, gfp, hash)  returns
  *       ERR_PTR(-ENOMEM) when the namespace's table is full and early drop
  *       found nothing to evict (the "table full, dropping packet" case; also
@@ -261,6 +274,13 @@ static __always_inline void delete_start(struct nf_conn *ct)
 		emit(RECORD_CT_DESTROY, ct, NULL, NULL, NULL);
 }
 
+/* unlink_start: the entry leaves the hash table (IPS_DYING already set by the caller). */
+static __always_inline void unlink_start(struct nf_conn *ct)
+{
+	if (BPF_CORE_READ(ct, status) & IPS_CONFIRMED)
+		emit(RECORD_CT_DESTROY, ct, NULL, NULL, NULL);
+}
+
 static __always_inline bool is_err(const void *p)
 {
 	return (unsigned long)p >= (unsigned long)-MAX_ERRNO;
@@ -292,6 +312,14 @@ SEC("fentry/nf_ct_delete")
 int BPF_PROG(ct_delete_enter, struct nf_conn *ct)
 {
 	delete_start(ct);
+	return 0;
+}
+
+/* The target is set at load to the name kallsyms has (see the top). */
+SEC("fentry/__nf_ct_delete_from_lists")
+int BPF_PROG(ct_unlink_enter, struct nf_conn *ct)
+{
+	unlink_start(ct);
 	return 0;
 }
 
@@ -333,6 +361,14 @@ SEC("kprobe/nf_ct_delete")
 int ct_delete_kp(struct pt_regs *ctx)
 {
 	delete_start((struct nf_conn *)kprobe_arg(ctx, 0));
+	return 0;
+}
+
+/* Attached to __nf_ct_delete_from_lists or nf_ct_delete_from_lists, as kallsyms says. */
+SEC("kprobe/__nf_ct_delete_from_lists")
+int ct_unlink_kp(struct pt_regs *ctx)
+{
+	unlink_start((struct nf_conn *)kprobe_arg(ctx, 0));
 	return 0;
 }
 

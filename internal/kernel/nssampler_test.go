@@ -94,6 +94,9 @@ func TestNetNSSamplerIdentity(t *testing.T) {
 		}
 		return p.Cookie
 	}
+	if netnsCookie() == 0 {
+		t.Skip("the rest tells a reused inode by its netns cookie (SO_NETNS_COOKIE, Linux 5.14+), which this kernel lacks: namespaces are told by inode only")
+	}
 	b := addNetNS(t, prefix+"b")
 	addNetNS(t, prefix+"c")
 	cb, cc := cookie(prefix+"b"), cookie(prefix+"c")

@@ -20,7 +20,7 @@ import (
 type ConnectCounters struct {
 	Calls   uint64 // connect() calls seen at their exit (after the pid filter)
 	OKInet  uint64 // successful IPv4/IPv6 connects: counted only (their conn_event follows)
-	NoEnter uint64 // with Options.ConnectLatency, exits without a matching entry (attached mid-call): not reported
+	NoEnter uint64 // exits without a matching entry (attached mid-call), with Options.ConnectLatency or the compat variant: not reported
 	// InProgress counts non-blocking connects that returned EINPROGRESS;
 	// their outcome is their connection's conn_event. Sent as records
 	// too only with Options.ConnectInProgress.
@@ -51,36 +51,99 @@ func (*connectObject) records() []recordType {
 	}
 }
 
+// connectVariant is one way of running the connect() programs.
+type connectVariant struct {
+	enter, exit string // the programs on sys_enter_connect and sys_exit_connect
+	pending     string // the map the entry stashes calls in
+	alwaysEnter bool   // the exit needs the entry's stash, latency or not
+	dgram       bool   // the Unix datagram send programs can run beside it
+}
+
+var (
+	// connectBTF: the exit reads the arguments from the caller's saved
+	// registers (bpf_task_pt_regs) and the task through BTF loads; the
+	// entry, stashing the start in task local storage, only for latency.
+	connectBTF = connectVariant{
+		enter: connectProgCtConnectEnter, exit: connectProgCtConnectExit,
+		pending: connectMapPending, dgram: true,
+	}
+	// connectCompat: for kernels without them (5.10), the entry always
+	// stashes the arguments per thread in a hash map and the task is read
+	// with probe reads. The datagram send programs need
+	// bpf_task_pt_regs: off.
+	connectCompat = connectVariant{
+		enter: connectProgCtConnectEnterCompat, exit: connectProgCtConnectExitCompat,
+		pending: connectMapPendingByTid, alwaysEnter: true,
+	}
+)
+
+// unused returns the programs and maps of the other variant and, when v
+// cannot run them, the datagram send programs: left out of the load.
+func (v connectVariant) unused() (progs, maps []string) {
+	other := connectCompat
+	if v == connectCompat {
+		other = connectBTF
+	}
+	progs = []string{other.enter, other.exit}
+	if !v.dgram {
+		for _, c := range unixDgramSends {
+			progs = append(progs, c.prog)
+		}
+	}
+	return progs, []string{other.pending}
+}
+
 // open loads the object and attaches its syscall tracepoints: the exit of
-// connect(), and its entry with Options.ConnectLatency; then the Unix
+// connect(), and its entry with Options.ConnectLatency or where the
+// kernel needs the compat variant (connectNeedsCompat); then the Unix
 // datagram send hooks unless Options.NoUnixDgram.
 func (o *connectObject) open(l *loader) (*ebpf.Collection, error) {
 	opts := l.opts()
 	if opts.NoConnect {
 		return nil, nil
 	}
+	v, why := connectBTF, connectNeedsCompat()
+	if why == nil && opts.connectCompat {
+		why = fmt.Errorf("asked for (%w)", ebpf.ErrNotSupported)
+	}
+	if why != nil {
+		v = connectCompat
+		l.note(fmt.Sprintf("connect() arguments stashed per thread at sys_enter_connect and read with probe reads (compat variant): %v", why))
+	}
 	hook := "syscalls/sys_exit_connect"
 	// Exit first: an entry stashed with no exit hook would sit in the
 	// pending map until evicted.
 	tracepoints := []string{"sys_exit_connect", "sys_enter_connect"}
-	progs := []string{connectProgCtConnectExit, connectProgCtConnectEnter}
-	if opts.ConnectLatency {
+	progs := []string{v.exit, v.enter}
+	if opts.ConnectLatency || v.alwaysEnter {
 		hook = "syscalls/sys_{enter,exit}_connect"
 	} else {
 		tracepoints, progs = tracepoints[:1], progs[:1]
 	}
+	without, unusedMaps := v.unused()
 	coll, _, failed, err := l.loadFirst(&loadSpec{
 		object: o.name(),
 		hook:   hook,
-		load:   loadConnect,
+		load: func() (*ebpf.CollectionSpec, error) {
+			spec, err := loadConnect()
+			if err != nil {
+				return nil, err
+			}
+			// A map type the kernel lacks (task storage before
+			// 5.11) would fail the whole collection.
+			for _, m := range unusedMaps {
+				delete(spec.Maps, m)
+			}
+			return spec, nil
+		},
+		without: without,
 		vars: map[string]any{
 			connectVarEmitInProgress: boolByte(opts.ConnectInProgress),
 			connectVarConnectLatency: boolByte(opts.ConnectLatency),
 		},
 		modes: []modeHooks{{
-			mode:    AttachTracepoint,
-			attach:  func(c *ebpf.Collection) ([]hookLink, error) { return attachSyscalls(c, tracepoints, progs) },
-			refused: connectRefused(),
+			mode:   AttachTracepoint,
+			attach: func(c *ebpf.Collection) ([]hookLink, error) { return attachSyscalls(c, tracepoints, progs) },
 		}},
 	})
 	if err != nil || coll == nil {
@@ -91,10 +154,22 @@ func (o *connectObject) open(l *loader) (*ebpf.Collection, error) {
 	}
 	o.counters = coll.Maps[connectMapCounters]
 	o.unixPoller = newUnixPoller(coll.Maps[connectMapUnixConnects], events.KindConnect)
-	if !opts.NoUnixDgram {
+	switch {
+	case opts.NoUnixDgram:
+	case !v.dgram:
+		l.off(unixDgramHook(opts.UnixDgramWrite), fmt.Errorf("failed Unix datagram sends are read at the send's exit from the caller's saved registers, which needs bpf_task_pt_regs (5.15+) and bpf_get_current_task_btf (5.11+): %w", why))
+	default:
 		o.attachUnixDgram(l, coll)
 	}
 	return coll, nil
+}
+
+// unixDgramHook names the Unix datagram send hook in Attachments.
+func unixDgramHook(write bool) string {
+	if write {
+		return "syscalls/sys_exit_{sendto,sendmsg,sendmmsg,write} (unix dgram)"
+	}
+	return "syscalls/sys_exit_{sendto,sendmsg,sendmmsg} (unix dgram, write off)"
 }
 
 // unixDgramSends are the system calls a Unix datagram socket sends with,
@@ -112,10 +187,9 @@ var unixDgramSends = [...]struct{ tracepoint, prog string }{
 // partial view would undercount without saying so) and the start-up line
 // says why; connect() tracing stays on.
 func (o *connectObject) attachUnixDgram(l *loader, coll *ebpf.Collection) {
-	hook := "syscalls/sys_exit_{sendto,sendmsg,sendmmsg,write} (unix dgram)"
+	hook := unixDgramHook(l.opts().UnixDgramWrite)
 	calls := unixDgramSends[:]
 	if !l.opts().UnixDgramWrite {
-		hook = "syscalls/sys_exit_{sendto,sendmsg,sendmmsg} (unix dgram, write off)"
 		calls = calls[:3]
 	}
 	var tracepoints, progs []string
@@ -172,17 +246,26 @@ func (p *Probe) ConnectCounters() (ConnectCounters, error) {
 	return c, nil
 }
 
-// connectRefused says why the connect() programs cannot load here, when a
-// feature probe knows it: they keep pending connects in task local storage
-// (BPF_MAP_TYPE_TASK_STORAGE, 5.11+) and read the arguments through
-// bpf_task_pt_regs (5.15+). nil when the probe says yes or cannot tell
-// (then loading decides).
-func connectRefused() error {
+// connectNeedsCompat says why the BTF variant of the connect() programs
+// cannot load here, when a feature probe knows it: it keeps pending
+// connects in task local storage (BPF_MAP_TYPE_TASK_STORAGE, 5.11+), reads
+// the arguments through bpf_task_pt_regs (5.15+) and the task through
+// bpf_get_current_task_btf (5.11+). nil when the probes say yes or cannot
+// tell (then loading decides). The error wraps ebpf.ErrNotSupported.
+func connectNeedsCompat() error {
 	if err := features.HaveMapType(ebpf.TaskStorage); errors.Is(err, ebpf.ErrNotSupported) {
-		return fmt.Errorf("connect() results need task local storage (5.11+) and bpf_task_pt_regs (5.15+), which this kernel lacks: %w", err)
+		return fmt.Errorf("this kernel lacks task local storage (5.11+): %w", err)
 	}
-	if err := features.HaveProgramHelper(ebpf.TracePoint, asm.FnTaskPtRegs); errors.Is(err, ebpf.ErrNotSupported) {
-		return fmt.Errorf("connect() results need bpf_task_pt_regs (5.15+), which this kernel lacks: %w", err)
+	for _, h := range []struct {
+		fn   asm.BuiltinFunc
+		name string
+	}{
+		{asm.FnGetCurrentTaskBtf, "bpf_get_current_task_btf (5.11+)"},
+		{asm.FnTaskPtRegs, "bpf_task_pt_regs (5.15+)"},
+	} {
+		if err := features.HaveProgramHelper(ebpf.TracePoint, h.fn); errors.Is(err, ebpf.ErrNotSupported) {
+			return fmt.Errorf("this kernel's tracepoint programs cannot call %s: %w", h.name, err)
+		}
 	}
 	return nil
 }

@@ -113,10 +113,13 @@ const (
 	connectMapEvents                 = "events"
 	connectMapLostRecords            = "lost_records"
 	connectMapPending                = "pending"
+	connectMapPendingByTid           = "pending_by_tid"
 	connectMapUnixConnects           = "unix_connects"
 	connectMapUnixDgramSends         = "unix_dgram_sends"
 	connectProgCtConnectEnter        = "ct_connect_enter"
+	connectProgCtConnectEnterCompat  = "ct_connect_enter_compat"
 	connectProgCtConnectExit         = "ct_connect_exit"
+	connectProgCtConnectExitCompat   = "ct_connect_exit_compat"
 	connectProgCtUnixSendmmsgExit    = "ct_unix_sendmmsg_exit"
 	connectProgCtUnixSendmsgExit     = "ct_unix_sendmsg_exit"
 	connectProgCtUnixSendtoExit      = "ct_unix_sendto_exit"
@@ -182,12 +185,14 @@ type connectSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type connectProgramSpecs struct {
-	CtConnectEnter     *ebpf.ProgramSpec `ebpf:"ct_connect_enter"`
-	CtConnectExit      *ebpf.ProgramSpec `ebpf:"ct_connect_exit"`
-	CtUnixSendmmsgExit *ebpf.ProgramSpec `ebpf:"ct_unix_sendmmsg_exit"`
-	CtUnixSendmsgExit  *ebpf.ProgramSpec `ebpf:"ct_unix_sendmsg_exit"`
-	CtUnixSendtoExit   *ebpf.ProgramSpec `ebpf:"ct_unix_sendto_exit"`
-	CtUnixWriteExit    *ebpf.ProgramSpec `ebpf:"ct_unix_write_exit"`
+	CtConnectEnter       *ebpf.ProgramSpec `ebpf:"ct_connect_enter"`
+	CtConnectEnterCompat *ebpf.ProgramSpec `ebpf:"ct_connect_enter_compat"`
+	CtConnectExit        *ebpf.ProgramSpec `ebpf:"ct_connect_exit"`
+	CtConnectExitCompat  *ebpf.ProgramSpec `ebpf:"ct_connect_exit_compat"`
+	CtUnixSendmmsgExit   *ebpf.ProgramSpec `ebpf:"ct_unix_sendmmsg_exit"`
+	CtUnixSendmsgExit    *ebpf.ProgramSpec `ebpf:"ct_unix_sendmsg_exit"`
+	CtUnixSendtoExit     *ebpf.ProgramSpec `ebpf:"ct_unix_sendto_exit"`
+	CtUnixWriteExit      *ebpf.ProgramSpec `ebpf:"ct_unix_write_exit"`
 }
 
 // connectMapSpecs contains maps before they are loaded into the kernel.
@@ -198,6 +203,7 @@ type connectMapSpecs struct {
 	Events         *ebpf.MapSpec `ebpf:"events"`
 	LostRecords    *ebpf.MapSpec `ebpf:"lost_records"`
 	Pending        *ebpf.MapSpec `ebpf:"pending"`
+	PendingByTid   *ebpf.MapSpec `ebpf:"pending_by_tid"`
 	UnixConnects   *ebpf.MapSpec `ebpf:"unix_connects"`
 	UnixDgramSends *ebpf.MapSpec `ebpf:"unix_dgram_sends"`
 }
@@ -249,6 +255,7 @@ type connectMaps struct {
 	Events         *ebpf.Map `ebpf:"events"`
 	LostRecords    *ebpf.Map `ebpf:"lost_records"`
 	Pending        *ebpf.Map `ebpf:"pending"`
+	PendingByTid   *ebpf.Map `ebpf:"pending_by_tid"`
 	UnixConnects   *ebpf.Map `ebpf:"unix_connects"`
 	UnixDgramSends *ebpf.Map `ebpf:"unix_dgram_sends"`
 }
@@ -259,6 +266,7 @@ func (m *connectMaps) Close() error {
 		m.Events,
 		m.LostRecords,
 		m.Pending,
+		m.PendingByTid,
 		m.UnixConnects,
 		m.UnixDgramSends,
 	)
@@ -291,18 +299,22 @@ type connectVariables struct {
 //
 // It can be passed to loadConnectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type connectPrograms struct {
-	CtConnectEnter     *ebpf.Program `ebpf:"ct_connect_enter"`
-	CtConnectExit      *ebpf.Program `ebpf:"ct_connect_exit"`
-	CtUnixSendmmsgExit *ebpf.Program `ebpf:"ct_unix_sendmmsg_exit"`
-	CtUnixSendmsgExit  *ebpf.Program `ebpf:"ct_unix_sendmsg_exit"`
-	CtUnixSendtoExit   *ebpf.Program `ebpf:"ct_unix_sendto_exit"`
-	CtUnixWriteExit    *ebpf.Program `ebpf:"ct_unix_write_exit"`
+	CtConnectEnter       *ebpf.Program `ebpf:"ct_connect_enter"`
+	CtConnectEnterCompat *ebpf.Program `ebpf:"ct_connect_enter_compat"`
+	CtConnectExit        *ebpf.Program `ebpf:"ct_connect_exit"`
+	CtConnectExitCompat  *ebpf.Program `ebpf:"ct_connect_exit_compat"`
+	CtUnixSendmmsgExit   *ebpf.Program `ebpf:"ct_unix_sendmmsg_exit"`
+	CtUnixSendmsgExit    *ebpf.Program `ebpf:"ct_unix_sendmsg_exit"`
+	CtUnixSendtoExit     *ebpf.Program `ebpf:"ct_unix_sendto_exit"`
+	CtUnixWriteExit      *ebpf.Program `ebpf:"ct_unix_write_exit"`
 }
 
 func (p *connectPrograms) Close() error {
 	return _ConnectClose(
 		p.CtConnectEnter,
+		p.CtConnectEnterCompat,
 		p.CtConnectExit,
+		p.CtConnectExitCompat,
 		p.CtUnixSendmmsgExit,
 		p.CtUnixSendmsgExit,
 		p.CtUnixSendtoExit,

@@ -74,24 +74,37 @@ func TestConnectUnixFailuresCountedExactly(t *testing.T) {
 	testenv.RequireRoot(t)
 	// By default only the exit of connect() is hooked and latencies are
 	// not measured; --connect-latency adds the entry hook. Both must count
-	// every call exactly.
-	for _, latency := range []bool{false, true} {
-		t.Run(fmt.Sprintf("latency=%v", latency), func(t *testing.T) {
-			opts := DefaultOptions()
-			opts.ConnectLatency = latency
-			testUnixConnectFailures(t, opts)
-		})
+	// every call exactly, and so must the compat variant (the kernel's
+	// choice before 5.15, forced here on any kernel), which always hooks
+	// the entry.
+	for _, compat := range []bool{false, true} {
+		for _, latency := range []bool{false, true} {
+			t.Run(fmt.Sprintf("compat=%v/latency=%v", compat, latency), func(t *testing.T) {
+				opts := DefaultOptions()
+				opts.ConnectLatency = latency
+				opts.connectCompat = compat
+				testUnixConnectFailures(t, opts)
+			})
+		}
 	}
 }
 
 func testUnixConnectFailures(t *testing.T, opts Options) {
 	tr := startTracing(t, opts)
+	compat := opts.connectCompat || connectNeedsCompat() != nil
 	wantHook := "syscalls/sys_exit_connect"
-	if opts.ConnectLatency {
+	if opts.ConnectLatency || compat {
 		wantHook = "syscalls/sys_{enter,exit}_connect"
 	}
 	if a := requireOn(t, tr, "connect"); a.Hook != wantHook {
 		t.Fatalf("connect hooks not attached as %s: %v", wantHook, tr.probe.Attachments())
+	}
+	noted := false
+	for _, n := range tr.probe.Notes() {
+		noted = noted || strings.Contains(n, "(compat variant)")
+	}
+	if noted != compat {
+		t.Errorf("compat variant %v, but the notes say %q", compat, tr.probe.Notes())
 	}
 	dir := t.TempDir()
 	abstract := fmt.Sprintf("@ctr-test-%d-%d", time.Now().UnixNano(), 1)

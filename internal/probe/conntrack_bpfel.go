@@ -69,6 +69,8 @@ const (
 	conntrackProgCtConfirmKrp      = "ct_confirm_krp"
 	conntrackProgCtDeleteEnter     = "ct_delete_enter"
 	conntrackProgCtDeleteKp        = "ct_delete_kp"
+	conntrackProgCtUnlinkEnter     = "ct_unlink_enter"
+	conntrackProgCtUnlinkKp        = "ct_unlink_kp"
 	conntrackVarFilterCgroupId     = "filter_cgroup_id"
 	conntrackVarFilterCgroupLevel  = "filter_cgroup_level"
 	conntrackVarFilterComm         = "filter_comm"
@@ -133,6 +135,8 @@ type conntrackProgramSpecs struct {
 	CtConfirmKrp   *ebpf.ProgramSpec `ebpf:"ct_confirm_krp"`
 	CtDeleteEnter  *ebpf.ProgramSpec `ebpf:"ct_delete_enter"`
 	CtDeleteKp     *ebpf.ProgramSpec `ebpf:"ct_delete_kp"`
+	CtUnlinkEnter  *ebpf.ProgramSpec `ebpf:"ct_unlink_enter"`
+	CtUnlinkKp     *ebpf.ProgramSpec `ebpf:"ct_unlink_kp"`
 }
 
 // conntrackMapSpecs contains maps before they are loaded into the kernel.
@@ -227,6 +231,8 @@ type conntrackPrograms struct {
 	CtConfirmKrp   *ebpf.Program `ebpf:"ct_confirm_krp"`
 	CtDeleteEnter  *ebpf.Program `ebpf:"ct_delete_enter"`
 	CtDeleteKp     *ebpf.Program `ebpf:"ct_delete_kp"`
+	CtUnlinkEnter  *ebpf.Program `ebpf:"ct_unlink_enter"`
+	CtUnlinkKp     *ebpf.Program `ebpf:"ct_unlink_kp"`
 }
 
 func (p *conntrackPrograms) Close() error {
@@ -240,6 +246,8 @@ func (p *conntrackPrograms) Close() error {
 		p.CtConfirmKrp,
 		p.CtDeleteEnter,
 		p.CtDeleteKp,
+		p.CtUnlinkEnter,
+		p.CtUnlinkKp,
 	)
 }
 

@@ -1,18 +1,22 @@
 package probe
 
 // The in-kernel conntrack path: bpf/conntrack.bpf.c on the kernel's own
-// conntrack functions (__nf_conntrack_confirm, nf_ct_delete,
-// __nf_conntrack_alloc), one record per entry inserted, removed or refused.
+// conntrack functions (__nf_conntrack_confirm, nf_ct_delete or, where the
+// compiler split it, the unlink from the hash table, __nf_conntrack_alloc),
+// one record per entry inserted, removed or refused.
 // It needs fentry/fexit or kprobes on nf_conntrack; where the kernel offers
 // neither (the locked-down 6.18 host: fentry EPERM, no kprobes) or
 // nf_conntrack is not loaded, the probe says why in its notes and the caller
 // uses ctnetlink's event groups instead (the same event kinds).
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -44,21 +48,123 @@ type ctProbe struct {
 
 // ctPrograms lists each mode's probes, returns first: a call whose entry was
 // seen then always finds its return hooked (a stashed frame without one would
-// wait for the LRU to evict it).
-var ctPrograms = map[AttachMode][]ctProbe{
-	AttachFentry: {
-		{"__nf_conntrack_confirm", conntrackProgCtConfirmExit, true},
-		{"__nf_conntrack_confirm", conntrackProgCtConfirmEnter, false},
-		{"nf_ct_delete", conntrackProgCtDeleteEnter, false},
-		{"__nf_conntrack_alloc", conntrackProgCtAllocExit, true},
-	},
-	AttachKprobe: {
+// wait for the LRU to evict it). The removal probe is rm's.
+func ctPrograms(mode AttachMode, rm ctRemoval) []ctProbe {
+	if mode == AttachFentry {
+		return []ctProbe{
+			{"__nf_conntrack_confirm", conntrackProgCtConfirmExit, true},
+			{"__nf_conntrack_confirm", conntrackProgCtConfirmEnter, false},
+			{rm.fn, rm.prog(AttachFentry), false},
+			{"__nf_conntrack_alloc", conntrackProgCtAllocExit, true},
+		}
+	}
+	return []ctProbe{
 		{"__nf_conntrack_confirm", conntrackProgCtConfirmKrp, true},
 		{"__nf_conntrack_confirm", conntrackProgCtConfirmKp, false},
-		{"nf_ct_delete", conntrackProgCtDeleteKp, false},
+		{rm.fn, rm.prog(AttachKprobe), false},
 		{"__nf_conntrack_alloc", conntrackProgCtAllocKrp, true},
 		{"__nf_conntrack_alloc", conntrackProgCtAllocKp, false},
-	},
+	}
+}
+
+// ctRemoval is the kernel function whose calls are the table's removals
+// (see bpf/conntrack.bpf.c): nf_ct_delete itself, or, where the compiler
+// split it, the unlink from the hash table that every removal runs once.
+type ctRemoval struct {
+	fn     string // the function hooked
+	unlink bool   // fn is the unlink (ct_unlink_*), not nf_ct_delete (ct_delete_*)
+	// split is nf_ct_delete's split part kallsyms listed (e.g.
+	// nf_ct_delete.part.0), "" if none.
+	split string
+}
+
+// prog returns the removal program of mode.
+func (r ctRemoval) prog(mode AttachMode) string {
+	switch {
+	case mode == AttachFentry && r.unlink:
+		return conntrackProgCtUnlinkEnter
+	case mode == AttachFentry:
+		return conntrackProgCtDeleteEnter
+	case r.unlink:
+		return conntrackProgCtUnlinkKp
+	}
+	return conntrackProgCtDeleteKp
+}
+
+// unused returns the removal programs of the other choice, left out of
+// the load.
+func (r ctRemoval) unused() []string {
+	if r.unlink {
+		return []string{conntrackProgCtDeleteEnter, conntrackProgCtDeleteKp}
+	}
+	return []string{conntrackProgCtUnlinkEnter, conntrackProgCtUnlinkKp}
+}
+
+// note says which function the removals are taken from and why, for the
+// probe's notes; "" for nf_ct_delete unsplit (the usual case).
+func (r ctRemoval) note() string {
+	switch {
+	case r.unlink:
+		return fmt.Sprintf("conntrack removals: at %s (nf_ct_delete is split by the compiler into %s, which nf_conntrack's own callers call directly)", r.fn, r.split)
+	case r.split != "":
+		return fmt.Sprintf("conntrack removals: at nf_ct_delete, which is split by the compiler (%s) with no unlink function in kallsyms: removals by nf_conntrack itself (gc, early drop, flush) are missed", r.split)
+	}
+	return ""
+}
+
+// ctRemovalSyms are the kallsyms names chooseCtRemoval looks at: the
+// unlink functions, and nf_ct_delete's split parts by prefix.
+var ctRemovalSyms = []string{"__nf_ct_delete_from_lists", "nf_ct_delete_from_lists"}
+
+// chooseCtRemoval picks the removal hook from what kallsyms lists (has:
+// the names among ctRemovalSyms present; split: nf_ct_delete's split part,
+// "" if none). nf_ct_delete stays the hook unless it is split.
+func chooseCtRemoval(has map[string]bool, split string) ctRemoval {
+	if split == "" {
+		return ctRemoval{fn: "nf_ct_delete"}
+	}
+	for _, fn := range ctRemovalSyms {
+		if has[fn] {
+			return ctRemoval{fn: fn, unlink: true, split: split}
+		}
+	}
+	return ctRemoval{fn: "nf_ct_delete", split: split}
+}
+
+// ctRemovalHook reads /proc/kallsyms for chooseCtRemoval. Unreadable, it
+// keeps nf_ct_delete (and says so in the error, for a note).
+func ctRemovalHook() (ctRemoval, error) {
+	f, err := os.Open("/proc/kallsyms")
+	if err != nil {
+		return ctRemoval{fn: "nf_ct_delete"}, fmt.Errorf("find the conntrack removal function: %w", err)
+	}
+	defer f.Close()
+	return scanCtRemoval(f)
+}
+
+// scanCtRemoval is ctRemovalHook on a kallsyms listing ("address type name
+// [module]" per line).
+func scanCtRemoval(r io.Reader) (ctRemoval, error) {
+	has := map[string]bool{}
+	split := ""
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 3 {
+			continue
+		}
+		name := f[2]
+		switch {
+		case strings.HasPrefix(name, "nf_ct_delete.") && split == "":
+			split = name
+		case slices.Contains(ctRemovalSyms, name):
+			has[name] = true
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return ctRemoval{fn: "nf_ct_delete"}, fmt.Errorf("read /proc/kallsyms: %w", err)
+	}
+	return chooseCtRemoval(has, split), nil
 }
 
 // ConntrackInKernel reports which source of conntrack entry events the
@@ -119,9 +225,15 @@ func (o *conntrackObject) open(l *loader) (*ebpf.Collection, error) {
 		off(fmt.Errorf("unknown conntrack attach mode %q: use auto, fentry or kprobe", opts.ConntrackMode))
 		return nil, nil
 	}
+	rm, err := ctRemovalHook()
+	if err != nil {
+		l.note(fmt.Sprintf("conntrack removals: at nf_ct_delete (%v)", err))
+	} else if n := rm.note(); n != "" {
+		l.note(n)
+	}
 	var hooks []modeHooks
 	for _, mode := range []AttachMode{AttachFentry, AttachKprobe} {
-		probes := ctPrograms[mode]
+		probes := ctPrograms(mode, rm)
 		var progs []string
 		for _, pr := range probes {
 			progs = append(progs, pr.prog)
@@ -135,9 +247,21 @@ func (o *conntrackObject) open(l *loader) (*ebpf.Collection, error) {
 	coll, mode, failed, err := l.loadFirst(&loadSpec{
 		object: o.name(),
 		hook:   ConntrackHook,
-		load:   loadConntrack,
-		modes:  hooks,
-		only:   opts.ConntrackMode,
+		load: func() (*ebpf.CollectionSpec, error) {
+			spec, err := loadConntrack()
+			if err != nil {
+				return nil, err
+			}
+			// The fentry program's target is the unlink function
+			// kallsyms named (its section names one of the two).
+			if p := spec.Programs[conntrackProgCtUnlinkEnter]; p != nil && rm.unlink {
+				p.AttachTo = rm.fn
+			}
+			return spec, nil
+		},
+		without: rm.unused(),
+		modes:   hooks,
+		only:    opts.ConntrackMode,
 	})
 	if err != nil {
 		return nil, err

@@ -148,6 +148,11 @@ func testConntrackInKernel(t *testing.T, mode AttachMode) {
 		t.Skipf("%s does not attach to nf_conntrack on this kernel (%v); run it in the kernel matrix: make test-kernels RUN=TestConntrackInKernel", mode, why)
 	}
 	t.Logf("conntrack entries: %s", src)
+	for _, n := range tr.probe.Notes() {
+		if strings.HasPrefix(n, "conntrack removals: ") {
+			t.Log(n)
+		}
+	}
 
 	// N flows, IPv4 and IPv6: one entry each, inserted when the SYN leaves.
 	server := testenv.StartServer(t, ns, "ctk-server")
@@ -285,7 +290,7 @@ func logProgramStats(t *testing.T, p *Probe) {
 	t.Helper()
 	for _, c := range p.colls {
 		for name, prog := range c.Programs {
-			if !strings.HasPrefix(name, "ct_confirm") && !strings.HasPrefix(name, "ct_delete") && !strings.HasPrefix(name, "ct_alloc") {
+			if !strings.HasPrefix(name, "ct_confirm") && !strings.HasPrefix(name, "ct_delete") && !strings.HasPrefix(name, "ct_unlink") && !strings.HasPrefix(name, "ct_alloc") {
 				continue
 			}
 			st, err := prog.Stats()

@@ -117,6 +117,11 @@ type Options struct {
 	// ConntrackMode restricts those hooks to one mode (AttachFentry or
 	// AttachKprobe); "" or AttachAuto tries fentry, then kprobes.
 	ConntrackMode AttachMode
+
+	// connectCompat runs the connect() programs' compat variant even where
+	// the kernel can run the BTF one: the package's tests exercise it on
+	// any kernel.
+	connectCompat bool
 }
 
 // DefaultOptions returns the settings `tracer` runs with by default.

@@ -255,7 +255,7 @@ func TestDaemonSetImageRuns(t *testing.T) {
 	})
 
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	waitUntil(t, testenv.Scaled(30*time.Second), "the container's /-/ready", func() (bool, string) {
+	testenv.WaitFor(t, 30*time.Second, "the container's /-/ready", func() (bool, string) {
 		st, out := get(addr, "/-/ready")
 		return st == http.StatusOK, fmt.Sprint(st, " ", out)
 	})
@@ -300,7 +300,7 @@ func TestDaemonSetImageRuns(t *testing.T) {
 	// in the namespace: the second needs the tracer to enter the
 	// namespace (sock_diag), with the capabilities it kept.
 	tw := fmt.Sprintf(`conntracer_time_wait_sockets{netns="%d",netns_name=%q} %d`, ns.Inode, ns.Name, n)
-	waitUntil(t, testenv.Scaled(15*time.Second), fmt.Sprintf("%d opens by img-client and %q", n, tw), func() (bool, string) {
+	testenv.WaitFor(t, 15*time.Second, fmt.Sprintf("%d opens by img-client and %q", n, tw), func() (bool, string) {
 		_, body := get(addr, "/metrics")
 		var seen []string
 		var opened float64
@@ -383,19 +383,4 @@ func get(addr, path string) (int, string) {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
-}
-
-func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	last := ""
-	for time.Now().Before(deadline) {
-		ok, s := cond()
-		if ok {
-			return
-		}
-		last = s
-		time.Sleep(200 * time.Millisecond)
-	}
-	t.Fatalf("%s: not reached in %s (last: %s)", what, timeout, last)
 }

@@ -193,7 +193,7 @@ func TestConntrackEntriesDestroyed(t *testing.T) {
 		`conntracer_conntrack_process_entries{comm="ctr-ct-three"} 3`,
 		fmt.Sprintf(`conntracer_conntrack_entries_by_state{netns="%s",netns_name=%q,state="ESTABLISHED"} 10`, nsLabel, ns.Name),
 	}
-	waitFor(t, 15*time.Second, "entries per process on /metrics", func() (bool, string) {
+	testenv.WaitFor(t, 15*time.Second, "entries per process on /metrics", func() (bool, string) {
 		m := metrics()
 		for _, w := range up {
 			if !strings.Contains(m, w+"\n") {
@@ -207,12 +207,12 @@ func TestConntrackEntriesDestroyed(t *testing.T) {
 	b.Release(t)
 	// Expired entries are reaped by the kernel's garbage collector or by
 	// a listing: a DESTROY event each either way.
-	waitFor(t, 15*time.Second, "conntrack -L without the clients' entries", func() (bool, string) {
+	testenv.WaitFor(t, 15*time.Second, "conntrack -L without the clients' entries", func() (bool, string) {
 		list := testenv.ConntrackList(t, ns)
 		n := sum(kernelEntriesOf(list, a)) + sum(kernelEntriesOf(list, b))
 		return n == 0, fmt.Sprintf("%d left", n)
 	})
-	waitFor(t, 15*time.Second, "no entries left on /metrics", func() (bool, string) {
+	testenv.WaitFor(t, 15*time.Second, "no entries left on /metrics", func() (bool, string) {
 		m := metrics()
 		lines := string(metricLines([]byte(m), "conntracer_conntrack"))
 		return !strings.Contains(lines, "ctr-ct-") && !strings.Contains(lines, `state="ESTABLISHED"`) &&

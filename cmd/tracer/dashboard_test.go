@@ -135,7 +135,7 @@ func TestDashboardQueriesAgainstPrometheus(t *testing.T) {
 	c := testenv.StartClient(t, ns, "dashcli", plan)
 	defer c.Release(t)
 	// Enough scrapes after the traffic for every rate over the window.
-	waitFor(t, 20*time.Second, "conntrack entries in Prometheus", func() (bool, string) {
+	testenv.WaitFor(t, 20*time.Second, "conntrack entries in Prometheus", func() (bool, string) {
 		v, ok, s := promQuery(t, base, fmt.Sprintf(`sum(conntracer_conntrack_entries{netns="%d"})`, ns.Inode))
 		return ok && v > 0, s
 	})

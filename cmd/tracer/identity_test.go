@@ -84,7 +84,7 @@ func newPodman(t *testing.T) *podmanEnv {
 		svc.Process.Kill()
 		svc.Wait()
 	})
-	waitFor(t, 20*time.Second, "podman API socket", func() (bool, string) {
+	testenv.WaitFor(t, 20*time.Second, "podman API socket", func() (bool, string) {
 		c, err := net.Dial("unix", env.socket)
 		if err != nil {
 			return false, err.Error()
@@ -144,7 +144,7 @@ func TestPodmanContainerNamed(t *testing.T) {
 
 	// The stream: n lines, each naming the container (the filter passes
 	// no others).
-	waitFor(t, 20*time.Second, "stream lines naming the container", func() (bool, string) {
+	testenv.WaitFor(t, 20*time.Second, "stream lines naming the container", func() (bool, string) {
 		return strings.Count(stdout.String(), `"container":"`+name+`"`) >= n, stdout.String()
 	})
 	for _, line := range strings.Split(strings.TrimSpace(stdout.String()), "\n") {
@@ -183,7 +183,7 @@ func TestPodmanContainerNamed(t *testing.T) {
 	// Removed: its series leave /metrics.
 	podman(t, "rm", "-f", "-t", "0", name)
 	removed = true
-	waitFor(t, 20*time.Second, "the removed container's series to go", func() (bool, string) {
+	testenv.WaitFor(t, 20*time.Second, "the removed container's series to go", func() (bool, string) {
 		resp, err := http.Get("http://" + metrics + "/metrics")
 		if err != nil {
 			return false, err.Error()
@@ -203,7 +203,7 @@ func TestStreamNamesNetNS(t *testing.T) {
 	startStream(t, &stdout, "--output", "json", "--netns", ns.Name)
 	srv := testenv.StartServer(t, ns, "ctnnsrv")
 	testenv.RunClient(t, ns, "ctnncli", []testenv.Conn{{Addr: srv.Addr4(), Req: 10, Resp: 10, Mode: testenv.ClientCloses}})
-	waitFor(t, 10*time.Second, "the client's line", func() (bool, string) {
+	testenv.WaitFor(t, 10*time.Second, "the client's line", func() (bool, string) {
 		return strings.Contains(stdout.String(), `"comm":"ctnncli"`), stdout.String()
 	})
 	for _, line := range strings.Split(strings.TrimSpace(stdout.String()), "\n") {

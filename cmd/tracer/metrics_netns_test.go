@@ -72,7 +72,7 @@ func TestServeConntrackDropsFromEmptyTableAndNamespaceGone(t *testing.T) {
 		t.Fatalf("no conntrack series for the namespace before it is deleted: %q", got)
 	}
 	want := fmt.Sprintf("conntracer_conntrack_drops_total{%s,netns_name=%q} %d", label, ns.Name, st.Drop)
-	waitFor(t, 10*time.Second, want, func() (bool, string) {
+	testenv.WaitFor(t, 10*time.Second, want, func() (bool, string) {
 		got, err := scrape(t, r.addr, "conntracer_conntrack_drops_total{", label)
 		return got == want && err == nil, fmt.Sprint(got, err)
 	})
@@ -85,7 +85,7 @@ func TestServeConntrackDropsFromEmptyTableAndNamespaceGone(t *testing.T) {
 	f.Close()
 	ns.Delete(t)
 	gone := time.Now()
-	waitFor(t, testenv.Scaled(10*time.Second), "series of the deleted namespace gone", func() (bool, string) {
+	testenv.WaitFor(t, 10*time.Second, "series of the deleted namespace gone", func() (bool, string) {
 		got, err := scrape(t, r.addr, "conntracer_", label) // every series of the namespace
 		return got == "" && err == nil, fmt.Sprint(got, err)
 	})

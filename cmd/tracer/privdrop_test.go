@@ -24,7 +24,7 @@ import (
 func TestServeDropsPrivilegesAndStillFollowsNewNamespaces(t *testing.T) {
 	testenv.RequireRoot(t)
 	p := startServeProc(t, "--sample-interval", "200ms", "--reconcile-interval", "500ms", "--unix-interval", "0")
-	waitFor(t, 10*time.Second, "the tracer says it dropped its privileges", func() (bool, string) {
+	testenv.WaitFor(t, 10*time.Second, "the tracer says it dropped its privileges", func() (bool, string) {
 		return strings.Contains(p.stderr.String(), "no_new_privs set"), p.stderr.String()
 	})
 	var keep uint64
@@ -79,7 +79,7 @@ func TestServeDropsPrivilegesAndStillFollowsNewNamespaces(t *testing.T) {
 		}
 	}
 	sum := func(name string, labels ...string) float64 { return metricsSum(t, p.addr, name, labels...) }
-	waitFor(t, 15*time.Second, "connections of the new namespace counted", func() (bool, string) {
+	testenv.WaitFor(t, 15*time.Second, "connections of the new namespace counted", func() (bool, string) {
 		a := sum("conntracer_connections_closed_total", `comm="ctpdcli"`, `role="active"`)
 		s := sum("conntracer_connections_closed_total", `comm="ctpdsrv"`, `role="passive"`)
 		return a == conns && s == conns, fmt.Sprintf("active %v, passive %v, want %d each", a, s, conns)
@@ -89,7 +89,7 @@ func TestServeDropsPrivilegesAndStillFollowsNewNamespaces(t *testing.T) {
 	// TIME_WAIT count is reconciled with a sock_diag dump taken inside it.
 	// The client closed first: each of its sockets waits in TIME_WAIT.
 	tw := fmt.Sprintf(`netns="%d"`, ns.Inode)
-	waitFor(t, 15*time.Second, "TIME_WAIT of the new namespace from its sock_diag dump", func() (bool, string) {
+	testenv.WaitFor(t, 15*time.Second, "TIME_WAIT of the new namespace from its sock_diag dump", func() (bool, string) {
 		v := sum("conntracer_time_wait_sockets", tw)
 		return v == conns, fmt.Sprintf("conntracer_time_wait_sockets{%s} %v, want %d; stderr: %s", tw, v, conns, p.stderr)
 	})

@@ -109,7 +109,7 @@ func TestRecursionMissesAreReported(t *testing.T) {
 	// two seconds.
 	var printed float64
 	stableSince := time.Now()
-	waitFor(t, 30*time.Second, "the churn's connections counted", func() (bool, string) {
+	testenv.WaitFor(t, 30*time.Second, "the churn's connections counted", func() (bool, string) {
 		v := metricsSum(t, p.addr, closed)
 		if v != printed {
 			printed, stableSince = v, time.Now()

@@ -77,7 +77,7 @@ func TestServeVersionHealthLanding(t *testing.T) {
 	r := startServe(t, "--sample-interval", "200ms")
 	base := "http://" + r.addr
 
-	waitFor(t, 10*time.Second, "ready", func() (bool, string) {
+	testenv.WaitFor(t, 10*time.Second, "ready", func() (bool, string) {
 		code, body := httpGet(t, base+readyPath)
 		return code == http.StatusOK, body
 	})

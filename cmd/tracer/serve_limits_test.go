@@ -241,7 +241,7 @@ func TestMetricsServerSurvivesIdleConnections(t *testing.T) {
 		t.Errorf("%d of %d scrapes during the flood failed", floodFails, floodScrapes)
 	}
 	if emulated {
-		waitFor(t, 60*time.Second, "the server drains the flood's accept queue", func() (bool, string) {
+		testenv.WaitFor(t, 60*time.Second, "the server drains the flood's accept queue", func() (bool, string) {
 			_, err := scrapeWithin(p.addr, sampled, 5*time.Second)
 			return err == nil, fmt.Sprint(err)
 		})
@@ -254,7 +254,7 @@ func TestMetricsServerSurvivesIdleConnections(t *testing.T) {
 		t.Fatalf("scrape after %d idle connections: %v", len(conns), err)
 	}
 	t.Logf("scrape after the flood answered in %v", time.Since(t0))
-	waitFor(t, 5*time.Second, "the samplers keep reading after the flood", func() (bool, string) {
+	testenv.WaitFor(t, 5*time.Second, "the samplers keep reading after the flood", func() (bool, string) {
 		v, err := scrapeWithin(p.addr, sampled, time.Second)
 		return err == nil && v != before, fmt.Sprintf("%s: %q then %q (%v)", sampled, before, v, err)
 	})
@@ -277,7 +277,7 @@ func TestMetricsServerSurvivesIdleConnections(t *testing.T) {
 	}
 	conns = nil
 	mu.Unlock()
-	waitFor(t, 20*time.Second, "RSS back near its idle level", func() (bool, string) {
+	testenv.WaitFor(t, 20*time.Second, "RSS back near its idle level", func() (bool, string) {
 		rss := p.rssKB(t)
 		return rss <= idleRSS+80<<10, fmt.Sprintf("RSS %d kB, idle %d kB, during the flood %d kB", rss, idleRSS, peak)
 	})

@@ -106,7 +106,7 @@ scrape_configs:
 		_ = cmd.Wait()
 	})
 	base := "http://" + addr
-	waitFor(t, 20*time.Second, "prometheus ready", func() (bool, string) {
+	testenv.WaitFor(t, 20*time.Second, "prometheus ready", func() (bool, string) {
 		resp, err := http.Get(base + "/-/ready")
 		if err != nil {
 			return false, err.Error()
@@ -152,23 +152,6 @@ func promQuery(t *testing.T, base, expr string) (float64, bool, string) {
 	return v, true, s
 }
 
-// waitFor polls cond until it holds; the timeout bounds a hung test, it
-// asserts nothing about speed.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	last := ""
-	for time.Now().Before(deadline) {
-		ok, s := cond()
-		if ok {
-			return
-		}
-		last = s
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("%s: not reached in %s (last: %s)", what, timeout, last)
-}
-
 // TestServePrometheus: a real Prometheus server scrapes a running `tracer
 // serve` while traffic flows in a fresh namespace; through its HTTP API
 // the counters equal the connections made, and histogram_quantile over
@@ -204,7 +187,7 @@ func TestServePrometheus(t *testing.T) {
 
 	expect := func(expr string, want float64) {
 		t.Helper()
-		waitFor(t, 15*time.Second, expr, func() (bool, string) {
+		testenv.WaitFor(t, 15*time.Second, expr, func() (bool, string) {
 			v, ok, s := promQuery(t, base, expr)
 			return ok && v == want, s
 		})
@@ -261,7 +244,7 @@ func startStream(t *testing.T, stdout io.Writer, args ...string) (addr string, s
 		t.Fatalf("tracer did not start: %s", stderr)
 	}
 	addr = servingOn.FindStringSubmatch(stderr.String())[1]
-	waitFor(t, 10*time.Second, "tracing", func() (bool, string) {
+	testenv.WaitFor(t, 10*time.Second, "tracing", func() (bool, string) {
 		return strings.Contains(stderr.String(), "tracer: tracing"), stderr.String()
 	})
 	return addr, stderr
@@ -271,7 +254,7 @@ func startStream(t *testing.T, stdout io.Writer, args ...string) (addr string, s
 // contain want.
 func waitForMetric(t *testing.T, addr, name, want string) {
 	t.Helper()
-	waitFor(t, 10*time.Second, want, func() (bool, string) {
+	testenv.WaitFor(t, 10*time.Second, want, func() (bool, string) {
 		resp, err := http.Get("http://" + addr + "/metrics")
 		if err != nil {
 			return false, err.Error()
@@ -299,7 +282,7 @@ func TestStreamServesMetrics(t *testing.T) {
 	testenv.RunClient(t, ns, "ctscli", plan)
 	// in conntracer_connections_closed_total, whatever the cgroup
 	waitForMetric(t, addr, "conntracer_connections_closed_total", `comm="ctscli",container="",namespace="",pod="",role="active"} 5`)
-	waitFor(t, 10*time.Second, "stream lines", func() (bool, string) {
+	testenv.WaitFor(t, 10*time.Second, "stream lines", func() (bool, string) {
 		return strings.Count(stdout.String(), "ctscli") >= n, stdout.String()
 	})
 }
@@ -325,7 +308,7 @@ func TestStreamMetricsSeeConnectionsOpenBeforeStart(t *testing.T) {
 
 	holder.Release(t)
 	waitForMetric(t, addr, "conntracer_connections_closed_total", `comm="ctoold",container="",namespace="",pod="",role="active"} 1`)
-	waitFor(t, 10*time.Second, "stream line of the held connection", func() (bool, string) {
+	testenv.WaitFor(t, 10*time.Second, "stream line of the held connection", func() (bool, string) {
 		return strings.Contains(stdout.String(), "ctoold"), stdout.String()
 	})
 }

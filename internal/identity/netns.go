@@ -176,34 +176,14 @@ func (n *NetNSResolver) retire(table map[uint32]*NetNSInfo, now time.Time) {
 	n.mu.RLock()
 	old := n.table
 	n.mu.RUnlock()
-	for ino, info := range old {
-		if _, ok := table[ino]; ok {
-			delete(n.gone, ino)
-			continue
+	retire(old, table, n.gone, now, func(info *NetNSInfo) *NetNSInfo {
+		if info.Gone {
+			return nil
 		}
-		if !info.Gone {
-			g := *info
-			g.Gone = true
-			info = &g
-			n.gone[ino] = now
-		}
-		if now.Sub(n.gone[ino]) < goneKeep {
-			table[ino] = info
-		} else {
-			delete(n.gone, ino)
-		}
-	}
-	for len(n.gone) > maxGone {
-		var oldest uint32
-		var at time.Time
-		for ino, t := range n.gone {
-			if at.IsZero() || t.Before(at) {
-				oldest, at = ino, t
-			}
-		}
-		delete(n.gone, oldest)
-		delete(table, oldest)
-	}
+		g := *info
+		g.Gone = true
+		return &g
+	})
 }
 
 // Lookup returns the namespace's name, "" when nothing names it. It

@@ -175,34 +175,14 @@ func (r *Resolver) retire(table map[uint64]*events.CgroupInfo, now time.Time) {
 	r.mu.RLock()
 	old := r.table
 	r.mu.RUnlock()
-	for cg, info := range old {
-		if _, ok := table[cg]; ok {
-			delete(r.gone, cg) // an id back in use (ids are not reused in practice)
-			continue
+	retire(old, table, r.gone, now, func(info *events.CgroupInfo) *events.CgroupInfo {
+		if info.Gone {
+			return nil
 		}
-		if !info.Gone {
-			g := *info
-			g.Gone = true
-			info = &g
-			r.gone[cg] = now
-		}
-		if now.Sub(r.gone[cg]) < goneKeep {
-			table[cg] = info
-		} else {
-			delete(r.gone, cg)
-		}
-	}
-	for len(r.gone) > maxGone {
-		var oldest uint64
-		var at time.Time
-		for cg, t := range r.gone {
-			if at.IsZero() || t.Before(at) {
-				oldest, at = cg, t
-			}
-		}
-		delete(r.gone, oldest)
-		delete(table, oldest)
-	}
+		g := *info
+		g.Gone = true
+		return &g
+	})
 }
 
 // name fills in id's names from the cache or the runtimes.

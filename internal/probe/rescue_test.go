@@ -30,23 +30,6 @@ func openSockets(t *testing.T, ns *testenv.NetNS) []string {
 	return open
 }
 
-// waitUntil polls cond until it holds, failing the test with cond's last
-// words at the deadline.
-func waitUntil(t *testing.T, deadline time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	end := time.Now().Add(deadline)
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(end) {
-			t.Fatalf("%s: not within %v: %s", what, deadline, state)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 // stateLinkHolders returns the processes other than this one that hold a
 // BPF link on the TCP state tracepoint (their /proc/PID/fdinfo says
 // "tp_name: inet_sock_set_state": tp_btf and raw_tp links).
@@ -234,11 +217,11 @@ func TestLossAccountingIsExact(t *testing.T) {
 			// tail loss probe on a busy machine, then the client's RST)
 			// closes seconds later. Wait until none but timewait sockets
 			// are left in the namespace, then for the reader (it polls).
-			waitUntil(t, 120*time.Second, "every socket of the churn closed", func() (bool, string) {
+			testenv.WaitFor(t, 120*time.Second, "every socket of the churn closed", func() (bool, string) {
 				open := openSockets(t, ns)
 				return len(open) == 0, fmt.Sprintf("%d still open: %v", len(open), open[:min(len(open), 3)])
 			})
-			waitUntil(t, 30*time.Second, "the records read", func() (bool, string) {
+			testenv.WaitFor(t, 30*time.Second, "the records read", func() (bool, string) {
 				before := c.n.Load()
 				time.Sleep(4 * opts.PollInterval)
 				n := c.n.Load()

@@ -2,6 +2,7 @@ package testenv
 
 import (
 	"os"
+	"testing"
 	"time"
 )
 
@@ -26,4 +27,23 @@ func Scaled(d time.Duration) time.Duration {
 		return emulationFactor * d
 	}
 	return d
+}
+
+// WaitFor polls cond until it holds, and fails the test with what and
+// cond's last description if it does not within timeout (Scaled: the
+// timeout bounds a hung test, it asserts nothing about speed).
+func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() (ok bool, last string)) {
+	t.Helper()
+	timeout = Scaled(timeout)
+	deadline := time.Now().Add(timeout)
+	last := ""
+	for time.Now().Before(deadline) {
+		ok, s := cond()
+		if ok {
+			return
+		}
+		last = s
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("%s: not reached in %s (last: %s)", what, timeout, last)
 }

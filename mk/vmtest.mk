@@ -1,15 +1,15 @@
 # Kernel matrix: the test suite inside Debian's kernels under qemu, amd64 5.10 to 7.2 and
 # arm64 6.12 (tools/vmtest, see tools/vmtest/README.md). Included by the main Makefile.
 #
-#   make test-kernels                          # the matrix (the kernel-facing packages on
-#                                              # every kernel, cmd/tracer too on 6.1 and 6.12)
+#   make test-kernels                          # the matrix (./... on 6.1 and 6.12, the
+#                                              # kernel-facing packages on the others)
 #   make test-kernels KERNELS=6.12             # one kernel
 #   make test-kernels KERNELS=6.1 PKGS=./internal/kernel RUN='TestX$$' VMTEST_GOFLAGS=-short
 #   make kernels                               # download and cache the kernels only
 
 KERNELS ?= 5.10 6.1 6.12 6.16 7.2 6.12-arm64
-# empty: matrix.sh's split (the kernel-facing packages everywhere, cmd/tracer too on 6.1
-# and 6.12); set, those packages on every kernel
+# empty: matrix.sh's split (the whole suite on 6.1 and 6.12, the kernel-facing packages
+# elsewhere); set, those packages on every kernel
 PKGS    ?=
 RUN     ?=
 VMTEST  := tools/vmtest

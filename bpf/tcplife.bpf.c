@@ -271,6 +271,58 @@ static __always_inline bool guard_skipped(__u64 sk, int oldstate, int newstate)
 	return true;
 }
 
+/*
+ * unseen_closes: per-CPU count of sockets whose change to CLOSE reached
+ * neither the state program nor its rescuer, with no skipped run counted
+ * (measured on a shared host: state changes run in a softirq over some
+ * tasks reach no BPF program; docs/notes/residual-loss.md). Only the CLOSE
+ * deletes a socket's socks entry, and a struct sock is reused only once
+ * freed: an open (SYN_SENT, SYN_RECV) that finds an entry under its own
+ * address found one such socket. Slot 0: it had reached ESTABLISHED (a
+ * connection whose record is lost); slot 1: it had not (a connect attempt,
+ * or a child the kernel cloned and dropped in the accept race, which is no
+ * connection). Counted only when the lost record would have passed the
+ * filters. Incremented by the state program and its rescuer (atomically:
+ * the rescuer can interrupt the state program); user space sums the CPUs
+ * (unseen.go). An array: nothing to insert or delete.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} unseen_closes SEC(".maps");
+
+/* note_unseen: called by an open before it overwrites key's entry. */
+static __always_inline void note_unseen(__u64 *key)
+{
+	struct sock_state *old = bpf_map_lookup_elem(&socks, key);
+	__u32 slot;
+	__u64 *n;
+
+	if (!old)
+		return;
+	/* The filters of emit_close, on what the entry holds. */
+	if (filter_netns && old->netns != filter_netns)
+		return;
+	if (filter_family && old->family != filter_family)
+		return;
+	if (filter_port && old->sport != filter_port && old->dport != filter_port)
+		return;
+	if (old->flags & (CONN_OWNER_CONNECT | CONN_OWNER_ACCEPT | CONN_OWNER_LISTENER)) {
+		if (filter_tgid && old->owner.tgid != filter_tgid)
+			return;
+		if (filter_comm_set && !comm_matches(old->owner.comm))
+			return;
+		if (filter_cgroup_id && !(old->flags & CONN_CGROUP_MATCH))
+			return;
+	}
+	slot = (old->flags & CONN_ESTABLISHED) ? 0 : 1;
+	n = bpf_map_lookup_elem(&unseen_closes, &slot);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
+
 /* tp_btf: plain loads through BTF-typed pointers. */
 #define FN(name) name##_btf
 #define RD(p, path) ((p)->path)

@@ -211,6 +211,7 @@ static __always_inline int FN(handle_state)(struct tcp_sock *tp, int oldstate, i
 		}
 		s.open_ns = bpf_ktime_get_boot_ns();
 		FN(fill_tuple)(tp, &s, family);
+		note_unseen(&key);
 		bpf_map_update_elem(&socks, &key, &s, BPF_ANY);
 		return 0;
 	}
@@ -241,6 +242,7 @@ static __always_inline int FN(handle_state)(struct tcp_sock *tp, int oldstate, i
 		s.flags = CONN_SEEN_OPEN | CONN_OWNER_CONNECT | FN(owner_from_current)(&s.owner);
 		s.open_ns = bpf_ktime_get_boot_ns();
 		FN(fill_tuple)(tp, &s, family);
+		note_unseen(&key);
 		bpf_map_update_elem(&socks, &key, &s, BPF_ANY);
 		return 0;
 	}

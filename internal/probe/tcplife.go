@@ -24,6 +24,7 @@ const stateHook = "sock/inet_sock_set_state"
 type tcplifeObject struct {
 	socks  *ebpf.Map // nil until loaded
 	rescue *rescuer  // nil unless the state program has a rescuer attached
+	unseen *ebpf.Map // unseen_closes (unseen.go); nil until loaded
 }
 
 func (*tcplifeObject) name() string { return "tcplife" }
@@ -67,6 +68,7 @@ func (o *tcplifeObject) open(l *loader) (*ebpf.Collection, error) {
 		return nil, fmt.Errorf("attach %s: no attach mode worked: %w", stateHook, joinFailures(failed))
 	}
 	o.socks = coll.Maps[tcplifeMapSocks]
+	o.unseen = coll.Maps[tcplifeMapUnseenCloses]
 	o.rescue = attachRescuer(l, coll, mode) // rescue.go
 	o.attachAccept(l, coll, accept.progs)
 	return coll, nil

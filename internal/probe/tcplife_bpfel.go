@@ -165,6 +165,7 @@ const (
 	tcplifeMapRescuedRuns         = "rescued_runs"
 	tcplifeMapSocks               = "socks"
 	tcplifeMapStateGuard          = "state_guard"
+	tcplifeMapUnseenCloses        = "unseen_closes"
 	tcplifeProgCtAccept4Exit      = "ct_accept4_exit"
 	tcplifeProgCtAccept4ExitProbe = "ct_accept4_exit_probe"
 	tcplifeProgCtAcceptExit       = "ct_accept_exit"
@@ -248,12 +249,13 @@ type tcplifeProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcplifeMapSpecs struct {
-	Events      *ebpf.MapSpec `ebpf:"events"`
-	Listeners   *ebpf.MapSpec `ebpf:"listeners"`
-	LostRecords *ebpf.MapSpec `ebpf:"lost_records"`
-	RescuedRuns *ebpf.MapSpec `ebpf:"rescued_runs"`
-	Socks       *ebpf.MapSpec `ebpf:"socks"`
-	StateGuard  *ebpf.MapSpec `ebpf:"state_guard"`
+	Events       *ebpf.MapSpec `ebpf:"events"`
+	Listeners    *ebpf.MapSpec `ebpf:"listeners"`
+	LostRecords  *ebpf.MapSpec `ebpf:"lost_records"`
+	RescuedRuns  *ebpf.MapSpec `ebpf:"rescued_runs"`
+	Socks        *ebpf.MapSpec `ebpf:"socks"`
+	StateGuard   *ebpf.MapSpec `ebpf:"state_guard"`
+	UnseenCloses *ebpf.MapSpec `ebpf:"unseen_closes"`
 }
 
 // tcplifeVariableSpecs contains global variables before they are loaded into the kernel.
@@ -297,12 +299,13 @@ func (o *tcplifeObjects) Close() error {
 //
 // It can be passed to loadTcplifeObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcplifeMaps struct {
-	Events      *ebpf.Map `ebpf:"events"`
-	Listeners   *ebpf.Map `ebpf:"listeners"`
-	LostRecords *ebpf.Map `ebpf:"lost_records"`
-	RescuedRuns *ebpf.Map `ebpf:"rescued_runs"`
-	Socks       *ebpf.Map `ebpf:"socks"`
-	StateGuard  *ebpf.Map `ebpf:"state_guard"`
+	Events       *ebpf.Map `ebpf:"events"`
+	Listeners    *ebpf.Map `ebpf:"listeners"`
+	LostRecords  *ebpf.Map `ebpf:"lost_records"`
+	RescuedRuns  *ebpf.Map `ebpf:"rescued_runs"`
+	Socks        *ebpf.Map `ebpf:"socks"`
+	StateGuard   *ebpf.Map `ebpf:"state_guard"`
+	UnseenCloses *ebpf.Map `ebpf:"unseen_closes"`
 }
 
 func (m *tcplifeMaps) Close() error {
@@ -313,6 +316,7 @@ func (m *tcplifeMaps) Close() error {
 		m.RescuedRuns,
 		m.Socks,
 		m.StateGuard,
+		m.UnseenCloses,
 	)
 }
 

@@ -8,12 +8,13 @@ import (
 
 // stateRunsMissed returns the runs of the state program (object tcplife)
 // that the kernel skipped and no rescuer handled while the document's
-// counters were collected (RecursionMisses), as the tracer reported them:
-// state changes that no record shows.
+// counters were collected (RecursionMisses), and the closes that reached
+// no program (UnseenCloses), as the tracer reported them: state changes
+// that no record shows.
 func stateRunsMissed(d *export.Document) uint64 {
 	for _, c := range d.KernelCounters {
 		if c.Kind == "tracer_counters" && c.Object == "tcplife" {
-			return uint64(max(c.Deltas["RecursionMisses"], 0))
+			return uint64(max(c.Deltas["RecursionMisses"], 0) + max(c.Deltas["UnseenCloses"], 0))
 		}
 	}
 	return 0

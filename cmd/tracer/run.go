@@ -72,6 +72,10 @@ func runStream(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	n := printer.Counts()
 	st := l.probe.Stats()
 	missed, missedBy := recursionMisses(l.probe)
+	if _, unseen, err := l.probe.UnseenClosesByObject(); err == nil && unseen > 0 {
+		missed += unseen
+		missedBy += fmt.Sprintf("; %d closes that reached no program, found when their address was reused", unseen)
+	}
 	fmt.Fprintf(stderr, "tracer: %d connections printed, %d filtered out; %d records read, %d lost in the kernel, %d state changes not seen (programs skipped by the kernel, recursion%s), %d undecodable\n",
 		n.Connections, n.Filtered, st.Records, st.Lost, missed, missedBy, st.BadRecords)
 	if !cfg.probe.NoConnect {

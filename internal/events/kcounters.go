@@ -44,6 +44,11 @@ var TracerCounterNames = [...]string{
 	// handled (nothing lost); "RescuerMisses": the rescuer's own skipped
 	// runs, which lose nothing by themselves (internal/probe/recursion.go).
 	"Rescued", "RescuerMisses",
+	// "UnseenCloses": connections whose close reached no program at all,
+	// with no skipped run counted (state changes in a softirq over some
+	// tasks of a sandboxed host: docs/notes/residual-loss.md), found when
+	// a new socket opened at the same address: each a record lost.
+	"UnseenCloses",
 }
 
 // KernelGauges are the KernelCounterNames that are levels, not counts:

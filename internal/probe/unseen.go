@@ -39,3 +39,10 @@ func (p *Probe) UnseenCloses() (UnseenCloses, error) {
 	}
 	return u, nil
 }
+
+// UnseenClosesByObject is UnseenCloses' lost records (Connections) as the
+// object that loses them, for the per-object loss counters.
+func (p *Probe) UnseenClosesByObject() (object string, connections uint64, err error) {
+	u, err := p.UnseenCloses()
+	return (*tcplifeObject)(nil).name(), u.Connections, err
+}

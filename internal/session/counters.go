@@ -30,6 +30,10 @@ func (l *loop) tracerCounters(now time.Time, force bool) {
 	if err != nil || len(misses) != len(objs) {
 		misses = nil // the programs are gone: the probe is closing
 	}
+	unseenObj, unseen, err := l.probe.UnseenClosesByObject()
+	if err != nil {
+		unseenObj = "" // not loaded, or the probe is closing
+	}
 	ev := events.Event{Kind: events.KindTracerCounters}
 	for i, o := range objs {
 		ev.Counters = events.Counters{Object: o.Object}
@@ -38,6 +42,9 @@ func (l *loop) tracerCounters(now time.Time, force bool) {
 			ev.Counters.Values[tcRecursionMisses] = misses[i].Unhandled
 			ev.Counters.Values[tcRescued] = misses[i].Rescued
 			ev.Counters.Values[tcRescuerMisses] = misses[i].RescuerMisses
+		}
+		if o.Object == unseenObj {
+			ev.Counters.Values[tcUnseenCloses] = unseen
 		}
 		l.apply(&ev, now)
 	}
@@ -64,6 +71,7 @@ const (
 	tcRecursionMisses
 	tcRescued
 	tcRescuerMisses
+	tcUnseenCloses
 )
 
 // missesCollector serves each program's recursion misses in /metrics,
@@ -78,8 +86,9 @@ const (
 type missesCollector struct {
 	probe interface {
 		RecursionMisses() ([]probe.ProgramMisses, error)
+		UnseenClosesByObject() (object string, connections uint64, err error)
 	}
-	missed, rescued, unhandled *prometheus.Desc
+	missed, rescued, unhandled, unseen *prometheus.Desc
 }
 
 func newMissesCollector(p *probe.Probe) *missesCollector {
@@ -98,6 +107,10 @@ func newMissesCollector(p *probe.Probe) *missesCollector {
 			"Runs of a BPF program the kernel skipped that no rescuer handled: events lost before any record was written "+
 				"(a rescuer's own skipped runs lose nothing and are not counted here).",
 			labels, nil),
+		unseen: prometheus.NewDesc("conntracer_closes_unseen_total",
+			"Connections whose close reached no BPF program, with no skipped run counted by the kernel (seen on sandboxed hosts: "+
+				"state changes in a softirq over some tasks), found when a new socket opened at the same address: each a record lost.",
+			[]string{"object"}, nil),
 	}
 }
 
@@ -105,6 +118,7 @@ func (c *missesCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.missed
 	ch <- c.rescued
 	ch <- c.unhandled
+	ch <- c.unseen
 }
 
 func (c *missesCollector) Collect(ch chan<- prometheus.Metric) {
@@ -120,5 +134,8 @@ func (c *missesCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(c.rescued, prometheus.CounterValue, float64(p.Rescued), p.Object, p.Program)
 		ch <- prometheus.MustNewConstMetric(c.unhandled, prometheus.CounterValue, float64(p.Unhandled()), p.Object, p.Program)
+	}
+	if obj, n, err := c.probe.UnseenClosesByObject(); err == nil {
+		ch <- prometheus.MustNewConstMetric(c.unseen, prometheus.CounterValue, float64(n), obj)
 	}
 }

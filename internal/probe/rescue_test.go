@@ -247,25 +247,41 @@ func TestLossAccountingIsExact(t *testing.T) {
 			reported := int64(ringLost + d.unhandled + unseen.Connections + left)
 			t.Logf("%d connections in %.1fs: %d records seen of %d; state program skipped %d runs, rescued %d, unhandled %d; rescuer skipped %d; ring buffer lost %d; closes seen by no program %d (found at reuse %d, left in socks %d; attempts %d); %d other processes held links on the tracepoint meanwhile",
 				res.Conns, res.Seconds, seen, want, d.missed, d.rescued, d.unhandled, d.rescuerMissed, ringLost, unseen.Connections+left, unseen.Connections, left, unseen.Attempts, len(foreign))
+			// A skipped run that no program handled (both the state
+			// program and its rescuer skipped: deep nesting, seen on
+			// 7.2) loses a record only if it was the close, so with any
+			// the sum is a bound: nothing lost unreported. Without any,
+			// every reported loss is one record and the sum is exact.
 			_, emulated := testenv.Emulated()
-			if !emulated && seen+reported > want {
-				// Seen on this development host only, in 1 of 34 runs:
-				// one record more than two per connection, with no loss
-				// unaccounted for. Not a loss, and not explained yet
-				// (docs/notes/residual-loss.md, "Left"): reported, and
-				// asserted exact where it has never happened (the
-				// kernel matrix's guests).
-				t.Logf("records seen %d + reported lost %d = %d: %d more than 2 per connection (%d rescued for %d skipped)",
-					seen, reported, seen+reported, seen+reported-want, d.rescued, d.missed)
-			} else if seen+reported != want {
+			nstat := func() []string {
 				var nonzero []string
 				for _, l := range strings.Split(ns.Output(t, "nstat", "-az"), "\n") {
 					if f := strings.Fields(l); len(f) >= 2 && f[1] != "0" && strings.HasPrefix(f[0], "Tcp") {
 						nonzero = append(nonzero, f[0]+"="+f[1])
 					}
 				}
-				t.Errorf("records seen %d + reported lost %d (ring buffer %d, unhandled skipped runs %d, closes seen by no program %d) = %d, want exactly %d (2 per connection); the namespace's TCP counters: %v",
-					seen, reported, ringLost, d.unhandled, unseen.Connections+left, seen+reported, want, nonzero)
+				return nonzero
+			}
+			switch {
+			case seen+reported < want:
+				t.Errorf("records seen %d + reported lost %d (ring buffer %d, unhandled skipped runs %d, closes seen by no program %d) = %d, fewer than %d (2 per connection): a loss nobody reported; the namespace's TCP counters: %v",
+					seen, reported, ringLost, d.unhandled, unseen.Connections+left, seen+reported, want, nstat())
+			case seen > want:
+				// Seen on this development host only, once in 34 runs:
+				// one record more than two per connection. Not a loss,
+				// not explained yet (docs/notes/residual-loss.md):
+				// reported there, an error where it has never happened
+				// (the kernel matrix's guests).
+				if emulated {
+					t.Errorf("records seen %d, more than %d (2 per connection)", seen, want)
+				} else {
+					t.Logf("records seen %d: %d more than 2 per connection (%d rescued for %d skipped)", seen, seen-want, d.rescued, d.missed)
+				}
+			case d.unhandled > 0:
+				t.Logf("%d skipped runs no program handled (the rescuer was skipped %d times): %d records missing, within them", d.unhandled, d.rescuerMissed, want-seen-(reported-int64(d.unhandled)))
+			case seen+reported != want:
+				t.Errorf("records seen %d + reported lost %d (ring buffer %d, closes seen by no program %d) = %d, want exactly %d (2 per connection); the namespace's TCP counters: %v",
+					seen, reported, ringLost, unseen.Connections+left, seen+reported, want, nstat())
 			}
 			if !kernelReportsRecursionMisses(t) {
 				// Nothing to compare the rescues with: the records' sum
@@ -273,8 +289,10 @@ func TestLossAccountingIsExact(t *testing.T) {
 				t.Logf("this kernel reports no recursion misses (bpf_prog_info.recursion_misses, 5.12+): %d runs rescued", d.rescued)
 				return
 			}
-			if d.unhandled != 0 || d.rescued < d.missed {
-				t.Errorf("of %d skipped runs of the state program, %d rescued and %d unhandled: want every one rescued (the rescuer is attached)", d.missed, d.rescued, d.unhandled)
+			// A skipped run goes unhandled only when the rescuer was
+			// skipped for the same change.
+			if d.unhandled > d.rescuerMissed {
+				t.Errorf("of %d skipped runs of the state program, %d rescued and %d unhandled, but the rescuer was skipped only %d times: want every other one rescued", d.missed, d.rescued, d.unhandled, d.rescuerMissed)
 			}
 			if d.rescued > d.missed {
 				// The rescuer found no token for a state change the kernel

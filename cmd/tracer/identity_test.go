@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"debug/elf"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -47,19 +46,7 @@ func newPodman(t *testing.T) *podmanEnv {
 	testenv.RequireRoot(t)
 	testenv.RequireTool(t, "podman")
 	testenv.RequireTool(t, "runc")
-	bb, err := exec.LookPath("busybox")
-	if err != nil {
-		t.Skip("busybox not installed (apt-get install busybox-static): it is the container image's one binary")
-	}
-	if f, err := elf.Open(bb); err == nil {
-		for _, p := range f.Progs {
-			if p.Type == elf.PT_INTERP {
-				f.Close()
-				t.Skipf("%s is dynamically linked: the container image needs busybox-static (apt-get install busybox-static)", bb)
-			}
-		}
-		f.Close()
-	}
+	bb := testenv.StaticBusybox(t)
 	dir := t.TempDir()
 	rootfs := filepath.Join(dir, "rootfs")
 	if err := os.MkdirAll(filepath.Join(rootfs, "bin"), 0o755); err != nil {

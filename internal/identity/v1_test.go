@@ -2,7 +2,6 @@ package identity
 
 import (
 	"bytes"
-	"debug/elf"
 	"fmt"
 	"os"
 	"os/exec"
@@ -23,19 +22,7 @@ func podmanContainer(t *testing.T) (cid string, pid int) {
 	testenv.RequireRoot(t)
 	testenv.RequireTool(t, "podman")
 	testenv.RequireTool(t, "runc")
-	bb, err := exec.LookPath("busybox")
-	if err != nil {
-		t.Skip("busybox not installed (apt-get install busybox-static): it is the container image's one binary")
-	}
-	if f, err := elf.Open(bb); err == nil {
-		for _, p := range f.Progs {
-			if p.Type == elf.PT_INTERP {
-				f.Close()
-				t.Skipf("%s is dynamically linked: the image needs busybox-static", bb)
-			}
-		}
-		f.Close()
-	}
+	bb := testenv.StaticBusybox(t)
 	run := func(args ...string) string {
 		t.Helper()
 		out, err := exec.Command("podman", args...).CombinedOutput()
@@ -63,7 +50,7 @@ func podmanContainer(t *testing.T) (cid string, pid int) {
 	cid = run("run", "-d", "--runtime", "runc", "--cgroup-manager", "cgroupfs", "--network", "host",
 		"--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024", image, "/bin/busybox", "sleep", "600")
 	t.Cleanup(func() { exec.Command("podman", "rm", "-f", "-t", "0", cid).Run() })
-	pid, err = strconv.Atoi(run("inspect", "-f", "{{.State.Pid}}", cid))
+	pid, err := strconv.Atoi(run("inspect", "-f", "{{.State.Pid}}", cid))
 	if err != nil || pid == 0 {
 		t.Fatalf("container %s pid: %v", cid, err)
 	}

@@ -349,6 +349,14 @@ func (s *Session) Run(ctx context.Context, beside ...func(context.Context) error
 	runErr := s.probe.Run(ctx, s.handler)
 	cancel()
 	wg.Wait()
+	if s.loop != nil {
+		// The loop is this goroutine's again: apply what the samplers
+		// left waiting and the tracer's loss counters as of now, so that
+		// a recording ends with them (the periodic ones can be a
+		// counters interval old).
+		s.loop.Drained()
+		s.loop.tracerCounters(time.Now(), true)
+	}
 	if runErr != nil {
 		return runErr
 	}

@@ -41,12 +41,7 @@ func TestRecordingNamesContainersOnce(t *testing.T) {
 		if i%2 == 1 {
 			owner = events.Process{PID: 5, TID: 5, CgroupID: 3, Source: events.OwnerConnect} // unnamed
 		}
-		owner.SetComm("client")
-		kns := uint64(1e12) + uint64(i)*1e6
-		ev := events.Event{Kind: events.KindConnClosed, Conn: events.Conn{Cookie: uint64(i + 1), NetNS: 1, Family: events.FamilyIPv4,
-			Local:  netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), uint16(40000+i)),
-			Remote: netip.MustParseAddrPort("10.0.3.7:6379"), Role: events.RoleActive, Owner: owner,
-			OpenNs: kns - 1e5, CloseNs: kns, EndState: events.EndTimeWait, SeenOpen: true}}
+		ev := closedToRedis(i, 1, owner)
 		rec.Record(&ev, t0.Add(time.Duration(i)*time.Millisecond))
 	}
 	if err := rec.Close(); err != nil {
@@ -134,13 +129,7 @@ func TestRecordingNamesNetNS(t *testing.T) {
 		if i%2 == 1 {
 			ns = bareNS
 		}
-		owner := events.Process{PID: 4242, TID: 4242, Source: events.OwnerConnect}
-		owner.SetComm("client")
-		kns := uint64(1e12) + uint64(i)*1e6
-		ev := events.Event{Kind: events.KindConnClosed, Conn: events.Conn{Cookie: uint64(i + 1), NetNS: ns, Family: events.FamilyIPv4,
-			Local:  netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), uint16(40000+i)),
-			Remote: netip.MustParseAddrPort("10.0.3.7:6379"), Role: events.RoleActive, Owner: owner,
-			OpenNs: kns - 1e5, CloseNs: kns, EndState: events.EndTimeWait, SeenOpen: true}}
+		ev := closedToRedis(i, ns, events.Process{PID: 4242, TID: 4242, Source: events.OwnerConnect})
 		rec.Record(&ev, t0.Add(time.Duration(i)*time.Millisecond))
 	}
 	if err := rec.Close(); err != nil {
@@ -186,4 +175,16 @@ func TestRecordingNamesNetNS(t *testing.T) {
 	if !strings.Contains(text.String(), "NETNS") {
 		t.Errorf("report's table has no NETNS column:\n%s", text.String())
 	}
+}
+
+// closedToRedis is the i-th of a client's short connections to
+// 10.0.3.7:6379 from namespace netns, closed into TIME_WAIT, owned by
+// owner (named "client").
+func closedToRedis(i int, netns uint32, owner events.Process) events.Event {
+	owner.SetComm("client")
+	kns := uint64(1e12) + uint64(i)*1e6
+	return events.Event{Kind: events.KindConnClosed, Conn: events.Conn{Cookie: uint64(i + 1), NetNS: netns, Family: events.FamilyIPv4,
+		Local:  netip.AddrPortFrom(netip.MustParseAddr("10.0.0.1"), uint16(40000+i)),
+		Remote: netip.MustParseAddrPort("10.0.3.7:6379"), Role: events.RoleActive, Owner: owner,
+		OpenNs: kns - 1e5, CloseNs: kns, EndState: events.EndTimeWait, SeenOpen: true}}
 }
